@@ -1,0 +1,14 @@
+"""bitnet-onnx: compile ONNX models to BitNet-style mixed precision and run them in onnxruntime."""
+
+from bitnet_onnx.dtypes import DType
+from bitnet_onnx.errors import (
+    ConfigError,
+    ConversionError,
+    KernelLibraryError,
+    MixedPrecisionError,
+    UnsupportedModelError,
+    ValidationError,
+)
+from bitnet_onnx.layers import ComponentType, LayerType
+
+__version__ = "0.1.0"

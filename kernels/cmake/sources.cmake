@@ -1,0 +1,5 @@
+add_library(bitnet_ops SHARED src/register.cc)
+target_include_directories(bitnet_ops PRIVATE "${ORT_INCLUDE_DIR}" include)
+target_compile_options(bitnet_ops PRIVATE -O3 -Wall -Wextra)
+target_link_options(bitnet_ops PRIVATE "-Wl,--version-script=${CMAKE_CURRENT_SOURCE_DIR}/exports.map")
+install(TARGETS bitnet_ops LIBRARY DESTINATION bitnet_onnx/lib)
