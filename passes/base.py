@@ -1,0 +1,146 @@
+"""The pass protocol, the context passes share, and the pipeline runner.
+
+Contract (after onnx_ir's passes): a pass is an object with a stable `name`, the names of the passes
+it `requires`, and `run(graph, ctx) -> PassResult`. Passes edit the onnx-graphsurgeon graph in place
+and *return* what they did; they never write logs themselves. The pipeline times each pass, checks
+its requirements, turns the result into a PassRecord and hands the record to every instrument (the
+JSONL log, --dump-after, progress). Data flows one way: a pass reads what earlier passes left in the
+context and writes only the fields it owns.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from bitnet_onnx.errors import MixedPrecisionError
+from bitnet_onnx.log import Change, PassRecord
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+__all__ = ["Instrument", "Pass", "PassContext", "PassError", "PassResult", "Pipeline", "graph_bytes"]
+
+logger = logging.getLogger(__name__)
+
+
+class PassError(MixedPrecisionError):
+    """A pass failed for a reason that is not the user's input: names the pass and those before it."""
+
+
+@dataclass(frozen=True)
+class PassResult:
+    modified: bool
+    changes: tuple[Change, ...] = ()
+    warnings: tuple[str, ...] = ()
+    stats: Mapping[str, int | float | str] = field(default_factory=dict)
+
+
+@dataclass
+class PassContext:
+    """What the passes share. Each field is written by one pass (named in its comment) and read by
+    the passes after it."""
+
+    config: Any  # MixedPrecisionConfig, frozen; set by compile()
+    policy: Any = None  # PolicyEngine or None; set by compile()
+    calibration: Mapping[str, np.ndarray] | None = None  # sample inputs; set by compile()
+    model_dir: Path | None = None  # where external data of the input lives; set by compile()
+    seed: int = 0
+    layers: dict[str, Any] = field(default_factory=dict)  # annotate_layers
+    plan: dict[str, Any] = field(default_factory=dict)  # assign_precision (optimize may rewrite it)
+    annotations: dict[str, dict[str, str]] = field(default_factory=dict)  # node name → metadata_props
+    original: Any = None  # the normalized input ModelProto, for numeric validation; normalize
+    report: Any = None  # validation report; validate
+    passes_run: list[str] = field(default_factory=list)  # the pipeline
+
+
+class Pass(Protocol):
+    name: ClassVar[str]
+    requires: ClassVar[tuple[str, ...]]
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult: ...
+
+
+class Instrument(Protocol):
+    """Observes the pipeline; receives each pass's record and the graph as it stands after it."""
+
+    def after_pass(self, record: PassRecord, graph: gs.Graph, ctx: PassContext) -> None: ...
+
+
+def _all_nodes(graph: gs.Graph) -> int:
+    count = 0
+    for node in graph.nodes:
+        count += 1
+        for sub in node.subgraphs():
+            count += _all_nodes(sub)
+    return count
+
+
+def graph_bytes(graph: gs.Graph) -> int:
+    """Bytes of every constant tensor in the graph (initializers and Constant nodes' values)."""
+    total = 0
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Constant):
+            total += np.dtype(tensor.dtype).itemsize * math.prod(tensor.shape)
+    return total
+
+
+class Pipeline:
+    def __init__(self, passes: Sequence[Pass], instruments: Sequence[Instrument] = ()) -> None:
+        names = [p.name for p in passes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate pass names in pipeline: {names}")
+        self.passes = tuple(passes)
+        self.instruments = tuple(instruments)
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> list[PassRecord]:
+        run_id = uuid.uuid4().hex[:12]
+        records: list[PassRecord] = []
+        for seq, p in enumerate(self.passes):
+            missing = [r for r in p.requires if r not in ctx.passes_run]
+            if missing:
+                raise PassError(f"pass {p.name!r} requires {missing}, which did not run before it")
+            nodes_before, bytes_before = _all_nodes(graph), graph_bytes(graph)
+            start = time.perf_counter()
+            try:
+                result = p.run(graph, ctx)
+            except MixedPrecisionError:
+                raise
+            except Exception as exc:
+                raise PassError(
+                    f"pass {p.name!r} failed (after {ctx.passes_run or 'no other passes'}): "
+                    f"{type(exc).__name__}: {exc}. This is a bug in bitnet-onnx; rerun with --debug "
+                    "and report the traceback with the model's opset and producer."
+                ) from exc
+            seconds = time.perf_counter() - start
+            ctx.passes_run.append(p.name)
+            record = PassRecord(
+                pass_name=p.name,
+                seq=seq,
+                run=run_id,
+                seconds=seconds,
+                modified=result.modified,
+                nodes_before=nodes_before,
+                nodes_after=_all_nodes(graph),
+                bytes_before=bytes_before,
+                bytes_after=graph_bytes(graph),
+                changes=result.changes,
+                warnings=result.warnings,
+                stats=result.stats,
+            )
+            logger.info(
+                "%s: %.3fs, nodes %d→%d, %d changes, %d warnings",
+                p.name, seconds, nodes_before, record.nodes_after, len(result.changes), len(result.warnings),
+            )
+            for instrument in self.instruments:
+                instrument.after_pass(record, graph, ctx)
+            records.append(record)
+        return records

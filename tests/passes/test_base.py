@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import onnx_graphsurgeon as gs
+import pytest
+
+from bitnet_onnx.errors import ConfigError
+from bitnet_onnx.log import Change
+from bitnet_onnx.passes.base import PassContext, PassError, PassResult, Pipeline, graph_bytes
+
+
+def _graph() -> gs.Graph:
+    x = gs.Variable("x", dtype=np.float32, shape=(1, 4))
+    w = gs.Constant("w", np.ones((4, 3), dtype=np.float32))
+    y = gs.Variable("y", dtype=np.float32, shape=(1, 3))
+    return gs.Graph(nodes=[gs.Node("MatMul", "mm", inputs=[x, w], outputs=[y])], inputs=[x], outputs=[y])
+
+
+class _HalveWeights:
+    name: ClassVar[str] = "halve"
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    def run(self, graph, ctx):
+        w = graph.tensors()["w"]
+        w.values = w.values.astype(np.float16)
+        return PassResult(True, changes=(Change("mm", "rewrite", dtype="F16"),), stats={"tensors": 1})
+
+
+class _NeedsHalve:
+    name: ClassVar[str] = "after"
+    requires: ClassVar[tuple[str, ...]] = ("halve",)
+
+    def run(self, graph, ctx):
+        return PassResult(False, warnings=("nothing to do",))
+
+
+class _Crash:
+    name: ClassVar[str] = "crash"
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    def run(self, graph, ctx):
+        raise KeyError("boom")
+
+
+class _UserError:
+    name: ClassVar[str] = "user"
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    def run(self, graph, ctx):
+        raise ConfigError("layer 'q' has no weights")
+
+
+class _Collect:
+    def __init__(self):
+        self.seen = []
+
+    def after_pass(self, record, graph, ctx):
+        self.seen.append((record.pass_name, graph_bytes(graph)))
+
+
+def test_records_sizes_changes_and_order():
+    graph, ctx, inst = _graph(), PassContext(config=None), _Collect()
+    records = Pipeline([_HalveWeights(), _NeedsHalve()], [inst]).run(graph, ctx)
+    assert [r.pass_name for r in records] == ["halve", "after"]
+    assert records[0].bytes_before == 48 and records[0].bytes_after == 24
+    assert records[0].nodes_before == records[0].nodes_after == 1
+    assert records[0].changes[0].dtype == "F16" and records[0].stats == {"tensors": 1}
+    assert records[1].warnings == ("nothing to do",) and not records[1].modified
+    assert inst.seen == [("halve", 24), ("after", 24)]
+    assert ctx.passes_run == ["halve", "after"]
+    assert len({r.run for r in records}) == 1
+
+
+def test_missing_requirement_is_reported():
+    with pytest.raises(PassError, match=r"'after' requires \['halve'\]"):
+        Pipeline([_NeedsHalve()]).run(_graph(), PassContext(config=None))
+
+
+def test_unexpected_exception_becomes_pass_error_naming_the_passes_before():
+    with pytest.raises(PassError, match=r"'crash' failed \(after \['halve'\]\): KeyError") as info:
+        Pipeline([_HalveWeights(), _Crash()]).run(_graph(), PassContext(config=None))
+    assert isinstance(info.value.__cause__, KeyError)
+
+
+def test_user_errors_pass_through_unchanged():
+    with pytest.raises(ConfigError, match="layer 'q' has no weights"):
+        Pipeline([_UserError()]).run(_graph(), PassContext(config=None))
+
+
+def test_duplicate_pass_names_rejected():
+    with pytest.raises(ValueError, match="duplicate pass names"):
+        Pipeline([_HalveWeights(), _HalveWeights()])
