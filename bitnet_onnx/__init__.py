@@ -9,6 +9,12 @@ from bitnet_onnx.errors import (
     UnsupportedModelError,
     ValidationError,
 )
+from bitnet_onnx.layer_precision import (
+    LayerPrecisionManager,
+    LayerPrecisionSpec,
+    MemoryOptimization,
+    MemoryOptimizationResult,
+)
 from bitnet_onnx.layers import ComponentType, LayerType
 
 __version__ = "0.1.0"
