@@ -16,5 +16,13 @@ from bitnet_onnx.layer_precision import (
     MemoryOptimizationResult,
 )
 from bitnet_onnx.layers import ComponentType, LayerType
+from bitnet_onnx.validation import (
+    Finding,
+    PrecisionValidator,
+    Severity,
+    ValidationReport,
+    ValidationRule,
+    default_rules,
+)
 
 __version__ = "0.1.0"
