@@ -1,5 +1,12 @@
 """bitnet-onnx: compile ONNX models to BitNet-style mixed precision and run them in onnxruntime."""
 
+from bitnet_onnx.converter import (
+    ConversionConfig,
+    ConversionStats,
+    ConversionStrategy,
+    PrecisionConverter,
+    QuantizedTensor,
+)
 from bitnet_onnx.dtypes import DType
 from bitnet_onnx.errors import (
     ConfigError,
