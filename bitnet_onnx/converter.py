@@ -25,6 +25,11 @@ changes is how scales are chosen and how values are rounded:
    uses α = max|W| (per tensor or row) and P(T = sign w) = |w|/α. Floats round to one of the two
    neighbouring F16/BF16/F32 values with probability proportional to the distance to the other.
 
+Activations (`convert_activations`) take a float type as above, or I8 per token exactly as the ops
+quantize them at run time (kernels/README.md: s = max|x| per row, xq = clip(rint(x · 127/s))); no
+strategy applies to that. `convert_tensor(..., layout=)` replaces the config's layout knobs for one
+call (a layer's own group size, zero points, ternary scale granularity and packing).
+
 Failures: NaN or ±Inf in the input is a ConversionError naming the tensor. A float target that
 cannot hold a value (the cast would give ±Inf) is a ConversionError with the count and max|x|,
 except under DIRECT, which saturates. With `validate_results`, every result is dequantized and its
@@ -63,6 +68,7 @@ from bitnet_onnx.quantization import (
     group_scales,
     grouped,
     quantize_groups,
+    quantize_tokens,
     ternarize,
 )
 
@@ -161,6 +167,21 @@ class ConversionConfig:
         if problems:
             raise ConfigError(problems, source="ConversionConfig")
 
+    @property
+    def layout(self) -> WeightLayout:
+        """The layout knobs as a `WeightLayout` (group_size unresolved: None is one group per row)."""
+        return WeightLayout(self.group_size, self.asymmetric, self.per_channel, self.ternary_packing)
+
+    def with_layout(self, layout: WeightLayout) -> ConversionConfig:
+        """A copy whose layout knobs are those of `layout` (validated again)."""
+        return replace(
+            self,
+            group_size=layout.group_size,
+            asymmetric=layout.asymmetric,
+            per_channel=layout.per_channel,
+            ternary_packing=layout.packing,
+        )
+
     def tolerance(self, dtype: DType) -> float:
         """The relative RMS error `validate_results` accepts for `dtype`."""
         return (
@@ -252,39 +273,32 @@ class PrecisionConverter:
         return self._stats
 
     def convert_tensor(
-        self, array: np.ndarray, dtype: DType | str, *, name: str | None = None
+        self,
+        array: np.ndarray,
+        dtype: DType | str,
+        *,
+        name: str | None = None,
+        layout: WeightLayout | None = None,
     ) -> QuantizedTensor:
         """Convert one float tensor (float16/bfloat16/float32/float64) to `dtype`.
 
-        Raises ConversionError naming the tensor for non-float or non-finite input, empty tensors
-        with a quantized target, values a float target cannot hold (except DIRECT), and results
-        failing `validate_results`; ConfigError for a layout the target cannot take.
+        `layout`, when given, replaces the config's layout knobs for this call (a layer's own group
+        size, zero points, ternary scale granularity and packing). Raises ConversionError naming
+        the tensor for non-float or non-finite input, empty tensors with a quantized target, values
+        a float target cannot hold (except DIRECT), and results failing `validate_results`;
+        ConfigError for a layout the target cannot take.
         """
-        target = DType.parse(dtype)
-        source = np.asarray(array)
-        try:
-            result, saturated, measured = self._convert(source, target, _label(name))
-        except ConversionError:
-            self._stats = replace(self._stats, failures=self._stats.failures + 1)
-            raise
-        self._record(source, result, saturated, measured)
-        if saturated:
-            logger.warning(
-                "%s: DIRECT conversion to %s saturated %d values", _label(name), target.name, saturated
-            )
-        if self.config.preserve_metadata:
-            meta = {"source_dtype": _source_name(source.dtype), "strategy": self.config.strategy.value}
-            if name is not None:
-                meta["name"] = name
-            if self.config.strategy is ConversionStrategy.STOCHASTIC_ROUNDING:
-                meta["seed"] = str(self.config.seed)
-            if self.config.strategy is ConversionStrategy.DIRECT:
-                meta["saturated"] = str(saturated)
-            if measured is not None:
-                meta["max_abs_error"] = repr(measured.abs_error)
-                meta["relative_rms_error"] = repr(measured.relative_error)
-            result = replace(result, metadata=MappingProxyType(meta))
-        return result
+        return self._run(array, DType.parse(dtype), name, layout, per_token=False)
+
+    def convert_activations(
+        self, array: np.ndarray, dtype: DType | str, *, name: str | None = None
+    ) -> QuantizedTensor:
+        """Convert activations [..., K] the way the ops take them: a float type (as `convert_tensor`),
+        or I8 per token with the README formula (`quantization.quantize_tokens`; the strategy does
+        not apply, the ops compute exactly this at run time). The result is an I8 tensor with one
+        group per row: u = xq + 128, scale = s / 127.0f. Other integer types raise ConversionError.
+        """
+        return self._run(array, DType.parse(dtype), name, None, per_token=True)
 
     def convert_batch(
         self, tensors: Mapping[str, np.ndarray], dtype: DType | str
@@ -305,10 +319,46 @@ class PrecisionConverter:
             )
         return results
 
+    def _run(
+        self,
+        array: np.ndarray,
+        target: DType,
+        name: str | None,
+        layout: WeightLayout | None,
+        per_token: bool,
+    ) -> QuantizedTensor:
+        config = self.config if layout is None else self.config.with_layout(layout)
+        source = np.asarray(array)
+        try:
+            result, saturated, measured = self._convert(config, source, target, _label(name), per_token)
+        except ConversionError:
+            self._stats = replace(self._stats, failures=self._stats.failures + 1)
+            raise
+        self._record(source, result, saturated, measured)
+        if saturated:
+            logger.warning(
+                "%s: DIRECT conversion to %s saturated %d values", _label(name), target.name, saturated
+            )
+        if not config.preserve_metadata:
+            return result
+        per_token = per_token and target is DType.I8
+        strategy = "per_token" if per_token else config.strategy.value
+        meta = {"source_dtype": _source_name(source.dtype), "strategy": strategy}
+        if name is not None:
+            meta["name"] = name
+        if config.strategy is ConversionStrategy.STOCHASTIC_ROUNDING and not per_token:
+            meta["seed"] = str(config.seed)
+        if config.strategy is ConversionStrategy.DIRECT and not per_token:
+            meta["saturated"] = str(saturated)
+        if measured is not None:
+            meta["max_abs_error"] = repr(measured.abs_error)
+            meta["relative_rms_error"] = repr(measured.relative_error)
+        return replace(result, metadata=MappingProxyType(meta))
+
     # --- conversion ------------------------------------------------------------------------------
 
     def _convert(
-        self, source: np.ndarray, target: DType, label: str
+        self, config: ConversionConfig, source: np.ndarray, target: DType, label: str, per_token: bool
     ) -> tuple[QuantizedTensor, int, _Measured | None]:
         src = _source_name(source.dtype)
         if not _is_float(source.dtype):
@@ -327,24 +377,30 @@ class PrecisionConverter:
                 "fix the tensor (or the model producing it) before converting",
             )
         if target.is_float:
-            result, saturated = self._to_float(source, target, label)
+            result, saturated = self._to_float(config, source, target, label)
+        elif source.size == 0:
+            raise ConversionError(
+                src, target, f"{label} has shape {source.shape}: nothing to quantize; keep it in a float type"
+            )
+        elif not per_token:
+            result, saturated = self._to_quantized(config, source, target)
+        elif target is DType.I8:
+            result, saturated = _per_token_int8(source), 0
         else:
-            if source.size == 0:
-                raise ConversionError(
-                    src,
-                    target,
-                    f"{label} has shape {source.shape}: nothing to quantize; keep it in a float type",
-                )
-            result, saturated = self._to_quantized(source, target)
-        measured = self._validate(source, result, label) if self.config.validate_results else None
+            raise ConversionError(
+                src, target, f"{label}: activations quantize to I8 (per token) or a float type only"
+            )
+        measured = self._validate(config, source, result, label) if config.validate_results else None
         return result, saturated, measured
 
-    def _to_float(self, source: np.ndarray, target: DType, label: str) -> tuple[QuantizedTensor, int]:
+    def _to_float(
+        self, config: ConversionConfig, source: np.ndarray, target: DType, label: str
+    ) -> tuple[QuantizedTensor, int]:
         top = target.value_range[1]
         with np.errstate(over="ignore"):
             overflow = ~np.isfinite(source.astype(target.numpy_type))
         count = int(np.count_nonzero(overflow))
-        strategy = self.config.strategy
+        strategy = config.strategy
         if count and strategy is not ConversionStrategy.DIRECT:
             biggest = float(np.max(np.abs(source.astype(np.float64))))
             raise ConversionError(
@@ -361,21 +417,23 @@ class PrecisionConverter:
             data = values.astype(target.numpy_type)
         return QuantizedTensor(target, source.shape, WeightLayout(), data), count
 
-    def _to_quantized(self, source: np.ndarray, target: DType) -> tuple[QuantizedTensor, int]:
+    def _to_quantized(
+        self, config: ConversionConfig, source: np.ndarray, target: DType
+    ) -> tuple[QuantizedTensor, int]:
         shape = source.shape
         w = np.asarray(source, dtype=np.float32).reshape(shape or (1,))
         if target is DType.BITNET158:
-            ternary, saturated = self._ternary(w)
-            layout = WeightLayout(per_channel=self.config.per_channel, packing=self.config.ternary_packing)
+            ternary, saturated = self._ternary(config, w)
+            layout = WeightLayout(per_channel=config.per_channel, packing=config.ternary_packing)
             data = pack_ternary(ternary.values, layout.packing)
             return QuantizedTensor(target, shape, layout, data, ternary.scale), saturated
-        groups, saturated = self._groups(w, target.bits)
+        groups, saturated = self._groups(config, w, target.bits)
         layout = WeightLayout(group_size=groups.group_size, asymmetric=groups.zero_points is not None)
         data = pack_int(groups.codes, groups.bits, groups.group_size, groups.zero_points)
         return QuantizedTensor(target, shape, layout, data, groups.scales, groups.zero_points), saturated
 
-    def _ternary(self, w: np.ndarray) -> tuple[TernaryWeights, int]:
-        strategy, per_channel = self.config.strategy, self.config.per_channel
+    def _ternary(self, config: ConversionConfig, w: np.ndarray) -> tuple[TernaryWeights, int]:
+        strategy, per_channel = config.strategy, config.per_channel
         rows = w.reshape(-1, w.shape[-1])
         scale_shape = (rows.shape[0],) if per_channel else (1,)
         if strategy is ConversionStrategy.DIRECT:
@@ -393,8 +451,7 @@ class PrecisionConverter:
         values = (np.sign(rows) * (self._rng.random(rows.shape, dtype=np.float32) < p)).astype(np.int8)
         return TernaryWeights(values.reshape(w.shape), alpha.reshape(scale_shape)), 0
 
-    def _groups(self, w: np.ndarray, bits: int) -> tuple[GroupWeights, int]:
-        config = self.config
+    def _groups(self, config: ConversionConfig, w: np.ndarray, bits: int) -> tuple[GroupWeights, int]:
         group_size = resolve_group_size(w.shape[-1], bits, config.group_size)
         strategy = config.strategy
         if strategy is ConversionStrategy.DIRECT:
@@ -417,20 +474,22 @@ class PrecisionConverter:
 
     # --- validation and stats --------------------------------------------------------------------
 
-    def _validate(self, source: np.ndarray, result: QuantizedTensor, label: str) -> _Measured:
+    def _validate(
+        self, config: ConversionConfig, source: np.ndarray, result: QuantizedTensor, label: str
+    ) -> _Measured:
         exact = source.astype(np.float64)
         diff = result.dequantize().astype(np.float64) - exact
         abs_error = float(np.max(np.abs(diff))) if diff.size else 0.0
         norm = float(np.sqrt(np.sum(exact * exact)))
         err_norm = float(np.sqrt(np.sum(diff * diff)))
         relative = err_norm / norm if norm else (0.0 if err_norm == 0 else math.inf)
-        tolerance = self.config.tolerance(result.dtype)
+        tolerance = config.tolerance(result.dtype)
         if relative > tolerance:
             raise ConversionError(
                 _source_name(source.dtype),
                 result.dtype,
                 f"{label}: relative RMS error {relative:.4g} exceeds the tolerance {tolerance:g} "
-                f"(max abs error {abs_error:.4g}, strategy {self.config.strategy.value}); use SCALED or "
+                f"(max abs error {abs_error:.4g}, strategy {config.strategy.value}); use SCALED or "
                 "QUANTIZATION_AWARE, a smaller group_size, a wider precision, or raise validation_tolerance",
             )
         return _Measured(abs_error, relative)
@@ -451,6 +510,15 @@ class PrecisionConverter:
             max_abs_error=_max(s.max_abs_error, measured and measured.abs_error),
             max_relative_error=_max(s.max_relative_error, measured and measured.relative_error),
         )
+
+
+def _per_token_int8(source: np.ndarray) -> QuantizedTensor:
+    """README per-token int8 as an I8 tensor with one group per row (u = xq + 128, s = absmax/127)."""
+    x = np.asarray(source, dtype=np.float32).reshape(source.shape or (1,))
+    tokens = quantize_tokens(x)
+    codes = (tokens.values.astype(np.int16) + symmetric_zero_point(8)).astype(np.uint8)
+    layout = WeightLayout(group_size=x.shape[-1])
+    return QuantizedTensor(DType.I8, source.shape, layout, codes, tokens.factor[..., None])
 
 
 # --- strategies ----------------------------------------------------------------------------------

@@ -15,10 +15,10 @@ from bitnet_onnx.converter import (
     PrecisionConverter,
     QuantizedTensor,
 )
-from bitnet_onnx.dtypes import DType, TernaryPacking, storage_bytes
+from bitnet_onnx.dtypes import DType, TernaryPacking, WeightLayout, storage_bytes
 from bitnet_onnx.errors import ConfigError, ConversionError
 from bitnet_onnx.packing import unpack_int, unpack_ternary
-from bitnet_onnx.quantization import grouped, quantize_groups, ternarize
+from bitnet_onnx.quantization import grouped, quantize_groups, quantize_tokens, ternarize
 
 F32 = np.float32
 S = ConversionStrategy
@@ -425,3 +425,54 @@ def test_quantized_tensor_is_immutable() -> None:
         q.dtype = DType.I8  # type: ignore[misc]
     with pytest.raises(ValueError, match="read-only"):
         q.data[0, 0] = 1
+
+
+# --- activations and per-call layouts ------------------------------------------------------------
+
+
+def test_int8_activations_are_per_token_readme_formula() -> None:
+    x = np.array([[1.0, -2.0, 0.5, 0.0], [0, 0, 0, 0]], F32)  # s = 2: [64, -127, 32, 0]
+    q = PrecisionConverter().convert_activations(x, DType.I8, name="act")
+    assert q.dtype is DType.I8 and q.layout.group_size == 4 and q.zero_points is None
+    assert q.data.tolist() == [[192, 1, 160, 128], [128] * 4]
+    assert q.scales.tolist() == [[F32(2) / F32(127)], [0.0]]
+    assert q.metadata["strategy"] == "per_token"
+    assert q.nbytes == storage_bytes(DType.I8, x.shape, q.layout)
+    np.testing.assert_array_equal(q.dequantize()[0], F32(2) / F32(127) * np.array([64, -127, 32, 0], F32))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 16), (16,)])
+def test_int8_activations_match_quantize_tokens(shape: tuple[int, ...]) -> None:
+    x = _weights(shape).astype(np.float16)
+    q = PrecisionConverter(ConversionConfig(strategy=S.DIRECT)).convert_activations(x, "int8")
+    tokens = quantize_tokens(x)
+    np.testing.assert_array_equal(q.dequantize(), tokens.dequantize())
+
+
+def test_float_activations_and_rejected_targets() -> None:
+    converter = PrecisionConverter()
+    x = _weights((2, 8))
+    np.testing.assert_array_equal(converter.convert_activations(x, DType.F16).data, x.astype(np.float16))
+    with pytest.raises(ConversionError, match=r"tensor 'act': activations quantize to I8 .* or a float type"):
+        converter.convert_activations(x, DType.I4, name="act")
+    with pytest.raises(ConversionError, match="'act' holds 1 NaN"):
+        converter.convert_activations(np.array([np.nan, 1], F32), DType.I8, name="act")
+
+
+def test_layout_override_for_one_call() -> None:
+    converter = PrecisionConverter(ConversionConfig(group_size=64))
+    w = _weights((4, 128))
+    q = converter.convert_tensor(w, DType.I4, layout=WeightLayout(group_size=32, asymmetric=True))
+    assert q.layout.group_size == 32 and q.zero_points is not None and q.scales.shape == (4, 4)
+    assert converter.convert_tensor(w, DType.I4).layout.group_size == 64
+    t = converter.convert_tensor(w, DType.BITNET158, layout=WeightLayout(per_channel=True))
+    assert t.scales.shape == (4,)
+    with pytest.raises(ConfigError, match="asymmetric=True contradicts strategy DIRECT"):
+        PrecisionConverter(ConversionConfig(strategy=S.DIRECT)).convert_tensor(
+            w, DType.I4, layout=WeightLayout(asymmetric=True)
+        )
+
+
+def test_config_layout_round_trip() -> None:
+    layout = WeightLayout(group_size=32, asymmetric=True, per_channel=True, packing=TernaryPacking.BASE3)
+    assert ConversionConfig().with_layout(layout).layout == layout
