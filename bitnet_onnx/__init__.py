@@ -23,6 +23,7 @@ from bitnet_onnx.layer_precision import (
     MemoryOptimizationResult,
 )
 from bitnet_onnx.layers import ComponentType, LayerType
+from bitnet_onnx.quantizer import MixedPrecisionQuantizationConfig, MixedPrecisionQuantizer
 from bitnet_onnx.validation import (
     Finding,
     PrecisionValidator,
