@@ -536,10 +536,13 @@ def _ternary_threshold_search(rows: np.ndarray, per_channel: bool, shape: tuple[
     gamma = gamma.astype(np.float32)
     best_score = np.full(gamma.shape, -1.0)
     best_ratio = np.ones(gamma.shape, np.float32)
+    scaled, kept_abs = np.empty_like(a), np.empty_like(a)
     for ratio in _THRESHOLD_RATIOS:
         denom = np.float32(ratio) * gamma + TERNARY_EPS
-        kept = np.rint(a / (denom[:, None] if per_channel else denom)) != 0
-        total = np.sum(a, axis=axis, dtype=np.float64, where=kept)
+        np.divide(a, denom[:, None] if per_channel else denom, out=scaled)
+        kept = scaled > 0.5  # rint(v) ≠ 0 for v ≥ 0 exactly when v > 0.5 (0.5 rounds to 0)
+        np.multiply(a, kept, out=kept_abs)
+        total = np.sum(kept_abs, axis=axis, dtype=np.float64)
         count = np.count_nonzero(kept, axis=axis)
         score = np.divide(total * total, count, out=np.zeros(np.shape(total)), where=count > 0)
         better = score > best_score
@@ -548,7 +551,8 @@ def _ternary_threshold_search(rows: np.ndarray, per_channel: bool, shape: tuple[
     denom = best_ratio * gamma + TERNARY_EPS
     values = np.clip(np.rint(rows / (denom[:, None] if per_channel else denom)), -1, 1).astype(np.int8)
     kept = values != 0
-    total = np.sum(a, axis=axis, dtype=np.float64, where=kept)
+    np.multiply(a, kept, out=kept_abs)
+    total = np.sum(kept_abs, axis=axis, dtype=np.float64)
     count = np.count_nonzero(kept, axis=axis)
     alpha = np.divide(total, count, out=np.zeros(np.shape(total)), where=count > 0).astype(np.float32)
     return TernaryWeights(values.reshape(shape), np.atleast_1d(alpha))
