@@ -12,7 +12,7 @@ axes, scalars) are `Constant` nodes, as the TorchScript exporter writes them.
 from __future__ import annotations
 
 import collections
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,17 +39,15 @@ def check_opset(opset: int, least: int, feature: str) -> list[str]:
 
 
 class GraphBuilder:
-    """One model under construction at one opset (plus any extra domains)."""
+    """One model under construction at one opset of the default ONNX domain."""
 
-    def __init__(self, name: str, opset: int, domains: Mapping[str, int] | None = None) -> None:
+    def __init__(self, name: str, opset: int) -> None:
         self.opset = opset
         self.model = onnx.ModelProto()
         self.graph = self.model.graph
         self.graph.name = name
-        imports = [helper.make_opsetid("", opset)]
-        imports += [helper.make_opsetid(d, v) for d, v in sorted((domains or {}).items())]
-        self.model.opset_import.extend(imports)
-        self.model.ir_version = helper.find_min_ir_version_for(imports, ignore_unknown=True)
+        self.model.opset_import.append(helper.make_opsetid("", opset))
+        self.model.ir_version = helper.find_min_ir_version_for(self.model.opset_import)
         self.model.producer_name = "bitnet-onnx models"
         self._counts: collections.Counter[str] = collections.Counter()
 
@@ -90,7 +88,6 @@ class GraphBuilder:
         scope: str,
         *,
         output: str | None = None,
-        domain: str = "",
         **attrs: _Attr | TensorProto,
     ) -> str:
         """Appends one single-output node; returns its output name (`output` names a graph output)."""
@@ -99,10 +96,18 @@ class GraphBuilder:
         self._counts[base] += 1
         name = base if seen == 0 else f"{base}_{seen}"
         out = output or f"{name}_output_0"
-        self.graph.node.append(
-            helper.make_node(op_type, list(inputs), [out], name=name, domain=domain, **attrs)
-        )
+        self.graph.node.append(helper.make_node(op_type, list(inputs), [out], name=name, **attrs))
         return out
+
+    def seq_len(self, ids: str, scope: str) -> str:
+        """The length of axis 1 of `ids` as a 1-D int64 tensor [seq] (Shape → Gather → Unsqueeze)."""
+        length = self.node(
+            "Gather",
+            [self.node("Shape", [ids], scope), self.constant(scope, np.asarray(1, np.int64))],
+            scope,
+            axis=0,
+        )
+        return self.node("Unsqueeze", [length, self.ints(scope, [0])], scope)
 
     def reduce_mean(self, x: str, scope: str) -> str:
         """Mean over the last axis, keeping it (axes moved from attribute to input at opset 18)."""

@@ -113,44 +113,19 @@ class _Encoder:
             last = i == c.num_layers - 1
             x = self._layer(i, x, additive, output="last_hidden_state" if last else None)
         b.output("last_hidden_state", TensorProto.FLOAT, ["batch", "seq", c.hidden_size])
-        first = b.node(
-            "Gather", [x, b.constant("/bert/pooler", np.asarray(0, np.int64))], "/bert/pooler", axis=1
-        )
-        pooled = self._linear(
-            first,
-            "bert.pooler.dense",
-            "/bert/pooler/dense",
-            c.hidden_size,
-            c.hidden_size,
-            1.0,
-            per_token=False,
-        )
-        pooled = b.node("Tanh", [pooled], "/bert/pooler/activation")
+        h, s = c.hidden_size, "/bert/pooler"
+        first = b.node("Gather", [x, b.constant(s, np.asarray(0, np.int64))], s, axis=1)
+        pooled = self._linear(first, "bert.pooler.dense", f"{s}/dense", h, h, 1.0, per_token=False)
+        pooled = b.node("Tanh", [pooled], f"{s}/activation")
         self._linear(
-            pooled,
-            "classifier",
-            "/classifier",
-            c.hidden_size,
-            c.num_labels,
-            1.0,
-            per_token=False,
-            output="logits",
+            pooled, "classifier", "/classifier", h, c.num_labels, 1.0, per_token=False, output="logits"
         )
         b.output("logits", TensorProto.FLOAT, ["batch", c.num_labels])
         return b.finish(f"BERT-style encoder: {c}")
 
     def _embeddings(self, ids: str) -> str:
         c, b, s = self.c, self.b, "/bert/embeddings"
-        seq = b.node(
-            "Unsqueeze",
-            [
-                b.node(
-                    "Gather", [b.node("Shape", [ids], s), b.constant(s, np.asarray(1, np.int64))], s, axis=0
-                ),
-                b.ints(s, [0]),
-            ],
-            s,
-        )
+        seq = b.seq_len(ids, s)
         summed = ""
         for kind, rows in (
             ("word", c.vocab_size),

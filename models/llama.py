@@ -50,6 +50,17 @@ class HeadStyle(enum.Enum):
     GEMM = "gemm"  # Reshape(h, [-1, hidden]) → Gemm(·, W[vocab, hidden], transB=1) → Reshape back
 
 
+_SIZES = (
+    "vocab_size",
+    "hidden_size",
+    "num_layers",
+    "num_heads",
+    "num_kv_heads",
+    "intermediate_size",
+    "max_seq_len",
+)
+
+
 @dataclass(frozen=True)
 class LlamaConfig:
     """Shape, graph style and weights of one decoder. The defaults are the `tiny` preset."""
@@ -71,7 +82,7 @@ class LlamaConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        problems = [f"{k} must be positive, got {v}" for k, v in self._sizes().items() if v <= 0]
+        problems = [f"{k} must be positive, got {getattr(self, k)}" for k in _SIZES if getattr(self, k) <= 0]
         if not problems:
             if self.hidden_size % self.num_heads:
                 problems.append(
@@ -86,10 +97,6 @@ class LlamaConfig:
         least = {RMSNormStyle.RMS_NORMALIZATION: 23}.get(self.norm, 13)
         problems += check_opset(self.opset, least, f"norm={self.norm.value}")
         require(problems, "LlamaConfig")
-
-    def _sizes(self) -> dict[str, int]:
-        names = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads")
-        return {k: getattr(self, k) for k in (*names, "intermediate_size", "max_seq_len")}
 
     @classmethod
     def preset(cls, name: str, **changes: Any) -> LlamaConfig:
@@ -112,7 +119,7 @@ class LlamaConfig:
 
 
 PRESETS: dict[str, LlamaConfig] = {
-    "tiny": LlamaConfig(),  # ~106 k parameters, 0.4 MB: tests
+    "tiny": LlamaConfig(),  # ~107 k parameters, 0.5 MB: tests
     # ~101 M parameters (0.4 GB fp32): the compiler benchmark. A 16 k vocabulary keeps the float
     # lm_head a small share of the forward pass, as in the 1B-class models it stands in for.
     "small": LlamaConfig(
@@ -144,10 +151,9 @@ def build(config: LlamaConfig) -> onnx.ModelProto:
 
 class _Decoder:
     def __init__(self, config: LlamaConfig) -> None:
-        c = config
-        self.c = c
-        self.b = GraphBuilder("llama", c.opset)
-        self.w = WeightSampler(c.weights, c.seed)
+        self.c = config
+        self.b = GraphBuilder("llama", config.opset)
+        self.w = WeightSampler(config.weights, config.seed)
 
     def build(self) -> onnx.ModelProto:
         c, b = self.c, self.b
@@ -157,7 +163,7 @@ class _Decoder:
             self.w.matrix("model.embed_tokens.weight", (c.vocab_size, c.hidden_size), out_axis=0, depth=0.0),
         )
         x = b.node("Gather", [table, ids], "/model/embed_tokens")
-        seq = b.node("Unsqueeze", [self._seq_len(ids), b.ints("/model", [0])], "/model")
+        seq = b.seq_len(ids, "/model")
         cos, sin = self._rotary_tables(seq)
         mask = self._causal_mask(seq)
         for i in range(c.num_layers):
@@ -168,12 +174,6 @@ class _Decoder:
         return b.finish(f"LLaMA-style decoder: {c}")
 
     # -- pieces shared by all layers ------------------------------------------------------------
-    def _seq_len(self, ids: str) -> str:
-        shape = self.b.node("Shape", [ids], "/model")
-        return self.b.node(
-            "Gather", [shape, self.b.constant("/model", np.asarray(1, np.int64))], "/model", axis=0
-        )
-
     def _rotary_tables(self, seq: str) -> tuple[str, str]:
         c, b = self.c, self.b
         inv_freq = 1.0 / c.rope_theta ** (np.arange(0, c.head_dim, 2, dtype=np.float64) / c.head_dim)

@@ -59,3 +59,20 @@ def test_a_tensor_depends_only_on_seed_and_name():
         WeightSampler(WeightInit.TRAINED_LIKE, seed=8).matrix("x", (16, 8), out_axis=1, depth=0.2), first
     )
     assert not np.array_equal(a.matrix("y", (16, 8), out_axis=1, depth=0.2), first)
+
+
+def _ternarization_error(w: np.ndarray) -> float:
+    """Relative error of BitNet b1.58 ternarization (absmean pattern, least-squares scale)."""
+    trits = np.clip(np.rint(w / (np.abs(w).mean() + 1e-6)), -1, 1)
+    scale = np.abs(w[trits != 0]).mean()
+    return float(np.linalg.norm(w - trits * scale) / np.linalg.norm(w))
+
+
+def test_trained_like_layers_differ_in_sensitivity_and_ternary_layers_have_none():
+    trained = WeightSampler(WeightInit.TRAINED_LIKE, seed=0)
+    errors = [
+        _ternarization_error(trained.matrix("w", (512, 512), out_axis=1, depth=d)) for d in (0.0, 0.5, 1.0)
+    ]
+    assert errors[0] > 1.2 * errors[1] and errors[2] > 1.2 * errors[1]
+    ternary = WeightSampler(WeightInit.TERNARY, seed=0).matrix("w", (512, 512), out_axis=1, depth=0.0)
+    assert _ternarization_error(ternary) < 1e-6
