@@ -8,13 +8,14 @@ any row.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from bitnet_onnx.dtypes import DType
 
-__all__ = ["ComponentType", "LayerType", "SupportMatrix"]
+__all__ = ["ComponentType", "Layer", "LayerType", "SupportMatrix"]
 
 
 class LayerType(enum.Enum):
@@ -123,3 +124,30 @@ class SupportMatrix:
 
     def with_component(self, component: ComponentType, dtypes: Iterable[DType]) -> SupportMatrix:
         return replace(self, components=_frozen({**self.components, component: frozenset(dtypes)}))
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A named group of graph nodes that gets one precision per component.
+
+    Names come from the model itself (initializer or node names, e.g. `model.layers.0.self_attn.q_proj`).
+    `nodes` are graph node names, the anchor (the weight-bearing or defining node) first. `weight` and
+    `bias` are initializer names as they appear in the graph. `block` names the attention block a
+    projection belongs to (and, for an attention layer, its own block); `tied_with` names the other
+    layer reading the same weight table (embedding ↔ lm_head). `rule` is the pattern that classified it.
+    """
+
+    name: str
+    layer_type: LayerType
+    index: int
+    nodes: tuple[str, ...]
+    rule: str
+    weight: str | None = None
+    weight_shape: tuple[int, ...] | None = None
+    bias: str | None = None
+    block: str | None = None
+    tied_with: str | None = None
+
+    @property
+    def parameter_count(self) -> int:
+        return math.prod(self.weight_shape) if self.weight_shape else 0
