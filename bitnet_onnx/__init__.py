@@ -1,5 +1,13 @@
 """bitnet-onnx: compile ONNX models to BitNet-style mixed precision and run them in onnxruntime."""
 
+from bitnet_onnx.config import (
+    ComponentPrecisionConfig,
+    LayerPrecisionConfig,
+    MixedPrecisionConfig,
+    MixedPrecisionStrategy,
+    Resolution,
+)
+from bitnet_onnx.config_file import load_config, save_config
 from bitnet_onnx.converter import (
     ConversionConfig,
     ConversionStats,
@@ -22,7 +30,19 @@ from bitnet_onnx.layer_precision import (
     MemoryOptimization,
     MemoryOptimizationResult,
 )
-from bitnet_onnx.layers import ComponentType, LayerType
+from bitnet_onnx.layers import ComponentType, LayerType, SupportMatrix
+from bitnet_onnx.policy import (
+    ConditionOperator,
+    ConditionType,
+    Decision,
+    LayerFacts,
+    PolicyAction,
+    PolicyCondition,
+    PolicyEngine,
+    PolicyRule,
+    PrecisionPolicy,
+    weight_statistics,
+)
 from bitnet_onnx.quantizer import MixedPrecisionQuantizationConfig, MixedPrecisionQuantizer
 from bitnet_onnx.validation import (
     Finding,

@@ -1,0 +1,139 @@
+"""The strategy presets, as data. `MixedPrecisionConfig.new(strategy)` returns one of these.
+
+Layer-type defaults (a layer type's precision decides every component that accepts it; `+` marks a
+component override; see `bitnet_onnx.config` for the resolution order):
+
+| layer type    | conservative | balanced                 | aggressive                              |
+|---------------|--------------|--------------------------|-----------------------------------------|
+| linear        | F16          | BITNET158, +activ. I8    | BITNET158 base-3 packed, +activ. I8     |
+| convolution   | F16          | BITNET158, +activ. I8    | BITNET158 base-3 packed, +activ. I8     |
+| attention     | F16          | F16                      | I8                                      |
+| embedding     | F16          | F16                      | I8                                      |
+| output        | F16          | F16                      | I8                                      |
+| normalization | F32          | F16                      | F16                                     |
+| activation    | F16          | F16                      | F16                                     |
+| other         | F32          | F32                      | F32                                     |
+
+Component defaults (what a component gets when its layer's precision does not fit it, e.g. the
+bias and outputs of a ternary or I8 layer) and the strategy default (`default_precision`, last
+resort):
+
+| component   | conservative | balanced  | aggressive         |
+|-------------|--------------|-----------|--------------------|
+| weights     | F16          | BITNET158 | I4, group size 128 |
+| bias        | F16          | F16       | F16                |
+| activations | F16          | I8        | I8                 |
+| outputs     | F16          | F16       | F16                |
+| gradients   | F16          | F16       | F16                |
+| *default*   | F16          | I8        | I4                 |
+
+Why: balanced is the seed's recommendation (ternary weights and int8 activations in the matmuls,
+F16 for attention, normalization, embedding and output). Conservative keeps everything float
+(F16, with F32 normalization for its reductions). Aggressive goes to the smallest file the kernels
+run: ternary linear layers packed 5 per byte (1.6 bits per weight), int8 wherever the support
+matrix allows it, F16 only where it allows nothing lower. "other" (ops the annotator could not
+classify) keeps F32 everywhere, since an unknown op may be index or shape arithmetic. Every preset
+passes `validate()`; CUSTOM starts with no tables and F32 as the default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from bitnet_onnx.config import (
+    ComponentPrecisionConfig,
+    LayerPrecisionConfig,
+    MixedPrecisionConfig,
+    MixedPrecisionStrategy,
+)
+from bitnet_onnx.dtypes import DType, TernaryPacking, WeightLayout
+from bitnet_onnx.layers import ComponentType, LayerType
+
+__all__ = ["PRESETS"]
+
+_L, _C = LayerType, ComponentType
+_BASE3 = WeightLayout(packing=TernaryPacking.BASE3)
+
+
+def _components(
+    table: Mapping[ComponentType, DType | ComponentPrecisionConfig],
+) -> dict[ComponentType, ComponentPrecisionConfig]:
+    return {
+        c: v if isinstance(v, ComponentPrecisionConfig) else ComponentPrecisionConfig(v)
+        for c, v in table.items()
+    }
+
+
+def _ternary(layer_type: LayerType, layout: WeightLayout) -> LayerPrecisionConfig:
+    return LayerPrecisionConfig(layer_type, DType.BITNET158, layout).with_component_override(
+        _C.ACTIVATIONS, DType.I8
+    )
+
+
+PRESETS: Mapping[MixedPrecisionStrategy, MixedPrecisionConfig] = MappingProxyType(
+    {
+        MixedPrecisionStrategy.CONSERVATIVE: MixedPrecisionConfig(
+            MixedPrecisionStrategy.CONSERVATIVE,
+            DType.F16,
+            layer_types={
+                _L.LINEAR: LayerPrecisionConfig(_L.LINEAR, DType.F16),
+                _L.CONVOLUTION: LayerPrecisionConfig(_L.CONVOLUTION, DType.F16),
+                _L.ATTENTION: LayerPrecisionConfig(_L.ATTENTION, DType.F16),
+                _L.EMBEDDING: LayerPrecisionConfig(_L.EMBEDDING, DType.F16),
+                _L.OUTPUT: LayerPrecisionConfig(_L.OUTPUT, DType.F16),
+                _L.NORMALIZATION: LayerPrecisionConfig(_L.NORMALIZATION, DType.F32),
+                _L.ACTIVATION: LayerPrecisionConfig(_L.ACTIVATION, DType.F16),
+                _L.OTHER: LayerPrecisionConfig(_L.OTHER, DType.F32),
+            },
+            components=_components({c: DType.F16 for c in ComponentType}),
+        ),
+        MixedPrecisionStrategy.BALANCED: MixedPrecisionConfig(
+            MixedPrecisionStrategy.BALANCED,
+            DType.I8,
+            layer_types={
+                _L.LINEAR: _ternary(_L.LINEAR, WeightLayout()),
+                _L.CONVOLUTION: _ternary(_L.CONVOLUTION, WeightLayout()),
+                _L.ATTENTION: LayerPrecisionConfig(_L.ATTENTION, DType.F16),
+                _L.EMBEDDING: LayerPrecisionConfig(_L.EMBEDDING, DType.F16),
+                _L.OUTPUT: LayerPrecisionConfig(_L.OUTPUT, DType.F16),
+                _L.NORMALIZATION: LayerPrecisionConfig(_L.NORMALIZATION, DType.F16),
+                _L.ACTIVATION: LayerPrecisionConfig(_L.ACTIVATION, DType.F16),
+                _L.OTHER: LayerPrecisionConfig(_L.OTHER, DType.F32),
+            },
+            components=_components(
+                {
+                    _C.WEIGHTS: DType.BITNET158,
+                    _C.BIAS: DType.F16,
+                    _C.ACTIVATIONS: DType.I8,
+                    _C.OUTPUTS: DType.F16,
+                    _C.GRADIENTS: DType.F16,
+                }
+            ),
+        ),
+        MixedPrecisionStrategy.AGGRESSIVE: MixedPrecisionConfig(
+            MixedPrecisionStrategy.AGGRESSIVE,
+            DType.I4,
+            layer_types={
+                _L.LINEAR: _ternary(_L.LINEAR, _BASE3),
+                _L.CONVOLUTION: _ternary(_L.CONVOLUTION, _BASE3),
+                _L.ATTENTION: LayerPrecisionConfig(_L.ATTENTION, DType.I8),
+                _L.EMBEDDING: LayerPrecisionConfig(_L.EMBEDDING, DType.I8),
+                _L.OUTPUT: LayerPrecisionConfig(_L.OUTPUT, DType.I8),
+                _L.NORMALIZATION: LayerPrecisionConfig(_L.NORMALIZATION, DType.F16),
+                _L.ACTIVATION: LayerPrecisionConfig(_L.ACTIVATION, DType.F16),
+                _L.OTHER: LayerPrecisionConfig(_L.OTHER, DType.F32),
+            },
+            components=_components(
+                {
+                    _C.WEIGHTS: ComponentPrecisionConfig(DType.I4, WeightLayout(group_size=128)),
+                    _C.BIAS: DType.F16,
+                    _C.ACTIVATIONS: DType.I8,
+                    _C.OUTPUTS: DType.F16,
+                    _C.GRADIENTS: DType.F16,
+                }
+            ),
+        ),
+        MixedPrecisionStrategy.CUSTOM: MixedPrecisionConfig(MixedPrecisionStrategy.CUSTOM, DType.F32),
+    }
+)
