@@ -1,0 +1,207 @@
+"""Running bitnet-onnx models: the custom-op library, sessions that load it, and the CPU path.
+
+The C++ op library (`libbitnet_ops.so`, built from `kernels/` by `pip install`) registers the ops of
+kernels/README.md in the onnxruntime domain `DOMAIN`. `library_path()` finds it (or the build named
+by the environment variable `BITNET_OPS_LIBRARY`, e.g. a sanitizer build), `session_options()` and
+`session()` register it (once per SessionOptions), and any failure to find or load it raises
+`KernelLibraryError` saying how to rebuild.
+
+The kernels pick an inner-loop implementation ("ISA path") when onnxruntime creates them: the
+fastest one this CPU supports, or the one `BITNET_ISA` (ref | avx2 | avx512) forces. `dispatch_isa()`
+answers, from the CPU flags the OS reports and that variable, which path kernels created now take;
+the library computes the same from cpuid and xgetbv (the tests check that they agree).
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib.resources
+import logging
+import os
+from functools import cache
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+
+from bitnet_onnx.errors import ConfigError, KernelLibraryError, UnsupportedModelError
+
+__all__ = [
+    "BITLINEAR",
+    "DOMAIN",
+    "ISA_ENV",
+    "LIBRARY_ENV",
+    "OPSET_VERSION",
+    "OP_NAMES",
+    "Isa",
+    "cpu_flags",
+    "dispatch_isa",
+    "library_path",
+    "session",
+    "session_options",
+    "supported_isas",
+]
+
+logger = logging.getLogger(__name__)
+
+DOMAIN = "bitnet"
+"""The custom-op domain of every op in the library (kernels/include/bitnet/ops.h)."""
+OPSET_VERSION = 1
+
+BITLINEAR = "BitLinear"
+OP_NAMES = (BITLINEAR,)
+"""Every op the library registers, as named in kernels/include/bitnet/ops.h."""
+
+LIBRARY_ENV = "BITNET_OPS_LIBRARY"
+"""Environment variable: path of a library build to use instead of the installed one."""
+ISA_ENV = "BITNET_ISA"
+"""Environment variable: force an ISA path (ref, avx2 or avx512) for kernels created afterwards."""
+
+_LIBRARY_NAME = "libbitnet_ops.so"
+_REBUILD = (
+    "rebuild it with `pip install --no-build-isolation -e .` in the bitnet-onnx source tree, "
+    f"or reinstall the bitnet-onnx wheel (or point {LIBRARY_ENV} at a build of kernels/)"
+)
+
+
+class Isa(enum.Enum):
+    """An inner-loop implementation of the kernels, by the value `BITNET_ISA` accepts."""
+
+    REF = "ref"  # portable C++
+    AVX2 = "avx2"  # AVX2 + FMA + F16C
+    AVX512 = "avx512"  # AVX-512 F/BW/VL + VNNI
+
+    @property
+    def required_flags(self) -> frozenset[str]:
+        """The /proc/cpuinfo flags the path needs."""
+        return _REQUIRED_FLAGS[self]
+
+
+_REQUIRED_FLAGS = {
+    Isa.REF: frozenset(),
+    Isa.AVX2: frozenset({"avx2", "fma", "f16c"}),
+    Isa.AVX512: frozenset({"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"}),
+}
+
+
+def library_path() -> Path:
+    """The op library: `$BITNET_OPS_LIBRARY` when set, else the one installed in the package."""
+    override = os.environ.get(LIBRARY_ENV)
+    if override:
+        path = Path(override)
+        if not path.is_file():
+            raise KernelLibraryError(
+                f"{LIBRARY_ENV}={override} does not name a file; point it at a built {_LIBRARY_NAME} "
+                f"or unset it to use the installed library"
+            )
+        return path
+    resource = importlib.resources.files("bitnet_onnx") / "lib" / _LIBRARY_NAME
+    if not resource.is_file():
+        raise KernelLibraryError(
+            f"the bitnet op library bitnet_onnx/lib/{_LIBRARY_NAME} is missing: {_REBUILD}"
+        )
+    return Path(str(resource))
+
+
+def _register_library(options: ort.SessionOptions) -> None:
+    path = library_path()
+    try:
+        options.register_custom_ops_library(str(path))
+    except Exception as exc:  # onnxruntime raises its own pybind exception types
+        raise KernelLibraryError(
+            f"onnxruntime {ort.__version__} could not load the bitnet op library {path}: {exc}; {_REBUILD}"
+        ) from exc
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """Session options with the op library registered; `threads` sets intra_op_num_threads
+    (None keeps onnxruntime's default, one per physical core)."""
+    options = ort.SessionOptions()
+    if threads is not None:
+        _check_threads(threads)
+        options.intra_op_num_threads = threads
+    _register_library(options)
+    return options
+
+
+def session(
+    model: str | os.PathLike[str] | bytes | onnx.ModelProto,
+    threads: int | None = None,
+    options: ort.SessionOptions | None = None,
+) -> ort.InferenceSession:
+    """An onnxruntime CPU session for `model` (a path, serialized bytes or a ModelProto) with the
+    op library registered. `options`, to tune further settings, must come from `session_options()`
+    (the library is registered once per SessionOptions); `threads` overrides their thread count.
+
+    A model onnxruntime rejects (including a bitnet op whose attributes or constant inputs do not
+    match kernels/README.md) raises UnsupportedModelError with onnxruntime's message.
+    """
+    if options is None:
+        options = session_options(threads)
+    elif threads is not None:
+        _check_threads(threads)
+        options.intra_op_num_threads = threads
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    name = "<in-memory model>" if isinstance(source, bytes) else os.fspath(source)
+    try:
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own pybind exception types
+        hint = ""
+        if f"domain_version of {OPSET_VERSION}" in str(exc):
+            hint = " (were the options made by bitnet_onnx.runtime.session_options()?)"
+        raise UnsupportedModelError(
+            f"onnxruntime could not create a session for {name}: {exc}{hint}"
+        ) from exc
+
+
+def _check_threads(threads: int) -> None:
+    if threads < 1:
+        raise ConfigError(f"threads={threads} must be at least 1 (or None for onnxruntime's default)")
+
+
+@cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags the kernel reports in /proc/cpuinfo (empty where there is none).
+    Linux lists AVX/AVX-512 flags only when it saves their registers, like the library's xgetbv check."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return frozenset(value.split())
+    return frozenset()
+
+
+def supported_isas() -> tuple[Isa, ...]:
+    """The ISA paths this CPU runs, slowest first."""
+    flags = cpu_flags()
+    return tuple(isa for isa in Isa if isa.required_flags <= flags)
+
+
+def dispatch_isa() -> Isa:
+    """The path kernels created now take: `$BITNET_ISA` when set, else the fastest supported one.
+
+    Raises KernelLibraryError for a value the library would reject (unknown, or not supported here).
+    """
+    supported = supported_isas()
+    requested = os.environ.get(ISA_ENV, "")
+    if not requested:
+        return supported[-1]
+    choices = ", ".join(isa.value for isa in supported)
+    known = ", ".join(isa.value for isa in Isa)
+    try:
+        isa = Isa(requested)
+    except ValueError:
+        raise KernelLibraryError(
+            f"{ISA_ENV}={requested} is not one of {known} (supported here: {choices}); "
+            f"unset it to use the fastest path"
+        ) from None
+    if isa not in supported:
+        missing = ", ".join(sorted(isa.required_flags - cpu_flags()))
+        raise KernelLibraryError(
+            f"{ISA_ENV}={requested} needs CPU flags {missing} that this CPU lacks "
+            f"(supported here: {choices}); unset it to use the fastest path"
+        )
+    return isa

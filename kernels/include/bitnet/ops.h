@@ -1,0 +1,12 @@
+// The custom-op domain and the names of the ops this library registers. bitnet_onnx/runtime.py
+// repeats these strings; tests/kernels/test_runtime.py checks that the two agree.
+#pragma once
+
+namespace bitnet {
+
+inline constexpr char kDomain[] = "bitnet";
+inline constexpr int kOpsetVersion = 1;
+
+inline constexpr char kBitLinearOp[] = "BitLinear";
+
+}  // namespace bitnet

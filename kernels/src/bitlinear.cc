@@ -1,0 +1,178 @@
+// BitLinear (kernels/README.md): Y = (Xq · Tᵀ) · (s_x / 127) · α + bias with ternary T, per-token
+// int8 activations and exact int32 accumulation. Constant W is repacked once at kernel creation.
+#include <algorithm>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "aligned_buffer.h"
+#include "bitnet/cpu_features.h"
+#include "bitnet/error.h"
+#include "bitnet/lite_op.h"
+#include "bitnet/ops.h"
+#include "bitnet/parallel.h"
+#include "cpu/ternary.h"
+#include "ternary_weights.h"
+
+namespace bitnet {
+namespace {
+
+using Ort::Custom::Tensor;
+constexpr const char* kOp = kBitLinearOp;
+
+// Streaming path: about this many bytes of weights per task.
+constexpr int64_t kStreamingTaskBytes = 64 * 1024;
+// GEMM path: output blocks per task, and the fewest X rows worth a task of their own.
+constexpr int64_t kGemmTaskBlocks = 4;
+constexpr int64_t kGemmMinTaskRows = 32;
+constexpr int64_t kGemmMinTasks = 16;
+// Quantization: rows per task when X has many rows.
+constexpr int64_t kQuantizeTaskRows = 16;
+
+void CheckScale(const std::vector<int64_t>& shape, int64_t n) {
+  const bool ok = shape.size() == 1 && (shape[0] == 1 || shape[0] == n);
+  if (!ok) Fail(kOp, "scale has shape ", ShapeString(shape), "; it must be [1] (per tensor) or [N] = [", n, "]");
+}
+
+void CheckBias(const std::vector<int64_t>& shape, int64_t n) {
+  if (shape.size() != 1 || shape[0] != n) Fail(kOp, "bias has shape ", ShapeString(shape), "; it must be [N] = [", n, "]");
+}
+
+template <typename T>
+class BitLinear {
+ public:
+  BitLinear(const OrtApi*, const OrtKernelInfo* raw_info) {
+    Ort::ConstKernelInfo info(raw_info);
+    if (info.GetInputCount() < 3) {
+      Fail(kOp, "needs inputs X, W, scale and optionally bias; the node has ", info.GetInputCount());
+    }
+    k_ = RequiredInt(info, kOp, "K");
+    if (k_ <= 0) Fail(kOp, "K=", k_, " must be positive (the unpadded reduction length)");
+    format_ = ParseTernaryFormat(RequiredString(info, kOp, "format"), kOp);
+    const Isa isa = SelectIsa(kOp);
+    kernels_ = &cpu::TernaryKernelsFor(isa);
+
+    int is_constant = 0;
+    Ort::ConstValue w = info.GetTensorConstantInput(1, &is_constant);
+    if (is_constant) {
+      weights_.emplace(w.GetTensorData<uint8_t>(), w.GetTensorTypeAndShapeInfo().GetShape(), k_, format_, kOp);
+      const int64_t n = weights_->matrix().n;
+      Ort::ConstValue scale = info.GetTensorConstantInput(2, &is_constant);
+      if (is_constant) CheckScale(scale.GetTensorTypeAndShapeInfo().GetShape(), n);
+      if (info.GetInputCount() > 3) {
+        Ort::ConstValue bias = info.GetTensorConstantInput(3, &is_constant);
+        if (is_constant) CheckBias(bias.GetTensorTypeAndShapeInfo().GetShape(), n);
+      }
+    }
+    std::string message = std::string("[") + kOp + "] node '" + info.GetNodeName() + "': K=" + std::to_string(k_) +
+                          " format=" + TernaryFormatName(format_) +
+                          (weights_ ? " N=" + std::to_string(weights_->matrix().n) + ", W repacked at creation"
+                                    : ", W not constant: repacked per call") +
+                          ", path " + IsaName(isa);
+    ORT_CXX_LOG_NOEXCEPT(info.GetLogger(), ORT_LOGGING_LEVEL_VERBOSE, message.c_str());
+  }
+
+  Ort::Status Compute(OrtKernelContext* ctx, const Tensor<T>& x, const Tensor<uint8_t>& w, const Tensor<float>& scale,
+                      std::optional<const Tensor<float>*> bias, Tensor<T>& y) {
+    const std::vector<int64_t>& x_shape = x.Shape();
+    if (x_shape.empty() || x_shape.back() != k_) {
+      Fail(kOp, "X has shape ", ShapeString(x_shape), " but its last axis must be K=", k_, " (the node's attribute)");
+    }
+    std::optional<TernaryWeights> call_weights;
+    if (!weights_) call_weights.emplace(w.Data(), w.Shape(), k_, format_, kOp);
+    const cpu::TernaryMatrix& matrix = weights_ ? weights_->matrix() : call_weights->matrix();
+    const int64_t n = matrix.n;
+    CheckScale(scale.Shape(), n);
+    if (bias.has_value() && *bias != nullptr) CheckBias((*bias)->Shape(), n);
+
+    std::vector<int64_t> y_shape = x_shape;
+    y_shape.back() = n;
+    T* y_data = y.Allocate(y_shape);
+    int64_t m = 1;
+    for (size_t i = 0; i + 1 < x_shape.size(); ++i) m *= x_shape[i];
+    if (m == 0 || n == 0) return Ort::Status{nullptr};
+
+    cpu::TernaryProblem p;
+    p.w = matrix;
+    p.ldxq = matrix.k_packets * cpu::kPacketK;
+    AlignedBuffer xq(static_cast<size_t>(m * p.ldxq));
+    std::vector<cpu::TokenRow> rows(static_cast<size_t>(m));
+    p.xq = reinterpret_cast<const int8_t*>(xq.data());
+    p.rows = rows.data();
+    p.alpha = scale.Data();
+    p.alpha_per_row = scale.Shape()[0] == n && n != 1;
+    p.bias = bias.has_value() && *bias != nullptr ? (*bias)->Data() : nullptr;
+    p.y = y_data;
+    p.y_f16 = std::is_same_v<T, Ort::Float16_t>;
+
+    Quantize(ctx, x.Data(), m, reinterpret_cast<int8_t*>(xq.data()), p.ldxq, rows.data());
+    Multiply(ctx, p, m);
+    return Ort::Status{nullptr};
+  }
+
+  static void InferShape(ShapeInference& shapes) {
+    if (shapes.InputCount() < 2) return;
+    ShapeInference::TensorShape x = shapes.Input(0);
+    const ShapeInference::TensorShape w = shapes.Input(1);
+    if (x.dims.empty() || w.dims.size() != 2) return;
+    x.dims.back() = w.dims[0];
+    x.symbols.back() = w.symbols[0];
+    shapes.SetOutput(0, x);
+  }
+
+ private:
+  void Quantize(OrtKernelContext* ctx, const T* x, int64_t m, int8_t* xq, int64_t ldxq, cpu::TokenRow* rows) const {
+    auto rows_task = [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        if constexpr (std::is_same_v<T, float>) {
+          kernels_->quantize_f32(x + r * k_, k_, ldxq, xq + r * ldxq, rows + r);
+        } else {
+          kernels_->quantize_f16(reinterpret_cast<const uint16_t*>(x) + r * k_, k_, ldxq, xq + r * ldxq, rows + r);
+        }
+      }
+    };
+    const int64_t tasks = m >= 2 * kQuantizeTaskRows ? cpu::CeilDiv(m, kQuantizeTaskRows) : 1;
+    auto task = [&](size_t i) {
+      const int64_t begin = static_cast<int64_t>(i) * kQuantizeTaskRows;
+      rows_task(tasks == 1 ? 0 : begin, tasks == 1 ? m : std::min(m, begin + kQuantizeTaskRows));
+    };
+    ParallelFor(ctx, static_cast<size_t>(tasks), task);
+  }
+
+  void Multiply(OrtKernelContext* ctx, const cpu::TernaryProblem& p, int64_t m) const {
+    const int64_t blocks = p.w.blocks;
+    int64_t task_blocks, task_rows;
+    if (m <= cpu::kStreamingMaxRows) {
+      task_blocks = std::max<int64_t>(1, kStreamingTaskBytes / (p.w.k_packets * cpu::kPacketBytes));
+      task_rows = m;
+    } else {
+      task_blocks = kGemmTaskBlocks;
+      const int64_t block_tasks = cpu::CeilDiv(blocks, task_blocks);
+      const int64_t row_tasks = std::clamp<int64_t>(cpu::CeilDiv(kGemmMinTasks, block_tasks), 1,
+                                                    std::max<int64_t>(1, m / kGemmMinTaskRows));
+      task_rows = cpu::CeilDiv(m, row_tasks);
+    }
+    const int64_t block_tasks = cpu::CeilDiv(blocks, task_blocks);
+    const int64_t row_tasks = cpu::CeilDiv(m, task_rows);
+    auto task = [&](size_t i) {
+      const int64_t bt = static_cast<int64_t>(i) % block_tasks, rt = static_cast<int64_t>(i) / block_tasks;
+      kernels_->matmul(p, rt * task_rows, std::min(m, (rt + 1) * task_rows), bt * task_blocks,
+                       std::min(blocks, (bt + 1) * task_blocks));
+    };
+    ParallelFor(ctx, static_cast<size_t>(block_tasks * row_tasks), task);
+  }
+
+  int64_t k_ = 0;
+  TernaryFormat format_ = TernaryFormat::kTwoBit;
+  const cpu::TernaryKernels* kernels_ = nullptr;
+  std::optional<TernaryWeights> weights_;  // set when W is a constant initializer
+};
+
+}  // namespace
+
+OpList BitLinearOps() {
+  return {MakeOp<BitLinear<float>>(kOp), MakeOp<BitLinear<Ort::Float16_t>>(kOp)};
+}
+
+}  // namespace bitnet

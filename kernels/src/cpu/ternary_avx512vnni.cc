@@ -1,0 +1,273 @@
+// AVX-512 VNNI path (compiled with -mavx512f -mavx512bw -mavx512vl -mavx512vnni).
+//
+// Few X rows (memory-bound): stream the T16 packets once; each 64-byte packet is masked into its
+// four 2-bit fields (c·4^f, still unsigned bytes) and fed to VPDPBUSD against a broadcast of the
+// four activation bytes of that field; per-field accumulators are shifted back (exactly, every
+// product is a multiple of 4^f) at the end.
+// Many X rows (compute-bound): unpack a panel of 4 blocks × a K chunk into code bytes in cache,
+// then run 6×64 register tiles of VPDPBUSD over it, partial sums kept between K chunks.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cfloat>
+#include <cstring>
+
+#include "aligned_buffer.h"
+#include "scalar.h"
+#include "ternary.h"
+
+namespace bitnet::cpu {
+namespace {
+
+constexpr int kTileRows = 6;         // X rows per register tile
+constexpr int kPanelBlocks = 4;      // 16-row output blocks per panel (64 outputs)
+constexpr int64_t kChunkPackets = 32;  // K packets per panel chunk (512 k: 32 KB of codes)
+
+inline __mmask16 TailMask(int64_t count) {
+  return count >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << count) - 1);
+}
+
+inline __m512i Broadcast4(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm512_set1_epi32(v);
+}
+
+struct LoadF32 {
+  const float* x;
+  __m512 operator()(int64_t i, __mmask16 mask) const { return _mm512_maskz_loadu_ps(mask, x + i); }
+};
+struct LoadF16 {
+  const uint16_t* x;
+  __m512 operator()(int64_t i, __mmask16 mask) const {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, x + i));
+  }
+};
+
+template <typename Load>
+void QuantizeRow(Load load, int64_t k, int64_t ldxq, int8_t* xq, TokenRow* row) {
+  const __m512 largest = _mm512_set1_ps(FLT_MAX);
+  __m512 vmax = _mm512_setzero_ps();
+  __mmask16 bad = 0;
+  for (int64_t i = 0; i < k; i += 16) {
+    const __m512 a = _mm512_abs_ps(load(i, TailMask(k - i)));
+    bad |= _mm512_cmp_ps_mask(a, largest, _CMP_NLE_UQ);
+    vmax = _mm512_max_ps(vmax, a);
+  }
+  if (bad) {
+    std::memset(xq, 0, static_cast<size_t>(ldxq));
+    *row = NonFiniteRow();
+    return;
+  }
+  const float s = _mm512_reduce_max_ps(vmax);
+  if (s == 0.0f) {
+    std::memset(xq, 0, static_cast<size_t>(ldxq));
+    *row = TokenRow{0.0f, 0, 1};
+    return;
+  }
+  const __m512 inv = _mm512_set1_ps(127.0f / s);
+  const __m512 lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
+  __m512i sum = _mm512_setzero_si512();
+  for (int64_t i = 0; i < k; i += 16) {
+    const __mmask16 mask = TailMask(k - i);
+    __m512 v = _mm512_mul_ps(load(i, mask), inv);
+    v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), v);  // 0 · ∞ → 0
+    v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+    const __m512i q = _mm512_cvt_roundps_epi32(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    sum = _mm512_add_epi32(sum, q);
+    _mm512_mask_cvtepi32_storeu_epi8(xq + i, mask, q);
+  }
+  std::memset(xq + k, 0, static_cast<size_t>(ldxq - k));
+  *row = TokenRow{s / 127.0f, _mm512_reduce_add_epi32(sum), 1};
+}
+
+void QuantizeF32(const float* x, int64_t k, int64_t ldxq, int8_t* xq, TokenRow* row) {
+  QuantizeRow(LoadF32{x}, k, ldxq, xq, row);
+}
+
+void QuantizeF16(const uint16_t* x, int64_t k, int64_t ldxq, int8_t* xq, TokenRow* row) {
+  QuantizeRow(LoadF16{x}, k, ldxq, xq, row);
+}
+
+// Y[m, n0 : n0 + 16] from the 16 dot products Σ c·x of one block (README epilogue order).
+inline void StoreBlock(const TernaryProblem& p, int64_t m, int64_t n0, __m512i dot) {
+  const __mmask16 mask = TailMask(p.w.n - n0);
+  const TokenRow& row = p.rows[m];
+  __m512 v;
+  if (!row.finite) {
+    v = _mm512_set1_ps(std::numeric_limits<float>::quiet_NaN());
+  } else {
+    v = _mm512_cvt_roundepi32_ps(_mm512_sub_epi32(dot, _mm512_set1_epi32(row.sum)),
+                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    v = _mm512_mul_ps(v, _mm512_set1_ps(row.factor));
+    v = _mm512_mul_ps(v, p.alpha_per_row ? _mm512_maskz_loadu_ps(mask, p.alpha + n0) : _mm512_set1_ps(p.alpha[0]));
+    if (p.bias != nullptr) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, p.bias + n0));
+  }
+  const int64_t at = m * p.w.n + n0;
+  if (p.y_f16) {
+    _mm256_mask_storeu_epi16(static_cast<uint16_t*>(p.y) + at, mask,
+                             _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  } else {
+    _mm512_mask_storeu_ps(static_cast<float*>(p.y) + at, mask, v);
+  }
+}
+
+// ---- streaming path: MR X rows, U packets per iteration (independent accumulator sets) ----
+
+template <int MR, int U>
+void StreamRows(const TernaryProblem& p, int64_t m0, int64_t block_begin, int64_t block_end) {
+  const __m512i field0 = _mm512_set1_epi8(0x03), field1 = _mm512_set1_epi8(0x0c);
+  const __m512i field2 = _mm512_set1_epi8(0x30), field3 = _mm512_set1_epi8(static_cast<char>(0xc0));
+  const int64_t kp = p.w.k_packets;
+  const int8_t* x[MR];
+  for (int r = 0; r < MR; ++r) x[r] = p.xq + (m0 + r) * p.ldxq;
+  for (int64_t b = block_begin; b < block_end; ++b) {
+    const uint8_t* w = p.w.packets + b * kp * kPacketBytes;
+    __m512i acc[MR][U][4];
+    for (int r = 0; r < MR; ++r)
+      for (int u = 0; u < U; ++u)
+        for (int f = 0; f < 4; ++f) acc[r][u][f] = _mm512_setzero_si512();
+    auto step = [&](int64_t pk, int u) {
+      const __m512i v = _mm512_load_si512(w + pk * kPacketBytes);
+      const __m512i c0 = _mm512_and_si512(v, field0), c1 = _mm512_and_si512(v, field1);
+      const __m512i c2 = _mm512_and_si512(v, field2), c3 = _mm512_and_si512(v, field3);
+      for (int r = 0; r < MR; ++r) {
+        const int8_t* xs = x[r] + pk * kPacketK;
+        acc[r][u][0] = _mm512_dpbusd_epi32(acc[r][u][0], c0, Broadcast4(xs));
+        acc[r][u][1] = _mm512_dpbusd_epi32(acc[r][u][1], c1, Broadcast4(xs + 4));
+        acc[r][u][2] = _mm512_dpbusd_epi32(acc[r][u][2], c2, Broadcast4(xs + 8));
+        acc[r][u][3] = _mm512_dpbusd_epi32(acc[r][u][3], c3, Broadcast4(xs + 12));
+      }
+    };
+    int64_t pk = 0;
+    for (; pk + U <= kp; pk += U) {
+      for (int u = 0; u < U; ++u) step(pk + u, u);
+    }
+    for (; pk < kp; ++pk) step(pk, 0);
+    for (int r = 0; r < MR; ++r) {
+      __m512i dot = _mm512_setzero_si512();
+      for (int u = 0; u < U; ++u) {
+        dot = _mm512_add_epi32(dot, acc[r][u][0]);
+        dot = _mm512_add_epi32(dot, _mm512_srai_epi32(acc[r][u][1], 2));
+        dot = _mm512_add_epi32(dot, _mm512_srai_epi32(acc[r][u][2], 4));
+        dot = _mm512_add_epi32(dot, _mm512_srai_epi32(acc[r][u][3], 6));
+      }
+      StoreBlock(p, m0 + r, b * kBlockRows, dot);
+    }
+  }
+}
+
+void Stream(const TernaryProblem& p, int64_t m_begin, int64_t m_end, int64_t block_begin, int64_t block_end) {
+  for (int64_t m = m_begin; m < m_end;) {
+    switch (std::min<int64_t>(m_end - m, 4)) {
+      case 1: StreamRows<1, 2>(p, m, block_begin, block_end); m += 1; break;
+      case 2: StreamRows<2, 1>(p, m, block_begin, block_end); m += 2; break;
+      case 3: StreamRows<3, 1>(p, m, block_begin, block_end); m += 3; break;
+      default: StreamRows<4, 1>(p, m, block_begin, block_end); m += 4; break;
+    }
+  }
+}
+
+// ---- GEMM path ----
+
+// Panel of `nb` blocks × packets [pk0, pk0 + packets): step s = 4·packet + field holds nb
+// 64-byte vectors of codes c ∈ {0, 1, 2} (16 rows × 4 k each).
+void UnpackPanel(const TernaryMatrix& w, int64_t b0, int nb, int64_t pk0, int64_t packets, uint8_t* panel) {
+  const __m512i low2 = _mm512_set1_epi8(0x03);
+  for (int j = 0; j < nb; ++j) {
+    const uint8_t* src = w.packets + ((b0 + j) * w.k_packets + pk0) * kPacketBytes;
+    for (int64_t pk = 0; pk < packets; ++pk) {
+      const __m512i v = _mm512_load_si512(src + pk * kPacketBytes);
+      uint8_t* dst = panel + (pk * 4 * nb + j) * kPacketBytes;
+      _mm512_store_si512(dst, _mm512_and_si512(v, low2));
+      _mm512_store_si512(dst + nb * kPacketBytes, _mm512_and_si512(_mm512_srli_epi16(v, 2), low2));
+      _mm512_store_si512(dst + 2 * nb * kPacketBytes, _mm512_and_si512(_mm512_srli_epi16(v, 4), low2));
+      _mm512_store_si512(dst + 3 * nb * kPacketBytes, _mm512_and_si512(_mm512_srli_epi16(v, 6), low2));
+    }
+  }
+}
+
+// One MR × (NB·16) tile over `steps` steps of a panel. Partial sums live in `partial`
+// (NB·16 int32 per row) between chunks; the last chunk applies the epilogue.
+template <int MR, int NB>
+void Tile(const TernaryProblem& p, const uint8_t* panel, int64_t steps, int64_t k0, int64_t m0, int64_t n0,
+          int32_t* partial, bool first, bool last) {
+  __m512i acc[MR][NB];
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < NB; ++j)
+      acc[r][j] = first ? _mm512_setzero_si512() : _mm512_load_si512(partial + (r * NB + j) * 16);
+  const int8_t* x = p.xq + m0 * p.ldxq + k0;
+  for (int64_t s = 0; s < steps; ++s) {
+    __m512i w[NB];
+    for (int j = 0; j < NB; ++j) w[j] = _mm512_load_si512(panel + (s * NB + j) * kPacketBytes);
+    for (int r = 0; r < MR; ++r) {
+      const __m512i xb = Broadcast4(x + r * p.ldxq + 4 * s);
+      for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], w[j], xb);
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    for (int j = 0; j < NB; ++j) {
+      if (last) {
+        if (n0 + 16 * j < p.w.n) StoreBlock(p, m0 + r, n0 + 16 * j, acc[r][j]);
+      } else {
+        _mm512_store_si512(partial + (r * NB + j) * 16, acc[r][j]);
+      }
+    }
+  }
+}
+
+template <int NB>
+void PanelRows(const TernaryProblem& p, const uint8_t* panel, int64_t steps, int64_t k0, int64_t m_begin,
+               int64_t m_end, int64_t n0, int32_t* partial, bool first, bool last) {
+  for (int64_t m = m_begin; m < m_end; m += kTileRows) {
+    int32_t* tile_partial = partial + (m - m_begin) * NB * 16;
+    switch (std::min<int64_t>(m_end - m, kTileRows)) {
+      case 1: Tile<1, NB>(p, panel, steps, k0, m, n0, tile_partial, first, last); break;
+      case 2: Tile<2, NB>(p, panel, steps, k0, m, n0, tile_partial, first, last); break;
+      case 3: Tile<3, NB>(p, panel, steps, k0, m, n0, tile_partial, first, last); break;
+      case 4: Tile<4, NB>(p, panel, steps, k0, m, n0, tile_partial, first, last); break;
+      case 5: Tile<5, NB>(p, panel, steps, k0, m, n0, tile_partial, first, last); break;
+      default: Tile<6, NB>(p, panel, steps, k0, m, n0, tile_partial, first, last); break;
+    }
+  }
+}
+
+void Gemm(const TernaryProblem& p, int64_t m_begin, int64_t m_end, int64_t block_begin, int64_t block_end) {
+  thread_local AlignedBuffer panel_buffer, partial_buffer;
+  const size_t panel_bytes = static_cast<size_t>(kChunkPackets * 4 * kPanelBlocks * kPacketBytes);
+  const size_t partial_bytes = static_cast<size_t>((m_end - m_begin + kTileRows) * kPanelBlocks * 16 * 4);
+  if (panel_buffer.size() < panel_bytes) panel_buffer = AlignedBuffer(panel_bytes);
+  if (partial_buffer.size() < partial_bytes) partial_buffer = AlignedBuffer(partial_bytes);
+  uint8_t* panel = panel_buffer.data();
+  int32_t* partial = reinterpret_cast<int32_t*>(partial_buffer.data());
+  const int64_t kp = p.w.k_packets;
+  for (int64_t b = block_begin; b < block_end; b += kPanelBlocks) {
+    const int nb = static_cast<int>(std::min<int64_t>(kPanelBlocks, block_end - b));
+    for (int64_t pk0 = 0; pk0 < kp; pk0 += kChunkPackets) {
+      const int64_t packets = std::min(kChunkPackets, kp - pk0);
+      UnpackPanel(p.w, b, nb, pk0, packets, panel);
+      const bool first = pk0 == 0, last = pk0 + packets == kp;
+      const int64_t steps = 4 * packets, k0 = pk0 * kPacketK, n0 = b * kBlockRows;
+      switch (nb) {
+        case 1: PanelRows<1>(p, panel, steps, k0, m_begin, m_end, n0, partial, first, last); break;
+        case 2: PanelRows<2>(p, panel, steps, k0, m_begin, m_end, n0, partial, first, last); break;
+        case 3: PanelRows<3>(p, panel, steps, k0, m_begin, m_end, n0, partial, first, last); break;
+        default: PanelRows<4>(p, panel, steps, k0, m_begin, m_end, n0, partial, first, last); break;
+      }
+    }
+  }
+}
+
+void Matmul(const TernaryProblem& p, int64_t m_begin, int64_t m_end, int64_t block_begin, int64_t block_end) {
+  if (m_end - m_begin <= kStreamingMaxRows) {
+    Stream(p, m_begin, m_end, block_begin, block_end);
+  } else {
+    Gemm(p, m_begin, m_end, block_begin, block_end);
+  }
+}
+
+}  // namespace
+
+const TernaryKernels kTernaryAvx512Vnni = {QuantizeF32, QuantizeF16, Matmul};
+
+}  // namespace bitnet::cpu
