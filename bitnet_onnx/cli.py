@@ -21,10 +21,11 @@ EXIT_USER_ERROR = 2
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from bitnet_onnx.info import describe
+    from bitnet_onnx.info import describe, gather
 
-    print(describe())
-    return EXIT_OK
+    info = gather()
+    print(describe(info))
+    return EXIT_OK if info.library_loads else EXIT_USER_ERROR
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
