@@ -10,6 +10,10 @@
 
 #include "ternary.h"
 
+// Fully unrolls a loop over a register array (accumulator tiles) before GCC decides where the
+// array lives: without it GCC 12 keeps such arrays on the stack and spills every step.
+#define BITNET_UNROLL _Pragma("GCC unroll 16")
+
 namespace bitnet::cpu {
 
 inline float HalfToFloat(uint16_t h) {

@@ -145,19 +145,19 @@ void StreamRows(const TernaryProblem& p, int64_t m0, int64_t block_begin, int64_
   const __m256i low2 = _mm256_set1_epi8(0x03), ones = _mm256_set1_epi16(1);
   const int64_t kp = p.w.k_packets;
   const int8_t* x[MR];
-  for (int r = 0; r < MR; ++r) x[r] = p.xq + (m0 + r) * p.ldxq;
+  BITNET_UNROLL for (int r = 0; r < MR; ++r) x[r] = p.xq + (m0 + r) * p.ldxq;
   for (int64_t b = block_begin; b < block_end; ++b) {
     const uint8_t* w = p.w.packets + b * kp * kPacketBytes;
     __m256i acc[MR][2];
-    for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+    BITNET_UNROLL for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
     for (int64_t pk = 0; pk < kp; ++pk) {
-      for (int h = 0; h < 2; ++h) {
+      BITNET_UNROLL for (int h = 0; h < 2; ++h) {
         const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(w + pk * kPacketBytes + 32 * h));
         const __m256i c0 = _mm256_and_si256(v, low2);
         const __m256i c1 = _mm256_and_si256(_mm256_srli_epi16(v, 2), low2);
         const __m256i c2 = _mm256_and_si256(_mm256_srli_epi16(v, 4), low2);
         const __m256i c3 = _mm256_and_si256(_mm256_srli_epi16(v, 6), low2);
-        for (int r = 0; r < MR; ++r) {
+        BITNET_UNROLL for (int r = 0; r < MR; ++r) {
           const int8_t* xs = x[r] + pk * kPacketK;
           __m256i t = _mm256_maddubs_epi16(c0, Broadcast4(xs));
           t = _mm256_add_epi16(t, _mm256_maddubs_epi16(c1, Broadcast4(xs + 4)));
@@ -167,7 +167,7 @@ void StreamRows(const TernaryProblem& p, int64_t m0, int64_t block_begin, int64_
         }
       }
     }
-    for (int r = 0; r < MR; ++r) {
+    BITNET_UNROLL for (int r = 0; r < MR; ++r) {
       StoreHalf(p, m0 + r, b * kBlockRows, acc[r][0]);
       StoreHalf(p, m0 + r, b * kBlockRows + 8, acc[r][1]);
     }
@@ -192,9 +192,9 @@ void UnpackPanel(const TernaryMatrix& w, int64_t b, int64_t pk0, int64_t packets
   const __m256i low2 = _mm256_set1_epi8(0x03);
   const uint8_t* src = w.packets + (b * w.k_packets + pk0) * kPacketBytes;
   for (int64_t pk = 0; pk < packets; ++pk) {
-    for (int h = 0; h < 2; ++h) {
+    BITNET_UNROLL for (int h = 0; h < 2; ++h) {
       const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(src + pk * kPacketBytes + 32 * h));
-      for (int f = 0; f < 4; ++f) {
+      BITNET_UNROLL for (int f = 0; f < 4; ++f) {
         const __m256i c = _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(2 * f)), low2);
         _mm256_store_si256(reinterpret_cast<__m256i*>(panel + (4 * pk + f) * kPacketBytes + 32 * h), c);
       }
@@ -208,28 +208,28 @@ void Tile(const TernaryProblem& p, const uint8_t* panel, int64_t steps, int64_t 
   const __m256i ones = _mm256_set1_epi16(1);
   __m256i* acc32 = reinterpret_cast<__m256i*>(partial);  // [MR][2]
   if (first) {
-    for (int i = 0; i < 2 * MR; ++i) acc32[i] = _mm256_setzero_si256();
+    BITNET_UNROLL for (int i = 0; i < 2 * MR; ++i) acc32[i] = _mm256_setzero_si256();
   }
   const int8_t* x = p.xq + m0 * p.ldxq + k0;
   for (int64_t s0 = 0; s0 < steps; s0 += kInt16Steps) {
     const int64_t s1 = std::min(steps, s0 + kInt16Steps);
     __m256i acc[MR][2];
-    for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+    BITNET_UNROLL for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
     for (int64_t s = s0; s < s1; ++s) {
       const __m256i w0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(panel + s * kPacketBytes));
       const __m256i w1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(panel + s * kPacketBytes + 32));
-      for (int r = 0; r < MR; ++r) {
+      BITNET_UNROLL for (int r = 0; r < MR; ++r) {
         const __m256i xb = Broadcast4(x + r * p.ldxq + 4 * s);
         acc[r][0] = _mm256_add_epi16(acc[r][0], _mm256_maddubs_epi16(w0, xb));
         acc[r][1] = _mm256_add_epi16(acc[r][1], _mm256_maddubs_epi16(w1, xb));
       }
     }
-    for (int r = 0; r < MR; ++r) {
-      for (int h = 0; h < 2; ++h) acc32[2 * r + h] = _mm256_add_epi32(acc32[2 * r + h], _mm256_madd_epi16(acc[r][h], ones));
+    BITNET_UNROLL for (int r = 0; r < MR; ++r) {
+      BITNET_UNROLL for (int h = 0; h < 2; ++h) acc32[2 * r + h] = _mm256_add_epi32(acc32[2 * r + h], _mm256_madd_epi16(acc[r][h], ones));
     }
   }
   if (last) {
-    for (int r = 0; r < MR; ++r) {
+    BITNET_UNROLL for (int r = 0; r < MR; ++r) {
       StoreHalf(p, m0 + r, n0, acc32[2 * r]);
       StoreHalf(p, m0 + r, n0 + 8, acc32[2 * r + 1]);
     }

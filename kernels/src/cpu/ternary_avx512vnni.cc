@@ -120,18 +120,18 @@ void StreamRows(const TernaryProblem& p, int64_t m0, int64_t block_begin, int64_
   const __m512i field2 = _mm512_set1_epi8(0x30), field3 = _mm512_set1_epi8(static_cast<char>(0xc0));
   const int64_t kp = p.w.k_packets;
   const int8_t* x[MR];
-  for (int r = 0; r < MR; ++r) x[r] = p.xq + (m0 + r) * p.ldxq;
+  BITNET_UNROLL for (int r = 0; r < MR; ++r) x[r] = p.xq + (m0 + r) * p.ldxq;
   for (int64_t b = block_begin; b < block_end; ++b) {
     const uint8_t* w = p.w.packets + b * kp * kPacketBytes;
     __m512i acc[MR][U][4];
-    for (int r = 0; r < MR; ++r)
-      for (int u = 0; u < U; ++u)
-        for (int f = 0; f < 4; ++f) acc[r][u][f] = _mm512_setzero_si512();
+    BITNET_UNROLL for (int r = 0; r < MR; ++r)
+      BITNET_UNROLL for (int u = 0; u < U; ++u)
+        BITNET_UNROLL for (int f = 0; f < 4; ++f) acc[r][u][f] = _mm512_setzero_si512();
     auto step = [&](int64_t pk, int u) {
       const __m512i v = _mm512_load_si512(w + pk * kPacketBytes);
       const __m512i c0 = _mm512_and_si512(v, field0), c1 = _mm512_and_si512(v, field1);
       const __m512i c2 = _mm512_and_si512(v, field2), c3 = _mm512_and_si512(v, field3);
-      for (int r = 0; r < MR; ++r) {
+      BITNET_UNROLL for (int r = 0; r < MR; ++r) {
         const int8_t* xs = x[r] + pk * kPacketK;
         acc[r][u][0] = _mm512_dpbusd_epi32(acc[r][u][0], c0, Broadcast4(xs));
         acc[r][u][1] = _mm512_dpbusd_epi32(acc[r][u][1], c1, Broadcast4(xs + 4));
@@ -141,12 +141,12 @@ void StreamRows(const TernaryProblem& p, int64_t m0, int64_t block_begin, int64_
     };
     int64_t pk = 0;
     for (; pk + U <= kp; pk += U) {
-      for (int u = 0; u < U; ++u) step(pk + u, u);
+      BITNET_UNROLL for (int u = 0; u < U; ++u) step(pk + u, u);
     }
     for (; pk < kp; ++pk) step(pk, 0);
-    for (int r = 0; r < MR; ++r) {
+    BITNET_UNROLL for (int r = 0; r < MR; ++r) {
       __m512i dot = _mm512_setzero_si512();
-      for (int u = 0; u < U; ++u) {
+      BITNET_UNROLL for (int u = 0; u < U; ++u) {
         dot = _mm512_add_epi32(dot, acc[r][u][0]);
         dot = _mm512_add_epi32(dot, _mm512_srai_epi32(acc[r][u][1], 2));
         dot = _mm512_add_epi32(dot, _mm512_srai_epi32(acc[r][u][2], 4));
@@ -193,20 +193,20 @@ template <int MR, int NB>
 void Tile(const TernaryProblem& p, const uint8_t* panel, int64_t steps, int64_t k0, int64_t m0, int64_t n0,
           int32_t* partial, bool first, bool last) {
   __m512i acc[MR][NB];
-  for (int r = 0; r < MR; ++r)
-    for (int j = 0; j < NB; ++j)
+  BITNET_UNROLL for (int r = 0; r < MR; ++r)
+    BITNET_UNROLL for (int j = 0; j < NB; ++j)
       acc[r][j] = first ? _mm512_setzero_si512() : _mm512_load_si512(partial + (r * NB + j) * 16);
   const int8_t* x = p.xq + m0 * p.ldxq + k0;
   for (int64_t s = 0; s < steps; ++s) {
     __m512i w[NB];
-    for (int j = 0; j < NB; ++j) w[j] = _mm512_load_si512(panel + (s * NB + j) * kPacketBytes);
-    for (int r = 0; r < MR; ++r) {
+    BITNET_UNROLL for (int j = 0; j < NB; ++j) w[j] = _mm512_load_si512(panel + (s * NB + j) * kPacketBytes);
+    BITNET_UNROLL for (int r = 0; r < MR; ++r) {
       const __m512i xb = Broadcast4(x + r * p.ldxq + 4 * s);
-      for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], w[j], xb);
+      BITNET_UNROLL for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], w[j], xb);
     }
   }
-  for (int r = 0; r < MR; ++r) {
-    for (int j = 0; j < NB; ++j) {
+  BITNET_UNROLL for (int r = 0; r < MR; ++r) {
+    BITNET_UNROLL for (int j = 0; j < NB; ++j) {
       if (last) {
         if (n0 + 16 * j < p.w.n) StoreBlock(p, m0 + r, n0 + 16 * j, acc[r][j]);
       } else {

@@ -1,0 +1,2 @@
+"""Benchmarks, run as commands (`bitnet-onnx bench <suite>` or `python -m bitnet_onnx.bench.<suite>`),
+never as timed tests. `kernels`: the op library against onnxruntime's own matmuls (TARGETS.md)."""

@@ -1,0 +1,40 @@
+"""The kernel benchmark command runs end to end (tiny shapes; no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bitnet_onnx.bench import kernels
+from bitnet_onnx.errors import ConfigError
+
+pytestmark = pytest.mark.kernels
+
+
+def test_benchmark_prints_every_contender(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["--shapes", "1x64x32,5x100x7", "--threads", "1,2", "--runs", "2", "--warmup", "0"]
+    assert kernels.main([*argv, "--cold-mb", "1", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for contender in kernels.CONTENDERS:
+        assert printed.count(contender.label) == 4  # 2 shapes × 2 thread counts
+    assert "1x64x32  T2  (cold weights)" in printed and "DRAM floor" in printed
+    records = json.loads(out.read_text())["results"]
+    assert len(records) == 4 * len(kernels.CONTENDERS)
+    cold = [r for r in records if r["shape"] == "1x64x32" and r["op"] == "bitlinear"]
+    assert all(r["copies"] * r["weight_bytes"] >= 1 << 20 for r in cold)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--shapes", "1x4096"], "is not MxKxN"),
+        (["--ops", "bitlinear,gemm9"], "unknown contenders gemm9"),
+        (["--threads", "0"], "must be positive"),
+    ],
+)
+def test_benchmark_rejects_bad_options(argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        kernels.main(argv)
