@@ -1,5 +1,7 @@
 """bitnet-onnx: compile ONNX models to BitNet-style mixed precision and run them in onnxruntime."""
 
+from __future__ import annotations
+
 from bitnet_onnx.config import (
     ComponentPrecisionConfig,
     LayerPrecisionConfig,
@@ -52,5 +54,52 @@ from bitnet_onnx.validation import (
     ValidationRule,
     default_rules,
 )
+
+__all__ = [
+    "ComponentPrecisionConfig",
+    "ComponentType",
+    "ConditionOperator",
+    "ConditionType",
+    "ConfigError",
+    "ConversionConfig",
+    "ConversionError",
+    "ConversionStats",
+    "ConversionStrategy",
+    "DType",
+    "Decision",
+    "Finding",
+    "KernelLibraryError",
+    "LayerFacts",
+    "LayerPrecisionConfig",
+    "LayerPrecisionManager",
+    "LayerPrecisionSpec",
+    "LayerType",
+    "MemoryOptimization",
+    "MemoryOptimizationResult",
+    "MixedPrecisionConfig",
+    "MixedPrecisionError",
+    "MixedPrecisionQuantizationConfig",
+    "MixedPrecisionQuantizer",
+    "MixedPrecisionStrategy",
+    "PolicyAction",
+    "PolicyCondition",
+    "PolicyEngine",
+    "PolicyRule",
+    "PrecisionConverter",
+    "PrecisionPolicy",
+    "PrecisionValidator",
+    "QuantizedTensor",
+    "Resolution",
+    "Severity",
+    "SupportMatrix",
+    "UnsupportedModelError",
+    "ValidationError",
+    "ValidationReport",
+    "ValidationRule",
+    "default_rules",
+    "load_config",
+    "save_config",
+    "weight_statistics",
+]
 
 __version__ = "0.1.0"

@@ -35,7 +35,9 @@ cannot hold a value (the cast would give ±Inf) is a ConversionError with the co
 except under DIRECT, which saturates. With `validate_results`, every result is dequantized and its
 relative RMS error ‖ŵ − w‖ / ‖w‖ compared to the tolerance (`validation_tolerance`, or the per-dtype
 default `DEFAULT_TOLERANCES`, calibrated for deterministic rounding of Gaussian/Laplace weights with
-whole-row groups); exceeding it is a ConversionError.
+whole-row groups); exceeding it is a ConversionError. A ConversionError's `to_dtype` is the target
+DType and its `from_dtype` the source's DType (F32, F16, BF16), or the numpy name of a source no
+DType describes (float64, int32); `convert_batch` reports its failures together, from "float".
 """
 
 from __future__ import annotations
@@ -360,7 +362,7 @@ class PrecisionConverter:
     def _convert(
         self, config: ConversionConfig, source: np.ndarray, target: DType, label: str, per_token: bool
     ) -> tuple[QuantizedTensor, int, _Measured | None]:
-        src = _source_name(source.dtype)
+        src = _source_dtype(source.dtype)
         if not _is_float(source.dtype):
             raise ConversionError(
                 src,
@@ -404,7 +406,7 @@ class PrecisionConverter:
         if count and strategy is not ConversionStrategy.DIRECT:
             biggest = float(np.max(np.abs(source.astype(np.float64))))
             raise ConversionError(
-                _source_name(source.dtype),
+                _source_dtype(source.dtype),
                 target,
                 f"{label} has {count} values beyond the {target.name} range ±{top:g} "
                 f"(max |x| = {biggest:g}); convert to a wider type (BF16 or F32), rescale the tensor, "
@@ -486,7 +488,7 @@ class PrecisionConverter:
         tolerance = config.tolerance(result.dtype)
         if relative > tolerance:
             raise ConversionError(
-                _source_name(source.dtype),
+                _source_dtype(source.dtype),
                 result.dtype,
                 f"{label}: relative RMS error {relative:.4g} exceeds the tolerance {tolerance:g} "
                 f"(max abs error {abs_error:.4g}, strategy {config.strategy.value}); use SCALED or "
@@ -652,11 +654,17 @@ def _is_float(dtype: np.dtype) -> bool:
     return np.issubdtype(dtype, np.floating) or dtype == np.dtype(ml_dtypes.bfloat16)
 
 
-def _source_name(dtype: np.dtype) -> str:
+def _source_dtype(dtype: np.dtype) -> DType | str:
+    """The DType a source array holds (F32, F16, BF16), else its numpy name (float64, int32)."""
     for d in (DType.F32, DType.F16, DType.BF16):
         if dtype == np.dtype(d.numpy_type):
-            return d.name
+            return d
     return str(dtype)
+
+
+def _source_name(dtype: np.dtype) -> str:
+    source = _source_dtype(dtype)
+    return source.name if isinstance(source, DType) else source
 
 
 def _label(name: str | None) -> str:

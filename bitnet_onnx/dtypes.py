@@ -153,9 +153,13 @@ def storage_bytes(dtype: DType, shape: Sequence[int], layout: WeightLayout | Non
 
 
 _SPECS: dict[DType, _Spec] = {
-    DType.F32: _Spec(32, True, TensorProto.FLOAT, np.float32, (-3.4028234663852886e38, 3.4028234663852886e38)),
+    DType.F32: _Spec(
+        32, True, TensorProto.FLOAT, np.float32, (-3.4028234663852886e38, 3.4028234663852886e38)
+    ),
     DType.F16: _Spec(16, True, TensorProto.FLOAT16, np.float16, (-65504.0, 65504.0)),
-    DType.BF16: _Spec(16, True, TensorProto.BFLOAT16, ml_dtypes.bfloat16, (-3.3895313892515355e38, 3.3895313892515355e38)),
+    DType.BF16: _Spec(
+        16, True, TensorProto.BFLOAT16, ml_dtypes.bfloat16, (-3.3895313892515355e38, 3.3895313892515355e38)
+    ),
     DType.I8: _Spec(8, False, TensorProto.INT8, np.int8, (-128, 127)),
     DType.I4: _Spec(4, False, TensorProto.INT4, ml_dtypes.int4, (-8, 7)),
     DType.I2: _Spec(2, False, TensorProto.INT2, ml_dtypes.int2, (-2, 1)),

@@ -2,9 +2,11 @@
 
 A `LayerPrecisionSpec` says, for one layer, which precision each component is stored or computed
 in: WEIGHTS use `weight_precision`, ACTIVATIONS (the layer's input) `input_precision`, OUTPUTS
-`output_precision`, and BIAS `bias_precision`, which defaults to `output_precision` because the bias
-is added to the output. GRADIENTS may be recorded for parity with the seed design but inference
-graphs have none, so asking a spec for them is an error.
+`output_precision`, and BIAS `bias_precision`. The bias is added to the output in float before the
+output is handed on, so it defaults to `output_precision` when that is a float, and to F32 (what
+the kernels take) when the output is handed on quantized (I8, as in the seed's layer specs).
+GRADIENTS may be recorded for parity with the seed design but inference graphs have none, so
+asking a spec for them is an error.
 
 Memory is what a layer stores: its weights and its bias, counted exactly by
 `dtypes.storage_bytes` with the spec's `WeightLayout`. Activations and outputs are transient and
@@ -102,11 +104,15 @@ class LayerPrecisionSpec:
         if component is ComponentType.OUTPUTS:
             return self.output_precision
         if component is ComponentType.BIAS:
-            return self.bias_precision or self.output_precision
+            return self.bias_precision or self._default_bias_precision
         raise ConfigError(
             f"layer {self.name!r}: the gradients component is not applicable to inference graphs; "
             "ask for weights, bias, activations or outputs"
         )
+
+    @property
+    def _default_bias_precision(self) -> DType:
+        return self.output_precision if self.output_precision.is_float else DType.F32
 
     def with_component_precision(
         self, component: ComponentType | str, dtype: DType | str
@@ -370,7 +376,7 @@ class LayerPrecisionManager:
             allowed = self.support_matrix.allowed(spec.layer_type, component)
             if dtype not in allowed:
                 implicit = (
-                    " (bias follows outputs unless set)"
+                    " (the default: the outputs' precision if float, else F32)"
                     if component is ComponentType.BIAS and spec.bias_precision is None
                     else ""
                 )

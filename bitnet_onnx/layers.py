@@ -79,13 +79,14 @@ _DEFAULT_LAYERS: dict[LayerType, frozenset[DType]] = {
     LayerType.OTHER: _FLOATS,
 }
 
-# Components constrain on top of the layer: biases and outputs stay float (they are added to and
-# handed on as float), activations can be float or per-token int8.
+# Components constrain on top of the layer: biases stay float (they are added in float); activations
+# and outputs can be float or per-token int8 (an I8 output is handed on quantized, as the seed's
+# layer specs do: the next layer reads it back at int8 precision).
 _DEFAULT_COMPONENTS: dict[ComponentType, frozenset[DType]] = {
     ComponentType.WEIGHTS: _ALL,
     ComponentType.BIAS: _FLOATS,
     ComponentType.ACTIVATIONS: _FLOATS | {DType.I8},
-    ComponentType.OUTPUTS: _FLOATS,
+    ComponentType.OUTPUTS: _FLOATS | {DType.I8},
     ComponentType.GRADIENTS: _FLOATS,
 }
 

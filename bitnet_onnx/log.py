@@ -15,7 +15,15 @@ from typing import IO, Any
 
 from bitnet_onnx.errors import UnsupportedModelError
 
-__all__ = ["LOG_VERSION", "VOLATILE_FIELDS", "Change", "PassRecord", "read_log", "render_table", "write_record"]
+__all__ = [
+    "LOG_VERSION",
+    "VOLATILE_FIELDS",
+    "Change",
+    "PassRecord",
+    "read_log",
+    "render_table",
+    "write_record",
+]
 
 LOG_VERSION = 1
 VOLATILE_FIELDS = ("run", "seconds")

@@ -7,16 +7,16 @@ component override; see `bitnet_onnx.config` for the resolution order):
 |---------------|--------------|--------------------------|-----------------------------------------|
 | linear        | F16          | BITNET158, +activ. I8    | BITNET158 base-3 packed, +activ. I8     |
 | convolution   | F16          | BITNET158, +activ. I8    | BITNET158 base-3 packed, +activ. I8     |
-| attention     | F16          | F16                      | I8                                      |
-| embedding     | F16          | F16                      | I8                                      |
-| output        | F16          | F16                      | I8                                      |
+| attention     | F16          | F16                      | I8, +outputs F16                        |
+| embedding     | F16          | F16                      | I8, +outputs F16                        |
+| output        | F16          | F16                      | I8, +outputs F16                        |
 | normalization | F32          | F16                      | F16                                     |
 | activation    | F16          | F16                      | F16                                     |
 | other         | F32          | F32                      | F32                                     |
 
 Component defaults (what a component gets when its layer's precision does not fit it, e.g. the
-bias and outputs of a ternary or I8 layer) and the strategy default (`default_precision`, last
-resort):
+bias and outputs of a ternary layer, or the bias of an I8 layer) and the strategy default
+(`default_precision`, last resort):
 
 | component   | conservative | balanced  | aggressive         |
 |-------------|--------------|-----------|--------------------|
@@ -30,10 +30,16 @@ resort):
 Why: balanced is the seed's recommendation (ternary weights and int8 activations in the matmuls,
 F16 for attention, normalization, embedding and output). Conservative keeps everything float
 (F16, with F32 normalization for its reductions). Aggressive goes to the smallest file the kernels
-run: ternary linear layers packed 5 per byte (1.6 bits per weight), int8 wherever the support
-matrix allows it, F16 only where it allows nothing lower. "other" (ops the annotator could not
-classify) keeps F32 everywhere, since an unknown op may be index or shape arithmetic. Every preset
-passes `validate()`; CUSTOM starts with no tables and F32 as the default.
+run: ternary linear layers packed 5 per byte (1.6 bits per weight), int8 weights and activations
+wherever the support matrix allows them, F16 only where it allows nothing lower. "other" (ops the
+annotator could not classify) keeps F32 everywhere, since an unknown op may be index or shape
+arithmetic. Every preset passes `validate()`; CUSTOM starts with no tables and F32 as the default.
+
+Outputs: no preset hands on I8 outputs, although the support matrix accepts them (the seed's
+layer specs use them). An I8 output costs a quantize/dequantize pair at every layer boundary and
+buys nothing, since the next BitLinear re-quantizes its input per token anyway. So every preset
+has a float outputs component default, and aggressive's I8 layer types override their outputs to
+F16 (without it, their I8 precision would decide the outputs too).
 """
 
 from __future__ import annotations
@@ -69,6 +75,11 @@ def _ternary(layer_type: LayerType, layout: WeightLayout) -> LayerPrecisionConfi
     return LayerPrecisionConfig(layer_type, DType.BITNET158, layout).with_component_override(
         _C.ACTIVATIONS, DType.I8
     )
+
+
+def _int8(layer_type: LayerType) -> LayerPrecisionConfig:
+    # I8 would decide the outputs too, and they stay float (see "Outputs" above).
+    return LayerPrecisionConfig(layer_type, DType.I8).with_component_override(_C.OUTPUTS, DType.F16)
 
 
 PRESETS: Mapping[MixedPrecisionStrategy, MixedPrecisionConfig] = MappingProxyType(
@@ -117,9 +128,9 @@ PRESETS: Mapping[MixedPrecisionStrategy, MixedPrecisionConfig] = MappingProxyTyp
             layer_types={
                 _L.LINEAR: _ternary(_L.LINEAR, _BASE3),
                 _L.CONVOLUTION: _ternary(_L.CONVOLUTION, _BASE3),
-                _L.ATTENTION: LayerPrecisionConfig(_L.ATTENTION, DType.I8),
-                _L.EMBEDDING: LayerPrecisionConfig(_L.EMBEDDING, DType.I8),
-                _L.OUTPUT: LayerPrecisionConfig(_L.OUTPUT, DType.I8),
+                _L.ATTENTION: _int8(_L.ATTENTION),
+                _L.EMBEDDING: _int8(_L.EMBEDDING),
+                _L.OUTPUT: _int8(_L.OUTPUT),
                 _L.NORMALIZATION: LayerPrecisionConfig(_L.NORMALIZATION, DType.F16),
                 _L.ACTIVATION: LayerPrecisionConfig(_L.ACTIVATION, DType.F16),
                 _L.OTHER: LayerPrecisionConfig(_L.OTHER, DType.F32),

@@ -267,7 +267,8 @@ EXPECTED = {
         (L.LINEAR, C.WEIGHTS): D.BITNET158, (L.LINEAR, C.ACTIVATIONS): D.I8, (L.LINEAR, C.BIAS): D.F16,
         (L.LINEAR, C.OUTPUTS): D.F16, (L.CONVOLUTION, C.WEIGHTS): D.BITNET158, (L.ATTENTION, C.WEIGHTS): D.I8,
         (L.ATTENTION, C.ACTIVATIONS): D.I8, (L.ATTENTION, C.OUTPUTS): D.F16, (L.EMBEDDING, C.WEIGHTS): D.I8,
-        (L.OUTPUT, C.WEIGHTS): D.I8, (L.OUTPUT, C.BIAS): D.F16, (L.NORMALIZATION, C.WEIGHTS): D.F16,
+        (L.EMBEDDING, C.OUTPUTS): D.F16, (L.OUTPUT, C.WEIGHTS): D.I8, (L.OUTPUT, C.ACTIVATIONS): D.I8,
+        (L.OUTPUT, C.BIAS): D.F16, (L.OUTPUT, C.OUTPUTS): D.F16, (L.NORMALIZATION, C.WEIGHTS): D.F16,
         (L.ACTIVATION, C.ACTIVATIONS): D.F16, (L.OTHER, C.WEIGHTS): D.F32,
     },
 }  # fmt: skip
@@ -278,6 +279,21 @@ def test_preset_tables(strategy):
     cfg = MixedPrecisionConfig.new(strategy)
     got = {key: cfg.resolve("layer", *key).dtype for key in EXPECTED[strategy]}
     assert got == EXPECTED[strategy]
+
+
+@pytest.mark.parametrize("strategy", list(MixedPrecisionStrategy))
+def test_no_preset_hands_on_int8_outputs(strategy):
+    # The matrix accepts I8 outputs (the seed's layer specs use them); the presets never pick them.
+    cfg = MixedPrecisionConfig.new(strategy)
+    assert cfg.support.allows(L.ATTENTION, C.OUTPUTS, D.I8)
+    outputs = {t: cfg.resolve("x", t, C.OUTPUTS) for t in LayerType}
+    assert {t: r.dtype for t, r in outputs.items() if not r.dtype.is_float} == {}
+    if strategy is MixedPrecisionStrategy.AGGRESSIVE:
+        assert [str(outputs[t]) for t in (L.ATTENTION, L.EMBEDDING, L.OUTPUT)] == [
+            "layer_type:attention/outputs→F16",
+            "layer_type:embedding/outputs→F16",
+            "layer_type:output/outputs→F16",
+        ]
 
 
 def test_preset_constructors_and_defaults():

@@ -311,6 +311,19 @@ def _convert_named(w: np.ndarray, dtype: DType, name: str, **config: object) -> 
     return PrecisionConverter(ConversionConfig(**config)).convert_tensor(w, dtype, name=name)
 
 
+@pytest.mark.parametrize(
+    ("numpy_type", "source"),
+    [(F32, DType.F32), (np.float16, DType.F16), (ml_dtypes.bfloat16, DType.BF16), (np.float64, "float64")],
+)
+def test_error_carries_source_and_target_dtypes(numpy_type: type, source: DType | str) -> None:
+    w = np.array([[1.0, np.nan]], numpy_type)
+    with pytest.raises(ConversionError) as info:
+        _convert_named(w, DType.I4, "w")
+    assert (info.value.from_dtype, info.value.to_dtype) == (source, DType.I4)
+    name = source.name if isinstance(source, DType) else source
+    assert str(info.value).startswith(f"cannot convert {name} to I4: tensor 'w' holds 1 NaN")
+
+
 def test_integer_and_empty_inputs_rejected() -> None:
     with pytest.raises(ConversionError, match="has dtype int32; only float tensors convert"):
         _convert(np.ones((2, 2), np.int32), DType.I8)

@@ -35,7 +35,19 @@ def test_precision_for_maps_components_to_fields() -> None:
     assert s.precision_for(W) is DType.BITNET158
     assert s.precision_for(ACT) is DType.I8
     assert s.precision_for(OUT) is DType.F16
-    assert s.precision_for("bias") is DType.F16  # bias follows the output by default
+    assert s.precision_for("bias") is DType.F16  # bias follows a float output by default
+
+
+@pytest.mark.parametrize(
+    ("output", "bias"),
+    [(DType.F32, DType.F32), (DType.F16, DType.F16), (DType.BF16, DType.BF16), (DType.I8, DType.F32)],
+)
+def test_default_bias_is_the_float_output_else_f32(output: DType, bias: DType) -> None:
+    # The bias is added in float before an I8 output is quantized, so it stays F32 then.
+    s = spec("l0", LayerType.LINEAR, DType.I8, output, DType.BITNET158)
+    assert s.bias_precision is None
+    assert s.precision_for(B) is bias
+    assert s.with_component_precision(B, DType.F16).precision_for(B) is DType.F16
 
 
 def test_gradients_are_not_applicable_to_inference() -> None:
@@ -174,15 +186,29 @@ def test_unknown_layer_suggests_close_names() -> None:
 def test_unsupported_precisions_are_all_reported() -> None:
     m = LayerPrecisionManager()
     m.register_layer(spec("attn"))
-    bad = spec("attn", LayerType.ATTENTION, DType.F16, DType.I8, DType.I4)
+    bad = spec("attn", LayerType.ATTENTION, DType.I4, DType.I8, DType.I4, bias_precision=DType.I8)
     with pytest.raises(ConfigError) as info:
         m.register_layer(bad)
     problems = info.value.problems
     assert len(problems) == 4
     assert "already registered" in problems[0]
-    assert "weights in I4 is not supported; choose one of F32, F16, BF16, I8" in problems[1]
-    assert "bias in I8 (bias follows outputs unless set) is not supported" in problems[2]
-    assert "outputs in I8 is not supported; choose one of F32, F16, BF16" in problems[3]
+    assert "'attn' (attention): weights in I4 is not supported" in problems[1]
+    assert problems[1].endswith("choose one of F32, F16, BF16, I8")
+    assert "bias in I8 is not supported; choose one of F32, F16, BF16" in problems[2]
+    assert "activations in I4 is not supported; choose one of F32, F16, BF16, I8" in problems[3]
+
+
+def test_unsupported_default_bias_says_where_it_comes_from() -> None:
+    m = LayerPrecisionManager(SupportMatrix().with_component(B, {DType.F32}))
+    with pytest.raises(ConfigError) as info:
+        m.register_layer(spec("l0", LayerType.LINEAR, DType.I8, DType.F16, DType.BITNET158))
+    assert info.value.problems == [
+        "layer 'l0' (linear): bias in F16 (the default: the outputs' precision if float, else F32) "
+        "is not supported; choose one of F32"
+    ]
+    # An I8 output leaves the bias at F32, which this matrix accepts.
+    m.register_layer(spec("l1", LayerType.LINEAR, DType.I8, DType.I8, DType.BITNET158))
+    assert m.get_layer("l1").precision_for(B) is DType.F32
 
 
 def test_normalization_accepts_floats_only_for_every_component() -> None:
@@ -194,14 +220,12 @@ def test_normalization_accepts_floats_only_for_every_component() -> None:
 
 
 def test_custom_support_matrix_is_honoured() -> None:
-    matrix = SupportMatrix().with_component(OUT, {DType.F32, DType.F16, DType.I8})
+    matrix = SupportMatrix().with_layer(LayerType.ATTENTION, {DType.F32, DType.F16, DType.I8, DType.I4})
     m = LayerPrecisionManager(support_matrix=matrix)
-    s = spec("l0", LayerType.LINEAR, DType.I8, DType.I8, DType.BITNET158).with_component_precision(
-        B, DType.F16
-    )
+    s = spec("attn", LayerType.ATTENTION, DType.F16, DType.F16, DType.I4)
     m.register_layer(s)
-    assert m.get_layer("l0").precision_for(OUT) is DType.I8
-    with pytest.raises(ConfigError, match=r"outputs in I8"):
+    assert m.get_layer("attn").precision_for(W) is DType.I4
+    with pytest.raises(ConfigError, match=r"'attn' \(attention\): weights in I4 is not supported"):
         LayerPrecisionManager().register_layer(s)
 
 

@@ -62,5 +62,7 @@ def test_render_table_shows_summary_changes_and_warnings():
     lines = text.splitlines()
     assert lines[0].split() == ["#", "pass", "seconds", "nodes", "bytes", "changes", "warnings"]
     assert "10 → 12" in lines[2] and "4.00 KiB → 3.00 MiB" in lines[2]
-    assert any("layers.0.mlp.up_proj" in ln and "BITNET158" in ln and "strategy:balanced" in ln for ln in lines)
+    assert any(
+        "layers.0.mlp.up_proj" in ln and "BITNET158" in ln and "strategy:balanced" in ln for ln in lines
+    )
     assert lines[-1] == "  warning: layer 'x' not found; did you mean 'y'?"

@@ -21,11 +21,11 @@ def _rng_array(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
 
 
 def test_seed_example() -> None:
-    # The seed's "Integration with Quantization" example; outputs are F16 because the support matrix
-    # keeps a layer's outputs float (the seed's spec said I8).
+    # The seed's "Integration with Quantization" example, with the layer spec of its "Layer-Specific
+    # Precision Management" example (I8 in, I8 out, ternary weights, F16 bias).
     config = MixedPrecisionQuantizationConfig.bitnet()
     quantizer = MixedPrecisionQuantizer(config)
-    layer_spec = LayerPrecisionSpec("layer_0", LayerType.LINEAR, DType.I8, DType.F16, DType.BITNET158)
+    layer_spec = LayerPrecisionSpec("layer_0", LayerType.LINEAR, DType.I8, DType.I8, DType.BITNET158)
     quantizer.register_layer(layer_spec.with_component_precision(ComponentType.BIAS, DType.F16))
     weights, activations = _rng_array((16, 64)), _rng_array((3, 64), seed=1)
 

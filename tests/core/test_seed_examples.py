@@ -1,14 +1,13 @@
 """The usage examples of the seed design (shared/seed/mixed_precision_README.md), in Python.
 
 Each test is one example of the seed README, translated with bitnet-onnx names and completed with
-the concrete values it must produce. Where the seed's literal example is something our defaults
-reject (the seed's LayerPrecisionSpec hands I8 outputs to the next layer, while our ops return
-float outputs and the default support matrix keeps outputs float), the test shows both: the
-literal form is refused with a message that says what to do, and the form that follows the advice
-runs. The seed's PrecisionManager (get_optimal_precision, convert_for_operation,
-optimize_precision, validate_configuration, analyze_configuration) belongs to the optimizer issue;
-the "complete setup" example here stops before it and uses the config, the layer manager, the
-validator and the quantizer that the PrecisionManager will coordinate.
+the concrete values it must produce. The examples run as the seed writes them, with the default
+support matrix: its layer specs hand I8 outputs on (quantized per token, read back by the next
+layer), and the bias of such a layer, left unset, is F32. The seed's PrecisionManager
+(get_optimal_precision, convert_for_operation, optimize_precision, validate_configuration,
+analyze_configuration) belongs to the optimizer issue; the "complete setup" example here stops
+before it and uses the config, the layer manager, the validator and the quantizer that the
+PrecisionManager will coordinate.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from bitnet_onnx import (
     ComponentType,
     ConditionOperator,
     ConditionType,
-    ConfigError,
     ConversionConfig,
     ConversionError,
     ConversionStrategy,
@@ -43,7 +41,6 @@ from bitnet_onnx import (
     PrecisionPolicy,
     PrecisionValidator,
     Severity,
-    SupportMatrix,
     ValidationError,
 )
 from bitnet_onnx.dtypes import TernaryPacking, storage_bytes
@@ -107,20 +104,8 @@ def seed_layer_spec(**shapes) -> LayerPrecisionSpec:
     )
 
 
-def test_layer_specific_management_literal_is_refused_by_default_matrix() -> None:
-    layer_manager = LayerPrecisionManager()
-    with pytest.raises(
-        ConfigError, match=r"'transformer_layer_0'.*outputs in I8 is not supported.*F32, F16, BF16"
-    ):
-        layer_manager.register_layer(seed_layer_spec())
-
-
 def test_layer_specific_management() -> None:
-    # A support matrix that lets outputs be I8, as the seed's example assumes.
-    int8_outputs = SupportMatrix().with_component(
-        ComponentType.OUTPUTS, {DType.F32, DType.F16, DType.BF16, DType.I8}
-    )
-    layer_manager = LayerPrecisionManager(support_matrix=int8_outputs)
+    layer_manager = LayerPrecisionManager()
     layer_manager.register_layer(seed_layer_spec(weight_shape=(64, 64), bias_shape=(64,)))
 
     spec = layer_manager.get_layer("transformer_layer_0")
@@ -220,16 +205,22 @@ def test_complete_setup() -> None:
     )
     config.validate()
 
-    # 3. Register layers (the seed's I8 output is refused; the ops hand on float outputs)
+    # 3. Register layers
     layer_manager = LayerPrecisionManager(config.support)
-    with pytest.raises(ConfigError, match="outputs in I8"):
-        layer_manager.register_layer(
-            LayerPrecisionSpec("linear_0", LayerType.LINEAR, DType.I8, DType.I8, DType.BITNET158)
-        )
     layer_spec = LayerPrecisionSpec(
-        "linear_0", LayerType.LINEAR, DType.I8, DType.F32, DType.BITNET158, weight_shape=(2, 4)
+        "linear_0",
+        LayerType.LINEAR,
+        DType.I8,
+        DType.I8,
+        DType.BITNET158,
     )
     layer_manager.register_layer(layer_spec)
+    assert {c: layer_manager.get_layer("linear_0").precision_for(c) for c in (W, B, ACT, OUT)} == {
+        W: DType.BITNET158,
+        B: DType.F32,  # added in float before the I8 output is quantized
+        ACT: DType.I8,
+        OUT: DType.I8,
+    }
     attention = LayerPrecisionSpec(
         "attention",
         LayerType.ATTENTION,
@@ -249,11 +240,16 @@ def test_complete_setup() -> None:
     quantizer.register_layer(layer_spec)
     converted_tensor = quantizer.quantize_weights(WEIGHTS, "linear_0")
     assert converted_tensor.dtype is DType.BITNET158
+    # As in test_quantization_integration: scale 7/6, 2-bit codes [2,0,1,2] -> 146, [0,1,2,0] -> 36.
+    np.testing.assert_allclose(converted_tensor.scales, [7 / 6], rtol=1e-6)
+    np.testing.assert_array_equal(converted_tensor.data, [[146], [36]])
 
     report = PrecisionValidator().validate(layer_manager)
     assert report.ok
-    # linear_0 (F32 out) feeds attention (F16 in): one conversion.
-    assert report.for_rule("performance-impact")[0].message.startswith("1 precision conversions")
+    # linear_0 hands I8 on; attention reads F16: one conversion.
+    assert report.for_rule("performance-impact")[0].message == (
+        "1 precision conversions between consecutive layers: linear_0 I8 -> attention F16"
+    )
 
 
 # --- Configuration Strategies ---------------------------------------------------------------------
@@ -309,7 +305,9 @@ def test_validation_rules_of_the_seed() -> None:
             "embed", LayerType.EMBEDDING, DType.F16, DType.F16, DType.F16, weight_shape=(100, 8)
         ),
         LayerPrecisionSpec("attn", LayerType.ATTENTION, DType.F16, DType.F16, DType.I4, weight_shape=(8, 8)),
-        LayerPrecisionSpec("fc", LayerType.LINEAR, DType.I4, DType.I8, DType.I1, weight_shape=(8, 8)),
+        LayerPrecisionSpec(
+            "fc", LayerType.LINEAR, DType.I4, DType.I4, DType.I1, bias_precision=DType.I8, weight_shape=(8, 8)
+        ),
         LayerPrecisionSpec("head", LayerType.OUTPUT, DType.F32, DType.F32, DType.F16, weight_shape=(100, 8)),
     ]
     report = PrecisionValidator().validate_specs(specs, budget_bytes=3000)
@@ -321,7 +319,7 @@ def test_validation_rules_of_the_seed() -> None:
         ("component-precision", Severity.ERROR, "fc/bias"),
         # Memory: 1600 + (8*4 + 8*4) + (8*1 + 8*4) + 1600 = 3304 bytes > 3000
         ("memory-budget", Severity.ERROR, "model"),
-        # Performance: attn F16 -> fc I4 and fc I8 -> head F32 are 2 conversions, within the default 4
+        # Performance: attn F16 -> fc I4 and fc I4 -> head F32 are 2 conversions, within the default 4
         ("performance-impact", Severity.INFO, "model"),
         ("accuracy-impact", Severity.WARNING, "attn/weights"),  # Accuracy: attention below 8 bits
         ("accuracy-impact", Severity.WARNING, "fc/weights"),  # 1-bit weights
@@ -352,7 +350,7 @@ def test_error_handling() -> None:
         converter.convert_tensor(np.array([[np.nan, 1.0]], np.float32), DType.I8, name="layer_0.weights")
     err = info.value
     assert isinstance(err, ConversionError)
-    assert err.to_dtype is DType.I8
+    assert (err.from_dtype, err.to_dtype) == (DType.F32, DType.I8)
     assert "layer_0.weights" in err.reason
     assert str(err).startswith("cannot convert F32 to I8: tensor 'layer_0.weights' holds 1 NaN")
     assert issubclass(ValidationError, MixedPrecisionError)

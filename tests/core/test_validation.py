@@ -58,29 +58,34 @@ def test_layer_rule_fires_on_precision_the_layer_type_forbids() -> None:
 
 
 def test_layer_rule_quiet_on_supported_and_on_component_violations() -> None:
-    assert check(LayerPrecisionRule(), spec("attn", LayerType.ATTENTION, I8, F16, I8)) == []
-    # I8 outputs are forbidden by the component row, so only the component rule reports them.
-    assert check(LayerPrecisionRule(), spec("fc", LayerType.LINEAR, I8, I8, T)) == []
+    assert check(LayerPrecisionRule(), spec("attn", LayerType.ATTENTION, I8, I8, I8)) == []
+    # I8 biases are forbidden by the component row, so only the component rule reports them.
+    assert check(LayerPrecisionRule(), spec("fc", LayerType.LINEAR, I8, F16, T, bias_precision=I8)) == []
 
 
 def test_component_rule_fires_on_precision_the_component_forbids() -> None:
-    findings = check(ComponentPrecisionRule(), spec("fc", LayerType.LINEAR, I4, I8, T, bias_precision=I8))
+    findings = check(ComponentPrecisionRule(), spec("fc", LayerType.LINEAR, I4, I4, T, bias_precision=I8))
     assert summary(findings) == [
         ("component-precision", Severity.ERROR, "fc/bias"),
         ("component-precision", Severity.ERROR, "fc/activations"),
         ("component-precision", Severity.ERROR, "fc/outputs"),
     ]
+    assert findings[0].message == "bias cannot be held in I8"
+    assert findings[0].suggestion == "use one of F32, F16, BF16"
     assert findings[1].message == "activations cannot be held in I4"
     assert findings[1].suggestion == "use one of F32, F16, BF16, I8"
+    assert findings[2].message == "outputs cannot be held in I4"
 
 
 def test_component_rule_quiet_on_supported_and_follows_the_matrix() -> None:
     assert check(ComponentPrecisionRule(), spec("fc", LayerType.LINEAR, I8, F32, T)) == []
-    matrix = SupportMatrix().with_component(ComponentType.OUTPUTS, {F32, F16, I8})
+    # The seed's layer spec: I8 outputs, the bias left at its default (F32 behind an I8 output).
+    assert check(ComponentPrecisionRule(), spec("fc", LayerType.LINEAR, I8, I8, T)) == []
+    matrix = SupportMatrix().with_component(ComponentType.BIAS, {F32, F16, I8})
     assert (
         check(
             ComponentPrecisionRule(),
-            spec("fc", LayerType.LINEAR, I8, I8, T, bias_precision=F16),
+            spec("fc", LayerType.LINEAR, I8, I8, T, bias_precision=I8),
             matrix=matrix,
         )
         == []
@@ -88,14 +93,16 @@ def test_component_rule_quiet_on_supported_and_follows_the_matrix() -> None:
 
 
 def test_validate_uses_the_managers_matrix() -> None:
-    matrix = SupportMatrix().with_component(ComponentType.OUTPUTS, {F32, F16, I8})
+    matrix = SupportMatrix().with_component(ComponentType.BIAS, {F32, F16, I8})
     m = LayerPrecisionManager(support_matrix=matrix)
-    m.register_layer(spec("fc", LayerType.LINEAR, I8, I8, I8, bias_precision=F16))
+    m.register_layer(spec("fc", LayerType.LINEAR, I8, I8, I8, bias_precision=I8))
     report = PrecisionValidator().validate(m)
     assert report.ok
     assert report.for_rule("component-precision") == ()
     # The same spec checked against the default matrix is an error.
-    assert not PrecisionValidator().validate_specs(m.layers()).ok
+    assert summary(PrecisionValidator().validate_specs(m.layers()).errors) == [
+        ("component-precision", Severity.ERROR, "fc/bias")
+    ]
 
 
 # --- memory budget --------------------------------------------------------------------------------
@@ -247,7 +254,7 @@ def bad_plan() -> ValidationReport:
     return PrecisionValidator().validate_specs(
         [
             spec("attn", LayerType.ATTENTION, F16, F16, I4, weight_shape=(4, 4)),
-            spec("fc", LayerType.LINEAR, I8, I8, T, weight_shape=(4, 8)),
+            spec("fc", LayerType.LINEAR, I4, I8, T, weight_shape=(4, 8), bias_precision=I8),
         ],
         budget_bytes=10,
     )
@@ -259,7 +266,7 @@ def test_report_partitions_findings_by_severity() -> None:
     assert summary(report.errors) == [
         ("layer-precision", Severity.ERROR, "attn/weights"),
         ("component-precision", Severity.ERROR, "fc/bias"),
-        ("component-precision", Severity.ERROR, "fc/outputs"),
+        ("component-precision", Severity.ERROR, "fc/activations"),
         ("memory-budget", Severity.ERROR, "model"),
     ]
     assert summary(report.warnings) == [("accuracy-impact", Severity.WARNING, "attn/weights")]
