@@ -23,7 +23,7 @@ from bitnet_onnx.policy import (
     PrecisionPolicy,
 )
 
-W, B, A, O = ComponentType.WEIGHTS, ComponentType.BIAS, ComponentType.ACTIVATIONS, ComponentType.OUTPUTS
+W, B, A, OUT = ComponentType.WEIGHTS, ComponentType.BIAS, ComponentType.ACTIVATIONS, ComponentType.OUTPUTS
 
 
 def _model(weight_scale: dict[str, float] | None = None, weight_dtype=np.float32):
@@ -88,9 +88,9 @@ def test_balanced_plan_has_every_component_with_its_config_source():
     assert q.decisions[W].source == "layer_type:linear"
     assert q.decisions[A].source == "layer_type:linear/activations"
     assert q.decisions[B].source == "component:bias"
-    assert set(ctx.plan["layers.0.attn"].decisions) == {A, O}
-    assert set(ctx.plan["embed"].decisions) == {W, O}
-    assert set(ctx.plan["layers.0.mlp.up_proj"].decisions) == {W, A, O}  # no bias
+    assert set(ctx.plan["layers.0.attn"].decisions) == {A, OUT}
+    assert set(ctx.plan["embed"].decisions) == {W, OUT}
+    assert set(ctx.plan["layers.0.mlp.up_proj"].decisions) == {W, A, OUT}  # no bias
     assert list(ctx.plan) == ["embed", "layers.0.q_proj", "layers.0.attn", "layers.0.mlp.up_proj"]
     assert not result.modified and result.stats["layers"] == 4 and result.stats["components"] == 11
 
@@ -319,5 +319,5 @@ def test_same_inputs_give_the_same_plan_and_record():
 
 @pytest.mark.parametrize("bad", [0, -5, True, 1.5])
 def test_bad_memory_budget_is_a_config_error(bad):
-    with pytest.raises(ConfigError, match="memory_budget .* must be a positive number of bytes"):
+    with pytest.raises(ConfigError, match=r"memory_budget .* must be a positive number of bytes"):
         AssignPrecisionPass(memory_budget=bad)
