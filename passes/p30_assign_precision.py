@@ -173,7 +173,7 @@ class AssignPrecisionPass:
         for layer in layers:
             res = resolutions[layer.name]
             for component, name, shape in (
-                (ComponentType.WEIGHTS, layer.weight, layer.weight_shape),
+                (ComponentType.WEIGHTS, layer.weight, _row_shape(layer)),
                 (ComponentType.BIAS, layer.bias, _shape_of(tensors, layer.bias)),
             ):
                 if name is None or shape is None or component not in res:
@@ -236,6 +236,14 @@ def _shape_of(tensors: Mapping[str, gs.Tensor], name: str | None) -> tuple[int, 
     return tuple(shape)
 
 
+def _row_shape(layer: Layer) -> tuple[int, ...] | None:
+    """The weight's shape with the reduction axis last (storage is counted by rows of K)."""
+    shape = layer.weight_shape
+    if not shape or not all(isinstance(d, int) and d > 0 for d in shape):
+        return None
+    return tuple(reversed(shape)) if layer.weight_nk is False and len(shape) == 2 else tuple(shape)
+
+
 def _original_dtype(layer: Layer, tensors: Mapping[str, gs.Tensor]) -> DType:
     tensor = tensors.get(layer.weight) if layer.weight is not None else None
     if tensor is None or tensor.dtype is None:
@@ -263,9 +271,7 @@ def _spec(
                 return candidate
         return max(allowed, key=DType.rank)
 
-    weight_shape = (
-        layer.weight_shape if layer.weight_shape and all(d > 0 for d in layer.weight_shape) else None
-    )
+    weight_shape = _row_shape(layer)
     weights = plan.decisions.get(ComponentType.WEIGHTS)
     return LayerPrecisionSpec(
         name=layer.name,

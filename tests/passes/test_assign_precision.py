@@ -321,3 +321,14 @@ def test_same_inputs_give_the_same_plan_and_record():
 def test_bad_memory_budget_is_a_config_error(bad):
     with pytest.raises(ConfigError, match=r"memory_budget .* must be a positive number of bytes"):
         AssignPrecisionPass(memory_budget=bad)
+
+
+@pytest.mark.parametrize("weight_nk, expected", [(False, 10 * 2 + 4), (True, 6 * 3 + 4), (None, 6 * 3 + 4)])
+def test_memory_counts_rows_of_the_reduction_axis(weight_nk, expected):
+    w = gs.Constant("w", np.ones((6, 10), np.float32))
+    x, y = gs.Variable("x", np.float32, (1, 6)), gs.Variable("y", np.float32, (1, 10))
+    graph = gs.Graph(nodes=[gs.Node("MatMul", "mm", inputs=[x, w], outputs=[y])], inputs=[x], outputs=[y])
+    layer = Layer("l", LayerType.LINEAR, 0, ("mm",), "test", "w", (6, 10), weight_nk=weight_nk)
+    ctx = PassContext(config=MixedPrecisionConfig.balanced(), layers={"l": layer})
+    result = AssignPrecisionPass(memory_budget=100).run(graph, ctx)
+    assert result.stats["memory_usage_percent"] == expected
