@@ -136,6 +136,11 @@ class Layer:
     `bias` are initializer names as they appear in the graph. `block` names the attention block a
     projection belongs to (and, for an attention layer, its own block); `tied_with` names the other
     layer reading the same weight table (embedding ↔ lm_head). `rule` is the pattern that classified it.
+    `weight_nodes` are the nodes between the anchor's weight input and the initializer (Identity,
+    Cast, Transpose, DequantizeLinear, Reshape; anchor side first). For a matrix weight (linear,
+    output), `weight_nk` is True when the initializer holds W as [N, K] (out, in; torch's Linear,
+    Gemm transB=1, MatMul through Transpose), False when it holds [K, N] (MatMul's B read
+    directly), None when the chain reshapes it or the layer has no matrix weight.
     """
 
     name: str
@@ -148,6 +153,8 @@ class Layer:
     bias: str | None = None
     block: str | None = None
     tied_with: str | None = None
+    weight_nodes: tuple[str, ...] = ()
+    weight_nk: bool | None = None
 
     @property
     def parameter_count(self) -> int:

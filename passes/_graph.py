@@ -1,0 +1,446 @@
+"""Models in and out: the one place that turns files and ModelProtos into onnx-graphsurgeon graphs and back.
+
+- `load_model(source)` reads a path (opened read-only) or copies a ModelProto (the caller's object is
+  never touched), refuses what is not a usable ONNX model (not protobuf, truncated, no ir_version,
+  empty graph) and validates external data without reading it: every `location` must be relative,
+  stay inside the model's folder (no `..`, no symlink leading out) and name a file holding the
+  bytes the tensor claims. All external-data problems are reported at once.
+- `import_graph(loaded)` gives the gs.Graph. Every initializer stays lazy (gs `LazyValues`); those
+  with external data read from the model's folder when, and only when, a pass reads `.values`.
+- `export_model(graph, info)` gives a ModelProto. Lazy initializers are copied proto to proto
+  (gs's own export routes them through `RepeatedField.extend`, about 6x slower), and external ones
+  stay references relative to the input model's folder (`LoadedModel.base_dir`, `ctx.model_dir`): a
+  writer must resolve them against it. What gs drops is restored from `info`: the model's
+  doc_string, domain, model_version and metadata_props, and each node's doc_string and
+  metadata_props (matched by node name). Opset imports, custom domains, producer and ir_version
+  come from the graph, which gs keeps (and extends with every domain a node uses).
+- `stamp_annotations(model, annotations)` writes `PassContext.annotations` (node name →
+  {key: value}) into the exported nodes' metadata_props, since gs cannot carry them.
+- `weightless_model(graph)` is the graph's structure for onnx's checker, shape inference and
+  version converter: big or external initializers become typed graph inputs, so those tools never
+  copy or read weight bytes (and models over 2 GB stay under protobuf's limit). What they produce
+  comes back through `apply_value_info` (inferred types and shapes onto the graph's tensors) or
+  `adopt_structure` (a rewritten structure, e.g. opset-converted, with the original initializers
+  re-attached).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from types import MappingProxyType
+
+import numpy as np
+import onnx
+import onnx.numpy_helper
+import onnx_graphsurgeon as gs
+from google.protobuf.message import DecodeError
+from onnx_graphsurgeon.ir.tensor import LazyValues
+
+from bitnet_onnx.errors import UnsupportedModelError
+
+__all__ = [
+    "SMALL_CONSTANT",
+    "LoadedModel",
+    "ModelInfo",
+    "adopt_structure",
+    "all_graph_protos",
+    "apply_value_info",
+    "export_model",
+    "import_graph",
+    "is_lazy",
+    "load_model",
+    "stamp_annotations",
+    "weightless_model",
+]
+
+# Initializers up to this many elements stay in `weightless_model` (shape inference reads small
+# int64 tensors such as Reshape targets); anything bigger becomes a typed graph input.
+SMALL_CONSTANT = 1024
+
+_PROTOBUF_LIMIT = 2**31
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What onnx-graphsurgeon drops on import, kept to put back on export."""
+
+    doc_string: str = ""
+    domain: str = ""
+    model_version: int = 0
+    metadata_props: tuple[tuple[str, str], ...] = ()
+    node_doc_strings: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    node_metadata: Mapping[str, tuple[tuple[str, str], ...]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto) -> ModelInfo:
+        docs: dict[str, str] = {}
+        metadata: dict[str, tuple[tuple[str, str], ...]] = {}
+        for graph in all_graph_protos(model.graph):
+            for node in graph.node:
+                if node.name and node.doc_string:
+                    docs[node.name] = node.doc_string
+                if node.name and node.metadata_props:
+                    metadata[node.name] = tuple((p.key, p.value) for p in node.metadata_props)
+        return cls(
+            doc_string=model.doc_string,
+            domain=model.domain,
+            model_version=model.model_version,
+            metadata_props=tuple((p.key, p.value) for p in model.metadata_props),
+            node_doc_strings=MappingProxyType(docs),
+            node_metadata=MappingProxyType(metadata),
+        )
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model read for compilation: our own copy of the proto, where its external data lives, and
+    the metadata gs would lose. `origin` names the model in messages (its path, or `<ModelProto>`)."""
+
+    proto: onnx.ModelProto
+    origin: str
+    base_dir: Path | None
+    info: ModelInfo
+
+
+def load_model(source: str | os.PathLike[str] | onnx.ModelProto, *, base_dir: str | Path | None = None) -> LoadedModel:
+    """Read `source` (a path, opened read-only, or a ModelProto, copied) and check it can be compiled.
+
+    External data is resolved against the model file's folder, or `base_dir` for a ModelProto.
+    Raises UnsupportedModelError naming the file and what is wrong with it.
+    """
+    if isinstance(source, onnx.ModelProto):
+        proto = onnx.ModelProto()
+        proto.CopyFrom(source)
+        origin = "<ModelProto>"
+        folder = Path(base_dir) if base_dir is not None else None
+    else:
+        path = Path(source)
+        origin = str(path)
+        proto = _read_proto(path)
+        folder = Path(base_dir) if base_dir is not None else path.parent
+    _check_structure(proto, origin)
+    problems = _external_data_problems(proto, folder)
+    if problems:
+        where = f" (the model's folder is {folder})" if folder is not None else ""
+        raise UnsupportedModelError(
+            f"{origin}: external data cannot be used{where}:\n"
+            + "\n".join(f"  - {p}" for p in problems)
+            + "\nKeep external data files inside the model's folder and reference them by relative location."
+        )
+    return LoadedModel(proto=proto, origin=origin, base_dir=folder, info=ModelInfo.of(proto))
+
+
+def _read_proto(path: Path) -> onnx.ModelProto:
+    try:
+        with path.open("rb") as stream:
+            data = stream.read()
+    except FileNotFoundError:
+        raise UnsupportedModelError(f"{path}: no such file; pass the path of an .onnx model") from None
+    except IsADirectoryError:
+        raise UnsupportedModelError(f"{path}: is a folder; pass the path of an .onnx model file") from None
+    except OSError as exc:
+        raise UnsupportedModelError(f"{path}: cannot be read ({exc.strerror})") from exc
+    if not data:
+        raise UnsupportedModelError(f"{path}: the file is empty; it is not an ONNX model")
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except DecodeError as exc:
+        hint = (
+            "models over 2 GB must keep their weights as external data"
+            if len(data) >= _PROTOBUF_LIMIT
+            else "the file is not an ONNX model, or it is truncated or corrupted"
+        )
+        raise UnsupportedModelError(f"{path}: cannot be parsed as an ONNX ModelProto ({exc}); {hint}") from None
+    return proto
+
+
+def _check_structure(proto: onnx.ModelProto, origin: str) -> None:
+    if proto.ir_version <= 0:
+        raise UnsupportedModelError(
+            f"{origin}: has no ir_version, so it is not an ONNX model (or it is truncated); "
+            "re-export it with an ONNX exporter"
+        )
+    if not proto.graph.node:
+        raise UnsupportedModelError(f"{origin}: the graph is empty (no nodes); there is nothing to compile")
+
+
+# -- external data -----------------------------------------------------------------------------
+
+
+def all_graph_protos(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """`graph` and every subgraph nested in its nodes' attributes (If/Loop/Scan bodies)."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield from all_graph_protos(attr.g)
+            for sub in attr.graphs:
+                yield from all_graph_protos(sub)
+
+
+def _all_tensor_protos(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    nodes: list[onnx.NodeProto] = []
+    for graph in all_graph_protos(model.graph):
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield sparse.values
+            yield sparse.indices
+        nodes.extend(graph.node)
+    for function in model.functions:
+        nodes.extend(function.node)
+    for node in nodes:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+
+
+def _external_data_problems(model: onnx.ModelProto, folder: Path | None) -> list[str]:
+    problems: list[str] = []
+    sizes: dict[Path, int] = {}
+    for tensor in _all_tensor_protos(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        if folder is None:
+            problems.append(
+                f"tensor {tensor.name!r} keeps its data in an external file, but the model was given as a "
+                "ModelProto without base_dir; pass base_dir=<folder of the model file>"
+            )
+            continue
+        problem = _location_problem(tensor, folder, sizes)
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def _location_problem(tensor: onnx.TensorProto, folder: Path, sizes: dict[Path, int]) -> str | None:
+    entries = {e.key: e.value for e in tensor.external_data}
+    location = entries.get("location", "")
+    name = repr(tensor.name)
+    if not location:
+        return f"tensor {name} is marked external but has no location"
+    posix = PurePosixPath(location.replace("\\", "/"))
+    if posix.is_absolute() or PureWindowsPath(location).is_absolute() or PureWindowsPath(location).drive:
+        return f"tensor {name}: location {location!r} is an absolute path"
+    if ".." in posix.parts:
+        return f"tensor {name}: location {location!r} leaves the model's folder through '..'"
+    root = folder.resolve()
+    target = (root / posix).resolve()
+    if not target.is_relative_to(root):
+        return f"tensor {name}: location {location!r} resolves to {target}, outside the model's folder (a symlink)"
+    if target not in sizes:
+        if not target.is_file():
+            return f"tensor {name}: external data file {location!r} does not exist in {root}"
+        sizes[target] = target.stat().st_size
+    try:
+        offset = int(entries.get("offset", "0"))
+        length = int(entries["length"]) if "length" in entries else None
+    except ValueError:
+        return f"tensor {name}: offset/length {entries.get('offset')!r}/{entries.get('length')!r} are not integers"
+    expected = math.prod(tensor.dims) * _itemsize(tensor.data_type)
+    needed = offset + (length if length is not None else expected)
+    if offset < 0 or (length is not None and length < 0) or needed > sizes[target]:
+        return (
+            f"tensor {name}: needs bytes {offset}..{needed} of {location!r}, which has {sizes[target]} bytes "
+            "(the data file is truncated or belongs to another model)"
+        )
+    return None
+
+
+def _itemsize(data_type: int) -> int:
+    # Sub-byte types (INT4, UINT4, FLOAT4E2M1) round up: this only bounds what a file must hold.
+    try:
+        return max(1, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type)).itemsize)
+    except (KeyError, TypeError, ValueError):
+        return 1
+
+
+class _ExternalValues(LazyValues):
+    """LazyValues that reads external data relative to the model's folder (gs's own reads relative
+    to the working directory)."""
+
+    def __init__(self, tensor: onnx.TensorProto, base_dir: Path) -> None:
+        super().__init__(tensor)
+        self.base_dir = base_dir
+
+    def load(self) -> np.ndarray:
+        try:
+            return np.array(onnx.numpy_helper.to_array(self.tensor, base_dir=str(self.base_dir)))
+        except (OSError, ValueError, onnx.checker.ValidationError) as exc:
+            raise UnsupportedModelError(
+                f"cannot read the external data of tensor {self.tensor.name!r} from {self.base_dir}: {exc}; "
+                "was the data file moved or changed during the compile?"
+            ) from exc
+
+
+# -- gs import / export ------------------------------------------------------------------------
+
+
+def _values_of(constant: gs.Constant) -> np.ndarray | LazyValues:
+    # gs has no public way to reach a Constant's values without loading them (`.values` does).
+    return constant._values
+
+
+def is_lazy(constant: gs.Constant) -> bool:
+    """True while a Constant's bytes have not been read (no pass has touched `.values`)."""
+    return isinstance(_values_of(constant), LazyValues)
+
+
+def _graph_constants(graph: gs.Graph) -> Iterator[gs.Constant]:
+    """Every Constant of `graph` and its subgraphs, including Constant-node attribute values."""
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Constant):
+            yield tensor
+    for node in graph.nodes:
+        for value in node.attrs.values():
+            if isinstance(value, gs.Constant):
+                yield value
+        for sub in node.subgraphs():
+            yield from _graph_constants(sub)
+
+
+def import_graph(loaded: LoadedModel) -> gs.Graph:
+    """The gs.Graph of a loaded model; initializers stay unread until a pass reads `.values`."""
+    try:
+        graph = gs.import_onnx(loaded.proto)
+    except Exception as exc:  # gs raises its own exception type or plain errors on malformed input
+        raise UnsupportedModelError(f"{loaded.origin}: onnx-graphsurgeon cannot import it: {exc}") from exc
+    if loaded.base_dir is not None:
+        for constant in _graph_constants(graph):
+            values = _values_of(constant)
+            if isinstance(values, LazyValues) and values.tensor.data_location == onnx.TensorProto.EXTERNAL:
+                constant.values = _ExternalValues(values.tensor, loaded.base_dir)
+    return graph
+
+
+def _strip_constants(structure: gs.Graph, keep: int | None) -> list[tuple[str, onnx.TensorProto | None]]:
+    """Turns the main-graph Constants of a *copy* into typed Variables: the lazy ones (all of them when
+    `keep` is None), or every one above `keep` elements or stored externally. Returns (name, the
+    lazy source proto or None) per stripped tensor, in graph order."""
+    stripped: list[tuple[str, onnx.TensorProto | None]] = []
+    for tensor in list(structure.tensors().values()):
+        if not isinstance(tensor, gs.Constant):
+            continue
+        values = _values_of(tensor)
+        source = values.tensor if isinstance(values, LazyValues) else None
+        if keep is None:
+            strip = source is not None
+        else:
+            external = source is not None and source.data_location == onnx.TensorProto.EXTERNAL
+            strip = external or math.prod(tensor.shape) > keep
+        if strip:
+            dtype, shape = tensor.export_dtype, list(tensor.shape)
+            tensor.to_variable(dtype=dtype, shape=shape)
+            tensor.type = "tensor_type"
+            stripped.append((tensor.name, source))
+    return stripped
+
+
+def export_model(graph: gs.Graph, info: ModelInfo | None = None) -> onnx.ModelProto:
+    """The ModelProto of `graph` (see the module docstring for what is kept and restored)."""
+    structure = graph.copy()
+    stripped = _strip_constants(structure, keep=None)
+    model = gs.export_onnx(structure, do_type_check=False)
+    names = {name for name, _ in stripped}
+    kept_info = [v for v in model.graph.value_info if v.name not in names]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept_info)
+    for name, source in stripped:
+        tensor = model.graph.initializer.add()
+        tensor.CopyFrom(source)
+        tensor.name = name
+    if info is not None:
+        _restore(model, info)
+    return model
+
+
+def _restore(model: onnx.ModelProto, info: ModelInfo) -> None:
+    model.doc_string = info.doc_string
+    model.domain = info.domain
+    model.model_version = info.model_version
+    for key, value in info.metadata_props:
+        model.metadata_props.add(key=key, value=value)
+    for graph in all_graph_protos(model.graph):
+        for node in graph.node:
+            if node.name in info.node_doc_strings:
+                node.doc_string = info.node_doc_strings[node.name]
+            for key, value in info.node_metadata.get(node.name, ()):
+                node.metadata_props.add(key=key, value=value)
+
+
+def stamp_annotations(model: onnx.ModelProto, annotations: Mapping[str, Mapping[str, str]]) -> tuple[str, ...]:
+    """Writes annotations into node metadata_props in place (a key already there gets the new value).
+
+    Returns the annotated node names that `model` does not contain (nodes a later pass removed), in
+    sorted order, so the caller can decide whether that matters.
+    """
+    found: set[str] = set()
+    for graph in all_graph_protos(model.graph):
+        for node in graph.node:
+            props = annotations.get(node.name)
+            if props is None:
+                continue
+            found.add(node.name)
+            existing = {p.key: p for p in node.metadata_props}
+            for key, value in props.items():
+                if key in existing:
+                    existing[key].value = str(value)
+                else:
+                    node.metadata_props.add(key=key, value=str(value))
+    return tuple(sorted(set(annotations) - found))
+
+
+def weightless_model(graph: gs.Graph) -> tuple[onnx.ModelProto, frozenset[str]]:
+    """The structure of `graph` with its big or external initializers as typed graph inputs.
+
+    Returns the model and the names turned into inputs. Small embedded initializers stay, so shape
+    inference can still read Reshape targets and the like.
+    """
+    structure = graph.copy()
+    stripped = _strip_constants(structure, keep=SMALL_CONSTANT)
+    by_name = structure.tensors()
+    structure.inputs.extend(by_name[name] for name, _ in stripped)
+    return gs.export_onnx(structure, do_type_check=False), frozenset(name for name, _ in stripped)
+
+
+def apply_value_info(graph: gs.Graph, model: onnx.ModelProto) -> int:
+    """Copies dtype and shape from `model` (e.g. the shape-inferred weightless model of `graph`) onto
+    the main-graph tensors of `graph` that lack them. Returns how many tensors gained information."""
+    inferred = gs.import_onnx(model).tensors()
+    gained = 0
+    for name, tensor in graph.tensors().items():
+        source = inferred.get(name)
+        if not isinstance(tensor, gs.Variable) or not isinstance(source, gs.Variable):
+            continue
+        changed = False
+        if tensor.dtype is None and source.dtype is not None:
+            tensor.dtype, changed = source.dtype, True
+        if tensor.shape is None and source.shape is not None:
+            tensor.shape, changed = source.shape, True
+        gained += changed
+    return gained
+
+
+def adopt_structure(graph: gs.Graph, model: onnx.ModelProto, stripped: frozenset[str]) -> None:
+    """Replaces `graph`'s nodes, inputs, outputs, opsets and functions with those of `model`, a
+    processed `weightless_model(graph)`; the inputs named in `stripped` become the original
+    initializers again (their values are not read)."""
+    originals = graph.tensors()
+    new = gs.import_onnx(model)
+    for tensor in new.inputs:
+        if tensor.name in stripped:
+            tensor.to_constant(_values_of(originals[tensor.name]))
+    graph.nodes = new.nodes
+    graph.inputs = [t for t in new.inputs if t.name not in stripped]
+    graph.outputs = new.outputs
+    graph.opset = new.opset
+    graph.import_domains = new.import_domains
+    graph.ir_version = new.ir_version
+    graph.functions = new.functions

@@ -1,0 +1,314 @@
+"""normalize: make the input graph one the later passes can rely on, and keep a copy of it.
+
+Cases, in the order the pass handles them:
+1. Names. Every node gets a non-empty name unique across the model, subgraphs included
+   (annotations are keyed by node name). An unnamed node becomes `/<op_type>_<n>` (the first
+   free n per op type); a repeated name keeps its first node, and later ones become `<name>_<k>`.
+   One `rename` change per renamed node.
+2. Order. Nodes are sorted topologically, subgraphs included, keeping the model's own order
+   wherever it already is one (so layers stay in model order); a cycle is an
+   UnsupportedModelError naming nodes on it. One `reorder` change says how many nodes moved.
+3. Ops. Every default-domain op must be defined at the model's opset by ONNX or by onnxruntime;
+   otherwise an UnsupportedModelError lists each such node. Ops onnxruntime defines in the default
+   domain but ONNX does not (SimplifiedLayerNormalization), com.microsoft ops (known to this
+   onnxruntime or not) and ops of other custom domains pass through with one warning per op type
+   saying which it is: onnx.checker checks none of them. Model-local functions are not warned about.
+4. Checker. onnx.checker.check_model (full_check off); its failure is an UnsupportedModelError.
+5. Opset. Below MIN_OPSET (default domain) the model is upgraded to MIN_OPSET by
+   onnx.version_converter (an `upgrade_opset` change); if the converter fails, the model is refused
+   with the converter's reason and the fix (re-export at opset >= MIN_OPSET).
+6. Shapes. onnx.shape_inference (strict mode off, data propagation on): symbolic dims stay named,
+   unknown ones get onnx's `unk__<n>` names, and inferred types and shapes are copied onto the
+   graph's tensors that had none (`value_info_inferred` in the stats).
+7. The normalized model, weights included (external ones still referenced relative to
+   ctx.model_dir), goes to ctx.original; validate compares numerics against it.
+
+How a pass on a gs.Graph does proto-level work (3–6): onnx's checker, converter and shape inference
+run on `weightless_model(graph)`, the graph's structure with its big or external initializers as
+typed graph inputs, so they copy and read no weight bytes and models past 2 GB stay under
+protobuf's limit. onnxruntime-only default-domain nodes are moved to a private domain in that
+structure only, so the checker, converter and inference skip them instead of failing. Results come
+back into the *same* Graph object: inferred shapes through `apply_value_info`; a converted
+structure through `adopt_structure`, which swaps in its nodes and re-attaches the original
+initializers (the converter rewrites nodes, never weights).
+
+MIN_OPSET is 17: the opset torch.onnx exports by default and every committed fixture uses (so the
+common case converts nothing), the first with the fused LayerNormalization, and the last where
+ReduceMean takes `axes` as an attribute. Going to the newest opset would rewrite graphs that run
+as they are for no gain; later passes that need a newer op raise the opset themselves.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import heapq
+import logging
+from collections.abc import Iterator
+from typing import ClassVar
+
+import onnx
+import onnx.defs
+import onnx.shape_inference
+import onnx.version_converter
+import onnx_graphsurgeon as gs
+
+from bitnet_onnx.errors import UnsupportedModelError
+from bitnet_onnx.log import Change
+from bitnet_onnx.passes._graph import adopt_structure, all_graph_protos, apply_value_info, export_model, weightless_model
+from bitnet_onnx.passes.base import PassContext, PassResult
+
+__all__ = ["MIN_OPSET", "NormalizePass"]
+
+logger = logging.getLogger(__name__)
+
+MIN_OPSET = 17
+
+_DEFAULT_DOMAINS = frozenset({"", "ai.onnx"})
+_KNOWN_DOMAINS = frozenset({*_DEFAULT_DOMAINS, "ai.onnx.ml", "com.microsoft", "bitnet"})
+_MS = "com.microsoft"
+# Where onnxruntime-only default-domain ops sit while onnx's tools look at the structure.
+_PARKING_DOMAIN = "bitnet.normalize.onnxruntime"
+
+
+class NormalizePass:
+    name: ClassVar[str] = "normalize"
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        changes = _unique_names(graph)
+        moved = _toposort(graph)
+        if moved:
+            changes.append(Change(layer=None, action="reorder", detail=f"{moved} nodes moved into topological order"))
+        parked, warnings, unchecked = _check_ops(graph)
+        structure, stripped = weightless_model(graph)
+        _park(structure, parked)
+        _check(structure, graph.name)
+        opset_before = graph.opset
+        declared = len(structure.graph.value_info)
+        if opset_before < MIN_OPSET:
+            structure = _upgrade(structure, graph.name, opset_before)
+            changes.append(Change(layer=None, action="upgrade_opset", detail=f"opset {opset_before} → {MIN_OPSET}"))
+        inferred, warning = _infer(structure)
+        warnings += [warning] if warning else []
+        gained = len(inferred.graph.value_info) - declared
+        if opset_before < MIN_OPSET:
+            _unpark(inferred, parked)
+            adopt_structure(graph, inferred, stripped)
+        else:
+            apply_value_info(graph, inferred)
+        ctx.original = export_model(graph)
+        stats = {
+            "nodes": sum(1 for _ in _all_nodes(graph)),
+            "renamed": sum(1 for c in changes if c.action == "rename"),
+            "reordered": moved,
+            "opset_before": opset_before,
+            "opset_after": graph.opset,
+            "value_info_inferred": gained,
+            "unchecked_ops": unchecked,
+        }
+        logger.info("normalize: opset %d → %d, %d renamed, %d value infos inferred", opset_before, graph.opset, stats["renamed"], gained)
+        return PassResult(modified=bool(changes or gained), changes=tuple(changes), warnings=tuple(warnings), stats=stats)
+
+
+# -- 1. names ----------------------------------------------------------------------------------------
+
+
+def _all_nodes(graph: gs.Graph) -> Iterator[gs.Node]:
+    for node in graph.nodes:
+        yield node
+        for sub in node.subgraphs():
+            yield from _all_nodes(sub)
+
+
+def _unique_names(graph: gs.Graph) -> list[Change]:
+    nodes = list(_all_nodes(graph))
+    taken = {n.name for n in nodes if n.name}
+    kept: set[str] = set()
+    per_op: collections.Counter[str] = collections.Counter()
+    changes = []
+    for node in nodes:
+        old = node.name
+        if old and old not in kept:
+            kept.add(old)
+            continue
+        if old:
+            k = 1
+            while f"{old}_{k}" in taken:
+                k += 1
+            new = f"{old}_{k}"
+        else:
+            while f"/{node.op}_{per_op[node.op]}" in taken:
+                per_op[node.op] += 1
+            new = f"/{node.op}_{per_op[node.op]}"
+        node.name = new
+        taken.add(new)
+        kept.add(new)
+        changes.append(
+            Change(layer=None, action="rename", node=new, detail=f"was {old!r} (a duplicate)" if old else "was unnamed")
+        )
+    return changes
+
+
+# -- 2. order ----------------------------------------------------------------------------------------
+
+
+def _reads(node: gs.Node) -> Iterator[gs.Tensor]:
+    """Tensors `node` reads, including outer-scope tensors its subgraphs read."""
+    yield from node.inputs
+    for sub in node.subgraphs():
+        for inner in _all_nodes(sub):
+            yield from inner.inputs
+
+
+def _toposort(graph: gs.Graph) -> int:
+    """Sorts each graph's nodes topologically, keeping the model's order wherever it already is one
+    (Kahn's algorithm, ready nodes taken in their original order). Returns how many nodes moved."""
+    moved = 0
+    nodes = list(graph.nodes)
+    position = {id(n): i for i, n in enumerate(nodes)}
+    producer = {id(t): n for n in nodes for t in n.outputs}
+    waits_on: dict[int, set[int]] = {}
+    readers: dict[int, list[gs.Node]] = collections.defaultdict(list)
+    for node in nodes:
+        deps = {id(producer[id(t)]) for t in _reads(node) if id(t) in producer and producer[id(t)] is not node}
+        waits_on[id(node)] = deps
+        for dep in deps:
+            readers[dep].append(node)
+    ready = [(position[id(n)], n) for n in nodes if not waits_on[id(n)]]
+    heapq.heapify(ready)
+    order: list[gs.Node] = []
+    while ready:
+        _, node = heapq.heappop(ready)
+        order.append(node)
+        for reader in readers[id(node)]:
+            waits_on[id(reader)].discard(id(node))
+            if not waits_on[id(reader)]:
+                heapq.heappush(ready, (position[id(reader)], reader))
+    if len(order) < len(nodes):
+        stuck = sorted((n for n in nodes if waits_on[id(n)]), key=lambda n: position[id(n)])
+        names = ", ".join(repr(n.name) for n in stuck[:5])
+        raise UnsupportedModelError(
+            f"graph {graph.name!r} has a cycle: {len(stuck)} nodes wait on each other ({names}"
+            f"{', ...' if len(stuck) > 5 else ''}); a node must not depend on its own output"
+        )
+    moved += sum(1 for a, b in zip(nodes, order, strict=True) if a is not b)
+    graph.nodes = order
+    for node in order:
+        for sub in node.subgraphs():
+            moved += _toposort(sub)
+    return moved
+
+
+# -- 3./4. ops and checker ---------------------------------------------------------------------------
+
+
+@functools.cache
+def _onnxruntime_schemas() -> dict[tuple[str, str], int]:
+    """(domain, op) → the first opset version onnxruntime defines it at."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_c
+
+    first: dict[tuple[str, str], int] = {}
+    for schema in ort_c.get_all_operator_schema():
+        key = (schema.domain, schema.name)
+        first[key] = min(first.get(key, schema.since_version), schema.since_version)
+    return first
+
+
+def _onnx_defines(op: str, opset: int) -> bool:
+    try:
+        onnx.defs.get_schema(op, max_inclusive_version=opset, domain="")
+    except onnx.defs.SchemaError:
+        return False
+    return True
+
+
+def _check_ops(graph: gs.Graph) -> tuple[frozenset[str], list[str], int]:
+    """Names of the onnxruntime-only default-domain nodes, one warning per unchecked op type, and
+    how many nodes go unchecked."""
+    ort = _onnxruntime_schemas()
+    functions = {(f.domain, f.name) for f in graph.functions}
+    parked: set[str] = set()
+    unchecked: collections.Counter[tuple[str, str]] = collections.Counter()
+    undefined = []
+    for node in _all_nodes(graph):
+        domain = node.domain or ""
+        if domain in _DEFAULT_DOMAINS:
+            if _onnx_defines(node.op, graph.opset):
+                continue
+            if ort.get(("", node.op), graph.opset + 1) <= graph.opset:
+                parked.add(node.name)
+                unchecked[("", node.op)] += 1
+            else:
+                undefined.append(f"node {node.name!r}: op {node.op!r}")
+        elif (domain, node.op) not in functions:
+            unchecked[(domain, node.op)] += 1
+    if undefined:
+        raise UnsupportedModelError(
+            f"graph {graph.name!r} uses ops that neither ONNX nor onnxruntime define at opset {graph.opset}:\n"
+            + "\n".join(f"  - {u}" for u in undefined)
+            + "\nFix the op names or re-export the model at an opset that has them."
+        )
+    warnings = []
+    for (domain, op), count in sorted(unchecked.items()):
+        if domain == "":
+            why = "defined by onnxruntime in the default domain but unknown to onnx.checker; not checked"
+        elif domain == _MS and (domain, op) in ort:
+            why = "an onnxruntime contrib op (com.microsoft) that onnx.checker does not check"
+        elif domain == _MS:
+            why = "not a com.microsoft op this onnxruntime defines; passed through unchecked"
+        elif domain in _KNOWN_DOMAINS:
+            why = "passed through unchecked"
+        else:
+            why = f"from custom domain {domain!r}, which bitnet-onnx does not know; passed through unchecked"
+        warnings.append(f"{count} {op} node{'s' if count > 1 else ''}: {why}")
+    return frozenset(parked), warnings, sum(unchecked.values())
+
+
+def _park(model: onnx.ModelProto, parked: frozenset[str], domain: str = _PARKING_DOMAIN) -> None:
+    if not parked:
+        return
+    for graph in all_graph_protos(model.graph):
+        for node in graph.node:
+            if node.name in parked:
+                node.domain = domain
+    if domain:
+        model.opset_import.add(domain=domain, version=1)
+
+
+def _unpark(model: onnx.ModelProto, parked: frozenset[str]) -> None:
+    if not parked:
+        return
+    _park(model, parked, domain="")
+    kept = [o for o in model.opset_import if o.domain != _PARKING_DOMAIN]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+
+
+def _check(model: onnx.ModelProto, name: str) -> None:
+    try:
+        onnx.checker.check_model(model, full_check=False)
+    except onnx.checker.ValidationError as exc:
+        raise UnsupportedModelError(f"graph {name!r} is not a valid ONNX model: {str(exc).strip()}") from None
+
+
+# -- 5./6. opset and shapes --------------------------------------------------------------------------
+
+
+def _upgrade(model: onnx.ModelProto, name: str, opset: int) -> onnx.ModelProto:
+    try:
+        return onnx.version_converter.convert_version(model, MIN_OPSET)
+    except Exception as exc:  # the converter raises RuntimeError/ValidationError/InferenceError
+        reason = str(exc).strip().splitlines()[-1]
+        raise UnsupportedModelError(
+            f"graph {name!r} uses opset {opset}, below the {MIN_OPSET} bitnet-onnx needs, and onnx's version "
+            f"converter cannot upgrade it: {reason}. Re-export the model at opset {MIN_OPSET} or newer."
+        ) from None
+
+
+def _infer(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True), None
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return model, f"shape inference failed ({first}); continuing with the shapes the model declares"

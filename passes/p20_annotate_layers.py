@@ -1,0 +1,369 @@
+"""annotate_layers: group graph nodes into named, typed layers (ctx.layers) and annotate every node
+of a layer (ctx.annotations: `bitnet.layer`, `bitnet.layer_type`, `bitnet.rule`).
+
+The engine knows no layer names or subgraph shapes; `layer_patterns.RULES` does. It
+
+1. tries the rules by priority, then table order; each rule visits its anchor ops in model order,
+   and a match claims its nodes. A match that needs a node another layer already owns is dropped
+   (counted in `conflicts`); weight-chain nodes (Identity, Cast, Transpose, ...) may be shared and
+   stay with the first layer. A linear that an attention block found as its q/k/v/o projection
+   is never an OUTPUT layer; it becomes LINEAR with `block` set to that attention block's name.
+2. names each layer from the model's own names, in this order: the weight (table, gain) tensor
+   as the anchor reads it, minus `.weight`, when it is a parameter name (`model.layers.0.mlp.up_proj
+   .weight`) read by that node alone; else the anchor node's scope (`/model/layers.0/self_attn/q_proj
+   /MatMul` → `model.layers.0.self_attn.q_proj`; torch names MatMul weights `onnx::MatMul_123`, so
+   scopes are the source there; `/layer2/downsample/downsample.0/Conv` → `layer2.downsample.0`);
+   else the weight's name; else the anchor's name. Collisions get `_1`, `_2`, ... in model order.
+3. links tied weights: layers reading the same initializer as a weight (an embedding table and the
+   head reading it through Transpose or Gemm transB=1) get `tied_with` set both ways; the
+   initializer stays one. With more than two readers, each later one points to the first (warned).
+4. If/Loop/Scan: layers inside control flow are *not* annotated. Each control-flow node is named in
+   a warning with the weight-bearing ops its subgraphs hold, and so is every initializer a subgraph
+   reads that is also the weight of an annotated layer: later passes must leave those intact.
+
+Nodes in no layer are left alone and counted by op type in the stats (`unassigned.<op>`). Weights
+fed as graph inputs are warned about (their MatMul stays an activation×activation product).
+`explain(graph, node)` answers "why is this node in no layer?" with each rule's closest attempt.
+"""
+
+from __future__ import annotations
+
+import collections
+import difflib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+import onnx_graphsurgeon as gs
+
+from bitnet_onnx.errors import UnsupportedModelError
+from bitnet_onnx.layers import Layer, LayerType
+from bitnet_onnx.log import Change
+from bitnet_onnx.passes._match import GraphView, MatchResult, label
+from bitnet_onnx.passes.base import PassContext, PassResult
+from bitnet_onnx.passes.layer_patterns import RULES, LayerMatch, LayerRule
+
+__all__ = ["AnnotateLayersPass", "LAYER_KEY", "LAYER_TYPE_KEY", "RULE_KEY", "explain"]
+
+logger = logging.getLogger(__name__)
+
+LAYER_KEY = "bitnet.layer"
+LAYER_TYPE_KEY = "bitnet.layer_type"
+RULE_KEY = "bitnet.rule"
+
+_WEIGHT_TYPES = frozenset(
+    {LayerType.LINEAR, LayerType.OUTPUT, LayerType.EMBEDDING, LayerType.CONVOLUTION, LayerType.ATTENTION}
+)
+_WEIGHT_INPUT = {"MatMul": 1, "Gemm": 1, "Conv": 1, "ConvTranspose": 1}
+_EXPLAIN_RADIUS = 4
+
+
+@dataclass
+class _Candidate:
+    rule: LayerRule
+    layer_type: LayerType
+    match: LayerMatch
+    attention: _Candidate | None = None  # the attention block this layer projects for (or itself)
+    name: str = ""
+
+    @property
+    def anchor(self) -> gs.Node:
+        return self.match.nodes[0]
+
+
+def _ordered_rules() -> list[LayerRule]:
+    return sorted(RULES, key=lambda r: -r.priority)  # sorted() is stable: table order within a priority
+
+
+class AnnotateLayersPass:
+    name: ClassVar[str] = "annotate_layers"
+    requires: ClassVar[tuple[str, ...]] = ("normalize",)
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        view = GraphView(graph)
+        candidates, conflicts = _claim(view)
+        candidates.sort(key=lambda c: view.position(c.anchor))
+        _assign_blocks(candidates)
+        _assign_names(view, candidates)
+        tied, tie_warnings = _ties(candidates)
+        layers: dict[str, Layer] = {}
+        changes: list[Change] = []
+        annotations: dict[str, dict[str, str]] = {}
+        for index, cand in enumerate(candidates):
+            layer = _layer(view, cand, index, tied.get(id(cand)))
+            layers[layer.name] = layer
+            for node_name in layer.nodes:
+                annotations[node_name] = {
+                    LAYER_KEY: layer.name,
+                    LAYER_TYPE_KEY: layer.layer_type.value,
+                    RULE_KEY: layer.rule,
+                }
+            changes.append(_change(layer))
+        ctx.layers = layers
+        ctx.annotations.update(annotations)
+        warnings = [*tie_warnings, *_control_flow_warnings(view, layers), *_graph_input_weights(view)]
+        stats = _stats(view, layers, annotations, conflicts)
+        logger.info(
+            "annotate_layers: %d layers, %d of %d nodes unassigned", len(layers), stats["unassigned"], len(view.nodes)
+        )
+        return PassResult(modified=bool(layers), changes=tuple(changes), warnings=tuple(warnings), stats=stats)
+
+
+# -- 1. claiming -----------------------------------------------------------------------------------
+
+
+def _claim(view: GraphView) -> tuple[list[_Candidate], int]:
+    owned: set[int] = set()  # nodes that are some layer's own nodes
+    claimed: set[int] = set()  # ... or weight-chain nodes some layer already took
+    projections: set[int] = set()
+    candidates: list[_Candidate] = []
+    conflicts = 0
+    for rule in _ordered_rules():
+        for node in view.nodes:
+            if node.op not in rule.anchor_ops or id(node) in owned:
+                continue
+            if rule.layer_type is LayerType.OUTPUT and id(node) in projections:
+                continue  # an attention projection stays LINEAR (rule "linear" takes it)
+            result = rule.match(node, view)
+            if not result:
+                continue
+            match: LayerMatch = result.bindings["layer"]
+            taken = [n for n in match.nodes if id(n) in owned]
+            if taken:
+                conflicts += 1
+                logger.debug("rule %s at %s conflicts with earlier layers over %s", rule.name, label(node), [n.name for n in taken])
+                continue
+            shared = tuple(n for n in match.shared if id(n) not in claimed)
+            owned.update(id(n) for n in match.nodes)
+            claimed.update(id(n) for n in (*match.nodes, *shared))
+            projections.update(id(p) for p in match.projections)
+            candidates.append(_Candidate(rule, rule.layer_type, replace(match, shared=shared)))
+    return candidates, conflicts
+
+
+# -- 2. blocks and names ---------------------------------------------------------------------------
+
+
+def _assign_blocks(candidates: list[_Candidate]) -> None:
+    by_anchor = {id(c.anchor): c for c in candidates}
+    for cand in candidates:
+        if cand.layer_type is not LayerType.ATTENTION:
+            continue
+        cand.attention = cand
+        for projection in cand.match.projections:
+            member = by_anchor.get(id(projection))
+            if member is not None and member.layer_type is LayerType.LINEAR:
+                member.attention = cand
+
+
+def scope_name(node_name: str) -> str:
+    """`/model/layers.0/self_attn/q_proj/MatMul` → `model.layers.0.self_attn.q_proj`; '' without a scope.
+
+    torch writes a called Sequential's child as `<seq>/<seq>.<i>`; the parent part is dropped."""
+    parts = [p for p in node_name.split("/") if p]
+    out: list[str] = []
+    for part in parts[:-1]:
+        if out and part.startswith(out[-1] + "."):
+            out[-1] = part
+        else:
+            out.append(part)
+    return ".".join(out)
+
+
+def _is_parameter_name(name: str) -> bool:
+    return name.endswith(".weight") and not name.startswith("onnx::") and "/" not in name
+
+
+def _base_name(cand: _Candidate) -> str:
+    param = cand.match.param
+    if param is not None and _is_parameter_name(param.name) and len(param.outputs) == 1:
+        return param.name.removesuffix(".weight")
+    scope = scope_name(cand.anchor.name)
+    if scope:
+        return scope
+    if cand.match.weight is not None and not cand.match.weight.constant.name.startswith("onnx::"):
+        return cand.match.weight.constant.name.removesuffix(".weight")
+    return cand.anchor.name.strip("/") or f"{cand.layer_type.value}_{cand.anchor.op}"
+
+
+def _assign_names(view: GraphView, candidates: list[_Candidate]) -> None:
+    used: collections.Counter[str] = collections.Counter()
+    taken: set[str] = set()
+    for cand in candidates:
+        base = _base_name(cand)
+        name = base
+        while name in taken:
+            used[base] += 1
+            name = f"{base}_{used[base]}"
+        taken.add(name)
+        cand.name = name
+
+
+# -- 3. ties -----------------------------------------------------------------------------------------
+
+
+def _ties(candidates: list[_Candidate]) -> tuple[dict[int, str], list[str]]:
+    readers: dict[int, list[_Candidate]] = collections.defaultdict(list)
+    for cand in candidates:
+        if cand.layer_type in _WEIGHT_TYPES and cand.match.weight is not None:
+            readers[id(cand.match.weight.constant)].append(cand)
+    tied: dict[int, str] = {}
+    warnings: list[str] = []
+    for group in readers.values():
+        if len(group) < 2:
+            continue
+        first, second = group[0], group[1]
+        tied[id(first)] = second.name
+        for later in group[1:]:
+            tied[id(later)] = first.name
+        if len(group) > 2:
+            warnings.append(
+                f"initializer {first.match.weight.constant.name!r} is the weight of {len(group)} layers "
+                f"({', '.join(c.name for c in group)}); each later layer is tied to {first.name!r}"
+            )
+    return tied, warnings
+
+
+# -- the records -----------------------------------------------------------------------------------
+
+
+def _layer(view: GraphView, cand: _Candidate, index: int, tied_with: str | None) -> Layer:
+    match = cand.match
+    nodes = (match.nodes[0], *sorted((*match.nodes[1:], *match.shared), key=view.position))
+    weight = match.weight
+    return Layer(
+        name=cand.name,
+        layer_type=cand.layer_type,
+        index=index,
+        nodes=tuple(n.name for n in nodes),
+        rule=cand.rule.name,
+        weight=weight.constant.name if weight is not None else None,
+        weight_shape=tuple(int(d) for d in weight.constant.shape) if weight is not None else None,
+        bias=match.bias.constant.name if match.bias is not None else None,
+        block=cand.attention.name if cand.attention is not None else None,
+        tied_with=tied_with,
+        weight_nodes=tuple(n.name for n in weight.nodes) if weight is not None else (),
+        weight_nk=match.weight_nk,
+    )
+
+
+def _change(layer: Layer) -> Change:
+    extra = [f"block={layer.block}"] if layer.block and layer.block != layer.name else []
+    extra += [f"tied_with={layer.tied_with}"] if layer.tied_with else []
+    return Change(
+        layer=layer.name,
+        action="annotate",
+        node=layer.nodes[0],
+        source=layer.rule,
+        detail=", ".join([layer.layer_type.value, *extra]),
+    )
+
+
+# -- 4. warnings and stats ---------------------------------------------------------------------------
+
+
+def _subgraph_nodes(node: gs.Node) -> Iterable[gs.Node]:
+    for sub in node.subgraphs():
+        for inner in sub.nodes:
+            yield inner
+            yield from _subgraph_nodes(inner)
+
+
+def _control_flow_warnings(view: GraphView, layers: dict[str, Layer]) -> list[str]:
+    weights = {layer.weight: layer.name for layer in layers.values() if layer.weight}
+    warnings = []
+    for node in view.nodes:
+        inner = list(_subgraph_nodes(node))
+        if not inner:
+            continue
+        heavy = collections.Counter(n.op for n in inner if n.op in (*_WEIGHT_INPUT, "Gather", "MatMulNBits"))
+        ops = ", ".join(f"{count} {op}" for op, count in sorted(heavy.items())) or "no weight-bearing ops"
+        warnings.append(
+            f"{label(node)} holds {len(inner)} nodes in subgraphs ({ops}); layers inside control flow are not "
+            "annotated and keep their original precision"
+        )
+        read = {t.name for n in inner for t in n.inputs if isinstance(t, gs.Constant)}
+        for name in sorted(read & weights.keys()):
+            warnings.append(
+                f"initializer {name!r}, the weight of layer {weights[name]!r}, is also read inside {label(node)}; "
+                "later passes must not replace or repack it in place"
+            )
+    return warnings
+
+
+def _graph_input_weights(view: GraphView) -> list[str]:
+    warnings = []
+    for node in view.nodes:
+        index = _WEIGHT_INPUT.get(node.op)
+        if index is not None and len(node.inputs) > index and view.is_graph_input(node.inputs[index]):
+            warnings.append(
+                f"{label(node)} reads its weight {node.inputs[index].name!r} from a graph input, so it is not "
+                "compiled as a layer; store the weight as an initializer to compile it"
+            )
+    return warnings
+
+
+def _stats(
+    view: GraphView, layers: dict[str, Layer], annotations: dict[str, dict[str, str]], conflicts: int
+) -> dict[str, int]:
+    stats: dict[str, int] = {"layers": len(layers)}
+    for layer_type, count in sorted(collections.Counter(l.layer_type.value for l in layers.values()).items()):
+        stats[f"layers.{layer_type}"] = count
+    unassigned = collections.Counter(n.op for n in view.nodes if n.name not in annotations)
+    stats["unassigned"] = sum(unassigned.values())
+    for op, count in sorted(unassigned.items()):
+        stats[f"unassigned.{op}"] = count
+    stats["tied"] = sum(1 for l in layers.values() if l.tied_with) // 2
+    stats["conflicts"] = conflicts
+    return stats
+
+
+# -- explain -----------------------------------------------------------------------------------------
+
+
+def _neighbourhood(view: GraphView, node: gs.Node, radius: int) -> list[gs.Node]:
+    seen = {id(node): node}
+    frontier = [node]
+    for _ in range(radius):
+        step = []
+        for current in frontier:
+            near = [p for t in current.inputs if (p := view.producer(t)) is not None]
+            near += [c for t in current.outputs for c in view.consumers(t)]
+            for other in near:
+                if id(other) not in seen:
+                    seen[id(other)] = other
+                    step.append(other)
+        frontier = step
+    return sorted(seen.values(), key=view.position)
+
+
+def explain(graph: gs.Graph, node_name: str) -> dict[str, MatchResult]:
+    """For each rule, its closest attempt involving `node_name`: the match at that node when the
+    node is one of the rule's anchors, else the best-scoring attempt from an anchor within a few
+    ops whose (partial) match reached the node. A successful result means the rule does cover it."""
+    view = GraphView(graph)
+    node = view.node(node_name)
+    if node is None:
+        close = difflib.get_close_matches(node_name, [n.name for n in view.nodes], n=3)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise UnsupportedModelError(f"the graph has no node named {node_name!r}{hint}")
+    nearby = _neighbourhood(view, node, _EXPLAIN_RADIUS)
+    results: dict[str, MatchResult] = {}
+    for rule in RULES:
+        if node.op in rule.anchor_ops:
+            results[rule.name] = rule.match(node, view)
+            continue
+        best: MatchResult | None = None
+        for other in nearby:
+            if other.op not in rule.anchor_ops:
+                continue
+            attempt = rule.match(other, view)
+            if any(n is node for n in attempt.matched) and (best is None or attempt.score > best.score):
+                best = attempt
+        results[rule.name] = best or MatchResult.fail(
+            f"{node.op} is not one of this rule's anchors ({', '.join(sorted(rule.anchor_ops))}) and no attempt "
+            f"from a nearby anchor reached {node.name!r}",
+            node,
+        )
+    return results
