@@ -28,11 +28,14 @@ from bitnet_onnx.errors import ConfigError, KernelLibraryError, UnsupportedModel
 
 __all__ = [
     "BITLINEAR",
+    "DEQUANTIZE_LOWBIT",
     "DOMAIN",
     "ISA_ENV",
     "LIBRARY_ENV",
+    "LOWBIT_MATMUL",
     "OPSET_VERSION",
     "OP_NAMES",
+    "QUANTIZE_LOWBIT",
     "Isa",
     "cpu_flags",
     "dispatch_isa",
@@ -49,7 +52,10 @@ DOMAIN = "bitnet"
 OPSET_VERSION = 1
 
 BITLINEAR = "BitLinear"
-OP_NAMES = (BITLINEAR,)
+LOWBIT_MATMUL = "LowBitMatMul"
+DEQUANTIZE_LOWBIT = "DequantizeLowBit"
+QUANTIZE_LOWBIT = "QuantizeLowBit"
+OP_NAMES = (BITLINEAR, LOWBIT_MATMUL, DEQUANTIZE_LOWBIT, QUANTIZE_LOWBIT)
 """Every op the library registers, as named in kernels/include/bitnet/ops.h."""
 
 LIBRARY_ENV = "BITNET_OPS_LIBRARY"

@@ -4,13 +4,20 @@ set(BITNET_OP_SOURCES
   src/register.cc
   src/bitlinear.cc
   src/ternary_weights.cc
+  src/lowbit_matmul.cc
+  src/dequantize_lowbit.cc
+  src/quantize_lowbit.cc
+  src/int_weights.cc
   src/cpu/features.cc)
 set(BITNET_REF_SOURCES
-  src/cpu/ternary_ref.cc)
+  src/cpu/ternary_ref.cc
+  src/cpu/int_ref.cc)
 set(BITNET_AVX2_SOURCES
-  src/cpu/ternary_avx2.cc)
+  src/cpu/ternary_avx2.cc
+  src/cpu/int_avx2.cc)
 set(BITNET_AVX512VNNI_SOURCES
-  src/cpu/ternary_avx512vnni.cc)
+  src/cpu/ternary_avx512vnni.cc
+  src/cpu/int_avx512vnni.cc)
 
 set(BITNET_AVX2_FLAGS -mavx2 -mfma -mf16c)
 set(BITNET_AVX512VNNI_FLAGS -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl -mavx512vnni)

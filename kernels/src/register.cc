@@ -5,7 +5,7 @@
 namespace bitnet {
 
 // The op table: one entry per op file src/<name>.cc, which defines `OpList <name>Ops()`.
-#define BITNET_OP_TABLE(X) X(BitLinear)
+#define BITNET_OP_TABLE(X) X(BitLinear) X(LowBitMatMul) X(DequantizeLowBit) X(QuantizeLowBit)
 
 #define BITNET_DECLARE_OPS(name) OpList name##Ops();
 BITNET_OP_TABLE(BITNET_DECLARE_OPS)

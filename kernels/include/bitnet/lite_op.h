@@ -16,6 +16,7 @@
 
 #include <memory>
 #include <new>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -80,6 +81,27 @@ class ShapeInference {
     return out;
   }
 
+  // The node's int or string attribute `name`; nullopt when it is absent or of another type.
+  std::optional<int64_t> IntAttribute(const char* name) const {
+    const OrtOpAttr* attr = Attribute(name);
+    int64_t value = 0;
+    size_t size = 0;
+    if (attr == nullptr || !Ok(api_.ReadOpAttr(attr, ORT_OP_ATTR_INT, &value, sizeof(value), &size))) return std::nullopt;
+    return value;
+  }
+
+  std::optional<std::string> StringAttribute(const char* name) const {
+    const OrtOpAttr* attr = Attribute(name);
+    size_t size = 0;
+    if (attr == nullptr) return std::nullopt;
+    Ok(api_.ReadOpAttr(attr, ORT_OP_ATTR_STRING, nullptr, 0, &size));  // reports the size (some versions fail)
+    std::string value(size, '\0');
+    if (!Ok(api_.ReadOpAttr(attr, ORT_OP_ATTR_STRING, value.data(), size, &size))) return std::nullopt;
+    value.resize(size);
+    if (!value.empty() && value.back() == '\0') value.pop_back();  // versions that count the NUL
+    return value;
+  }
+
   void SetOutput(size_t index, const TensorShape& shape) const {
     OrtTensorTypeAndShapeInfo* raw = nullptr;
     Ort::ThrowOnError(api_.CreateTensorTypeAndShapeInfo(&raw));
@@ -93,6 +115,17 @@ class ShapeInference {
   }
 
  private:
+  const OrtOpAttr* Attribute(const char* name) const {
+    const OrtOpAttr* attr = nullptr;
+    return Ok(api_.ShapeInferContext_GetAttribute(ctx_, name, &attr)) ? attr : nullptr;
+  }
+
+  bool Ok(OrtStatus* status) const {
+    if (status == nullptr) return true;
+    api_.ReleaseStatus(status);
+    return false;
+  }
+
   const OrtApi& api_;
   OrtShapeInferContext* ctx_;
 };

@@ -8,5 +8,8 @@ inline constexpr char kDomain[] = "bitnet";
 inline constexpr int kOpsetVersion = 1;
 
 inline constexpr char kBitLinearOp[] = "BitLinear";
+inline constexpr char kLowBitMatMulOp[] = "LowBitMatMul";
+inline constexpr char kDequantizeLowBitOp[] = "DequantizeLowBit";
+inline constexpr char kQuantizeLowBitOp[] = "QuantizeLowBit";
 
 }  // namespace bitnet
