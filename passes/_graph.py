@@ -108,7 +108,9 @@ class LoadedModel:
     info: ModelInfo
 
 
-def load_model(source: str | os.PathLike[str] | onnx.ModelProto, *, base_dir: str | Path | None = None) -> LoadedModel:
+def load_model(
+    source: str | os.PathLike[str] | onnx.ModelProto, *, base_dir: str | Path | None = None
+) -> LoadedModel:
     """Read `source` (a path, opened read-only, or a ModelProto, copied) and check it can be compiled.
 
     External data is resolved against the model file's folder, or `base_dir` for a ModelProto.
@@ -157,7 +159,9 @@ def _read_proto(path: Path) -> onnx.ModelProto:
             if len(data) >= _PROTOBUF_LIMIT
             else "the file is not an ONNX model, or it is truncated or corrupted"
         )
-        raise UnsupportedModelError(f"{path}: cannot be parsed as an ONNX ModelProto ({exc}); {hint}") from None
+        raise UnsupportedModelError(
+            f"{path}: cannot be parsed as an ONNX ModelProto ({exc}); {hint}"
+        ) from None
     return proto
 
 
@@ -234,7 +238,10 @@ def _location_problem(tensor: onnx.TensorProto, folder: Path, sizes: dict[Path, 
     root = folder.resolve()
     target = (root / posix).resolve()
     if not target.is_relative_to(root):
-        return f"tensor {name}: location {location!r} resolves to {target}, outside the model's folder (a symlink)"
+        return (
+            f"tensor {name}: location {location!r} resolves to {target}, "
+            "outside the model's folder (a symlink)"
+        )
     if target not in sizes:
         if not target.is_file():
             return f"tensor {name}: external data file {location!r} does not exist in {root}"
@@ -243,7 +250,8 @@ def _location_problem(tensor: onnx.TensorProto, folder: Path, sizes: dict[Path, 
         offset = int(entries.get("offset", "0"))
         length = int(entries["length"]) if "length" in entries else None
     except ValueError:
-        return f"tensor {name}: offset/length {entries.get('offset')!r}/{entries.get('length')!r} are not integers"
+        offsets = f"{entries.get('offset')!r}/{entries.get('length')!r}"
+        return f"tensor {name}: offset/length {offsets} are not integers"
     expected = math.prod(tensor.dims) * _itemsize(tensor.data_type)
     needed = offset + (length if length is not None else expected)
     if offset < 0 or (length is not None and length < 0) or needed > sizes[target]:
@@ -320,6 +328,13 @@ def import_graph(loaded: LoadedModel) -> gs.Graph:
     return graph
 
 
+def _structure(graph: gs.Graph) -> gs.Graph:
+    """A copy to export from (nodes and tensors copied, values shared; gs's copy drops the producer)."""
+    structure = graph.copy()
+    structure.producer_name, structure.producer_version = graph.producer_name, graph.producer_version
+    return structure
+
+
 def _strip_constants(structure: gs.Graph, keep: int | None) -> list[tuple[str, onnx.TensorProto | None]]:
     """Turns the main-graph Constants of a *copy* into typed Variables: the lazy ones (all of them when
     `keep` is None), or every one above `keep` elements or stored externally. Returns (name, the
@@ -345,7 +360,7 @@ def _strip_constants(structure: gs.Graph, keep: int | None) -> list[tuple[str, o
 
 def export_model(graph: gs.Graph, info: ModelInfo | None = None) -> onnx.ModelProto:
     """The ModelProto of `graph` (see the module docstring for what is kept and restored)."""
-    structure = graph.copy()
+    structure = _structure(graph)
     stripped = _strip_constants(structure, keep=None)
     model = gs.export_onnx(structure, do_type_check=False)
     names = {name for name, _ in stripped}
@@ -375,7 +390,9 @@ def _restore(model: onnx.ModelProto, info: ModelInfo) -> None:
                 node.metadata_props.add(key=key, value=value)
 
 
-def stamp_annotations(model: onnx.ModelProto, annotations: Mapping[str, Mapping[str, str]]) -> tuple[str, ...]:
+def stamp_annotations(
+    model: onnx.ModelProto, annotations: Mapping[str, Mapping[str, str]]
+) -> tuple[str, ...]:
     """Writes annotations into node metadata_props in place (a key already there gets the new value).
 
     Returns the annotated node names that `model` does not contain (nodes a later pass removed), in
@@ -403,7 +420,7 @@ def weightless_model(graph: gs.Graph) -> tuple[onnx.ModelProto, frozenset[str]]:
     Returns the model and the names turned into inputs. Small embedded initializers stay, so shape
     inference can still read Reshape targets and the like.
     """
-    structure = graph.copy()
+    structure = _structure(graph)
     stripped = _strip_constants(structure, keep=SMALL_CONSTANT)
     by_name = structure.tensors()
     structure.inputs.extend(by_name[name] for name, _ in stripped)

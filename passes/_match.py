@@ -40,11 +40,13 @@ __all__ = [
     "MatchResult",
     "OpTypes",
     "bias_of_gemm",
+    "label",
     "linear_weight",
     "match_child_path",
     "match_parent_path",
     "resolve_constant",
     "split_constant",
+    "view_constant",
 ]
 
 OpTypes = str | frozenset[str]
@@ -261,7 +263,9 @@ def match_parent_path(
             if parent is not None and parent.op in _ops(op_types):
                 found = parent
                 break
-            seen.append(f"input {i} {'is a graph input or constant' if parent is None else 'comes from ' + parent.op}")
+            seen.append(
+                f"input {i} {'is a graph input or constant' if parent is None else 'comes from ' + parent.op}"
+            )
         if found is None:
             where = f"input {index}" if index is not None else "no input"
             detail = "; ".join(seen) if seen else f"{label(current)} has no input {index}"
@@ -295,7 +299,8 @@ def match_child_path(
             users = ", ".join(sorted({c.op for c in view.consumers(output)})) or "nothing"
             slot = "" if index is None else f" at input {index}"
             return MatchResult.fail(
-                f"the output of {label(current)} is not read by {_describe(op_types)}{slot} (read by {users})",
+                f"the output of {label(current)} is not read by {_describe(op_types)}{slot} "
+                f"(read by {users})",
                 current,
                 matched,
             )
@@ -393,11 +398,17 @@ def resolve_constant(view: GraphView, tensor: gs.Tensor, ops: frozenset[str] = C
             return MatchResult.success(None, nodes, chain=ConstantChain(current, tuple(nodes), shape))
         producer = view.producer(current)
         if producer is None:
-            what = "a graph input" if view.is_graph_input(current) else "neither an initializer nor produced by a node"
+            what = (
+                "a graph input"
+                if view.is_graph_input(current)
+                else "neither an initializer nor produced by a node"
+            )
             return MatchResult.fail(f"{current.name!r} is {what}, not a constant", None, nodes)
         if producer.op == "Constant":
             return MatchResult.fail(
-                f"{current.name!r} comes from Constant node {producer.name!r}, not from an initializer", producer, nodes
+                f"{current.name!r} comes from Constant node {producer.name!r}, not from an initializer",
+                producer,
+                nodes,
             )
         if producer.op not in ops:
             allowed = "/".join(sorted(ops))
@@ -413,7 +424,9 @@ def resolve_constant(view: GraphView, tensor: gs.Tensor, ops: frozenset[str] = C
                 )
         nodes.append(producer)
         current = producer.inputs[0]
-    return MatchResult.fail(f"more than {_MAX_CHAIN} ops between {tensor.name!r} and any initializer", None, nodes)
+    return MatchResult.fail(
+        f"more than {_MAX_CHAIN} ops between {tensor.name!r} and any initializer", None, nodes
+    )
 
 
 def _chain_shape(view: GraphView, shape: tuple[int, ...], nodes: Sequence[gs.Node]) -> tuple[int, ...]:
@@ -486,7 +499,8 @@ def linear_weight(view: GraphView, node: gs.Node) -> MatchResult:
     chain: ConstantChain = found.bindings["chain"]
     if len(chain.shape) != 2:
         return MatchResult.fail(
-            f"weight input B of {label(node)} is {len(chain.shape)}-D {list(chain.shape)}; a linear layer needs 2-D",
+            f"weight input B of {label(node)} is {len(chain.shape)}-D {list(chain.shape)}; "
+            "a linear layer needs 2-D",
             node,
         )
     anchor_nk = node.op == "Gemm" and bool(node.attrs.get("transB", 0))

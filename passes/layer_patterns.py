@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (the rule table keeps one line per rule, with its sketch as a trailing comment)
 """The annotation rule table: which subgraphs are layers of which type.
 
 `RULES` is data: one `LayerRule` per entry, most specific first, each with a trailing comment that
@@ -26,8 +27,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import onnx_graphsurgeon as gs
-
-from bitnet_onnx.layers import LayerType
 from bitnet_onnx.passes._match import (
     CHAIN_OPS,
     ConstantChain,
@@ -39,6 +38,8 @@ from bitnet_onnx.passes._match import (
     resolve_constant,
     split_constant,
 )
+
+from bitnet_onnx.layers import LayerType
 
 __all__ = ["RULES", "LayerMatch", "LayerRule"]
 
@@ -124,7 +125,19 @@ def _chain_nodes(*chains: ConstantChain | None) -> tuple[gs.Node, ...]:
 
 _SCORE_OPS = frozenset({"Add", "Mul", "Div", "Where", "Cast", "Sub"})  # scale, mask, masked fill
 _FIRST_INPUT_OPS = frozenset(
-    {"Reshape", "Transpose", "Slice", "Expand", "Unsqueeze", "Squeeze", "Cast", "Identity", "Split", "Neg", "Flatten"}
+    {
+        "Reshape",
+        "Transpose",
+        "Slice",
+        "Expand",
+        "Unsqueeze",
+        "Squeeze",
+        "Cast",
+        "Identity",
+        "Split",
+        "Neg",
+        "Flatten",
+    }
 )
 _HEAD_MERGE_OPS = frozenset({"Reshape", "Transpose", "Cast", "Identity", "Flatten", "Squeeze"})
 _SEARCH_BUDGET = 96
@@ -157,7 +170,11 @@ def _strip_scale(view: GraphView, tensor: gs.Tensor, nodes: list[gs.Node], *, tr
             return tensor
         if producer.op in ("Mul", "Div"):
             split = split_constant(view, producer)
-            if split is None or view.scalar(split[1]) is None or (producer.op == "Div" and producer.inputs[1] is not split[1]):
+            if (
+                split is None
+                or view.scalar(split[1]) is None
+                or (producer.op == "Div" and producer.inputs[1] is not split[1])
+            ):
                 return tensor
             nodes.append(producer)
             tensor = split[0]
@@ -186,7 +203,8 @@ def _probs_path(view: GraphView, softmax: gs.Node) -> tuple[list[gs.Node], gs.No
             return nodes, pv, ""
         isnan = next((u for u in users if u.op == "IsNaN"), None)
         guard = next(
-            (u for u in users if isnan is not None and u.op == "Where" and u.inputs[0] is isnan.outputs[0]), None
+            (u for u in users if isnan is not None and u.op == "Where" and u.inputs[0] is isnan.outputs[0]),
+            None,
         )
         if isnan is not None and guard is not None:
             nodes += [isnan, guard]
@@ -236,7 +254,9 @@ def _upstream_projections(view: GraphView, sources: Iterable[gs.Tensor]) -> list
 def _output_projection(view: GraphView, tensor: gs.Tensor) -> gs.Node | None:
     """The linear layer that merges the heads: attention output → Transpose/Reshape → linear."""
     for _ in range(8):
-        users = [u for u in view.consumers(tensor) if u.op != "Shape"]  # exporters read shapes for Reshape targets
+        users = [
+            u for u in view.consumers(tensor) if u.op != "Shape"
+        ]  # exporters read shapes for Reshape targets
         if len(users) != 1:
             return None
         user = users[0]
@@ -289,7 +309,9 @@ _FUSED_ATTENTION = {  # op → domains where it means attention
 def match_fused_attention(node: gs.Node, view: GraphView) -> MatchResult:
     domain = _domain(node)
     if domain not in _FUSED_ATTENTION[node.op]:
-        return MatchResult.fail(f"{label(node)} is in domain {domain!r}, not onnxruntime's or ONNX's", node, (node,))
+        return MatchResult.fail(
+            f"{label(node)} is in domain {domain!r}, not onnxruntime's or ONNX's", node, (node,)
+        )
     if node.op == "Attention" and domain == _MS:
         # onnxruntime's Attention(x, W_qkv, b_qkv, ...) projects q, k and v itself.
         if len(node.inputs) < 2 or not node.inputs[1].name:
@@ -337,7 +359,9 @@ def match_fused_norm(node: gs.Node, view: GraphView) -> MatchResult:
     weight = _param(view, scale)
     has_bias = bias_at is not None and len(node.inputs) > bias_at and node.inputs[bias_at].name
     bias = _param(view, node.inputs[bias_at]) if has_bias else None
-    match = LayerMatch(nodes=(node,), shared=_chain_nodes(weight, bias), param=scale, weight=weight, bias=bias)
+    match = LayerMatch(
+        nodes=(node,), shared=_chain_nodes(weight, bias), param=scale, weight=weight, bias=bias
+    )
     return _found(node, match)
 
 
@@ -393,7 +417,9 @@ def _normalized(view: GraphView, sqrt: gs.Node, d: gs.Tensor, nodes: list[gs.Nod
     return None
 
 
-def _affine_tail(view: GraphView, last: gs.Node, nodes: list[gs.Node], *, with_beta: bool) -> tuple[gs.Tensor | None, gs.Tensor | None]:
+def _affine_tail(
+    view: GraphView, last: gs.Node, nodes: list[gs.Node], *, with_beta: bool
+) -> tuple[gs.Tensor | None, gs.Tensor | None]:
     """After the normalized value: [Cast] → [Mul(γ)] → [Add(β)], each the sole reader of the one
     before. Appends what it finds; returns (γ, β) as the nodes read them."""
     gamma = beta = None
@@ -414,10 +440,14 @@ def _affine_tail(view: GraphView, last: gs.Node, nodes: list[gs.Node], *, with_b
     return gamma, beta
 
 
-def _norm_match(view: GraphView, nodes: list[gs.Node], gamma: gs.Tensor | None, beta: gs.Tensor | None) -> MatchResult:
+def _norm_match(
+    view: GraphView, nodes: list[gs.Node], gamma: gs.Tensor | None, beta: gs.Tensor | None
+) -> MatchResult:
     weight = _param(view, gamma) if gamma is not None else None
     bias = _param(view, beta) if beta is not None else None
-    match = LayerMatch(nodes=tuple(nodes), shared=_chain_nodes(weight, bias), param=gamma, weight=weight, bias=bias)
+    match = LayerMatch(
+        nodes=tuple(nodes), shared=_chain_nodes(weight, bias), param=gamma, weight=weight, bias=bias
+    )
     return _found(nodes[0], match)
 
 
@@ -428,11 +458,15 @@ def match_layer_norm(sqrt: gs.Node, view: GraphView) -> MatchResult:
         return MatchResult.fail(why, sqrt, nodes)
     centred = _centred(view, d)
     if centred is None:
-        return MatchResult.fail("the squared value is not x − mean(x) (Sub of a ReduceMean): no centring", sqrt, nodes)
+        return MatchResult.fail(
+            "the squared value is not x − mean(x) (Sub of a ReduceMean): no centring", sqrt, nodes
+        )
     nodes += centred
     normed = _normalized(view, sqrt, d, nodes)
     if normed is None:
-        return MatchResult.fail("x − mean(x) is not divided by the Sqrt (Div, or Mul by its inverse)", sqrt, nodes)
+        return MatchResult.fail(
+            "x − mean(x) is not divided by the Sqrt (Div, or Mul by its inverse)", sqrt, nodes
+        )
     nodes.append(normed)
     gamma, beta = _affine_tail(view, normed, nodes, with_beta=True)
     return _norm_match(view, nodes, gamma, beta)
@@ -448,7 +482,9 @@ def match_rms_norm(sqrt: gs.Node, view: GraphView) -> MatchResult:
     normed = _normalized(view, sqrt, x, nodes)
     if normed is None:
         return MatchResult.fail(
-            "the Sqrt is not inverted (Reciprocal, Div(1, ·)) and multiplied by x, nor does it divide x", sqrt, nodes
+            "the Sqrt is not inverted (Reciprocal, Div(1, ·)) and multiplied by x, nor does it divide x",
+            sqrt,
+            nodes,
         )
     nodes.append(normed)
     upcast = view.producer(x)
@@ -547,8 +583,24 @@ def match_gelu_tanh(tanh: gs.Node, view: GraphView) -> MatchResult:
 
 _ACTIVATION_OPS = frozenset(
     {
-        "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "ThresholdedRelu", "Gelu", "FastGelu",
-        "BiasGelu", "QuickGelu", "Tanh", "Sigmoid", "HardSigmoid", "HardSwish", "Softplus", "Softsign", "Mish",
+        "Relu",
+        "LeakyRelu",
+        "PRelu",
+        "Elu",
+        "Selu",
+        "Celu",
+        "ThresholdedRelu",
+        "Gelu",
+        "FastGelu",
+        "BiasGelu",
+        "QuickGelu",
+        "Tanh",
+        "Sigmoid",
+        "HardSigmoid",
+        "HardSwish",
+        "Softplus",
+        "Softsign",
+        "Mish",
     }
 )
 
@@ -615,7 +667,8 @@ def match_output_projection(node: gs.Node, view: GraphView) -> MatchResult:
             return linear
         frontier = [u.outputs[0] for t in frontier for u in view.consumers(t) if u.op in _TO_OUTPUT_OPS]
     return MatchResult.fail(
-        f"the result of {label(node)} does not reach a graph output through {'/'.join(sorted(_TO_OUTPUT_OPS))}",
+        f"the result of {label(node)} does not reach a graph output through "
+        f"{'/'.join(sorted(_TO_OUTPUT_OPS))}",
         node,
         linear.matched,
     )
@@ -623,20 +676,30 @@ def match_output_projection(node: gs.Node, view: GraphView) -> MatchResult:
 
 def match_embedding(gather: gs.Node, view: GraphView) -> MatchResult:
     if gather.attrs.get("axis", 0) != 0:
-        return MatchResult.fail(f"{label(gather)} gathers along axis {gather.attrs['axis']}, not table rows", gather, (gather,))
+        return MatchResult.fail(
+            f"{label(gather)} gathers along axis {gather.attrs['axis']}, not table rows", gather, (gather,)
+        )
     found = resolve_constant(view, gather.inputs[0], _PARAM_CHAIN)
     if not found:
         return found.within((gather,), "the table (input 0): ")
     table: ConstantChain = found.bindings["chain"]
     if len(table.shape) != 2:
-        return MatchResult.fail(f"the table {table.constant.name!r} is {len(table.shape)}-D, not [rows, width]", gather, (gather,))
+        return MatchResult.fail(
+            f"the table {table.constant.name!r} is {len(table.shape)}-D, not [rows, width]", gather, (gather,)
+        )
     if not _reads_float(table):
         return MatchResult.fail(
-            f"the table {table.constant.name!r} holds integers: an index buffer, not an embedding", gather, (gather,)
+            f"the table {table.constant.name!r} holds integers: an index buffer, not an embedding",
+            gather,
+            (gather,),
         )
     if view.is_constant(gather.inputs[1]):
-        return MatchResult.fail("the indices are constant: a fixed lookup, not an embedding", gather, (gather,))
-    return _found(gather, LayerMatch(nodes=(gather,), shared=table.nodes, param=gather.inputs[0], weight=table))
+        return MatchResult.fail(
+            "the indices are constant: a fixed lookup, not an embedding", gather, (gather,)
+        )
+    return _found(
+        gather, LayerMatch(nodes=(gather,), shared=table.nodes, param=gather.inputs[0], weight=table)
+    )
 
 
 def _reads_float(chain: ConstantChain) -> bool:
@@ -646,30 +709,52 @@ def _reads_float(chain: ConstantChain) -> bool:
         if node.op == "Cast":
             return _is_float_type(node.attrs["to"])
     dtype = chain.constant.dtype
-    return _is_float_type(dtype) if isinstance(dtype, int) else getattr(dtype, "kind", "") == "f" or "float" in str(dtype)
+    return (
+        _is_float_type(dtype)
+        if isinstance(dtype, int)
+        else getattr(dtype, "kind", "") == "f" or "float" in str(dtype)
+    )
 
 
 def _is_float_type(onnx_type: int) -> bool:
     from onnx import TensorProto
 
     return onnx_type in {
-        TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE,
-        TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E4M3FNUZ, TensorProto.FLOAT8E5M2, TensorProto.FLOAT8E5M2FNUZ,
+        TensorProto.FLOAT,
+        TensorProto.FLOAT16,
+        TensorProto.BFLOAT16,
+        TensorProto.DOUBLE,
+        TensorProto.FLOAT8E4M3FN,
+        TensorProto.FLOAT8E4M3FNUZ,
+        TensorProto.FLOAT8E5M2,
+        TensorProto.FLOAT8E5M2FNUZ,
     }
 
 
 def match_convolution(conv: gs.Node, view: GraphView) -> MatchResult:
-    found = resolve_constant(view, conv.inputs[1], CHAIN_OPS - {"Reshape", "Transpose"}) if len(conv.inputs) > 1 else None
+    found = (
+        resolve_constant(view, conv.inputs[1], CHAIN_OPS - {"Reshape", "Transpose"})
+        if len(conv.inputs) > 1
+        else None
+    )
     if not found:
         reason = found.reason if found is not None else "it has no weight input"
         return MatchResult.fail(f"the weight of {label(conv)}: {reason}", conv, (conv,))
     weight: ConstantChain = found.bindings["chain"]
     bias = _param(view, conv.inputs[2]) if len(conv.inputs) > 2 and conv.inputs[2].name else None
-    match = LayerMatch(nodes=(conv,), shared=_chain_nodes(weight, bias), param=conv.inputs[1], weight=weight, bias=bias)
+    match = LayerMatch(
+        nodes=(conv,), shared=_chain_nodes(weight, bias), param=conv.inputs[1], weight=weight, bias=bias
+    )
     return _found(conv, match)
 
 
-def _rule(name: str, layer_type: LayerType, anchors: Iterable[str], match: Callable[[gs.Node, GraphView], MatchResult], priority: int) -> LayerRule:
+def _rule(
+    name: str,
+    layer_type: LayerType,
+    anchors: Iterable[str],
+    match: Callable[[gs.Node, GraphView], MatchResult],
+    priority: int,
+) -> LayerRule:
     return LayerRule(name, layer_type, frozenset(anchors), match, priority)
 
 

@@ -52,11 +52,17 @@ import onnx.defs
 import onnx.shape_inference
 import onnx.version_converter
 import onnx_graphsurgeon as gs
+from bitnet_onnx.passes._graph import (
+    adopt_structure,
+    all_graph_protos,
+    apply_value_info,
+    export_model,
+    weightless_model,
+)
+from bitnet_onnx.passes.base import PassContext, PassResult
 
 from bitnet_onnx.errors import UnsupportedModelError
 from bitnet_onnx.log import Change
-from bitnet_onnx.passes._graph import adopt_structure, all_graph_protos, apply_value_info, export_model, weightless_model
-from bitnet_onnx.passes.base import PassContext, PassResult
 
 __all__ = ["MIN_OPSET", "NormalizePass"]
 
@@ -79,7 +85,9 @@ class NormalizePass:
         changes = _unique_names(graph)
         moved = _toposort(graph)
         if moved:
-            changes.append(Change(layer=None, action="reorder", detail=f"{moved} nodes moved into topological order"))
+            changes.append(
+                Change(layer=None, action="reorder", detail=f"{moved} nodes moved into topological order")
+            )
         parked, warnings, unchecked = _check_ops(graph)
         structure, stripped = weightless_model(graph)
         _park(structure, parked)
@@ -88,7 +96,9 @@ class NormalizePass:
         declared = len(structure.graph.value_info)
         if opset_before < MIN_OPSET:
             structure = _upgrade(structure, graph.name, opset_before)
-            changes.append(Change(layer=None, action="upgrade_opset", detail=f"opset {opset_before} → {MIN_OPSET}"))
+            changes.append(
+                Change(layer=None, action="upgrade_opset", detail=f"opset {opset_before} → {MIN_OPSET}")
+            )
         inferred, warning = _infer(structure)
         warnings += [warning] if warning else []
         gained = len(inferred.graph.value_info) - declared
@@ -107,8 +117,16 @@ class NormalizePass:
             "value_info_inferred": gained,
             "unchecked_ops": unchecked,
         }
-        logger.info("normalize: opset %d → %d, %d renamed, %d value infos inferred", opset_before, graph.opset, stats["renamed"], gained)
-        return PassResult(modified=bool(changes or gained), changes=tuple(changes), warnings=tuple(warnings), stats=stats)
+        logger.info(
+            "normalize: opset %d → %d, %d renamed, %d value infos inferred",
+            opset_before,
+            graph.opset,
+            stats["renamed"],
+            gained,
+        )
+        return PassResult(
+            modified=bool(changes or gained), changes=tuple(changes), warnings=tuple(warnings), stats=stats
+        )
 
 
 # -- 1. names ----------------------------------------------------------------------------------------
@@ -145,7 +163,12 @@ def _unique_names(graph: gs.Graph) -> list[Change]:
         taken.add(new)
         kept.add(new)
         changes.append(
-            Change(layer=None, action="rename", node=new, detail=f"was {old!r} (a duplicate)" if old else "was unnamed")
+            Change(
+                layer=None,
+                action="rename",
+                node=new,
+                detail=f"was {old!r} (a duplicate)" if old else "was unnamed",
+            )
         )
     return changes
 
@@ -171,7 +194,9 @@ def _toposort(graph: gs.Graph) -> int:
     waits_on: dict[int, set[int]] = {}
     readers: dict[int, list[gs.Node]] = collections.defaultdict(list)
     for node in nodes:
-        deps = {id(producer[id(t)]) for t in _reads(node) if id(t) in producer and producer[id(t)] is not node}
+        deps = {
+            id(producer[id(t)]) for t in _reads(node) if id(t) in producer and producer[id(t)] is not node
+        }
         waits_on[id(node)] = deps
         for dep in deps:
             readers[dep].append(node)
@@ -245,7 +270,8 @@ def _check_ops(graph: gs.Graph) -> tuple[frozenset[str], list[str], int]:
             unchecked[(domain, node.op)] += 1
     if undefined:
         raise UnsupportedModelError(
-            f"graph {graph.name!r} uses ops that neither ONNX nor onnxruntime define at opset {graph.opset}:\n"
+            f"graph {graph.name!r} uses ops that neither ONNX nor onnxruntime define "
+            f"at opset {graph.opset}:\n"
             + "\n".join(f"  - {u}" for u in undefined)
             + "\nFix the op names or re-export the model at an opset that has them."
         )

@@ -36,15 +36,15 @@ from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import onnx_graphsurgeon as gs
-
-from bitnet_onnx.errors import UnsupportedModelError
-from bitnet_onnx.layers import Layer, LayerType
-from bitnet_onnx.log import Change
 from bitnet_onnx.passes._match import GraphView, MatchResult, label
 from bitnet_onnx.passes.base import PassContext, PassResult
 from bitnet_onnx.passes.layer_patterns import RULES, LayerMatch, LayerRule
 
-__all__ = ["AnnotateLayersPass", "LAYER_KEY", "LAYER_TYPE_KEY", "RULE_KEY", "explain"]
+from bitnet_onnx.errors import UnsupportedModelError
+from bitnet_onnx.layers import Layer, LayerType
+from bitnet_onnx.log import Change
+
+__all__ = ["LAYER_KEY", "LAYER_TYPE_KEY", "RULE_KEY", "AnnotateLayersPass", "explain"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,9 +105,14 @@ class AnnotateLayersPass:
         warnings = [*tie_warnings, *_control_flow_warnings(view, layers), *_graph_input_weights(view)]
         stats = _stats(view, layers, annotations, conflicts)
         logger.info(
-            "annotate_layers: %d layers, %d of %d nodes unassigned", len(layers), stats["unassigned"], len(view.nodes)
+            "annotate_layers: %d layers, %d of %d nodes unassigned",
+            len(layers),
+            stats["unassigned"],
+            len(view.nodes),
         )
-        return PassResult(modified=bool(layers), changes=tuple(changes), warnings=tuple(warnings), stats=stats)
+        return PassResult(
+            modified=bool(layers), changes=tuple(changes), warnings=tuple(warnings), stats=stats
+        )
 
 
 # -- 1. claiming -----------------------------------------------------------------------------------
@@ -132,7 +137,12 @@ def _claim(view: GraphView) -> tuple[list[_Candidate], int]:
             taken = [n for n in match.nodes if id(n) in owned]
             if taken:
                 conflicts += 1
-                logger.debug("rule %s at %s conflicts with earlier layers over %s", rule.name, label(node), [n.name for n in taken])
+                logger.debug(
+                    "rule %s at %s conflicts with earlier layers over %s",
+                    rule.name,
+                    label(node),
+                    [n.name for n in taken],
+                )
                 continue
             shared = tuple(n for n in match.shared if id(n) not in claimed)
             owned.update(id(n) for n in match.nodes)
@@ -280,13 +290,15 @@ def _control_flow_warnings(view: GraphView, layers: dict[str, Layer]) -> list[st
         heavy = collections.Counter(n.op for n in inner if n.op in (*_WEIGHT_INPUT, "Gather", "MatMulNBits"))
         ops = ", ".join(f"{count} {op}" for op, count in sorted(heavy.items())) or "no weight-bearing ops"
         warnings.append(
-            f"{label(node)} holds {len(inner)} nodes in subgraphs ({ops}); layers inside control flow are not "
+            f"{label(node)} holds {len(inner)} nodes in subgraphs ({ops}); "
+            "layers inside control flow are not "
             "annotated and keep their original precision"
         )
         read = {t.name for n in inner for t in n.inputs if isinstance(t, gs.Constant)}
         for name in sorted(read & weights.keys()):
             warnings.append(
-                f"initializer {name!r}, the weight of layer {weights[name]!r}, is also read inside {label(node)}; "
+                f"initializer {name!r}, the weight of layer {weights[name]!r}, "
+                f"is also read inside {label(node)}; "
                 "later passes must not replace or repack it in place"
             )
     return warnings
@@ -298,7 +310,8 @@ def _graph_input_weights(view: GraphView) -> list[str]:
         index = _WEIGHT_INPUT.get(node.op)
         if index is not None and len(node.inputs) > index and view.is_graph_input(node.inputs[index]):
             warnings.append(
-                f"{label(node)} reads its weight {node.inputs[index].name!r} from a graph input, so it is not "
+                f"{label(node)} reads its weight {node.inputs[index].name!r} from a graph input, "
+                "so it is not "
                 "compiled as a layer; store the weight as an initializer to compile it"
             )
     return warnings
@@ -308,13 +321,15 @@ def _stats(
     view: GraphView, layers: dict[str, Layer], annotations: dict[str, dict[str, str]], conflicts: int
 ) -> dict[str, int]:
     stats: dict[str, int] = {"layers": len(layers)}
-    for layer_type, count in sorted(collections.Counter(l.layer_type.value for l in layers.values()).items()):
+    for layer_type, count in sorted(
+        collections.Counter(layer.layer_type.value for layer in layers.values()).items()
+    ):
         stats[f"layers.{layer_type}"] = count
     unassigned = collections.Counter(n.op for n in view.nodes if n.name not in annotations)
     stats["unassigned"] = sum(unassigned.values())
     for op, count in sorted(unassigned.items()):
         stats[f"unassigned.{op}"] = count
-    stats["tied"] = sum(1 for l in layers.values() if l.tied_with) // 2
+    stats["tied"] = sum(1 for layer in layers.values() if layer.tied_with) // 2
     stats["conflicts"] = conflicts
     return stats
 
@@ -362,7 +377,8 @@ def explain(graph: gs.Graph, node_name: str) -> dict[str, MatchResult]:
             if any(n is node for n in attempt.matched) and (best is None or attempt.score > best.score):
                 best = attempt
         results[rule.name] = best or MatchResult.fail(
-            f"{node.op} is not one of this rule's anchors ({', '.join(sorted(rule.anchor_ops))}) and no attempt "
+            f"{node.op} is not one of this rule's anchors ({', '.join(sorted(rule.anchor_ops))}) "
+            "and no attempt "
             f"from a nearby anchor reached {node.name!r}",
             node,
         )

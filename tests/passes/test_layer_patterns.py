@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 import pytest
-
-from bitnet_onnx.layers import LayerType
 from bitnet_onnx.passes._match import GraphView, MatchResult
 from bitnet_onnx.passes.layer_patterns import RULES, LayerMatch, LayerRule
+
+from bitnet_onnx.layers import LayerType
 from tests.passes.tiny_graphs import F32, GraphBuilder, gelu_erf, gelu_tanh, layer_norm, rms_norm, sdpa
 
 _BY_NAME = {rule.name: rule for rule in RULES}
@@ -55,7 +55,9 @@ def test_attention_match_finds_core_and_projections() -> None:
     graph = b.graph(out)
     result = _match("attention", graph, _first(graph, "Softmax"))
     assert result
-    assert sorted(_ops(result)) == sorted(["Softmax", "Add", "Mul", "MatMul", "Transpose", "IsNaN", "Where", "MatMul"])
+    assert sorted(_ops(result)) == sorted(
+        ["Softmax", "Add", "Mul", "MatMul", "Transpose", "IsNaN", "Where", "MatMul"]
+    )
     projections = [n.name.rsplit("/", 2)[-2] for n in result.bindings["layer"].projections]
     assert projections == ["q_proj", "k_proj", "v_proj", "o_proj"]
 
@@ -65,7 +67,9 @@ def test_attention_match_with_sqrt_scale_on_q_and_k() -> None:
     b = GraphBuilder()
     q, k, v = (b.input(n, ("batch", 2, "seq", 4)) for n in "qkv")
     root = b.op("Cast", [b.op("Sqrt", [b.scalar(0.5)])], to=1)
-    scores = b.op("MatMul", [b.op("Mul", [q, root]), b.op("Mul", [b.op("Transpose", [k], perm=[0, 1, 3, 2]), root])])
+    scores = b.op(
+        "MatMul", [b.op("Mul", [q, root]), b.op("Mul", [b.op("Transpose", [k], perm=[0, 1, 3, 2]), root])]
+    )
     out = b.op("MatMul", [b.op("Softmax", [scores], axis=-1), v])
     graph = b.graph(out)
     result = _match("attention", graph, _first(graph, "Softmax"))
@@ -98,7 +102,9 @@ def test_attention_nomatch_without_probabilities_times_v() -> None:
 def test_fused_attention_match_multihead_with_projections() -> None:
     b = GraphBuilder()
     x = b.input("x", ("b", "s", 8))
-    q, k, v = (b.op("MatMul", [x, b.weight(f"attn.{n}_proj.weight", (8, 8))], f"/attn/{n}_proj") for n in "qkv")
+    q, k, v = (
+        b.op("MatMul", [x, b.weight(f"attn.{n}_proj.weight", (8, 8))], f"/attn/{n}_proj") for n in "qkv"
+    )
     out = b.op("MultiHeadAttention", [q, k, v], "/attn", domain="com.microsoft", num_heads=2)
     out = b.op("MatMul", [out, b.weight("attn.o_proj.weight", (8, 8))], "/attn/o_proj")
     graph = b.graph(out)
@@ -119,7 +125,12 @@ def test_fused_attention_nomatch_foreign_domain() -> None:
 def test_fused_attention_match_onnxruntime_attention_with_weight() -> None:
     b = GraphBuilder()
     x = b.input("x", ("b", "s", 8))
-    out = b.op("Attention", [x, b.weight("attn.qkv.weight", (8, 24)), gs.Constant("attn.qkv.bias", np.zeros(24, F32))], domain="com.microsoft", num_heads=2)
+    out = b.op(
+        "Attention",
+        [x, b.weight("attn.qkv.weight", (8, 24)), gs.Constant("attn.qkv.bias", np.zeros(24, F32))],
+        domain="com.microsoft",
+        num_heads=2,
+    )
     graph = b.graph(out)
     result = _match("fused_attention", graph, graph.nodes[0])
     assert result
@@ -155,9 +166,14 @@ def test_layer_norm_match_decomposed() -> None:
     graph = b.graph(layer_norm(b, b.input("x"), "/encoder/LayerNorm"))
     result = _match("layer_norm", graph, _first(graph, "Sqrt"))
     assert result
-    assert sorted(_ops(result)) == sorted(["Sqrt", "Add", "ReduceMean", "Pow", "Sub", "ReduceMean", "Div", "Mul", "Add"])
+    assert sorted(_ops(result)) == sorted(
+        ["Sqrt", "Add", "ReduceMean", "Pow", "Sub", "ReduceMean", "Div", "Mul", "Add"]
+    )
     match = result.bindings["layer"]
-    assert (match.weight.constant.name, match.bias.constant.name) == ("encoder.LayerNorm.weight", "encoder.LayerNorm.bias")
+    assert (match.weight.constant.name, match.bias.constant.name) == (
+        "encoder.LayerNorm.weight",
+        "encoder.LayerNorm.bias",
+    )
 
 
 def test_layer_norm_nomatch_rms_norm() -> None:
@@ -315,16 +331,25 @@ def test_linear_match_matmul_with_bias() -> None:
     assert result
     match = result.bindings["layer"]
     assert _ops(result) == ["MatMul", "Add"]
-    assert (match.weight.constant.name, match.bias.constant.name, match.weight_nk) == ("dense.weight", "dense.bias", False)
+    assert (match.weight.constant.name, match.bias.constant.name, match.weight_nk) == (
+        "dense.weight",
+        "dense.bias",
+        False,
+    )
 
 
 def test_linear_match_gemm_trans_b() -> None:
     b = GraphBuilder()
     x = b.input("x")
-    graph = b.graph(b.op("Gemm", [x, b.weight("fc.weight", (4, 8)), gs.Constant("fc.bias", np.zeros(4, F32))], transB=1))
+    graph = b.graph(
+        b.op("Gemm", [x, b.weight("fc.weight", (4, 8)), gs.Constant("fc.bias", np.zeros(4, F32))], transB=1)
+    )
     result = _match("linear", graph, graph.nodes[0])
     assert result
-    assert (result.bindings["layer"].weight_nk, result.bindings["layer"].bias.constant.name) == (True, "fc.bias")
+    assert (result.bindings["layer"].weight_nk, result.bindings["layer"].bias.constant.name) == (
+        True,
+        "fc.bias",
+    )
 
 
 @pytest.mark.parametrize(
@@ -348,7 +373,13 @@ def test_linear_nomatch(case: str, reason: str) -> None:
 def test_output_projection_match_through_bias_and_reshape() -> None:
     b = GraphBuilder()
     x = b.input("x")
-    y = b.op("Add", [b.op("MatMul", [x, b.weight("classifier.weight", (8, 3))]), gs.Constant("classifier.bias", np.zeros(3, F32))])
+    y = b.op(
+        "Add",
+        [
+            b.op("MatMul", [x, b.weight("classifier.weight", (8, 3))]),
+            gs.Constant("classifier.bias", np.zeros(3, F32)),
+        ],
+    )
     graph = b.graph(b.op("Reshape", [y, gs.Constant("shape", np.asarray([-1, 3], np.int64))]))
     assert _match("output_projection", graph, _first(graph, "MatMul"))
 
@@ -365,7 +396,16 @@ def test_output_projection_nomatch_hidden_linear() -> None:
 def test_convolution_match() -> None:
     b = GraphBuilder()
     x = b.input("x", ("b", 3, 8, 8))
-    graph = b.graph(b.op("Conv", [x, b.weight("features.0.weight", (4, 3, 3, 3)), gs.Constant("features.0.bias", np.zeros(4, F32))]))
+    graph = b.graph(
+        b.op(
+            "Conv",
+            [
+                x,
+                b.weight("features.0.weight", (4, 3, 3, 3)),
+                gs.Constant("features.0.bias", np.zeros(4, F32)),
+            ],
+        )
+    )
     result = _match("convolution", graph, graph.nodes[0])
     assert result
     match = result.bindings["layer"]

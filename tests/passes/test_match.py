@@ -7,7 +7,6 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 import pytest
-
 from bitnet_onnx.passes._match import (
     GraphView,
     MatchResult,
@@ -17,6 +16,7 @@ from bitnet_onnx.passes._match import (
     resolve_constant,
     split_constant,
 )
+
 from tests.passes.tiny_graphs import F32, GraphBuilder
 
 
@@ -57,7 +57,11 @@ def test_match_parent_path_miss_names_the_node_and_what_it_found() -> None:
     sqrt = next(n for n in graph.nodes if n.op == "Sqrt")
     result = match_parent_path(GraphView(graph), sqrt, [("Add", 0), (frozenset({"Sub", "Div"}), 0)])
     assert not result
-    assert "input 0 of Add" in result.reason and "Div/Sub" in result.reason and "comes from ReduceMean" in result.reason
+    assert (
+        "input 0 of Add" in result.reason
+        and "Div/Sub" in result.reason
+        and "comes from ReduceMean" in result.reason
+    )
     assert result.score == 1 and result.node.op == "Add"
 
 
@@ -121,7 +125,16 @@ def test_resolve_constant_through_chain(kind: str) -> None:
     chain = result.bindings["chain"]
     assert chain.constant is w
     assert chain.shape == (8, 4)
-    assert chain.ops == {"direct": (), "identity": ("Identity",), "cast": ("Cast",), "transpose": ("Transpose",), "reshape": ("Reshape",)}[kind]
+    assert (
+        chain.ops
+        == {
+            "direct": (),
+            "identity": ("Identity",),
+            "cast": ("Cast",),
+            "transpose": ("Transpose",),
+            "reshape": ("Reshape",),
+        }[kind]
+    )
     expected = {
         "transpose": w.values.T,
         "reshape": w.values.reshape(8, 4),

@@ -15,7 +15,7 @@ F32 = np.float32
 
 
 class GraphBuilder:
-    """Appends nodes to one gs graph; scalars become Constant nodes, as the TorchScript exporter writes them."""
+    """Appends nodes to one gs graph; scalars become Constant nodes, as torch.onnx writes them."""
 
     def __init__(self) -> None:
         self.nodes: list[gs.Node] = []
@@ -33,10 +33,19 @@ class GraphBuilder:
         return gs.Constant(name, rng.standard_normal(shape).astype(dtype))
 
     def scalar(self, value: float, scope: str = "") -> gs.Variable:
-        return self.op("Constant", [], scope, value=gs.Constant(f"c{self._count}", np.asarray(value, dtype=F32)))
+        return self.op(
+            "Constant", [], scope, value=gs.Constant(f"c{self._count}", np.asarray(value, dtype=F32))
+        )
 
     def op(
-        self, op: str, inputs: Sequence[gs.Tensor], scope: str = "", *, outputs: int = 1, domain: str | None = None, **attrs
+        self,
+        op: str,
+        inputs: Sequence[gs.Tensor],
+        scope: str = "",
+        *,
+        outputs: int = 1,
+        domain: str | None = None,
+        **attrs,
     ) -> gs.Variable:
         self._count += 1
         name = f"{scope}/{op}_{self._count}"
@@ -58,7 +67,9 @@ class GraphBuilder:
         return gs.export_onnx(self.graph(*outputs))
 
 
-def rms_norm(b: GraphBuilder, x: gs.Tensor, scope: str, *, style: str = "reciprocal", width: int = 8) -> gs.Variable:
+def rms_norm(
+    b: GraphBuilder, x: gs.Tensor, scope: str, *, style: str = "reciprocal", width: int = 8
+) -> gs.Variable:
     """x · 1/sqrt(mean(x²) + ε) · γ in the `style` exporters write: `reciprocal` (the builders),
     `hf` (Cast → … → Div(1, ·) → Mul → Cast → Mul(γ)) or `divide` (x / sqrt(…) · γ)."""
     if style == "hf":
@@ -70,7 +81,9 @@ def rms_norm(b: GraphBuilder, x: gs.Tensor, scope: str, *, style: str = "recipro
         normed = b.op("Div", [x, std], scope)
     else:
         inverse = (
-            b.op("Div", [b.scalar(1.0, scope), std], scope) if style == "hf" else b.op("Reciprocal", [std], scope)
+            b.op("Div", [b.scalar(1.0, scope), std], scope)
+            if style == "hf"
+            else b.op("Reciprocal", [std], scope)
         )
         normed = b.op("Mul", [x, inverse], scope)
     if style == "hf":
@@ -82,17 +95,27 @@ def rms_norm(b: GraphBuilder, x: gs.Tensor, scope: str, *, style: str = "recipro
 def layer_norm(b: GraphBuilder, x: gs.Tensor, scope: str, width: int = 8) -> gs.Variable:
     """(x − mean(x)) / sqrt(mean((x − mean(x))²) + ε) · γ + β."""
     centred = b.op("Sub", [x, b.op("ReduceMean", [x], scope, axes=[-1], keepdims=1)], scope)
-    variance = b.op("ReduceMean", [b.op("Pow", [centred, b.scalar(2.0, scope)], scope)], scope, axes=[-1], keepdims=1)
+    variance = b.op(
+        "ReduceMean", [b.op("Pow", [centred, b.scalar(2.0, scope)], scope)], scope, axes=[-1], keepdims=1
+    )
     std = b.op("Sqrt", [b.op("Add", [variance, b.scalar(1e-12, scope)], scope)], scope)
     prefix = scope.strip("/").replace("/", ".")
-    scaled = b.op("Mul", [b.op("Div", [centred, std], scope), gs.Constant(f"{prefix}.weight", np.ones(width, F32))], scope)
+    scaled = b.op(
+        "Mul",
+        [b.op("Div", [centred, std], scope), gs.Constant(f"{prefix}.weight", np.ones(width, F32))],
+        scope,
+    )
     return b.op("Add", [scaled, gs.Constant(f"{prefix}.bias", np.zeros(width, F32))], scope)
 
 
 def gelu_erf(b: GraphBuilder, x: gs.Tensor, scope: str) -> gs.Variable:
     """x · (1 + erf(x / √2)) · 0.5, as BERT exports it."""
     erf = b.op("Erf", [b.op("Div", [x, b.scalar(math.sqrt(2.0), scope)], scope)], scope)
-    return b.op("Mul", [b.op("Mul", [x, b.op("Add", [erf, b.scalar(1.0, scope)], scope)], scope), b.scalar(0.5, scope)], scope)
+    return b.op(
+        "Mul",
+        [b.op("Mul", [x, b.op("Add", [erf, b.scalar(1.0, scope)], scope)], scope), b.scalar(0.5, scope)],
+        scope,
+    )
 
 
 def gelu_tanh(b: GraphBuilder, x: gs.Tensor, scope: str) -> gs.Variable:
@@ -100,11 +123,19 @@ def gelu_tanh(b: GraphBuilder, x: gs.Tensor, scope: str) -> gs.Variable:
     half = b.op("Mul", [x, b.scalar(0.5, scope)], scope)
     cubic = b.op("Mul", [b.op("Pow", [x, b.scalar(3.0, scope)], scope), b.scalar(0.044715, scope)], scope)
     inner = b.op("Mul", [b.op("Add", [x, cubic], scope), b.scalar(math.sqrt(2.0 / math.pi), scope)], scope)
-    return b.op("Mul", [half, b.op("Add", [b.op("Tanh", [inner], scope), b.scalar(1.0, scope)], scope)], scope)
+    return b.op(
+        "Mul", [half, b.op("Add", [b.op("Tanh", [inner], scope), b.scalar(1.0, scope)], scope)], scope
+    )
 
 
 def sdpa(
-    b: GraphBuilder, x: gs.Tensor, scope: str, *, heads: int = 2, width: int = 8, mask: gs.Tensor | None = None
+    b: GraphBuilder,
+    x: gs.Tensor,
+    scope: str,
+    *,
+    heads: int = 2,
+    width: int = 8,
+    mask: gs.Tensor | None = None,
 ) -> gs.Variable:
     """q/k/v projections → heads → softmax(q·kᵀ·s + mask) with HF's NaN guard → ·v → merge → o_proj.
 
@@ -127,5 +158,9 @@ def sdpa(
     probs = b.op("Softmax", [scores], scope, axis=-1)
     guarded = b.op("Where", [b.op("IsNaN", [probs], scope), b.scalar(0.0, scope), probs], scope)
     context = b.op("Transpose", [b.op("MatMul", [guarded, v], scope)], scope, perm=[0, 2, 1, 3])
-    merged = b.op("Reshape", [context, gs.Constant(f"{prefix}.merge", np.asarray([0, 0, width], np.int64))], scope)
-    return b.op("MatMul", [merged, b.weight(f"{prefix}.o_proj.weight", (width, width), seed=3)], f"{scope}/o_proj")
+    merged = b.op(
+        "Reshape", [context, gs.Constant(f"{prefix}.merge", np.asarray([0, 0, width], np.int64))], scope
+    )
+    return b.op(
+        "MatMul", [merged, b.weight(f"{prefix}.o_proj.weight", (width, width), seed=3)], f"{scope}/o_proj"
+    )
