@@ -4,8 +4,8 @@ Every contender is an ONNX graph run by onnxruntime on the CPU (so BitLinear's a
 quantization counts). For each shape M×K×N (X[M, K] · W[K, N]) and thread count:
 
 - M = 1 runs with **cold** weights: one graph of `copies` independent matmuls, each with its own
-  weights (at least --cold-mb in all), all reading the same X; the time per matmul is the run's
-  time divided by `copies`. Larger M is compute-bound and runs one matmul.
+  weights (at least --cold-mb in all, or 256 matmuls), all reading the same X; the time per matmul
+  is the run's time divided by `copies`. Larger M is compute-bound and runs one matmul.
 - Each contender's time is the median of --runs runs (after --warmup), with outputs bound to
   preallocated buffers. GB/s is the contender's weight bytes per matmul over its time.
 - The DRAM floor is BitLinear's 2-bit weight bytes over the machine's DRAM read bandwidth at that
@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 _MB = 1 << 20
 _MS_DOMAIN = "com.microsoft"
+_MAX_COPIES = 256  # tiny cold shapes would otherwise need graphs of millions of nodes
 
 
 @dataclass(frozen=True)
@@ -309,7 +310,7 @@ def run(
         for contender in contenders:
             base = contender.weights(shape, rng)
             per_copy = sum(a.nbytes for a in base.values())
-            copies = max(1, math.ceil(cold_mb * _MB / per_copy)) if shape.cold else 1
+            copies = min(_MAX_COPIES, math.ceil(cold_mb * _MB / per_copy)) if shape.cold else 1
             logger.info(
                 "%s %s: %d copies, %.0f MB of weights", shape, contender.key, copies, copies * per_copy / _MB
             )

@@ -49,6 +49,9 @@ class BitLinear {
     }
     k_ = RequiredInt(info, kOp, "K");
     if (k_ <= 0) Fail(kOp, "K=", k_, " must be positive (the unpadded reduction length)");
+    if (k_ > cpu::kMaxK) {
+      Fail(kOp, "K=", k_, " exceeds ", cpu::kMaxK, ", the longest reduction the int32 accumulators hold exactly");
+    }
     format_ = ParseTernaryFormat(RequiredString(info, kOp, "format"), kOp);
     const Isa isa = SelectIsa(kOp);
     kernels_ = &cpu::TernaryKernelsFor(isa);

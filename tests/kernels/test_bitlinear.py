@@ -205,6 +205,11 @@ def test_nonpositive_k_is_rejected() -> None:
     assert "[BitLinear] K=0 must be positive" in creation_error({"attributes": {"K": 0, "format": "2bit"}})
 
 
+def test_k_beyond_exact_accumulation_is_rejected() -> None:
+    message = creation_error({"attributes": {"K": (1 << 20) + 1, "format": "2bit"}})
+    assert "[BitLinear] K=1048577 exceeds 1048576" in message
+
+
 def test_constant_scale_shape_is_checked() -> None:
     base = bitlinear_operands(7, 100)
     operands = BitLinearOperands(base.packed_w, np.ones(8, np.float32), None, 100, "2bit")

@@ -21,9 +21,12 @@ namespace bitnet::cpu {
 inline constexpr int64_t kBlockRows = 16;
 inline constexpr int64_t kPacketK = 16;
 inline constexpr int64_t kPacketBytes = 64;
+// The longest reduction every path accumulates exactly in int32 (the one-row AVX-512 kernel
+// sums products scaled by up to 64 in each accumulator: 2^20 / 32 · 4 · 128 · 127 < 2^31).
+inline constexpr int64_t kMaxK = int64_t{1} << 20;
 // Calls with at most this many X rows stream the packed weights (memory-bound); calls with more
 // run a GEMM over unpacked weight panels. The op plans its tasks with the same threshold.
-inline constexpr int64_t kStreamingMaxRows = 4;
+inline constexpr int64_t kStreamingMaxRows = 16;
 
 inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 

@@ -1,8 +1,9 @@
 // AVX2 path (compiled with -mavx2 -mfma -mf16c). The u8 × s8 products go through VPMADDUBSW
 // (pairs summed to int16, never saturating here: |c·x| ≤ 2·127) and VPMADDWD against ones.
 //
-// Few X rows: stream the T16 packets once, each 32-byte half (8 output rows) split into its four
-// 2-bit fields by shift and mask; the four int16 partial sums are added before widening.
+// Few X rows: stream the T16 packets from memory once, each 32-byte half (8 output rows) split
+// into its four 2-bit fields by shift and mask and shared by up to 6 rows; the four int16
+// partial sums of a packet are added before widening.
 // Many X rows: unpack one block (16 outputs) × a K chunk into code bytes, then 4-row tiles
 // accumulating in int16 for up to 64 steps (64 · 2 · 2 · 127 < 2^15) before widening to int32.
 #include <immintrin.h>
@@ -140,47 +141,50 @@ inline void StoreHalf(const TernaryProblem& p, int64_t m, int64_t n0, __m256i do
 
 // ---- streaming path ----
 
+// MR X rows against one block, one 32-byte half of each packet (8 output rows) per pass so the
+// tile fits in 16 registers; the second pass reads the block from L1/L2.
 template <int MR>
-void StreamRows(const TernaryProblem& p, int64_t m0, int64_t block_begin, int64_t block_end) {
+void StreamTile(const TernaryProblem& p, int64_t m0, int64_t b) {
   const __m256i low2 = _mm256_set1_epi8(0x03), ones = _mm256_set1_epi16(1);
   const int64_t kp = p.w.k_packets;
-  const int8_t* x[MR];
-  BITNET_UNROLL for (int r = 0; r < MR; ++r) x[r] = p.xq + (m0 + r) * p.ldxq;
-  for (int64_t b = block_begin; b < block_end; ++b) {
-    const uint8_t* w = p.w.packets + b * kp * kPacketBytes;
-    __m256i acc[MR][2];
-    BITNET_UNROLL for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+  const uint8_t* w = p.w.packets + b * kp * kPacketBytes;
+  const int8_t* x = p.xq + m0 * p.ldxq;
+  for (int h = 0; h < 2; ++h) {
+    __m256i acc[MR];
+    BITNET_UNROLL for (int r = 0; r < MR; ++r) acc[r] = _mm256_setzero_si256();
     for (int64_t pk = 0; pk < kp; ++pk) {
-      BITNET_UNROLL for (int h = 0; h < 2; ++h) {
-        const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(w + pk * kPacketBytes + 32 * h));
-        const __m256i c0 = _mm256_and_si256(v, low2);
-        const __m256i c1 = _mm256_and_si256(_mm256_srli_epi16(v, 2), low2);
-        const __m256i c2 = _mm256_and_si256(_mm256_srli_epi16(v, 4), low2);
-        const __m256i c3 = _mm256_and_si256(_mm256_srli_epi16(v, 6), low2);
-        BITNET_UNROLL for (int r = 0; r < MR; ++r) {
-          const int8_t* xs = x[r] + pk * kPacketK;
-          __m256i t = _mm256_maddubs_epi16(c0, Broadcast4(xs));
-          t = _mm256_add_epi16(t, _mm256_maddubs_epi16(c1, Broadcast4(xs + 4)));
-          t = _mm256_add_epi16(t, _mm256_maddubs_epi16(c2, Broadcast4(xs + 8)));
-          t = _mm256_add_epi16(t, _mm256_maddubs_epi16(c3, Broadcast4(xs + 12)));
-          acc[r][h] = _mm256_add_epi32(acc[r][h], _mm256_madd_epi16(t, ones));
-        }
+      const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(w + pk * kPacketBytes + 32 * h));
+      const __m256i c0 = _mm256_and_si256(v, low2);
+      const __m256i c1 = _mm256_and_si256(_mm256_srli_epi16(v, 2), low2);
+      const __m256i c2 = _mm256_and_si256(_mm256_srli_epi16(v, 4), low2);
+      const __m256i c3 = _mm256_and_si256(_mm256_srli_epi16(v, 6), low2);
+      BITNET_UNROLL for (int r = 0; r < MR; ++r) {
+        const int8_t* xs = x + r * p.ldxq + pk * kPacketK;
+        __m256i t = _mm256_maddubs_epi16(c0, Broadcast4(xs));
+        t = _mm256_add_epi16(t, _mm256_maddubs_epi16(c1, Broadcast4(xs + 4)));
+        t = _mm256_add_epi16(t, _mm256_maddubs_epi16(c2, Broadcast4(xs + 8)));
+        t = _mm256_add_epi16(t, _mm256_maddubs_epi16(c3, Broadcast4(xs + 12)));
+        acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(t, ones));
       }
     }
-    BITNET_UNROLL for (int r = 0; r < MR; ++r) {
-      StoreHalf(p, m0 + r, b * kBlockRows, acc[r][0]);
-      StoreHalf(p, m0 + r, b * kBlockRows + 8, acc[r][1]);
-    }
+    BITNET_UNROLL for (int r = 0; r < MR; ++r) StoreHalf(p, m0 + r, b * kBlockRows + 8 * h, acc[r]);
   }
 }
 
+constexpr int kStreamTileRows = 6;
+
+// Blocks outer, row chunks inner: a block's packets come from memory once.
 void Stream(const TernaryProblem& p, int64_t m_begin, int64_t m_end, int64_t block_begin, int64_t block_end) {
-  for (int64_t m = m_begin; m < m_end;) {
-    switch (std::min<int64_t>(m_end - m, 4)) {
-      case 1: StreamRows<1>(p, m, block_begin, block_end); m += 1; break;
-      case 2: StreamRows<2>(p, m, block_begin, block_end); m += 2; break;
-      case 3: StreamRows<3>(p, m, block_begin, block_end); m += 3; break;
-      default: StreamRows<4>(p, m, block_begin, block_end); m += 4; break;
+  for (int64_t b = block_begin; b < block_end; ++b) {
+    for (int64_t m = m_begin; m < m_end; m += kStreamTileRows) {
+      switch (std::min<int64_t>(m_end - m, kStreamTileRows)) {
+        case 1: StreamTile<1>(p, m, b); break;
+        case 2: StreamTile<2>(p, m, b); break;
+        case 3: StreamTile<3>(p, m, b); break;
+        case 4: StreamTile<4>(p, m, b); break;
+        case 5: StreamTile<5>(p, m, b); break;
+        default: StreamTile<6>(p, m, b); break;
+      }
     }
   }
 }

@@ -1,9 +1,10 @@
 // AVX-512 VNNI path (compiled with -mavx512f -mavx512bw -mavx512vl -mavx512vnni).
 //
-// Few X rows (memory-bound): stream the T16 packets once; each 64-byte packet is masked into its
-// four 2-bit fields (c·4^f, still unsigned bytes) and fed to VPDPBUSD against a broadcast of the
-// four activation bytes of that field; per-field accumulators are shifted back (exactly, every
-// product is a multiple of 4^f) at the end.
+// Few X rows: stream the T16 packets from memory once. One row (memory-bound): each 64-byte
+// packet is masked into its four 2-bit fields (c·4^f, still unsigned bytes) and fed to VPDPBUSD
+// against a broadcast of the four activation bytes of that field; per-field accumulators are
+// shifted back (exactly: every product is a multiple of 4^f) at the end. Up to 16 rows: packets
+// unpacked in registers and shared by tiles of up to 8 rows.
 // Many X rows (compute-bound): unpack a panel of 4 blocks × a K chunk into code bytes in cache,
 // then run 6×64 register tiles of VPDPBUSD over it, partial sums kept between K chunks.
 #include <immintrin.h>
@@ -112,58 +113,98 @@ inline void StoreBlock(const TernaryProblem& p, int64_t m, int64_t n0, __m512i d
   }
 }
 
-// ---- streaming path: MR X rows, U packets per iteration (independent accumulator sets) ----
+// ---- streaming paths ----
 
-template <int MR, int U>
-void StreamRows(const TernaryProblem& p, int64_t m0, int64_t block_begin, int64_t block_end) {
+// One X row: each packet masked into its four fields (c·4^f), one accumulator per field and
+// packet parity (8 independent VPDPBUSD chains), fields shifted back at the end.
+void StreamOneRow(const TernaryProblem& p, int64_t m, int64_t block_begin, int64_t block_end) {
   const __m512i field0 = _mm512_set1_epi8(0x03), field1 = _mm512_set1_epi8(0x0c);
   const __m512i field2 = _mm512_set1_epi8(0x30), field3 = _mm512_set1_epi8(static_cast<char>(0xc0));
   const int64_t kp = p.w.k_packets;
-  const int8_t* x[MR];
-  BITNET_UNROLL for (int r = 0; r < MR; ++r) x[r] = p.xq + (m0 + r) * p.ldxq;
+  const int8_t* x = p.xq + m * p.ldxq;
   for (int64_t b = block_begin; b < block_end; ++b) {
     const uint8_t* w = p.w.packets + b * kp * kPacketBytes;
-    __m512i acc[MR][U][4];
-    BITNET_UNROLL for (int r = 0; r < MR; ++r)
-      BITNET_UNROLL for (int u = 0; u < U; ++u)
-        BITNET_UNROLL for (int f = 0; f < 4; ++f) acc[r][u][f] = _mm512_setzero_si512();
+    __m512i acc[2][4];
+    BITNET_UNROLL for (int u = 0; u < 2; ++u)
+      BITNET_UNROLL for (int f = 0; f < 4; ++f) acc[u][f] = _mm512_setzero_si512();
     auto step = [&](int64_t pk, int u) {
       const __m512i v = _mm512_load_si512(w + pk * kPacketBytes);
-      const __m512i c0 = _mm512_and_si512(v, field0), c1 = _mm512_and_si512(v, field1);
-      const __m512i c2 = _mm512_and_si512(v, field2), c3 = _mm512_and_si512(v, field3);
-      BITNET_UNROLL for (int r = 0; r < MR; ++r) {
-        const int8_t* xs = x[r] + pk * kPacketK;
-        acc[r][u][0] = _mm512_dpbusd_epi32(acc[r][u][0], c0, Broadcast4(xs));
-        acc[r][u][1] = _mm512_dpbusd_epi32(acc[r][u][1], c1, Broadcast4(xs + 4));
-        acc[r][u][2] = _mm512_dpbusd_epi32(acc[r][u][2], c2, Broadcast4(xs + 8));
-        acc[r][u][3] = _mm512_dpbusd_epi32(acc[r][u][3], c3, Broadcast4(xs + 12));
-      }
+      const int8_t* xs = x + pk * kPacketK;
+      acc[u][0] = _mm512_dpbusd_epi32(acc[u][0], _mm512_and_si512(v, field0), Broadcast4(xs));
+      acc[u][1] = _mm512_dpbusd_epi32(acc[u][1], _mm512_and_si512(v, field1), Broadcast4(xs + 4));
+      acc[u][2] = _mm512_dpbusd_epi32(acc[u][2], _mm512_and_si512(v, field2), Broadcast4(xs + 8));
+      acc[u][3] = _mm512_dpbusd_epi32(acc[u][3], _mm512_and_si512(v, field3), Broadcast4(xs + 12));
     };
     int64_t pk = 0;
-    for (; pk + U <= kp; pk += U) {
-      BITNET_UNROLL for (int u = 0; u < U; ++u) step(pk + u, u);
+    for (; pk + 2 <= kp; pk += 2) {
+      step(pk, 0);
+      step(pk + 1, 1);
     }
-    for (; pk < kp; ++pk) step(pk, 0);
-    BITNET_UNROLL for (int r = 0; r < MR; ++r) {
-      __m512i dot = _mm512_setzero_si512();
-      BITNET_UNROLL for (int u = 0; u < U; ++u) {
-        dot = _mm512_add_epi32(dot, acc[r][u][0]);
-        dot = _mm512_add_epi32(dot, _mm512_srai_epi32(acc[r][u][1], 2));
-        dot = _mm512_add_epi32(dot, _mm512_srai_epi32(acc[r][u][2], 4));
-        dot = _mm512_add_epi32(dot, _mm512_srai_epi32(acc[r][u][3], 6));
-      }
-      StoreBlock(p, m0 + r, b * kBlockRows, dot);
+    if (pk < kp) step(pk, 0);
+    __m512i dot = _mm512_setzero_si512();
+    BITNET_UNROLL for (int u = 0; u < 2; ++u) {
+      dot = _mm512_add_epi32(dot, acc[u][0]);
+      dot = _mm512_add_epi32(dot, _mm512_srai_epi32(acc[u][1], 2));
+      dot = _mm512_add_epi32(dot, _mm512_srai_epi32(acc[u][2], 4));
+      dot = _mm512_add_epi32(dot, _mm512_srai_epi32(acc[u][3], 6));
     }
+    StoreBlock(p, m, b * kBlockRows, dot);
   }
 }
 
+// MR X rows against one block: each packet unpacked in registers (shift and mask) and used by
+// every row. Fields go to A accumulators per row (A = 4 for few rows), enough independent
+// VPDPBUSD chains to cover its latency.
+template <int MR>
+void StreamTile(const TernaryProblem& p, int64_t m0, int64_t b) {
+  constexpr int A = MR <= 3 ? 4 : 2;
+  const __m512i low2 = _mm512_set1_epi8(0x03);
+  const int64_t kp = p.w.k_packets;
+  const uint8_t* w = p.w.packets + b * kp * kPacketBytes;
+  const int8_t* x = p.xq + m0 * p.ldxq;
+  __m512i acc[MR][A];
+  BITNET_UNROLL for (int r = 0; r < MR; ++r)
+    BITNET_UNROLL for (int a = 0; a < A; ++a) acc[r][a] = _mm512_setzero_si512();
+  for (int64_t pk = 0; pk < kp; ++pk) {
+    const __m512i v = _mm512_load_si512(w + pk * kPacketBytes);
+    const __m512i c[4] = {_mm512_and_si512(v, low2), _mm512_and_si512(_mm512_srli_epi16(v, 2), low2),
+                          _mm512_and_si512(_mm512_srli_epi16(v, 4), low2),
+                          _mm512_and_si512(_mm512_srli_epi16(v, 6), low2)};
+    BITNET_UNROLL for (int r = 0; r < MR; ++r) {
+      const int8_t* xs = x + r * p.ldxq + pk * kPacketK;
+      BITNET_UNROLL for (int f = 0; f < 4; ++f) {
+        acc[r][f % A] = _mm512_dpbusd_epi32(acc[r][f % A], c[f], Broadcast4(xs + 4 * f));
+      }
+    }
+  }
+  BITNET_UNROLL for (int r = 0; r < MR; ++r) {
+    __m512i dot = acc[r][0];
+    BITNET_UNROLL for (int a = 1; a < A; ++a) dot = _mm512_add_epi32(dot, acc[r][a]);
+    StoreBlock(p, m0 + r, b * kBlockRows, dot);
+  }
+}
+
+constexpr int kStreamTileRows = 8;
+
+// Blocks outer, row chunks inner: a block's packets come from memory once and from L1/L2 for
+// the other chunks.
 void Stream(const TernaryProblem& p, int64_t m_begin, int64_t m_end, int64_t block_begin, int64_t block_end) {
-  for (int64_t m = m_begin; m < m_end;) {
-    switch (std::min<int64_t>(m_end - m, 4)) {
-      case 1: StreamRows<1, 2>(p, m, block_begin, block_end); m += 1; break;
-      case 2: StreamRows<2, 1>(p, m, block_begin, block_end); m += 2; break;
-      case 3: StreamRows<3, 1>(p, m, block_begin, block_end); m += 3; break;
-      default: StreamRows<4, 1>(p, m, block_begin, block_end); m += 4; break;
+  if (m_end - m_begin == 1) {
+    StreamOneRow(p, m_begin, block_begin, block_end);
+    return;
+  }
+  for (int64_t b = block_begin; b < block_end; ++b) {
+    for (int64_t m = m_begin; m < m_end; m += kStreamTileRows) {
+      switch (std::min<int64_t>(m_end - m, kStreamTileRows)) {
+        case 1: StreamTile<1>(p, m, b); break;
+        case 2: StreamTile<2>(p, m, b); break;
+        case 3: StreamTile<3>(p, m, b); break;
+        case 4: StreamTile<4>(p, m, b); break;
+        case 5: StreamTile<5>(p, m, b); break;
+        case 6: StreamTile<6>(p, m, b); break;
+        case 7: StreamTile<7>(p, m, b); break;
+        default: StreamTile<8>(p, m, b); break;
+      }
     }
   }
 }
