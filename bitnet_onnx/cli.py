@@ -1,13 +1,19 @@
 """The `bitnet-onnx` command line. It owns logging set-up and exit codes: a MixedPrecisionError
 prints its message (the traceback only with --debug) and exits 2; anything else is a bug and exits 1
-with the traceback."""
+with the traceback. `compile --no-strict` exits 3 when it wrote a model that missed the strategy's
+validation thresholds (the report says by how much)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import re
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
 
 from bitnet_onnx.errors import MixedPrecisionError
 
@@ -18,6 +24,9 @@ logger = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_BUG = 1
 EXIT_USER_ERROR = 2
+EXIT_GOAL_MISSED = 3
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)(i?b?)\s*$", re.IGNORECASE)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -32,6 +41,213 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from bitnet_onnx.bench import kernels
 
     return kernels.main(args.bench_args)
+
+
+def _byte_size(text: str) -> int:
+    """`123`, `64KiB`, `1.5GiB`, `512M` (binary units) → bytes."""
+    match = _SIZE.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write bytes or e.g. 512MiB, 2GiB")
+    number, unit = float(match.group(1)), match.group(2).lower()
+    value = int(number * 1024 ** "_kmg".index(unit or "_"))
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 bytes")
+    return value
+
+
+def _dim(text: str) -> tuple[str, int]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip() or not value.strip().isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=N with N ≥ 1, e.g. seq=16")
+    return name.strip(), int(value)
+
+
+def _feeds(model_path: Path, inputs: Path | None, dims: Sequence[tuple[str, int]]) -> dict[str, np.ndarray]:
+    from bitnet_onnx.compile import read_inputs
+    from bitnet_onnx.passes._graph import load_model
+    from bitnet_onnx.sample_inputs import sample_inputs
+
+    given = read_inputs(inputs)
+    return given if given is not None else sample_inputs(load_model(model_path).proto, dims=dict(dims))
+
+
+def _cmd_compile(args: argparse.Namespace) -> int:
+    from bitnet_onnx.compile import compile
+    from bitnet_onnx.report import CompileValidationError
+
+    try:
+        result = compile(
+            args.model,
+            args.config if args.config is not None else args.strategy or "balanced",
+            output=args.output,
+            log=args.log,
+            inputs=args.inputs,
+            dump_after=args.dump_after,
+            strict=not args.no_strict,
+            progress=args.progress or sys.stderr.isatty(),
+            dims=dict(args.dim),
+            memory_budget=args.memory_budget,
+            measure_kernels=not args.no_kernel_timing,
+        )
+    except CompileValidationError as exc:
+        print(exc.report.summary(), file=sys.stderr)
+        raise
+    print(result.summary())
+    if not result.report.goal_met:
+        print(
+            f"bitnet-onnx compile: wrote {result.output_path}, but it missed the validation thresholds "
+            "(--no-strict)",
+            file=sys.stderr,
+        )
+        return EXIT_GOAL_MISSED
+    return EXIT_OK
+
+
+def _describe(name: str, value: np.ndarray) -> str:
+    text = f"{name}: {value.dtype} {list(value.shape)}"
+    if value.size and (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
+        v = value.astype(np.float64)
+        text += f"  min {v.min():.6g}  max {v.max():.6g}  mean {v.mean():.6g}  std {v.std():.6g}"
+    return text
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from bitnet_onnx import profiling, runtime
+
+    feeds = _feeds(args.model, args.inputs, args.dim)
+    if args.profile:
+        outputs, times = profiling.profile(args.model, feeds, args.threads)
+    else:
+        session = runtime.session(args.model, threads=args.threads)
+        names = [o.name for o in session.get_outputs()]
+        outputs, times = dict(zip(names, session.run(names, feeds), strict=True)), []
+    for name, value in outputs.items():
+        print(_describe(name, value))
+    if args.profile:
+        print()
+        print(_times_table(times))
+    return EXIT_OK
+
+
+def _times_table(times: Sequence) -> str:
+    from bitnet_onnx._text import table
+
+    total = sum(t.micros for t in times) or 1
+    rows = [
+        [
+            t.layer,
+            t.layer_type or "-",
+            t.op or "-",
+            str(t.kernels),
+            str(t.micros),
+            f"{100 * t.micros / total:.1f}",
+        ]
+        for t in times
+    ]
+    rows.append(["total", "", "", str(sum(t.kernels for t in times)), str(total), "100.0"])
+    return table(["layer", "type", "op", "kernels", "µs", "%"], rows)
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from bitnet_onnx.errors import UnsupportedModelError
+    from bitnet_onnx.inspection import layers_table, read_layers
+    from bitnet_onnx.passes._graph import load_model
+
+    records = read_layers(load_model(args.model).proto)
+    if not records:
+        raise UnsupportedModelError(
+            f"{args.model} has no bitnet.layer annotations: it was not compiled by bitnet-onnx "
+            "(compile it with `bitnet-onnx compile`)"
+        )
+    if args.json:
+        print(json.dumps([r.to_json() for r in records], indent=2))
+    else:
+        print(layers_table(records))
+    return EXIT_OK
+
+
+def _cmd_log(args: argparse.Namespace) -> int:
+    from bitnet_onnx.log import read_log, render_table
+
+    print(render_table(read_log(args.file), changes=not args.summary))
+    return EXIT_OK
+
+
+def _add_compile(sub: argparse._SubParsersAction) -> None:
+    from bitnet_onnx.config import MixedPrecisionStrategy
+
+    cmd = sub.add_parser(
+        "compile",
+        help="compile an ONNX model to mixed precision",
+        description="Compile IN to mixed precision and write OUT once it validates. Exit status: 0 done, "
+        "2 error (nothing written), 3 written with --no-strict although validation missed its thresholds.",
+    )
+    cmd.add_argument("model", type=Path, metavar="IN", help="the ONNX model (opened read-only)")
+    cmd.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="the compiled model")
+    how = cmd.add_mutually_exclusive_group()
+    how.add_argument(
+        "--strategy",
+        choices=[s.value for s in MixedPrecisionStrategy if s is not MixedPrecisionStrategy.CUSTOM],
+        help="preset (default: balanced)",
+    )
+    how.add_argument(
+        "--config", type=Path, metavar="FILE", help="a YAML or JSON config (starts from its strategy)"
+    )
+    cmd.add_argument("--log", type=Path, metavar="FILE", help="write the pass log (JSON lines) here")
+    cmd.add_argument(
+        "--inputs", type=Path, metavar="NPZ", help="sample inputs for validation (default: generated)"
+    )
+    cmd.add_argument(
+        "--dim", type=_dim, action="append", default=[], metavar="NAME=N",
+        help="a symbolic dim of generated inputs (default batch=1, seq=8); repeatable",
+    )  # fmt: skip
+    cmd.add_argument(
+        "--dump-after", action="append", default=[], metavar="PASS",
+        help="write the model after PASS to OUT's stem + .dump/NNN_PASS.onnx; repeatable",
+    )  # fmt: skip
+    cmd.add_argument(
+        "--no-strict", action="store_true",
+        help="write the model and the report even when validation misses the strategy's thresholds",
+    )  # fmt: skip
+    cmd.add_argument(
+        "--memory-budget", type=_byte_size, metavar="SIZE", help="bytes the weights may take, e.g. 64MiB"
+    )
+    cmd.add_argument(
+        "--no-kernel-timing", action="store_true",
+        help="pick kernels by fixed preference instead of timing them on this machine",
+    )  # fmt: skip
+    cmd.add_argument(
+        "--progress", action="store_true", help="show a progress bar even when stderr is not a terminal"
+    )
+    cmd.set_defaults(run=_cmd_compile)
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    cmd = sub.add_parser("run", help="run a (compiled) model in onnxruntime and print its outputs")
+    cmd.add_argument("model", type=Path, metavar="MODEL")
+    cmd.add_argument(
+        "--inputs", type=Path, metavar="NPZ", help="inputs (default: generated from the input specs)"
+    )
+    cmd.add_argument(
+        "--dim", type=_dim, action="append", default=[], metavar="NAME=N", help="dims of generated inputs"
+    )
+    cmd.add_argument("--threads", type=int, metavar="N", help="intra-op threads (default: onnxruntime's)")
+    cmd.add_argument("--profile", action="store_true", help="time per layer from onnxruntime's profiler")
+    cmd.set_defaults(run=_cmd_run)
+
+
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
+    cmd = sub.add_parser("inspect", help="per-layer precisions, ops and rules of a compiled model")
+    cmd.add_argument("model", type=Path, metavar="MODEL")
+    cmd.add_argument("--json", action="store_true", help="one JSON record per layer")
+    cmd.set_defaults(run=_cmd_inspect)
+
+
+def _add_log(sub: argparse._SubParsersAction) -> None:
+    cmd = sub.add_parser("log", help="a pass log as a readable table")
+    cmd.add_argument("file", type=Path, metavar="FILE")
+    cmd.add_argument("--summary", action="store_true", help="one row per pass, without the changes")
+    cmd.set_defaults(run=_cmd_log)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -50,6 +266,9 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("suite", choices=["kernels"])
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="options passed to the suite")
     bench.set_defaults(run=_cmd_bench)
+
+    for add in (_add_compile, _add_run, _add_inspect, _add_log):
+        add(sub)
     return parser
 
 

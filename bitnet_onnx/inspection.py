@@ -17,6 +17,7 @@ from typing import Any
 
 import onnx
 
+from bitnet_onnx._text import table
 from bitnet_onnx.layers import ComponentType
 
 __all__ = [
@@ -118,11 +119,4 @@ def layers_table(records: Iterable[LayerRecord]) -> str:
         ]
         for r in records
     ]
-    headers = ["layer", "type", "precision", "op", "rule"]
-    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(headers)]
-    lines = [
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in [headers, *rows]
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return table(["layer", "type", "precision", "op", "rule"], rows)

@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 EXTERNAL_DATA_THRESHOLD = 1 << 30
 """Tensor bytes from which a model is saved with external data (1 GiB, half protobuf's limit)."""
 _EXTERNAL_TENSOR_MIN = 1024  # smaller tensors stay inside the model file
+_FATAL_ONLY = 4
 _EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 
 
@@ -150,6 +151,7 @@ def session_for(
     """A CPU session with the bitnet ops for an in-memory model (external data read from `base_dir`)."""
     with _serialized(model, base_dir) as (source, folder):
         options = runtime.session_options(threads)
+        options.log_severity_level = _FATAL_ONLY  # a failure comes back as an error; no stderr echo
         if folder is not None:
             options.add_session_config_entry(_EXTERNAL_FOLDER_KEY, str(Path(folder).resolve()))
         return runtime.session(source, options=options)

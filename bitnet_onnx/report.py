@@ -9,21 +9,25 @@ Metrics, per graph output, computed in float64 over all elements:
 A non-finite value where the original is finite (or the reverse) makes `max_abs_error` infinite and
 `cosine` NaN, so it fails every threshold.
 
-Thresholds (`THRESHOLDS`), a compile meets them when every output has cosine ≥ `min_cosine` and
+Thresholds (`THRESHOLDS`): a compile meets them when every output has cosine ≥ `min_cosine` and
 max_rel_error ≤ `max_rel_error`. They detect a compile that went wrong, with room for the error the
-strategy itself costs on a float-trained model (measured on the tiny fixtures in models/; ternary
-weights lose information that a model not trained for them cannot get back, so the balanced and
-aggressive bounds are loose on purpose, and the report always gives the measured figures):
+strategy itself costs on a float-trained model. Ternary weights lose information that a model not
+trained for them cannot get back (ANCHORS (c)10), so the balanced and aggressive bounds are loose on
+purpose, and the report always gives the measured figures. Measured on the tiny fixtures of
+models/ (random init, their sample inputs and batch 4 × seq 32): balanced and aggressive reach
+cosine 0.83-0.97 and max rel. error 0.20-0.57; conservative cosine > 0.99999, max rel. < 0.002.
 
 | strategy     | min cosine | max rel. error | what it allows                                          |
 |--------------|------------|----------------|---------------------------------------------------------|
 | conservative | 0.999      | 0.02           | F16 rounding only                                       |
-| balanced     | 0.80       | 0.80           | ternary weights, int8 activations, F16 elsewhere         |
-| aggressive   | 0.60       | 1.50           | ternary base-3, int8 attention/embedding/head, I4        |
-| custom       | 0.60       | 1.50           | as aggressive: a custom plan may go as low              |
+| balanced     | 0.75       | 1.0            | ternary weights, int8 activations, F16 elsewhere         |
+| aggressive   | 0.65       | 1.5            | ternary base-3, int8 attention/embedding/head, I4        |
+| custom       | 0.65       | 1.5            | as aggressive: a custom plan may go as low              |
 
 A model whose weights are exactly ternary (BitNet-trained) loses only the int8 activation rounding
-in `balanced` (cosine ≥ 0.999 on logits; the end-to-end tests check this).
+in `balanced` (cosine ≥ 0.999 on logits; the end-to-end tests check this). A layer computed wrongly
+can still leave the cosine of a residual network high, which is why `validate` also reads every
+layer back from the graph; these thresholds are the last line, not the only one.
 """
 
 from __future__ import annotations
@@ -66,9 +70,9 @@ _S = MixedPrecisionStrategy
 THRESHOLDS: Mapping[MixedPrecisionStrategy, Thresholds] = MappingProxyType(
     {
         _S.CONSERVATIVE: Thresholds(min_cosine=0.999, max_rel_error=0.02),
-        _S.BALANCED: Thresholds(min_cosine=0.80, max_rel_error=0.80),
-        _S.AGGRESSIVE: Thresholds(min_cosine=0.60, max_rel_error=1.50),
-        _S.CUSTOM: Thresholds(min_cosine=0.60, max_rel_error=1.50),
+        _S.BALANCED: Thresholds(min_cosine=0.75, max_rel_error=1.0),
+        _S.AGGRESSIVE: Thresholds(min_cosine=0.65, max_rel_error=1.5),
+        _S.CUSTOM: Thresholds(min_cosine=0.65, max_rel_error=1.5),
     }
 )
 

@@ -18,7 +18,8 @@ finding naming its rule:
      planned `format`, and a scale of 1 or N elements (N with per_channel);
    - I8, I4, I2, I1: a `bitnet.LowBitMatMul` or `bitnet.DequantizeLowBit` with the planned `bits`
      reads a uint8 initializer of N × ceil(K/G)·G·bits/8 bytes (G its `group_size`, which must be
-     the planned one when the plan sets one), with zero points exactly when asymmetric; for I8
+     the planned one when the plan sets one), with zero points exactly when asymmetric (an empty
+     [0] zero-point tensor, which a symmetric op passes before its bias, is none); for I8
      also `com.microsoft.DynamicQuantizeMatMul` reading N·K int8 (or uint8) codes;
    - F16, BF16, F32: the layer reads an initializer of that type holding N·K values.
    Initializers are followed back through Identity, Transpose, Reshape, Flatten, Squeeze,
@@ -234,7 +235,7 @@ def _integer_problem(
             got = "no packed uint8 initializer" if packed is None else f"{_elements(packed)} packed bytes"
             problems.append(f"{where} reads {got}, expected {min(sizes)}")
             continue
-        has_zero_points = len(node.input) > index + 2 and bool(node.input[index + 2])
+        has_zero_points = _has_zero_points(node, index + 2, model)
         if has_zero_points != layout.asymmetric:
             problems.append(
                 f"{where} {'has' if has_zero_points else 'lacks'} zero points; the plan says "
@@ -243,6 +244,15 @@ def _integer_problem(
             continue
         return None
     return "; ".join(problems) or "no LowBitMatMul or DequantizeLowBit among the layer's nodes"
+
+
+def _has_zero_points(node: onnx.NodeProto, index: int, model: _Model) -> bool:
+    """An input at `index` that is given and not the empty [0] tensor a symmetric op passes when a
+    bias follows (kernels/README.md)."""
+    if len(node.input) <= index or not node.input[index]:
+        return False
+    tensor = model.initializer_behind(node.input[index])
+    return tensor is None or _elements(tensor) > 0
 
 
 def _quantizes_input(nodes: list[onnx.NodeProto]) -> bool:
@@ -367,7 +377,7 @@ class ValidatePass:
         try:
             onnx.checker.check_model(structure, full_check=True)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-            message = str(exc).strip().splitlines()[0]
+            message = " ".join(str(exc).split())
             if ctx.original is not None and _fails_checker(ctx.original):
                 return [
                     Finding(

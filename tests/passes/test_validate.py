@@ -62,9 +62,14 @@ def _bitlinear_graph(t, scale, *, fmt="2bit", k_attr=K, out="y", extra_nodes=())
     packing = TernaryPacking(fmt)
     packed = numpy_helper.from_array(pack_ternary(t, packing), "fc.weight_packed")
     node = helper.make_node(
-        "BitLinear", ["x", "fc.weight_packed", "fc.scale"], [out], domain=runtime.DOMAIN,
-        name="fc/BitLinear", K=k_attr, format=fmt,
-    )  # fmt: skip
+        "BitLinear",
+        ["x", "fc.weight_packed", "fc.scale"],
+        [out],
+        domain=runtime.DOMAIN,
+        name="fc/BitLinear",
+        K=k_attr,
+        format=fmt,
+    )
     model = _model(
         [node, *extra_nodes], [packed, numpy_helper.from_array(scale, "fc.scale")], out, _BITNET_OPSETS
     )
@@ -323,6 +328,15 @@ def test_integer_weights_not_as_planned_are_errors(model_args, layout, words):
     plan = _layer_plan(weights=DType.I4, layout=layout)
     (finding,) = _readback(plan, _stamped(_lowbit_model(**model_args)))
     assert finding.subject == "fc/weights" and words in finding.message
+
+
+def test_empty_zero_points_before_a_bias_mean_symmetric():
+    model = _lowbit_model(4, 16)
+    model.graph.initializer.append(numpy_helper.from_array(np.zeros(0, np.uint8), "no_zp"))
+    model.graph.initializer.append(numpy_helper.from_array(np.zeros(N, np.float32), "bias"))
+    model.graph.node[0].input.extend(["no_zp", "bias"])
+    plan = _layer_plan(weights=DType.I4, layout=WeightLayout(group_size=16))
+    assert _readback(plan, _stamped(model)) == []
 
 
 def test_dequantize_lowbit_realises_integer_weights_and_act_quant_zero_does_not_quantize():

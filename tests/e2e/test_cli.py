@@ -1,0 +1,242 @@
+"""The command line: compile, run, inspect and log — output and exit codes, errors → exit 2 with a message."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from bitnet_onnx import runtime
+from bitnet_onnx.cli import EXIT_GOAL_MISSED, EXIT_OK, EXIT_USER_ERROR, main
+from bitnet_onnx.config import LayerPrecisionConfig, MixedPrecisionConfig
+from bitnet_onnx.config_file import save_config
+from bitnet_onnx.dtypes import DType
+from bitnet_onnx.errors import KernelLibraryError
+from bitnet_onnx.layers import LayerType
+
+FIXTURES = Path(__file__).resolve().parents[2] / "models" / "fixtures"
+LLAMA = FIXTURES / "llama_tiny.onnx"
+CONVNET = FIXTURES / "convnet_tiny.onnx"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _ops_lib() -> None:
+    try:
+        runtime.library_path()
+    except KernelLibraryError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def compiled_llama(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "llama.bitnet.onnx"
+    assert main(["compile", str(LLAMA), "-o", str(out), "--no-kernel-timing"]) == EXIT_OK
+    return out
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_compile_prints_layers_sizes_and_validation(capsys, tmp_path):
+    out = tmp_path / "m.onnx"
+    code, stdout, _ = _run(
+        capsys,
+        "compile",
+        str(LLAMA),
+        "-o",
+        str(out),
+        "--strategy",
+        "balanced",
+        "--log",
+        str(tmp_path / "l.jsonl"),
+        "--inputs",
+        str(FIXTURES / "llama_tiny.inputs.npz"),
+        "--no-kernel-timing",
+    )
+    assert code == EXIT_OK and out.exists() and (tmp_path / "l.jsonl").exists()
+    assert "model.layers.0.self_attn.q_proj" in stdout and "w:BITNET158 a:I8 o:F16  BitLinear" in stdout
+    assert f"smaller) → {out}" in stdout
+    assert "validation vs original on the given inputs" in stdout and "logits [2, 8, 256]: cosine" in stdout
+
+
+def test_compile_with_dims_budget_and_dump(capsys, tmp_path):
+    out = tmp_path / "m.onnx"
+    code, stdout, _ = _run(
+        capsys,
+        "compile",
+        str(CONVNET),
+        "-o",
+        str(out),
+        "--dim",
+        "batch=3",
+        "--memory-budget",
+        "1MiB",
+        "--dump-after",
+        "rewrite",
+        "--no-kernel-timing",
+    )
+    assert code == EXIT_OK
+    assert "generated inputs (batch=3, seq=8, seed 0)" in stdout
+    assert (tmp_path / "m.dump" / "003_rewrite.onnx").exists()
+
+
+def test_no_strict_writes_and_exits_3_when_the_goal_is_missed(capsys, tmp_path):
+    conv = LayerPrecisionConfig(LayerType.CONVOLUTION, DType.BITNET158).with_component_override(
+        "activations", "I8"
+    )
+    save_config(MixedPrecisionConfig.conservative().with_layer_type_config(conv), tmp_path / "c.yaml")
+    out = tmp_path / "m.onnx"
+    args = [
+        "compile",
+        str(CONVNET),
+        "-o",
+        str(out),
+        "--config",
+        str(tmp_path / "c.yaml"),
+        "--no-kernel-timing",
+    ]
+    code, _, stderr = _run(capsys, *args)
+    assert code == EXIT_USER_ERROR and not out.exists()
+    assert "bitnet-onnx compile: error: validation of the compiled model found 1 error(s)" in stderr
+    assert "MISSED" in stderr  # the report comes with the error
+    code, stdout, stderr = _run(capsys, *args, "--no-strict")
+    assert code == EXIT_GOAL_MISSED and out.exists()
+    assert "MISSED" in stdout and "missed the validation thresholds (--no-strict)" in stderr
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["compile", "missing.onnx", "-o", "o.onnx"], "missing.onnx: no such file"),
+        (["compile", str(CONVNET), "-o", "o.onnx", "--dump-after", "rewite"], "did you mean 'rewrite'"),
+        (["compile", str(CONVNET), "-o", "o.onnx", "--config", "nope.yaml"], "nope.yaml"),
+        (
+            ["compile", str(CONVNET), "-o", "o.onnx", "--inputs", "nope.npz"],
+            "cannot read sample inputs nope.npz",
+        ),
+        (["compile", str(CONVNET), "-o", "o.onnx", "--memory-budget", "1KiB"], "over the budget"),
+        (["run", "missing.onnx"], "missing.onnx: no such file"),
+        (["inspect", str(CONVNET)], "has no bitnet.layer annotations: it was not compiled by bitnet-onnx"),
+        (["log", "nope.jsonl"], "cannot read pass log nope.jsonl"),
+    ],
+)
+def test_user_errors_exit_2_with_a_message(capsys, tmp_path, monkeypatch, argv, words):
+    monkeypatch.chdir(tmp_path)
+    code, _stdout, stderr = _run(capsys, *argv)
+    assert code == EXIT_USER_ERROR
+    assert stderr.startswith(f"bitnet-onnx {argv[0]}: error: ") and words in stderr
+    assert "Traceback" not in stderr and not (tmp_path / "o.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["compile", str(CONVNET)],  # no -o
+        ["compile", str(CONVNET), "-o", "o.onnx", "--strategy", "fast"],
+        ["compile", str(CONVNET), "-o", "o.onnx", "--memory-budget", "lots"],
+        ["compile", str(CONVNET), "-o", "o.onnx", "--dim", "seq"],
+        ["compile", str(CONVNET), "-o", "o.onnx", "--strategy", "balanced", "--config", "c.yaml"],
+    ],
+)
+def test_bad_arguments_exit_2(capsys, argv):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == EXIT_USER_ERROR
+    assert "error:" in capsys.readouterr().err
+
+
+def test_run_prints_output_shapes_and_statistics(capsys, compiled_llama):
+    inputs = FIXTURES / "llama_tiny.inputs.npz"
+    code, stdout, _ = _run(capsys, "run", str(compiled_llama), "--inputs", str(inputs), "--threads", "1")
+    assert code == EXIT_OK
+    (line,) = stdout.strip().splitlines()
+    with np.load(inputs) as feeds:
+        logits = runtime.session(compiled_llama).run(["logits"], dict(feeds))[0].astype(np.float64)
+    assert line.startswith("logits: float32 [2, 8, 256]  min ")
+    assert f"max {logits.max():.6g}" in line and f"mean {logits.mean():.6g}" in line
+
+
+def test_run_profile_groups_kernel_time_by_layer(capsys, compiled_llama):
+    code, stdout, _ = _run(capsys, "run", str(compiled_llama), "--dim", "seq=4", "--profile")
+    assert code == EXIT_OK
+    lines = stdout.splitlines()
+    assert lines[0].startswith("logits: float32 [1, 4, 256]")
+    header = next(i for i, line in enumerate(lines) if line.startswith("layer"))
+    assert lines[header].split() == ["layer", "type", "op", "kernels", "µs", "%"]
+    rows = {line.split()[0]: line.split() for line in lines[header + 2 :]}
+    assert rows["model.layers.0.mlp.down_proj"][1:3] == ["linear", "BitLinear"]
+    assert rows["total"][-1] == "100.0"
+
+
+def test_inspect_table_and_json(capsys, compiled_llama):
+    code, stdout, _ = _run(capsys, "inspect", str(compiled_llama))
+    assert code == EXIT_OK
+    assert any(line.startswith("lm_head") and "output" in line for line in stdout.splitlines())
+    code, stdout, _ = _run(capsys, "inspect", str(compiled_llama), "--json")
+    records = {r["name"]: r for r in json.loads(stdout)}
+    q = records["model.layers.1.self_attn.q_proj"]
+    assert q["layer_type"] == "linear" and q["op"] == "BitLinear" and q["rule"]
+    assert q["precisions"] == {"weights": "BITNET158", "activations": "I8", "outputs": "F16"}
+    assert len(records) == 25
+
+
+def test_log_renders_the_pass_table(capsys, tmp_path):
+    log = tmp_path / "l.jsonl"
+    assert (
+        main(
+            ["compile", str(CONVNET), "-o", str(tmp_path / "m.onnx"), "--log", str(log), "--no-kernel-timing"]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    code, stdout, _ = _run(capsys, "log", str(log))
+    assert code == EXIT_OK
+    lines = stdout.splitlines()
+    assert lines[0].split()[:3] == ["#", "pass", "seconds"]
+    assert [line.split()[1] for line in lines[2:8]] == [
+        "normalize",
+        "annotate_layers",
+        "assign_precision",
+        "rewrite",
+        "fold_converts",
+        "validate",
+    ]
+    assert "[2] assign_precision" in stdout and "BITNET158" in stdout
+    code, summary, _ = _run(capsys, "log", str(log), "--summary")
+    assert code == EXIT_OK and "[2] assign_precision" not in summary
+
+
+@pytest.mark.skipif(shutil.which("bitnet-onnx") is None, reason="the bitnet-onnx script is not installed")
+def test_installed_script_runs_from_any_folder(tmp_path):
+    """The console script, outside the source tree: the README's main-job demo."""
+    out = tmp_path / "llama.bitnet.onnx"
+    compile_run = subprocess.run(
+        ["bitnet-onnx", "compile", str(LLAMA), "-o", str(out), "--no-kernel-timing"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert compile_run.returncode == 0, compile_run.stderr
+    run = subprocess.run(
+        ["bitnet-onnx", "run", str(out), "--inputs", str(FIXTURES / "llama_tiny.inputs.npz")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("logits: float32 [2, 8, 256]")
+    assert onnx.load(out).producer_name == "bitnet-onnx"
+    assert sys.executable  # the script uses the interpreter it was installed for
