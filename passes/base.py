@@ -54,6 +54,9 @@ class PassContext:
     calibration: Mapping[str, np.ndarray] | None = None  # sample inputs; set by compile()
     model_dir: Path | None = None  # where external data of the input lives; set by compile()
     seed: int = 0
+    # compile(); False: no choice depends on timings taken on this machine (rewrite's I8 kernel
+    # takes its fixed preference), so tests and reproducible builds do not depend on the CPU's load.
+    measure_kernels: bool = True
     layers: dict[str, Any] = field(default_factory=dict)  # annotate_layers
     plan: dict[str, Any] = field(default_factory=dict)  # assign_precision (optimize may rewrite it)
     annotations: dict[str, dict[str, str]] = field(default_factory=dict)  # node name → metadata_props

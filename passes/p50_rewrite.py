@@ -1,0 +1,171 @@
+"""rewrite: realise the precision plan in the graph.
+
+For every planned layer (`ctx.plan`), the rewriter of its type (`passes.rewrite.REWRITERS`; each
+module's docstring states its semantics) replaces or rewires the layer's nodes so that each
+component is stored and computed in its planned precision. Then:
+
+1. Embedding layers are rewritten first, the others in `ctx.layers` order, so a head tied to an
+   embedding table finds the table's encoding already stored and reads it (one copy in the file
+   when both are in the same format). A tied pair that ends up reading different weight tensors
+   is warned about with the bytes the second copy costs.
+2. The graph is cleaned up once (dead nodes, tensors and initializers dropped) and sorted.
+3. Every node a layer kept or gained is annotated (`ctx.annotations[node]`): `bitnet.layer`,
+   `bitnet.layer_type`, `bitnet.dtype.<component>` for each planned component, `bitnet.op` (what
+   computes the layer now) and `bitnet.rule` (the source of the layer's deciding decision: weights
+   when it has them, else activations). Annotations of the layer's nodes that are gone are dropped.
+4. One `Change(action="rewrite")` per layer: the op, the layer's constant bytes before → after,
+   and a line of detail (e.g. the I8 kernel choice and its timings). Stats count layers per op,
+   the bytes, and the I8 kernels measured.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import ClassVar
+
+import onnx_graphsurgeon as gs
+
+from bitnet_onnx.layers import ComponentType, LayerType
+from bitnet_onnx.log import Change
+from bitnet_onnx.plan import LayerPlan
+
+from .base import PassContext, PassResult
+from .rewrite import REWRITERS, LayerEditor, LayerRewrite, RewriteEnv
+
+__all__ = ["LAYER_KEY", "LAYER_TYPE_KEY", "OP_KEY", "RULE_KEY", "RewritePass", "dtype_key"]
+
+logger = logging.getLogger(__name__)
+
+LAYER_KEY = "bitnet.layer"
+LAYER_TYPE_KEY = "bitnet.layer_type"
+OP_KEY = "bitnet.op"
+RULE_KEY = "bitnet.rule"
+
+_DECIDING = (ComponentType.WEIGHTS, ComponentType.ACTIVATIONS, ComponentType.OUTPUTS, ComponentType.BIAS)
+
+
+def dtype_key(component: ComponentType) -> str:
+    """The annotation key holding a component's precision, e.g. `bitnet.dtype.weights`."""
+    return f"bitnet.dtype.{component.value}"
+
+
+@dataclass(frozen=True)
+class _Done:
+    plan: LayerPlan
+    created: tuple[gs.Node, ...]
+    result: LayerRewrite
+
+
+class RewritePass:
+    name: ClassVar[str] = "rewrite"
+    requires: ClassVar[tuple[str, ...]] = ("annotate_layers", "assign_precision")
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        env = RewriteEnv.of(graph, ctx.seed, ctx.measure_kernels)
+        done: list[_Done] = []
+        for plan in _in_order(ctx):
+            edit = LayerEditor(graph, plan.layer, env.names)
+            result = REWRITERS[plan.layer.layer_type](env, edit, plan)
+            done.append(_Done(plan, tuple(edit.created), result))
+            logger.debug("%s: %s", plan.layer.name, result.detail)
+        graph.cleanup().toposort()
+        alive = {node.name for node in graph.nodes}
+        for item in done:
+            _annotate(ctx, item, alive)
+        warnings = tuple(w for item in done for w in item.result.warnings) + _tie_warnings(done)
+        changes = tuple(_change(item) for item in done)
+        stats = _stats(done)
+        logger.info(
+            "rewrite: %d layers, constants %d → %d bytes",
+            len(done),
+            stats["bytes_before"],
+            stats["bytes_after"],
+        )
+        return PassResult(modified=bool(done), changes=changes, warnings=warnings, stats=stats)
+
+
+def _in_order(ctx: PassContext) -> list[LayerPlan]:
+    plans = [ctx.plan[name] for name in ctx.layers if name in ctx.plan]
+    embeddings = [p for p in plans if p.layer.layer_type is LayerType.EMBEDDING]
+    return embeddings + [p for p in plans if p.layer.layer_type is not LayerType.EMBEDDING]
+
+
+def _deciding(plan: LayerPlan) -> str:
+    for component in _DECIDING:
+        decision = plan.decisions.get(component)
+        if decision is not None:
+            return decision.source
+    return ""
+
+
+def _annotate(ctx: PassContext, item: _Done, alive: set[str]) -> None:
+    layer = item.plan.layer
+    props = {
+        LAYER_KEY: layer.name,
+        LAYER_TYPE_KEY: layer.layer_type.value,
+        **{dtype_key(c): d.dtype.name for c, d in item.plan.decisions.items()},
+        OP_KEY: item.result.op,
+        RULE_KEY: _deciding(item.plan),
+    }
+    for name in layer.nodes:
+        if name not in alive:
+            ctx.annotations.pop(name, None)
+    names = [n for n in layer.nodes if n in alive] + [n.name for n in item.created if n.name in alive]
+    for name in names:
+        ctx.annotations[name] = {**ctx.annotations.get(name, {}), **props}
+
+
+def _tie_warnings(done: list[_Done]) -> tuple[str, ...]:
+    by_name = {item.plan.layer.name: item for item in done}
+    warnings = []
+    for item in done:
+        layer = item.plan.layer
+        other = by_name.get(layer.tied_with or "")
+        if other is None or layer.layer_type is not LayerType.OUTPUT:
+            continue  # warn once per pair, from the head's side
+        if not set(item.result.weights) & set(other.result.weights):
+            warnings.append(
+                f"layers {other.plan.layer.name!r} and {layer.name!r} share the weight {layer.weight!r} in "
+                f"the model but not in the compiled file ({_format(other.plan)} vs {_format(item.plan)}): "
+                f"the second copy costs {item.result.bytes_after} bytes; give both the same weights "
+                "precision and layout to store it once"
+            )
+    return tuple(warnings)
+
+
+def _format(plan: LayerPlan) -> str:
+    decision = plan.decisions.get(ComponentType.WEIGHTS)
+    return "no weights decision" if decision is None else decision.dtype.name
+
+
+def _change(item: _Done) -> Change:
+    plan, result = item.plan, item.result
+    weights = plan.decisions.get(ComponentType.WEIGHTS)
+    main = weights or plan.decisions.get(ComponentType.ACTIVATIONS)
+    # The node that computes the layer now: the op it names, else the kept anchor.
+    node = next(
+        (n.name for n in item.created if n.op == result.op), plan.layer.nodes[0] if plan.layer.nodes else None
+    )
+    return Change(
+        layer=plan.layer.name,
+        action="rewrite",
+        component=(ComponentType.WEIGHTS if weights else ComponentType.ACTIVATIONS).value if main else None,
+        node=node,
+        dtype=main.dtype.name if main else None,
+        source=_deciding(plan) or None,
+        detail=f"{result.op}; constants {result.bytes_before} → {result.bytes_after} bytes; {result.detail}",
+    )
+
+
+def _stats(done: list[_Done]) -> dict[str, int | float | str]:
+    ops = Counter(item.result.op for item in done)
+    stats: dict[str, int | float | str] = {
+        "layers": len(done),
+        "bytes_before": sum(item.result.bytes_before for item in done),
+        "bytes_after": sum(item.result.bytes_after for item in done),
+        "int8_timed": sum(1 for item in done if item.result.stats),
+    }
+    stats.update({f"op.{op}": count for op, count in sorted(ops.items())})
+    return stats
