@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bitnet_onnx.compile import CompileResult, compile
 from bitnet_onnx.config import (
     ComponentPrecisionConfig,
     LayerPrecisionConfig,
@@ -46,6 +47,7 @@ from bitnet_onnx.policy import (
     weight_statistics,
 )
 from bitnet_onnx.quantizer import MixedPrecisionQuantizationConfig, MixedPrecisionQuantizer
+from bitnet_onnx.report import CompileReport, CompileValidationError
 from bitnet_onnx.validation import (
     Finding,
     PrecisionValidator,
@@ -56,6 +58,9 @@ from bitnet_onnx.validation import (
 )
 
 __all__ = [
+    "CompileReport",
+    "CompileResult",
+    "CompileValidationError",
     "ComponentPrecisionConfig",
     "ComponentType",
     "ConditionOperator",
@@ -96,6 +101,7 @@ __all__ = [
     "ValidationError",
     "ValidationReport",
     "ValidationRule",
+    "compile",
     "default_rules",
     "load_config",
     "save_config",

@@ -36,7 +36,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from bitnet_onnx import __version__
 from bitnet_onnx._schema import did_you_mean
 from bitnet_onnx.config import MixedPrecisionConfig, MixedPrecisionStrategy
 from bitnet_onnx.config_file import load_config
@@ -178,6 +177,7 @@ def compile(
     `measure_kernels=False` picks kernels by fixed preference instead of timing them here.
     Raises a MixedPrecisionError subclass naming what is wrong; nothing is written then.
     """
+    from bitnet_onnx import __version__
     from bitnet_onnx.model_file import write_model
     from bitnet_onnx.passes import compile_passes
     from bitnet_onnx.passes._graph import export_model, import_graph, load_model, stamp_annotations

@@ -51,6 +51,10 @@ BUILDERS: dict[str, Callable[[], onnx.ModelProto]] = {
             opset=23,
         )
     ),
+    # onnxruntime's fused SimplifiedLayerNormalization, which onnx.checker does not know.
+    "llama_simplified_ln": lambda: llama.build(
+        llama.LlamaConfig(norm=llama.RMSNormStyle.SIMPLIFIED_LAYER_NORMALIZATION)
+    ),
     "bert_gemm_tanh": lambda: bert.build(
         bert.BertConfig(
             linear=bert.LinearStyle.GEMM, gelu=bert.GeluStyle.TANH, norm=bert.LayerNormStyle.DECOMPOSED
