@@ -1,4 +1,5 @@
-"""Kernel benchmark: BitLinear against onnxruntime's own matmuls, in one process (TARGETS.md).
+"""Kernel benchmark: BitLinear and LowBitMatMul against onnxruntime's own matmuls, in one process
+(TARGETS.md).
 
 Every contender is an ONNX graph run by onnxruntime on the CPU (so BitLinear's activation
 quantization counts). For each shape M×K×N (X[M, K] · W[K, N]) and thread count:
@@ -140,6 +141,29 @@ def _nbits(bits: int, block: int) -> Contender:
     )
 
 
+def _lowbit(bits: int, group: int, act_quant: int) -> Contender:
+    def weights(shape: Shape, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        groups = math.ceil(shape.k / group)
+        return {
+            "W": rng.integers(0, 256, size=(shape.n, groups * group * bits // 8), dtype=np.uint8),
+            "scales": (rng.random((shape.n, groups), dtype=np.float32) + 0.5) / 64,
+        }
+
+    def nodes(shape: Shape, prefix: str) -> list[onnx.NodeProto]:
+        attributes = {"K": shape.k, "bits": bits, "group_size": group, "act_quant": act_quant}
+        names, output = ["X", prefix + "W", prefix + "scales"], prefix + "Y"
+        return [helper.make_node(runtime.LOWBIT_MATMUL, names, [output], domain=runtime.DOMAIN, **attributes)]
+
+    activations = "int8" if act_quant else "float"
+    return Contender(
+        f"lowbit{bits}b{group}{'q' if act_quant else 'f'}",
+        f"LowBitMatMul I{bits} b{group} {activations} x",
+        weights,
+        nodes,
+        domains=(runtime.DOMAIN,),
+    )
+
+
 def _int8_weights(shape: Shape, rng: np.random.Generator) -> dict[str, np.ndarray]:
     return {
         "B": rng.integers(-127, 128, size=(shape.k, shape.n), dtype=np.int8),
@@ -170,6 +194,9 @@ CONTENDERS: tuple[Contender, ...] = (
     _nbits(4, 128),
     _nbits(2, 32),
     _nbits(2, 128),
+    _lowbit(4, 128, 1),
+    _lowbit(4, 128, 0),
+    _lowbit(2, 128, 1),
     Contender(
         "int8_dyn",
         "DynamicQuantizeMatMul int8",
@@ -216,11 +243,12 @@ class Target:
     minimum: float
     goal: float
     higher_is_better: bool = True
+    subject: str = "BitLinear"
 
 
-def _faster_than(baseline: str) -> Callable[..., float | None]:
+def _faster_than(baseline: str, op: str = "bitlinear") -> Callable[..., float | None]:
     def metric(results: dict, bandwidth: dict[int, float], shape: str, threads: int) -> float | None:
-        ours, base = results.get((shape, threads, "bitlinear")), results.get((shape, threads, baseline))
+        ours, base = results.get((shape, threads, op)), results.get((shape, threads, baseline))
         return base.median_us / ours.median_us if ours and base else None
 
     return metric
@@ -248,8 +276,17 @@ TARGETS: tuple[Target, ...] = (
     Target("M=128 T1: vs fp32 MatMul", _M128, (1,), _faster_than("fp32"), 3, 4),
     Target("M=128 T1: vs int8 dynamic", _M128, (1,), _faster_than("int8_dyn"), 0.8, 1.0),
     Target("T2 vs T1", _M1 + _M128, (2,), _thread_scaling, 1.5, 1.8),
+    Target(
+        "M=1 cold T1: vs MatMulNBits 4-bit b128",
+        _M1,
+        (1,),
+        _faster_than("nbits4b128", "lowbit4b128q"),
+        1.0,
+        1.3,
+        subject="LowBitMatMul I4 int8 x",
+    ),
 )
-"""TARGETS.md's "Kernels" rows for BitLinear, reported for the shapes and threads a run measured."""
+"""TARGETS.md's "Kernels" rows, reported for the shapes and threads a run measured."""
 
 
 def _model(contender: Contender, shape: Shape, copies: int, base: dict[str, np.ndarray]) -> onnx.ModelProto:
@@ -379,7 +416,7 @@ def _report(results: list[Measurement], bandwidth: dict[int, float], contenders:
                 sign = 1 if target.higher_is_better else -1
                 met = [sign * value >= sign * bound for bound in (target.goal, target.minimum)]
                 verdict = "goal met" if met[0] else "minimum met" if met[1] else "MISSED"
-                name = f"BitLinear {target.label}, {shape}"
+                name = f"{target.subject} {target.label}, {shape}"
                 bounds = f"min {target.minimum:<5} goal {target.goal:<5}"
                 target_lines.append(f"  {name:<60}{value:>7.2f}  {bounds} {verdict}")
     if target_lines:

@@ -14,8 +14,6 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
-#include <type_traits>
-#include <utility>
 
 #include "int.h"
 #include "int_scalar.h"
@@ -35,25 +33,14 @@ inline __m512i Broadcast4(const int8_t* p) {
 
 inline __m512i LoadPacket(const uint8_t* p) { return _mm512_load_si512(p); }
 
-template <typename Body, int... I>
-inline void UnrollSequence(Body& body, std::integer_sequence<int, I...>) {
-  (body(std::integral_constant<int, I>{}), ...);
-}
-
-// body(std::integral_constant<int, I>{}) for I = 0 .. N−1, unrolled at compile time.
-template <int N, typename Body>
-inline void Unroll(Body&& body) {
-  UnrollSequence(body, std::make_integer_sequence<int, N>{});
-}
-
-// Codes of field F of a packet as unsigned bytes.
-template <int BITS, int F>
-inline __m512i Field(__m512i v) {
+// Codes of field f of a packet as unsigned bytes (f is a constant once the loops are unrolled).
+template <int BITS>
+inline __m512i Field(__m512i v, int f) {
   if constexpr (BITS == 8) {
     return v;
   } else {
     const __m512i mask = _mm512_set1_epi8(static_cast<char>((1 << BITS) - 1));
-    return _mm512_and_si512(F == 0 ? v : _mm512_srli_epi16(v, F * BITS), mask);
+    return _mm512_and_si512(f == 0 ? v : _mm512_srli_epi16(v, static_cast<unsigned>(f * BITS)), mask);
   }
 }
 
@@ -100,28 +87,29 @@ void TileInt8(const IntProblem& p, int64_t m0, int64_t b) {
       for (int j = 0; j < NB; ++j)
         for (int a = 0; a < A; ++a) acc[r][j][a] = _mm512_setzero_si512();
     const int8_t* xg = p.xq + m0 * ld + g * w.group_slots;
-    auto packet = [&](int64_t pk, auto unroll) {
-      constexpr int u = decltype(unroll)::value;
-      __m512i v[NB];
-      for (int j = 0; j < NB; ++j) v[j] = LoadPacket(blocks[j] + g * w.group_bytes + pk * kPacketBytes);
-      auto field = [&](auto f_constant) {
-        constexpr int f = decltype(f_constant)::value;
-        constexpr int a = (u * kFields + f) % A;
-        for (int j = 0; j < NB; ++j) {
-          const __m512i c = Field<BITS, f>(v[j]);
-          for (int r = 0; r < MR; ++r) {
-            acc[r][j][a] = _mm512_dpbusd_epi32(acc[r][j][a], c, Broadcast4(xg + r * ld + pk * kSlots + 4 * f));
+    for (int64_t pk0 = 0; pk0 < w.group_packets; pk0 += 2) {
+      // Two packets per iteration: with A > 1 their fields feed different accumulators.
+#pragma GCC unroll 2
+      for (int u = 0; u < 2; ++u) {
+        const int64_t pk = pk0 + u;
+        if (pk == w.group_packets) break;
+        __m512i v[NB];
+#pragma GCC unroll 2
+        for (int j = 0; j < NB; ++j) v[j] = LoadPacket(blocks[j] + g * w.group_bytes + pk * kPacketBytes);
+#pragma GCC unroll 8
+        for (int f = 0; f < kFields; ++f) {
+          const int a = (u * kFields + f) % A;
+#pragma GCC unroll 2
+          for (int j = 0; j < NB; ++j) {
+            const __m512i c = Field<BITS>(v[j], f);
+#pragma GCC unroll 4
+            for (int r = 0; r < MR; ++r) {
+              acc[r][j][a] = _mm512_dpbusd_epi32(acc[r][j][a], c, Broadcast4(xg + r * ld + pk * kSlots + 4 * f));
+            }
           }
         }
-      };
-      Unroll<kFields>(field);
-    };
-    int64_t pk = 0;
-    for (; pk + 2 <= w.group_packets; pk += 2) {
-      packet(pk, std::integral_constant<int, 0>{});
-      packet(pk + 1, std::integral_constant<int, 1>{});
+      }
     }
-    if (pk < w.group_packets) packet(pk, std::integral_constant<int, 0>{});
 
     for (int j = 0; j < NB; ++j) {
       const uint8_t* record = blocks[j] + g * w.group_bytes;
@@ -191,13 +179,14 @@ void TileFloat(const IntProblem& p, int64_t m0, int64_t b) {
     for (int64_t pk = 0; pk < w.group_packets; ++pk) {
       __m512i v[NB];
       for (int j = 0; j < NB; ++j) v[j] = LoadPacket(blocks[j] + g * w.group_bytes + pk * kPacketBytes);
-      Unroll<kFields>([&](auto f_constant) {
-        constexpr int f = decltype(f_constant)::value;
-        Unroll<4>([&](auto i_constant) {
-          constexpr int i = decltype(i_constant)::value;
-          constexpr int shift = 8 * i + f * BITS;
+#pragma GCC unroll 8
+      for (int f = 0; f < kFields; ++f) {
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) {
+          const int shift = 8 * i + f * BITS;
+#pragma GCC unroll 2
           for (int j = 0; j < NB; ++j) {
-            const __m512i idx = shift == 0 ? v[j] : _mm512_srli_epi32(v[j], shift);
+            const __m512i idx = shift == 0 ? v[j] : _mm512_srli_epi32(v[j], static_cast<unsigned>(shift));
             __m512 q;
             if constexpr (BITS == 8) {
               const __m512i u = i == 3 ? idx : _mm512_and_si512(idx, low8);
@@ -206,13 +195,14 @@ void TileFloat(const IntProblem& p, int64_t m0, int64_t b) {
               q = _mm512_permutexvar_ps(idx, table);
               if (w.asymmetric) q = _mm512_sub_ps(q, zpf[j]);
             }
+#pragma GCC unroll 4
             for (int r = 0; r < MR; ++r) {
               const __m512 x = _mm512_set1_ps(xg[r * ld + pk * kSlots + 4 * f + i]);
               part[r][j][i] = _mm512_fmadd_ps(q, x, part[r][j][i]);
             }
           }
-        });
-      });
+        }
+      }
     }
     for (int j = 0; j < NB; ++j) {
       const __m512 scale = _mm512_load_ps(blocks[j] + g * w.group_bytes + w.scales_offset());
