@@ -55,6 +55,9 @@ OpTypes = str | frozenset[str]
 CHAIN_OPS = frozenset({"Identity", "Cast", "Transpose", "DequantizeLinear", "Reshape"})
 
 _MAX_CONSTANT_DEPTH = 16
+_RANDOM_OPS = frozenset(
+    {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Bernoulli", "Multinomial"}
+)
 _MAX_CHAIN = 8
 
 
@@ -100,7 +103,9 @@ def label(node: gs.Node) -> str:
 
 
 class GraphView:
-    """Read-only index over a gs.Graph (its main graph), built once per pass."""
+    """Index over a gs.Graph's main graph, built once per pass. Producers and consumers are read
+    live from the tensors; node order, names and the constant memo are taken when it is built, so a
+    pass that edits the graph builds a new view before it matches again."""
 
     def __init__(self, graph: gs.Graph) -> None:
         self.graph = graph
@@ -173,7 +178,7 @@ class GraphView:
             return False
         if producer.op == "Constant":
             return True
-        if producer.op.startswith("Random") or any(True for _ in producer.subgraphs()):
+        if producer.op in _RANDOM_OPS or any(True for _ in producer.subgraphs()):
             return False
         return None
 

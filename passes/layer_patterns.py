@@ -26,6 +26,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import onnx_graphsurgeon as gs
 from bitnet_onnx.passes._match import (
     CHAIN_OPS,
@@ -38,6 +39,7 @@ from bitnet_onnx.passes._match import (
     resolve_constant,
     split_constant,
 )
+from onnx import TensorProto
 
 from bitnet_onnx.layers import LayerType
 
@@ -707,19 +709,15 @@ def _reads_float(chain: ConstantChain) -> bool:
         if node.op == "DequantizeLinear":
             return True
         if node.op == "Cast":
-            return _is_float_type(node.attrs["to"])
-    dtype = chain.constant.dtype
-    return (
-        _is_float_type(dtype)
-        if isinstance(dtype, int)
-        else getattr(dtype, "kind", "") == "f" or "float" in str(dtype)
-    )
+            return node.attrs["to"] in _FLOAT_TYPES
+    dtype = chain.constant.dtype  # a numpy dtype, or an ONNX type number where numpy has none
+    if isinstance(dtype, int):
+        return dtype in _FLOAT_TYPES
+    return np.dtype(dtype).kind == "f" or "float" in str(dtype)  # ml_dtypes' bfloat16/float8 are kind "V"
 
 
-def _is_float_type(onnx_type: int) -> bool:
-    from onnx import TensorProto
-
-    return onnx_type in {
+_FLOAT_TYPES = frozenset(
+    {
         TensorProto.FLOAT,
         TensorProto.FLOAT16,
         TensorProto.BFLOAT16,
@@ -729,6 +727,7 @@ def _is_float_type(onnx_type: int) -> bool:
         TensorProto.FLOAT8E5M2,
         TensorProto.FLOAT8E5M2FNUZ,
     }
+)
 
 
 def match_convolution(conv: gs.Node, view: GraphView) -> MatchResult:

@@ -14,7 +14,7 @@ Cases, in the order the pass handles them:
    onnxruntime or not) and ops of other custom domains pass through with one warning per op type
    saying which it is: onnx.checker checks none of them. Model-local functions are not warned about.
 4. Checker. onnx.checker.check_model (full_check off); its failure is an UnsupportedModelError.
-5. Opset. Below MIN_OPSET (default domain) the model is upgraded to MIN_OPSET by
+5. Opset. Below MIN_OPSET (default domain, when a node uses it) the model is upgraded to MIN_OPSET by
    onnx.version_converter (an `upgrade_opset` change); if the converter fails, the model is refused
    with the converter's reason and the fix (re-export at opset >= MIN_OPSET).
 6. Shapes. onnx.shape_inference (strict mode off, data propagation on): symbolic dims stay named,
@@ -94,7 +94,10 @@ class NormalizePass:
         _check(structure, graph.name)
         opset_before = graph.opset
         declared = len(structure.graph.value_info)
-        if opset_before < MIN_OPSET:
+        upgrade = opset_before < MIN_OPSET and any(
+            (n.domain or "") in _DEFAULT_DOMAINS for n in _all_nodes(graph)
+        )
+        if upgrade:
             structure = _upgrade(structure, graph.name, opset_before)
             changes.append(
                 Change(layer=None, action="upgrade_opset", detail=f"opset {opset_before} → {MIN_OPSET}")
@@ -102,7 +105,7 @@ class NormalizePass:
         inferred, warning = _infer(structure)
         warnings += [warning] if warning else []
         gained = len(inferred.graph.value_info) - declared
-        if opset_before < MIN_OPSET:
+        if upgrade:
             _unpark(inferred, parked)
             adopt_structure(graph, inferred, stripped)
         else:
@@ -194,8 +197,11 @@ def _toposort(graph: gs.Graph) -> int:
     waits_on: dict[int, set[int]] = {}
     readers: dict[int, list[gs.Node]] = collections.defaultdict(list)
     for node in nodes:
+        # An empty name marks an omitted optional input or output: no dependency.
         deps = {
-            id(producer[id(t)]) for t in _reads(node) if id(t) in producer and producer[id(t)] is not node
+            id(producer[id(t)])
+            for t in _reads(node)
+            if t.name and id(t) in producer and producer[id(t)] is not node
         }
         waits_on[id(node)] = deps
         for dep in deps:

@@ -24,6 +24,29 @@ The engine knows no layer names or subgraph shapes; `layer_patterns.RULES` does.
 Nodes in no layer are left alone and counted by op type in the stats (`unassigned.<op>`). Weights
 fed as graph inputs are warned about (their MatMul stays an activation×activation product).
 `explain(graph, node)` answers "why is this node in no layer?" with each rule's closest attempt.
+The graph itself is not changed (`modified` is False); the pass writes ctx.layers and ctx.annotations.
+
+What a Layer holds, by type (`nodes[0]` is always the anchor; the other nodes follow in graph order):
+- LINEAR, OUTPUT: the MatMul, Gemm or com.microsoft MatMulNBits; then a MatMul's bias Add (when its
+  other operand is a constant of N elements) and the weight/bias chain nodes. `weight` is the
+  initializer the anchor's weight input reaches through `weight_nodes` (Identity, Cast, Transpose,
+  DequantizeLinear, Reshape; anchor side first), `weight_shape` its stored shape, `weight_nk` its
+  orientation (see Layer); `bias` the initializer of Gemm's C or of the Add's constant (through
+  Identity/Cast/DequantizeLinear), or None. `block` names the attention block of a q/k/v/o
+  projection. `_match.linear_weight(view, anchor)` gives the same chain, and `matrix_nk` W [N, K].
+- CONVOLUTION: the Conv/ConvTranspose; `weight` [O, I/groups, kH, kW], `bias` or None.
+- EMBEDDING: the Gather (axis 0, dynamic indices); `weight` the float table [rows, width].
+- NORMALIZATION: the fused op, or the Sqrt of a decomposition and all its nodes (ReduceMean, Sub,
+  Pow, Add ε, Reciprocal or Div, Mul, HF's Casts, the γ Mul and β Add); `weight` γ and `bias` β
+  (None when absent or not constant).
+- ATTENTION: the Softmax, the QKᵀ MatMul, scale Mul/Div (on the scores or on q and k), the kᵀ
+  Transpose, mask Add/Where, the IsNaN/Where guard, Casts and the ·V MatMul; or the fused op.
+  `block` is its own name; `weight`/`bias` only for onnxruntime's Attention (the packed qkv weight).
+- ACTIVATION: the op (Relu, Gelu, Tanh, ...), or the Sigmoid/Erf/Tanh of SiLU, erf-GELU and
+  tanh-GELU with the rest of the decomposition; no weight.
+`weight` and `bias` are initializer names after following the chain. Exporters deduplicate identical
+tensors through Identity (all-ones gains, zero biases), so layers may name the same initializer
+without being tied; a later pass must not change an initializer in place that other nodes read.
 """
 
 from __future__ import annotations
@@ -110,9 +133,7 @@ class AnnotateLayersPass:
             stats["unassigned"],
             len(view.nodes),
         )
-        return PassResult(
-            modified=bool(layers), changes=tuple(changes), warnings=tuple(warnings), stats=stats
-        )
+        return PassResult(modified=False, changes=tuple(changes), warnings=tuple(warnings), stats=stats)
 
 
 # -- 1. claiming -----------------------------------------------------------------------------------

@@ -148,6 +148,17 @@ def test_a_cycle_is_refused_naming_its_nodes() -> None:
         _normalize(_model(nodes))
 
 
+def test_omitted_optional_inputs_do_not_order_nodes() -> None:
+    nodes = [
+        helper.make_node("Clip", ["x", "", "hi"], ["y"], name="/clip"),  # min omitted
+        helper.make_node("Dropout", ["x"], ["hi_full", ""], name="/drop"),  # mask omitted
+        helper.make_node("ReduceMax", ["hi_full"], ["hi"], name="/max", keepdims=0),
+    ]
+    graph, _, result = _normalize(_model(nodes))
+    assert [n.name for n in graph.nodes] == ["/drop", "/max", "/clip"]
+    assert result.stats["reordered"] == 3
+
+
 # -- 3./4. ops and the checker -----------------------------------------------------------------------------
 
 
@@ -248,6 +259,12 @@ def test_an_opset_the_converter_cannot_upgrade_is_refused_with_its_reason() -> N
     assert "graph 'rnn' uses opset 6, below the 17 bitnet-onnx needs" in message
     assert "No Adapter From Version $6 for GRU" in message
     assert "Re-export the model at opset 17 or newer" in message
+
+
+def test_a_model_without_default_domain_nodes_is_not_upgraded() -> None:
+    nodes = [helper.make_node("Frobnicate", ["x"], ["y"], name="/custom", domain="my.ops")]
+    graph, _, result = _normalize(_model(nodes, opset=13, domains=(("my.ops", 1),)))
+    assert graph.opset == 13 and not [c for c in result.changes if c.action == "upgrade_opset"]
 
 
 # -- 6. shapes ----------------------------------------------------------------------------------------
