@@ -90,7 +90,8 @@ class PassRecord:
             nodes_after=int(data["nodes_after"]),
             bytes_before=int(data["bytes_before"]),
             bytes_after=int(data["bytes_after"]),
-            changes=tuple(Change(**c) for c in data.get("changes", ())),
+            # to_json leaves out None fields, `layer` included
+            changes=tuple(Change(**{"layer": None, **c}) for c in data.get("changes", ())),
             warnings=tuple(data.get("warnings", ())),
             stats=dict(data.get("stats", {})),
         )
