@@ -155,7 +155,7 @@ class AssignPrecisionPass:
         }
         if memory_usage is not None:
             stats["memory_usage_percent"] = round(memory_usage, 3)
-        logger.info(
+        logger.debug(
             "assign_precision: %d layers, %d components, %d decided by policies, %d warnings",
             len(plan), len(changes), overridden, len(warnings),
         )  # fmt: skip

@@ -297,7 +297,7 @@ class FoldConvertsPass:
         for op in sorted(set(before) | set(after)):
             stats[f"before.{op}"] = before[op]
             stats[f"after.{op}"] = after[op]
-        logger.info(
+        logger.debug(
             "fold_converts: conversions %d → %d, %d initializers removed",
             stats["conversions_before"], stats["conversions_after"], dead,
         )  # fmt: skip

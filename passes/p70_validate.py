@@ -363,7 +363,7 @@ class ValidatePass:
             stats[f"{m.name}.cosine"] = round(m.cosine, 6) if math.isfinite(m.cosine) else str(m.cosine)
             stats[f"{m.name}.max_abs_error"] = _stat(m.max_abs_error)
             stats[f"{m.name}.max_rel_error"] = _stat(m.max_rel_error)
-        logger.info(
+        logger.debug(
             "validate: %d errors, %d warnings, goal %s",
             len(report.errors),
             len(report.warnings),
