@@ -4,6 +4,7 @@
 #include <cstring>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "aligned_buffer.h"
@@ -46,6 +47,10 @@ class BitLinear {
     Ort::ConstKernelInfo info(raw_info);
     if (info.GetInputCount() < 3) {
       Fail(kOp, "needs inputs X, W, scale and optionally bias; the node has ", info.GetInputCount());
+    }
+    const char* required[] = {"X", "W", "scale"};
+    for (size_t i = 0; i < 3; ++i) {
+      if (info.GetInputName(i).empty()) Fail(kOp, "input ", i, " (", required[i], ") is required but its name is empty");
     }
     k_ = RequiredInt(info, kOp, "K");
     if (k_ <= 0) Fail(kOp, "K=", k_, " must be positive (the unpadded reduction length)");
@@ -126,19 +131,17 @@ class BitLinear {
 
  private:
   void Quantize(OrtKernelContext* ctx, const T* x, int64_t m, int8_t* xq, int64_t ldxq, cpu::TokenRow* rows) const {
-    auto rows_task = [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
+    const int64_t tasks = m >= 2 * kQuantizeTaskRows ? cpu::CeilDiv(m, kQuantizeTaskRows) : 1;
+    const int64_t task_rows = cpu::CeilDiv(m, tasks);
+    auto task = [&](size_t i) {
+      const int64_t end = std::min(m, (static_cast<int64_t>(i) + 1) * task_rows);
+      for (int64_t r = static_cast<int64_t>(i) * task_rows; r < end; ++r) {
         if constexpr (std::is_same_v<T, float>) {
           kernels_->quantize_f32(x + r * k_, k_, ldxq, xq + r * ldxq, rows + r);
         } else {
           kernels_->quantize_f16(reinterpret_cast<const uint16_t*>(x) + r * k_, k_, ldxq, xq + r * ldxq, rows + r);
         }
       }
-    };
-    const int64_t tasks = m >= 2 * kQuantizeTaskRows ? cpu::CeilDiv(m, kQuantizeTaskRows) : 1;
-    auto task = [&](size_t i) {
-      const int64_t begin = static_cast<int64_t>(i) * kQuantizeTaskRows;
-      rows_task(tasks == 1 ? 0 : begin, tasks == 1 ? m : std::min(m, begin + kQuantizeTaskRows));
     };
     ParallelFor(ctx, static_cast<size_t>(tasks), task);
   }

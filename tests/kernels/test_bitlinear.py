@@ -117,6 +117,15 @@ def test_zero_row_gives_bias(isa: str, rng: np.random.Generator) -> None:
     np.testing.assert_array_equal(y[1], operands.bias)
 
 
+def test_empty_trailing_bias_means_no_bias(rng: np.random.Generator) -> None:
+    operands = bitlinear_operands(7, 32)
+    model = operands.model(np.float32)
+    model.graph.node[0].input.append("")
+    x = activations(rng, (2, 32), np.float32)
+    y = runtime.session(model).run(None, {"X": x})[0]
+    np.testing.assert_array_equal(y, reference(operands, x))
+
+
 @pytest.mark.parametrize("leading", [(), (2, 3), (1, 1, 5)])
 def test_leading_shapes(leading: tuple[int, ...], rng: np.random.Generator) -> None:
     operands = bitlinear_operands(7, 32, bias=True)
@@ -245,6 +254,16 @@ def test_missing_scale_input_is_rejected() -> None:
     model = operands.model(np.float32)
     del model.graph.node[0].input[2:]
     with pytest.raises(UnsupportedModelError, match=r"\[BitLinear\] needs inputs X, W, scale"):
+        runtime.session(model)
+
+
+def test_empty_scale_slot_is_rejected() -> None:
+    operands = bitlinear_operands(7, 100, bias=True)
+    model = operands.model(np.float32)
+    model.graph.node[0].input[2] = ""
+    with pytest.raises(
+        UnsupportedModelError, match=r"\[BitLinear\] input 2 \(scale\) is required but its name is empty"
+    ):
         runtime.session(model)
 
 

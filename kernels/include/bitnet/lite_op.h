@@ -11,7 +11,8 @@
 // LiteOp<MyKernel> keeps the lite API's argument marshalling and adds what it lacks: kernel
 // creation, compute and shape inference all run inside Guarded(), which turns any exception
 // into an OrtStatus, so nothing is thrown across the C boundary (bad attributes, shapes or
-// BITNET_ISA values become session-creation or run errors with the kernel's message).
+// BITNET_ISA values become session-creation or run errors with the kernel's message). Optional
+// inputs left empty at the end of a node count as absent.
 #pragma once
 
 #include <memory>
@@ -154,6 +155,7 @@ class LiteOp : public Ort::Custom::OrtLiteCustomStruct<Kernel> {
 
  public:
   explicit LiteOp(const char* name) : Base(name, "CPUExecutionProvider") {
+    name_ = name;
     // Set by Base because Kernel::Compute returns Ort::Status.
     base_compute_ = this->KernelComputeV2;
     this->CreateKernelV2 = [](const OrtCustomOp* op, const OrtApi* api, const OrtKernelInfo* info,
@@ -161,7 +163,13 @@ class LiteOp : public Ort::Custom::OrtLiteCustomStruct<Kernel> {
       *out = nullptr;
       return Guarded([&] {
         auto kernel = std::make_unique<typename Base::Kernel>();
-        Ort::ThrowOnError(api->KernelInfo_GetInputCount(info, &kernel->num_input_));
+        // Trailing inputs with empty names are absent: the lite API's std::optional arguments
+        // then arrive empty instead of wrapping a null value.
+        Ort::ConstKernelInfo kernel_info(info);
+        kernel->num_input_ = kernel_info.GetInputCount();
+        while (kernel->num_input_ > 0 && kernel_info.GetInputName(kernel->num_input_ - 1).empty()) {
+          --kernel->num_input_;
+        }
         Ort::ThrowOnError(api->KernelInfo_GetOutputCount(info, &kernel->num_output_));
         kernel->custom_op_ = std::make_unique<Kernel>(api, info);
         kernel->ep_ = static_cast<const LiteOp*>(op)->execution_provider_;
@@ -170,7 +178,18 @@ class LiteOp : public Ort::Custom::OrtLiteCustomStruct<Kernel> {
     };
     this->KernelComputeV2 = [](void* kernel, OrtKernelContext* ctx) -> OrtStatusPtr {
       OrtStatusPtr status = nullptr;
-      OrtStatusPtr thrown = Guarded([&] { status = base_compute_(kernel, ctx); });
+      OrtStatusPtr thrown = Guarded([&] {
+        // onnxruntime passes no value for an input left empty before a given one; the lite API
+        // would dereference it.
+        Ort::KernelContext context(ctx);
+        for (size_t i = 0; i < static_cast<typename Base::Kernel*>(kernel)->num_input_; ++i) {
+          if (!context.GetInput(i)) {
+            Fail(name_.c_str(), "input ", i, " has an empty name but a later input is given; onnxruntime passes no "
+                 "value for it");
+          }
+        }
+        status = base_compute_(kernel, ctx);
+      });
       return thrown ? thrown : status;
     };
     this->InferOutputShapeFn = [](const OrtCustomOp*, OrtShapeInferContext* ctx) -> OrtStatusPtr {
@@ -183,6 +202,7 @@ class LiteOp : public Ort::Custom::OrtLiteCustomStruct<Kernel> {
 
  private:
   static inline OrtStatusPtr(ORT_API_CALL* base_compute_)(void*, OrtKernelContext*) = nullptr;
+  static inline std::string name_;
 };
 
 // The ORT op objects one op file contributes (one per type overload). They live as long as the
