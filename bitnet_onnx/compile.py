@@ -181,7 +181,7 @@ def compile(
     from bitnet_onnx.model_file import write_model
     from bitnet_onnx.passes import compile_passes
     from bitnet_onnx.passes._graph import export_model, import_graph, load_model, stamp_annotations
-    from bitnet_onnx.passes.base import PassContext, Pipeline
+    from bitnet_onnx.passes.base import Instrument, PassContext, Pipeline
     from bitnet_onnx.passes.instruments import DumpAfter, JsonlLog, ProgressBar
 
     cfg = resolve_config(config)
@@ -192,7 +192,7 @@ def compile(
     if unknown:
         raise ConfigError(
             [
-                f"--dump-after {n!r} is not a pass{did_you_mean(n, names)}; passes: {', '.join(names)}"
+                f"dump after {n!r}: not a pass{did_you_mean(n, names)}; passes: {', '.join(names)}"
                 for n in unknown
             ]
         )
@@ -208,9 +208,12 @@ def compile(
         measure_kernels=measure_kernels,
     )
     with ExitStack() as stack:
-        instruments: list = []
+        instruments: list[Instrument] = []
         if log is not None:
-            stream = stack.enter_context(Path(log).open("w", encoding="utf-8"))
+            try:
+                stream = stack.enter_context(Path(log).open("w", encoding="utf-8"))
+            except OSError as exc:
+                raise ConfigError(f"cannot write the pass log {log}: {exc.strerror}; check the path") from exc
             instruments.append(JsonlLog(stream))
         if dump_after:
             instruments.append(DumpAfter(dump_after, _dump_folder(out), loaded.info))

@@ -378,7 +378,7 @@ def test_dump_after_writes_the_model_after_that_pass(models_dir, tmp_path):
 
 
 def test_unknown_dump_pass_is_a_config_error_with_a_suggestion(models_dir, tmp_path):
-    with pytest.raises(ConfigError, match=r"'rewite' is not a pass \(did you mean 'rewrite'\?\)"):
+    with pytest.raises(ConfigError, match=r"dump after 'rewite': not a pass \(did you mean 'rewrite'\?\)"):
         compile(_source("convnet_tiny", models_dir), output=tmp_path / "o.onnx", dump_after=["rewite"])
 
 
@@ -427,6 +427,7 @@ def test_config_file_and_policies(models_dir, tmp_path):
         ({"output": "missing/dir/o.onnx"}, ConfigError, "output folder missing/dir does not exist"),
         ({"memory_budget": 1000}, ValidationError, r"memory-budget\] model: layers store .* over the budget"),
         ({"inputs": "nothing.npz"}, ConfigError, "cannot read sample inputs nothing.npz"),
+        ({"log": "no/such/dir/log.jsonl"}, ConfigError, "cannot write the pass log no/such/dir/log.jsonl"),
     ],
 )
 def test_user_errors_name_the_thing_and_the_fix(models_dir, tmp_path, monkeypatch, kwargs, error, words):
