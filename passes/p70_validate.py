@@ -102,7 +102,7 @@ class _Model:
                 return None
             name = node.input[0]
             seen += 1
-            if seen > len(self.nodes):
+            if seen > len(self.nodes):  # a cyclic graph (the checker reports it) must not hang this
                 return None
         return self.initializers[name]
 
