@@ -110,7 +110,8 @@ def route_output(edit: LayerEditor, result: gs.Variable, outputs: DType, boundar
     """Case 4: make `boundary` (detached from its old producer) the end of `result`'s conversions.
 
     `result` is the fresh output of the layer's last compute node; when nothing needs converting,
-    that node writes `boundary` itself. `boundary` keeps its name, type and shape.
+    that node writes `boundary` itself and the layer's own readers of `result` read `boundary`.
+    `boundary` keeps its name, type and shape.
     """
     if not (outputs.is_float or outputs is DType.I8):
         raise ConfigError(
@@ -144,3 +145,8 @@ def _chain(
             tensor = edit.apply("Cast", [tensor], step, tensor.shape, {"to": onnx_type(step)})
     producer = tensor.inputs[0]
     producer.outputs[producer.outputs.index(tensor)] = boundary
+    if tensor is result:  # nothing converted: whoever read the result reads the boundary
+        for reader in list(result.outputs):
+            for i, t in enumerate(reader.inputs):
+                if t is result:
+                    reader.inputs[i] = boundary

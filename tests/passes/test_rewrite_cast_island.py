@@ -210,3 +210,66 @@ def test_float_constants_saturate_to_the_island_type_and_infinities_stay():
     (out,) = run(model, {"x": np.ones(4, F32)})
     # onnxruntime adds in float32 (no fp16 Add kernel on x86) and drops its own cast pair around it
     np.testing.assert_allclose(out, np.array([1.0, -65504.0, -np.inf, 1.0], F32), rtol=1e-3)
+
+
+@pytest.mark.kernels
+def test_an_unconverted_output_read_inside_and_outside_keeps_one_tensor():
+    graph, layer = _silu(sigmoid_is_output=True)
+    rewrite(graph, [make_plan(layer)])
+    model = export(graph)
+    assert ops(model) == {"Sigmoid": 1, "Mul": 1}
+    mul = next(n for n in model.graph.node if n.op_type == "Mul")
+    assert "/act/Sigmoid_output_0" in mul.input
+    x = _x()[0]
+    y, s = run(model, {"x": x})
+    np.testing.assert_allclose(s, 1 / (1 + np.exp(-x)), rtol=1e-6)
+    np.testing.assert_allclose(y, x * s, rtol=1e-6)
+
+
+def _layer_norm() -> tuple[gs.Graph, Layer]:
+    """x → ReduceMean → Sub → Pow → ReduceMean → Add(ε) → Sqrt → Div → Mul(γ) → Add(β): the pattern
+    onnxruntime's LayerNormFusion looks for."""
+    x = gs.Variable("x", dtype=F32, shape=["batch", H])
+    nodes: list[gs.Node] = []
+
+    def op(kind: str, inputs: list[gs.Tensor], **attrs: object) -> gs.Variable:
+        out = gs.Variable(f"/ln/{kind}_{len(nodes)}_output_0", dtype=F32)
+        nodes.append(gs.Node(kind, f"/ln/{kind}_{len(nodes)}", attrs, inputs, [out]))
+        return out
+
+    d = op("Sub", [x, op("ReduceMean", [x], axes=[-1], keepdims=1)])
+    var = op(
+        "ReduceMean", [op("Pow", [d, gs.Constant("/ln/two", np.array(2.0, F32))])], axes=[-1], keepdims=1
+    )
+    std = op("Sqrt", [op("Add", [var, gs.Constant("/ln/eps", np.array(EPS, F32))])])
+    scaled = op("Mul", [op("Div", [d, std]), gs.Constant("ln.weight", _gamma())])
+    y = op("Add", [scaled, gs.Constant("ln.bias", np.full(H, 0.5, F32))])
+    y.shape = ["batch", H]
+    graph = gs.Graph(nodes=nodes, inputs=[x], outputs=[y], opset=17)
+    layer = Layer(
+        "ln",
+        LayerType.NORMALIZATION,
+        0,
+        tuple(n.name for n in nodes),
+        "test",
+        weight="ln.weight",
+        bias="ln.bias",
+    )
+    return graph, layer
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("dtype", [DType.F16, DType.BF16])
+def test_case_6_the_input_a_layer_norm_reduces_is_converted_by_cast_like(dtype):
+    graph, layer = _layer_norm()
+    rewrite(graph, [make_plan(layer, default=dtype)])
+    model = export(graph)
+    reduce_mean = next(n for n in model.graph.node if n.op_type == "ReduceMean")
+    producer = next(n for n in model.graph.node if reduce_mean.input[0] in n.output)
+    assert producer.op_type == "CastLike"
+    xv = _x()[0]
+    (y,) = run(model, {"x": xv})  # onnxruntime's LayerNormFusion no longer breaks the session
+    xr = round_to(xv, dtype).astype(np.float64)
+    normed = (xr - xr.mean(-1, keepdims=True)) / np.sqrt(xr.var(-1, keepdims=True) + EPS)
+    expected = normed * round_to(_gamma(), dtype) + 0.5
+    np.testing.assert_allclose(y, round_to(expected.astype(F32), dtype), rtol=1e-2, atol=1e-2)
