@@ -26,7 +26,7 @@ from bitnet_onnx.dtypes import DType
 from bitnet_onnx.errors import UnsupportedModelError
 from bitnet_onnx.layers import ComponentType
 from bitnet_onnx.plan import LayerPlan
-from bitnet_onnx.runtime import DOMAIN
+from bitnet_onnx.runtime import DEQUANTIZE_LOWBIT, DOMAIN
 
 from ._base import LayerRewrite, RewriteEnv, component_dtype, constant_bytes
 from ._edit import LayerEditor, onnx_type
@@ -35,7 +35,6 @@ from ._weights import resolve_operand
 
 __all__ = ["rewrite_convolution"]
 
-DEQUANTIZE_LOWBIT = "DequantizeLowBit"
 _W, _B, _A, _O = ComponentType.WEIGHTS, ComponentType.BIAS, ComponentType.ACTIVATIONS, ComponentType.OUTPUTS
 
 

@@ -25,7 +25,7 @@ from bitnet_onnx.dtypes import DType
 from bitnet_onnx.errors import UnsupportedModelError
 from bitnet_onnx.layers import ComponentType
 from bitnet_onnx.plan import LayerPlan
-from bitnet_onnx.runtime import DOMAIN
+from bitnet_onnx.runtime import DEQUANTIZE_LOWBIT, DOMAIN
 
 from ._base import LayerRewrite, RewriteEnv, component_dtype, constant_bytes, detach
 from ._edit import LayerEditor, onnx_type
@@ -34,7 +34,6 @@ from ._weights import resolve_operand
 
 __all__ = ["rewrite_embedding"]
 
-DEQUANTIZE_LOWBIT = "DequantizeLowBit"
 
 
 def rewrite_embedding(env: RewriteEnv, edit: LayerEditor, plan: LayerPlan) -> LayerRewrite:

@@ -69,7 +69,7 @@ MS_DOMAIN = "com.microsoft"
 
 
 class Int8Kernel(enum.Enum):
-    LOWBIT_MATMUL = "LowBitMatMul"
+    LOWBIT_MATMUL = runtime.LOWBIT_MATMUL
     DYNAMIC_QUANTIZE_MATMUL = "DynamicQuantizeMatMul"
 
 
@@ -179,7 +179,7 @@ def _candidate(
         if zero_points is not None:
             inputs.append(gs.Constant("zero_points", zero_points))
         attrs = {"K": k, "bits": 8, "group_size": k, "act_quant": 1}
-        nodes.append(gs.Node("LowBitMatMul", "op", attrs, inputs, [y], domain=runtime.DOMAIN))
+        nodes.append(gs.Node(runtime.LOWBIT_MATMUL, "op", attrs, inputs, [y], domain=runtime.DOMAIN))
     else:
         x32, y32 = x, y
         if x_type != np.float32:

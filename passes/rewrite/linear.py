@@ -46,7 +46,7 @@ from bitnet_onnx.dtypes import DType
 from bitnet_onnx.errors import UnsupportedModelError
 from bitnet_onnx.layers import ComponentType, Layer
 from bitnet_onnx.plan import LayerPlan
-from bitnet_onnx.runtime import BITLINEAR, DOMAIN
+from bitnet_onnx.runtime import BITLINEAR, DEQUANTIZE_LOWBIT, DOMAIN, LOWBIT_MATMUL
 
 from ._base import LayerRewrite, RewriteEnv, component_dtype, constant_bytes, detach
 from ._edit import EMPTY, LayerEditor, onnx_type
@@ -64,8 +64,6 @@ from .int8_choice import MS_DOMAIN, Int8Kernel, choose_int8_kernel
 
 __all__ = ["rewrite_linear"]
 
-LOWBIT_MATMUL = "LowBitMatMul"
-DEQUANTIZE_LOWBIT = "DequantizeLowBit"
 _NO_ZERO_POINTS = np.zeros((0,), np.uint8)
 _W, _B, _A, _O = ComponentType.WEIGHTS, ComponentType.BIAS, ComponentType.ACTIVATIONS, ComponentType.OUTPUTS
 
