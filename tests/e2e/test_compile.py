@@ -95,7 +95,8 @@ def _inputs(name: str, model: Path) -> dict[str, np.ndarray]:
             return {k: archive[k] for k in archive.files}
     from bitnet_onnx.sample_inputs import sample_inputs
 
-    return sample_inputs(onnx.load(model), dims={"batch": 2, "seq": 8}, seed=1)
+    # Batch 8: a classifier's few logits per row make the cosine of a small batch a noisy figure.
+    return sample_inputs(onnx.load(model), dims={"batch": 8, "seq": 8}, seed=0)
 
 
 def _sha256(path: Path) -> str:
@@ -106,19 +107,12 @@ MODEL_NAMES = sorted(p.stem for p in FIXTURES.glob("*.onnx")) + sorted(BUILDERS)
 
 # Compiles the validate pass rejects today because of the rewrite pass (passes/rewrite); each
 # reason is what validate reports. Not strict: a fixed rewrite shows up as XPASS.
-_ORT_LAYERNORM_FUSION = (
-    "rewrite: an F16 island over a decomposed LayerNorm casts its ε and exponent from float32 "
-    "Constant nodes; onnxruntime's LayerNormFusion then builds a LayerNormalization with float and "
-    "float16 inputs, and the session fails ('Type parameter (T) of Optype (LayerNormalization) bound "
-    "to different types')"
-)
 _UNTYPED_TENSORS = (
     "rewrite: onnx shape inference cannot type the tensors after SimplifiedLayerNormalization (not "
     "an onnx op), the rewrite takes them as float32, and the session fails with a type mismatch "
     "(e.g. BitLinear output float vs float16 expected)"
 )
 _WAITING = {
-    ("bert_gemm_tanh", "balanced"): _ORT_LAYERNORM_FUSION,
     **{("llama_simplified_ln", preset): _UNTYPED_TENSORS for preset in PRESETS},
 }
 CASES = [
