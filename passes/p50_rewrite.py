@@ -55,6 +55,7 @@ def dtype_key(component: ComponentType) -> str:
 class _Done:
     plan: LayerPlan
     created: tuple[gs.Node, ...]
+    changed: bool
     result: LayerRewrite
 
 
@@ -68,7 +69,7 @@ class RewritePass:
         for plan in _in_order(ctx):
             edit = LayerEditor(graph, plan.layer, env.names)
             result = REWRITERS[plan.layer.layer_type](env, edit, plan)
-            done.append(_Done(plan, tuple(edit.created), result))
+            done.append(_Done(plan, tuple(edit.created), edit.changed, result))
             logger.debug("%s: %s", plan.layer.name, result.detail)
         graph.cleanup().toposort()
         alive = {node.name for node in graph.nodes}
@@ -83,7 +84,8 @@ class RewritePass:
             stats["bytes_before"],
             stats["bytes_after"],
         )
-        return PassResult(modified=bool(done), changes=changes, warnings=warnings, stats=stats)
+        modified = any(item.changed for item in done)
+        return PassResult(modified=modified, changes=changes, warnings=warnings, stats=stats)
 
 
 def _in_order(ctx: PassContext) -> list[LayerPlan]:

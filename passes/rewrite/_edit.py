@@ -9,7 +9,8 @@ A `LayerEditor` is how a rewriter adds to the graph:
 2. Types. Every tensor it creates carries its dtype and, when the inputs' shapes are known, its
    shape: onnx shape inference cannot see through the bitnet ops, so what the graph says about
    their outputs is all the checker and onnxruntime get.
-3. Record. It keeps the nodes it made, so the pass can annotate them with the layer's precisions.
+3. Record. It keeps the nodes and initializers it made, so the pass can annotate the nodes with the
+   layer's precisions and tell a rewritten layer from an untouched one.
 """
 
 from __future__ import annotations
@@ -77,6 +78,12 @@ class LayerEditor:
     layer: Layer
     names: Names
     created: list[gs.Node] = field(default_factory=list)
+    stored: list[gs.Constant] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        """Whether the layer gained nodes or initializers (an untouched layer gains neither)."""
+        return bool(self.created or self.stored)
 
     def node(
         self,
@@ -120,7 +127,9 @@ class LayerEditor:
 
     def constant(self, role: str, values: np.ndarray) -> gs.Constant:
         """A new initializer `<layer>.<role>` holding `values` as they are (dtype kept)."""
-        return gs.Constant(self.names.tensor(f"{self.layer.name}.{role}"), np.ascontiguousarray(values))
+        constant = gs.Constant(self.names.tensor(f"{self.layer.name}.{role}"), np.ascontiguousarray(values))
+        self.stored.append(constant)
+        return constant
 
     def cast(self, tensor: gs.Tensor, dtype: np.dtype | type) -> gs.Tensor:
         """`tensor` as `dtype`: itself when it already is, else the output of a new Cast."""

@@ -41,7 +41,6 @@ __all__ = [
     "InputConverter",
     "compute_type",
     "float_type",
-    "quantize_dequantize",
     "route_output",
     "tensor_type",
 ]
@@ -93,11 +92,11 @@ class InputConverter:
     def _convert(self, tensor: gs.Tensor, compute: np.dtype) -> gs.Tensor:
         edit = self.editor
         if self.activations is DType.I8:
-            return edit.cast(quantize_dequantize(edit, edit.cast(tensor, FLOAT32)), compute)
+            return edit.cast(_quantize_dequantize(edit, edit.cast(tensor, FLOAT32)), compute)
         return edit.cast(edit.cast(tensor, float_type(self.activations)), compute)
 
 
-def quantize_dequantize(edit: LayerEditor, tensor: gs.Tensor) -> gs.Variable:
+def _quantize_dequantize(edit: LayerEditor, tensor: gs.Tensor) -> gs.Variable:
     """float32 → DynamicQuantizeLinear → DequantizeLinear → float32: the values of per-tensor int8."""
     q = edit.variable("DynamicQuantizeLinear_output", np.uint8, tensor.shape)
     scale = edit.variable("DynamicQuantizeLinear_scale", np.float32, [])
@@ -140,7 +139,7 @@ def _chain(
     tensor: gs.Tensor = result
     for step in steps:
         if step is DType.I8:
-            tensor = quantize_dequantize(edit, tensor)
+            tensor = _quantize_dequantize(edit, tensor)
         else:
             tensor = edit.apply("Cast", [tensor], step, tensor.shape, {"to": onnx_type(step)})
     producer = tensor.inputs[0]

@@ -98,11 +98,6 @@ class WeightOperand:
         """The values in the initializer's orientation (value steps applied); reads the weight."""
         return self.value_chain.evaluate(self.view)
 
-    def values(self) -> np.ndarray:
-        """The values as the anchor sees them."""
-        base = self.base_values()
-        return base.T if self.transposed else base
-
 
 def resolve_operand(view: GraphView, tensor: gs.Tensor, layer: Layer) -> WeightOperand:
     """Case 1: the constant behind an anchor's weight input; UnsupportedModelError naming the layer."""

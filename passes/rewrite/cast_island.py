@@ -88,7 +88,7 @@ def run_island(env: RewriteEnv, edit: LayerEditor, plan: LayerPlan, nodes: Seque
     convert = InputConverter(edit, activations)
     constants: dict[str, gs.Tensor] = {}
     before = after = 0
-    seen_params: set[str] = set()
+    params: list[str] = []  # the initializers now holding the gain and shift
 
     # Case 5 first: readers outside see the boundary tensors, readers inside the c values.
     boundaries: list[tuple[gs.Variable, gs.Variable]] = []
@@ -112,14 +112,12 @@ def run_island(env: RewriteEnv, edit: LayerEditor, plan: LayerPlan, nodes: Seque
                 continue
             param = _param_component(env, layer, tensor)
             if param is not None:  # case 3: gain or shift
-                key = f"param:{tensor.name}"
-                if key not in constants:
-                    constants[key], stored, original = _stored_param(env, edit, plan, param, tensor, compute)
-                    if tensor.name not in seen_params:
-                        seen_params.add(tensor.name)
-                        before += original
-                        after += stored
-                node.inputs[i] = constants[key]
+                if tensor.name not in constants:
+                    value, stored, original, name = _stored_param(env, edit, plan, param, tensor, compute)
+                    constants[tensor.name] = value
+                    before, after = before + original, after + stored
+                    params.append(name)
+                node.inputs[i] = constants[tensor.name]
             elif isinstance(tensor, gs.Constant):  # case 3: any other float constant
                 if tensor.name not in constants:
                     constants[tensor.name] = _constant_in(edit, tensor, compute)
@@ -138,7 +136,7 @@ def run_island(env: RewriteEnv, edit: LayerEditor, plan: LayerPlan, nodes: Seque
     detail = f"{len(nodes)} nodes in {compute.name}, {activations.name} activations"
     if weights is not None:
         detail += f", {weights.name} weights"
-    return LayerRewrite(op, before, after, detail, tuple(seen_params))
+    return LayerRewrite(op, before, after, detail, tuple(params))
 
 
 def _is_float(tensor: gs.Tensor) -> bool:
@@ -196,24 +194,24 @@ def _stored_param(
     component: ComponentType,
     tensor: gs.Tensor,
     compute: np.dtype,
-) -> tuple[gs.Tensor, int, int]:
-    """The gain or shift in its precision, cast to c: (tensor, bytes stored, bytes before)."""
+) -> tuple[gs.Tensor, int, int, str]:
+    """The gain or shift in its precision, cast to c: (tensor, bytes stored, bytes before, the
+    initializer holding it)."""
     decision = plan.decisions.get(component)
     operand = resolve_operand(env.view, tensor, edit.layer)
     original = constant_bytes(operand.initializer)
     if decision is None or (decision.dtype is DType.F32 and operand.dtype == np.float32):
-        return edit.cast(tensor, compute), original, original
+        return edit.cast(tensor, compute), original, original, operand.initializer.name
     if not decision.dtype.is_float:
         raise UnsupportedModelError(
-            f"layer {edit.layer.name!r}: a {component.value} in {decision.dtype.name} cannot be realised "
-            "for a "
-            f"{edit.layer.layer_type.value} layer; use F32, F16 or BF16"
+            f"layer {edit.layer.name!r}: a {component.value} in {decision.dtype.name} cannot be realised for "
+            f"a {edit.layer.layer_type.value} layer; use F32, F16 or BF16"
         )
     stored, shared = env.weights.floating(edit, operand, decision)
     value: gs.Tensor = stored.constant
     if operand.transposed:
         value = edit.apply("Transpose", [value], value.dtype, list(operand.shape), {"perm": [1, 0]})
-    return edit.cast(value, compute), 0 if shared else stored.nbytes, original
+    return edit.cast(value, compute), 0 if shared else stored.nbytes, original, stored.constant.name
 
 
 def _constant_in(edit: LayerEditor, tensor: gs.Constant, compute: np.dtype) -> gs.Tensor:

@@ -35,7 +35,6 @@ from ._weights import resolve_operand
 __all__ = ["rewrite_embedding"]
 
 
-
 def rewrite_embedding(env: RewriteEnv, edit: LayerEditor, plan: LayerPlan) -> LayerRewrite:
     layer = edit.layer
     gather = env.layer_nodes(layer)[0]

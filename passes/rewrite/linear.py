@@ -17,7 +17,8 @@ Cases by the WEIGHTS precision:
 3. I4 / I2 / I1 → `bitnet.LowBitMatMul(X, W, scales, zero_points?, bias?)` with attributes K,
    bits, group_size (None resolved to the converter's whole row) and act_quant = 1 when A is I8
    (per-token int8, integer accumulation), else 0 (X converted to A first; float16 X stays float16).
-   Zero points come with `layout.asymmetric`.
+   Zero points come with `layout.asymmetric`; symmetric weights before a bias get an empty uint8
+   [0] zero_points initializer, since the op takes no empty input names.
 4. I8 → with A = I8 and one group per row, the faster of `LowBitMatMul(bits=8, act_quant=1)` and
    onnxruntime's `com.microsoft.DynamicQuantizeMatMul(X, B[K, N], b_scale[N], b_zero_point?,
    bias?)` (int8 B, or uint8 B with per-column zero points when asymmetric), measured once per
@@ -28,6 +29,10 @@ Cases by the WEIGHTS precision:
 5. F16 / BF16 → the weight stored in that type (in its initializer's orientation, so a tied table
    is shared), cast to the compute type when that differs, into the kept MatMul or Gemm.
 6. F32 → the weight is left as the model has it.
+
+With float weights (cases 5, 6) and A = I8, the activations are emulated (`_precision` case 3:
+DynamicQuantizeLinear → DequantizeLinear) in front of the float layer. MatMulInteger would need
+int8 weights, a precision the plan did not give them; the emulation keeps both precisions true.
 
 Activations and outputs convert as `_precision` says (cases 3 and 4 there). The bias is stored
 in its BIAS precision (F32, F16 or BF16), cast to float32 for the bitnet and com.microsoft ops and
@@ -40,7 +45,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx_graphsurgeon as gs
-from bitnet_onnx.passes._match import linear_weight
+from bitnet_onnx.passes._match import linear_weight, resolve_constant
 
 from bitnet_onnx.dtypes import DType
 from bitnet_onnx.errors import UnsupportedModelError
@@ -90,7 +95,7 @@ def rewrite_linear(env: RewriteEnv, edit: LayerEditor, plan: LayerPlan) -> Layer
     site = _find(env, edit.layer)
     weights = component_dtype(plan, _W)
     activations = component_dtype(plan, _A)
-    before = constant_bytes(site.operand.initializer) + _bias_bytes(site)
+    before = constant_bytes(site.operand.initializer) + _bias_bytes(env, site)
     if weights is DType.BITNET158 and activations is DType.I8:
         return _bitlinear(env, edit, plan, site, before)
     if weights is DType.BITNET158:
@@ -110,9 +115,8 @@ def _find(env: RewriteEnv, layer: Layer) -> _Site:
     if anchor.op not in ("MatMul", "Gemm"):
         raise UnsupportedModelError(
             f"layer {layer.name!r}: its anchor {anchor.op} {anchor.name!r} is not a MatMul or Gemm with "
-            "float "
-            "weights (a model quantized by onnxruntime, e.g. MatMulNBits, cannot be re-quantized); compile "
-            "the float model, or give the layer F32 precision"
+            "float weights (a model quantized by onnxruntime, e.g. MatMulNBits, cannot be re-quantized); "
+            "compile the float model"
         )
     found = linear_weight(env.view, anchor)
     if not found:
@@ -146,18 +150,11 @@ def _bias_add(env: RewriteEnv, layer: Layer, anchor: gs.Node) -> tuple[gs.Node, 
     )
 
 
-def _bias_bytes(site: _Site) -> int:
+def _bias_bytes(env: RewriteEnv, site: _Site) -> int:
     if site.bias is None:
         return 0
-    return sum(constant_bytes(t) for t in _constants_behind(site.bias))
-
-
-def _constants_behind(tensor: gs.Tensor) -> list[gs.Constant]:
-    if isinstance(tensor, gs.Constant):
-        return [tensor]
-    if len(tensor.inputs) == 1:
-        return [c for t in tensor.inputs[0].inputs for c in _constants_behind(t)]
-    return []
+    found = resolve_constant(env.view, site.bias)
+    return constant_bytes(found.bindings["chain"].constant) if found else 0
 
 
 # -- cases 1, 3, 4: our kernels and onnxruntime's ------------------------------------------------------

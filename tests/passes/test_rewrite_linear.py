@@ -373,6 +373,7 @@ def test_case_6_float32_everything_leaves_the_layer_as_it_was():
     plan = make_plan(case.layer)
     result, _ = rewrite(case.graph, [plan])
     assert [(n.op, n.name) for n in case.graph.nodes] == before
+    assert not result.modified
     change = result.changes[0]
     assert change.detail.startswith("MatMul; constants 2112 → 2112 bytes")
 
