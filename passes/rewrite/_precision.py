@@ -2,8 +2,10 @@
 
 1. Float precisions are numpy types: F32 float32, F16 float16, BF16 bfloat16 (ml_dtypes).
 2. Compute type. onnxruntime's CPU kernels compute in float32 and float16 (a float16 node without
-   an fp16 kernel gets onnxruntime's own casts, and the values between such nodes stay float32);
-   it has no bfloat16 kernel for MatMul, Add, Softmax and most other ops. So a layer computes in
+   an fp16 kernel gets onnxruntime's own casts, and the values between such nodes stay float32;
+   where its cast back to float16 meets our cast up to float32, it drops the pair, so on CPU an
+   F16 layer's outputs can keep float32 values); it has no bfloat16 kernel for MatMul, Add,
+   Softmax and most other ops. So a layer computes in
    float16 when every float precision it involves (its activations, and its weights and bias when
    those are float) is F16, and in float32 otherwise. A tensor of a narrower precision than the
    compute type (a BF16 weight, F16 activations beside F32 weights) is rounded to its precision
