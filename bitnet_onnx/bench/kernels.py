@@ -8,7 +8,9 @@ quantization counts). For each shape M×K×N (X[M, K] · W[K, N]) and thread cou
   weights (at least --cold-mb in all, or 256 matmuls), all reading the same X; the time per matmul
   is the run's time divided by `copies`. Larger M is compute-bound and runs one matmul.
 - Each contender's time is the median of --runs runs (after --warmup), with outputs bound to
-  preallocated buffers. GB/s is the contender's weight bytes per matmul over its time.
+  preallocated buffers; the sessions of one graph at each thread count take turns in rounds of 5
+  runs, so that a noisy neighbour slows them alike and the T2/T1 ratios hold up. GB/s is the
+  contender's weight bytes per matmul over its time.
 - The DRAM floor is BitLinear's 2-bit weight bytes over the machine's DRAM read bandwidth at that
   thread count (--dram-gbps; the default is TARGETS.md's measurement of this project's machine:
   in-process probes such as an onnxruntime ReduceSum or numpy run out of instructions first).
@@ -45,6 +47,7 @@ logger = logging.getLogger(__name__)
 _MB = 1 << 20
 _MS_DOMAIN = "com.microsoft"
 _MAX_COPIES = 256  # tiny cold shapes would otherwise need graphs of millions of nodes
+_RUNS_PER_ROUND = 5
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,12 @@ def _int8_weights(shape: Shape, rng: np.random.Generator) -> dict[str, np.ndarra
     }
 
 
+def _int8_integer_weights(shape: Shape, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    weights = _int8_weights(shape, rng)
+    del weights["b_scale"]  # MatMulInteger's output stays int32
+    return weights
+
+
 def _dynamic_quantize_matmul_nodes(shape: Shape, prefix: str) -> list[onnx.NodeProto]:
     inputs = ["X", prefix + "B", prefix + "b_scale", prefix + "b_zero_point"]
     return [helper.make_node("DynamicQuantizeMatMul", inputs, [prefix + "Y"], domain=_MS_DOMAIN)]
@@ -207,7 +216,7 @@ CONTENDERS: tuple[Contender, ...] = (
     Contender(
         "dql_mmi",
         "DynamicQuantizeLinear+MatMulInteger",
-        _int8_weights,
+        _int8_integer_weights,
         _matmul_integer_nodes,
         output_type=TensorProto.INT32,
     ),
@@ -308,28 +317,33 @@ def _model(contender: Contender, shape: Shape, copies: int, base: dict[str, np.n
 
 
 def _session(model: onnx.ModelProto, threads: int, needs_library: bool) -> ort.InferenceSession:
-    if needs_library:
-        return runtime.session(model, threads=threads)
-    options = ort.SessionOptions()
+    options = runtime.session_options(threads) if needs_library else ort.SessionOptions()
     options.intra_op_num_threads = threads
+    options.log_severity_level = 3  # errors only
+    if needs_library:
+        return runtime.session(model, options=options)
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def _time(session: ort.InferenceSession, x: np.ndarray, runs: int, warmup: int) -> list[float]:
-    binding = session.io_binding()
-    binding.bind_ortvalue_input("X", ort.OrtValue.ortvalue_from_numpy(x))
-    for out in session.get_outputs():
-        dtype = np.int32 if out.type == "tensor(int32)" else np.float32
-        buffer = ort.OrtValue.ortvalue_from_shape_and_type(out.shape, dtype)
-        binding.bind_ortvalue_output(out.name, buffer)
-    for _ in range(warmup):
-        session.run_with_iobinding(binding)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run_with_iobinding(binding)
-        times.append(time.perf_counter() - start)
-    return times
+class _BoundRunner:
+    """A session with X and preallocated outputs bound, timed run by run."""
+
+    def __init__(self, session: ort.InferenceSession, x: np.ndarray) -> None:
+        self.session = session
+        self.binding = session.io_binding()
+        self.binding.bind_ortvalue_input("X", ort.OrtValue.ortvalue_from_numpy(x))
+        for out in session.get_outputs():
+            dtype = np.int32 if out.type == "tensor(int32)" else np.float32
+            buffer = ort.OrtValue.ortvalue_from_shape_and_type(out.shape, dtype)
+            self.binding.bind_ortvalue_output(out.name, buffer)
+
+    def times(self, runs: int) -> list[float]:
+        out = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            self.session.run_with_iobinding(self.binding)
+            out.append(time.perf_counter() - start)
+        return out
 
 
 def run(
@@ -348,29 +362,28 @@ def run(
             base = contender.weights(shape, rng)
             per_copy = sum(a.nbytes for a in base.values())
             copies = min(_MAX_COPIES, math.ceil(cold_mb * _MB / per_copy)) if shape.cold else 1
-            logger.info(
-                "%s %s: %d copies, %.0f MB of weights", shape, contender.key, copies, copies * per_copy / _MB
-            )
+            megabytes = copies * per_copy / _MB
+            logger.info("%s %s: %d copies, %.0f MB of weights", shape, contender.key, copies, megabytes)
             model = _model(contender, shape, copies, base)
             del base
             x = rng.standard_normal((shape.m, shape.k)).astype(np.float32)
-            for t in threads:
-                session = _session(model, t, runtime.DOMAIN in contender.domains)
-                times = _time(session, x, runs, warmup)
-                del session
-                per_matmul = [s * 1e6 / copies for s in times]
-                results.append(
-                    Measurement(
-                        str(shape),
-                        t,
-                        contender.key,
-                        copies,
-                        per_copy,
-                        statistics.median(per_matmul),
-                        per_matmul,
-                    )
-                )
+            needs_library = runtime.DOMAIN in contender.domains
+            runners = {t: _BoundRunner(_session(model, t, needs_library), x) for t in threads}
             del model
+            samples: dict[int, list[float]] = {t: [] for t in threads}
+            for runner in runners.values():
+                runner.times(warmup)
+            # Rounds alternate the thread counts, so a noisy neighbour slows them alike.
+            for _ in range(math.ceil(runs / _RUNS_PER_ROUND)):
+                for t, runner in runners.items():
+                    samples[t] += runner.times(_RUNS_PER_ROUND)
+            del runners
+            for t in threads:
+                per_matmul = [seconds * 1e6 / copies for seconds in samples[t]]
+                median = statistics.median(per_matmul)
+                results.append(
+                    Measurement(str(shape), t, contender.key, copies, per_copy, median, per_matmul)
+                )
     return results
 
 

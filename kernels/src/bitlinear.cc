@@ -22,8 +22,10 @@ namespace {
 using Ort::Custom::Tensor;
 constexpr const char* kOp = kBitLinearOp;
 
-// Streaming path: about this many bytes of weights per task.
-constexpr int64_t kStreamingTaskBytes = 64 * 1024;
+// Streaming path: about this many bytes of weights per task. Long contiguous runs per thread
+// stream from DRAM faster than interleaved small ones (measured: T2 at M = 1 is 5–10 % faster
+// with 512 KB than with 64 KB tasks).
+constexpr int64_t kStreamingTaskBytes = 512 * 1024;
 // GEMM path: output blocks per task, and the fewest X rows worth a task of their own.
 constexpr int64_t kGemmTaskBlocks = 4;
 constexpr int64_t kGemmMinTaskRows = 32;
