@@ -87,7 +87,7 @@ IntWeights::IntWeights(const TensorView<uint8_t>& w, const TensorView<float>& sc
   m.asymmetric = asymmetric;
   m.group_bytes = m.scales_offset() + kBlockRows * 4 * (asymmetric ? 2 : 1);
   m.blocks = CeilDiv(n, kBlockRows);
-  buffer_ = AlignedBuffer(static_cast<size_t>(m.blocks * m.block_bytes()));
+  buffer_ = AlignedBuffer(static_cast<size_t>(m.blocks * m.block_bytes()), AlignedBuffer::Pages::kHuge);
   uint8_t* out = buffer_.data();
   std::memset(out, 0, buffer_.size());  // padding: code 0 against zero activations, scale 0
 

@@ -199,15 +199,18 @@ class LowBitMatMul {
         float* slots = reinterpret_cast<float*>(out) + r * ld;
         std::memset(slots, 0, static_cast<size_t>(ld) * sizeof(float));
         bool finite = true;
-        for (int64_t e = 0; e < k_; ++e) {
-          float v;
-          if constexpr (std::is_same_v<T, float>) {
-            v = xr[e];
-          } else {
-            v = cpu::HalfToFloat(reinterpret_cast<const uint16_t*>(xr)[e]);
+        for (int64_t g = 0; g < w.groups; ++g) {
+          const int64_t e0 = g * count, end = std::min(k_, e0 + count);
+          for (int64_t e = e0; e < end; ++e) {
+            float v;
+            if constexpr (std::is_same_v<T, float>) {
+              v = xr[e];
+            } else {
+              v = cpu::HalfToFloat(reinterpret_cast<const uint16_t*>(xr)[e]);
+            }
+            finite &= std::fabs(v) <= FLT_MAX;
+            slots[g * gs + (e - e0)] = v;
           }
-          finite &= std::fabs(v) <= FLT_MAX;
-          slots[(e / count) * gs + e % count] = v;
         }
         rows[r] = cpu::TokenRow{0.0f, 0, finite ? 1 : 0};
       }
