@@ -63,7 +63,7 @@ struct TernaryKernels {
   // Quantizes one row of K floats (or float16 bits) into xq[0, ldxq) and fills *row.
   void (*quantize_f32)(const float* x, int64_t k, int64_t ldxq, int8_t* xq, TokenRow* row);
   void (*quantize_f16)(const uint16_t* x, int64_t k, int64_t ldxq, int8_t* xq, TokenRow* row);
-  // Y[m_begin:m_end, 16·block_begin : min(n, 16·block_end)]. Never throws.
+  // Y[m_begin:m_end, 16·block_begin : min(n, 16·block_end)]. Throws only std::bad_alloc (scratch).
   void (*matmul)(const TernaryProblem& p, int64_t m_begin, int64_t m_end, int64_t block_begin,
                  int64_t block_end);
 };
