@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -247,3 +248,20 @@ def test_installed_script_runs_from_any_folder(tmp_path):
     assert run.stdout.startswith("logits: float32 [2, 8, 256]")
     assert onnx.load(out).producer_name == "bitnet-onnx"
     assert sys.executable  # the script uses the interpreter it was installed for
+
+
+def test_output_cut_short_by_the_reader_is_not_an_error(compiled_llama):
+    # `bitnet-onnx inspect MODEL | head -0`: the reader is gone before the first write.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "bitnet_onnx.cli", "inspect", str(compiled_llama)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.returncode == EXIT_OK
+    assert b"Traceback" not in proc.stderr
