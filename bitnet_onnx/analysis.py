@@ -25,21 +25,52 @@ estimated and measured speedup, the outputs' error against the original, per-lay
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Mapping
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bitnet_onnx.dtypes import DType
-from bitnet_onnx.errors import UnsupportedModelError
-from bitnet_onnx.layers import ComponentType, LayerType
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from bitnet_onnx.dtypes import DType, WeightLayout
+from bitnet_onnx.errors import ConfigError, UnsupportedModelError
+from bitnet_onnx.layers import ComponentType, Layer, LayerType
 from bitnet_onnx.report import OutputMetrics
 
-__all__ = ["NO_LAYER", "SPEED_RUNS", "Analysis", "LayerAnalysis", "Timing"]
+if TYPE_CHECKING:
+    from bitnet_onnx.calibration import Calibration
+    from bitnet_onnx.compile import CompileResult
+    from bitnet_onnx.config import MixedPrecisionConfig, MixedPrecisionStrategy
+    from bitnet_onnx.cost_model import CostModel
+    from bitnet_onnx.objectives import PrecisionChoice
+    from bitnet_onnx.sensitivity import SensitivityTable
+
+__all__ = [
+    "NO_LAYER",
+    "SPEED_RUNS",
+    "SPEED_THREADS",
+    "Analysis",
+    "LayerAnalysis",
+    "Timing",
+    "analyze",
+    "bytes_by_layer",
+    "measure_latency",
+]
+
+logger = logging.getLogger(__name__)
 
 NO_LAYER = "(no layer)"
 SPEED_RUNS = 15
+SPEED_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -233,3 +264,290 @@ def _json_float(value: float | None) -> float | str | None:
 
 def _float_or_none(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+# -- bytes per layer --------------------------------------------------------------------------------
+
+
+def _constant_derived(graph: gs.Graph) -> set[str]:
+    """Names of the nodes that compute only from constants (a weight's Transpose, Cast, ...)."""
+    derived: set[str] = set()
+    produced_by_derived: set[str] = set()
+    for node in graph.nodes:  # topologically sorted: producers come first
+        inputs = [t for t in node.inputs if t.name]
+        if all(isinstance(t, gs.Constant) or t.name in produced_by_derived for t in inputs):
+            derived.add(node.name)
+            produced_by_derived.update(t.name for t in node.outputs)
+    return derived
+
+
+def bytes_by_layer(graph: gs.Graph, owners: Mapping[str, str], order: Sequence[str]) -> dict[str, int]:
+    """Bytes of the graph's constant tensors per layer (see the module docstring): `owners` maps a
+    node name to its layer, `order` is the layers' model order (ties go to the earliest); the
+    constants of no layer count under NO_LAYER. The values add up to `passes.base.graph_bytes`."""
+    rank = {name: i for i, name in enumerate(order)}
+    derived = _constant_derived(graph)
+    totals = {name: 0 for name in order}
+    totals[NO_LAYER] = 0
+    for tensor in graph.tensors().values():
+        if not isinstance(tensor, gs.Constant):
+            continue
+        readers: set[str] = set()
+        frontier, seen = list(tensor.outputs), set()
+        while frontier:
+            node = frontier.pop()
+            if node.name in seen:
+                continue
+            seen.add(node.name)
+            layer = owners.get(node.name)
+            if layer is not None:
+                readers.add(layer)
+            elif node.name in derived:
+                frontier.extend(consumer for out in node.outputs for consumer in out.outputs)
+        owner = min(readers, key=lambda name: rank.get(name, len(rank))) if readers else NO_LAYER
+        totals[owner] = totals.get(owner, 0) + np.dtype(tensor.dtype).itemsize * math.prod(tensor.shape)
+    return totals
+
+
+def _by_type(totals: Mapping[str, int], types: Mapping[str, LayerType]) -> dict[str, int]:
+    """Bytes per layer type (LayerType order, NO_LAYER last), the types the model has."""
+    grouped = {t.value: 0 for t in LayerType if t in set(types.values())} | {NO_LAYER: 0}
+    for name, count in totals.items():
+        key = types[name].value if name in types else NO_LAYER
+        grouped[key] += count
+    return grouped
+
+
+def _annotated(model: str | os.PathLike[str] | onnx.ModelProto) -> tuple[gs.Graph, dict[str, Layer]]:
+    """The normalized graph of the input and its layers (the compiler's first two passes)."""
+    from bitnet_onnx.config import MixedPrecisionConfig
+    from bitnet_onnx.passes._graph import import_graph, load_model
+    from bitnet_onnx.passes.base import PassContext, Pipeline
+    from bitnet_onnx.passes.p10_normalize import NormalizePass
+    from bitnet_onnx.passes.p20_annotate_layers import AnnotateLayersPass
+
+    graph = import_graph(load_model(model))
+    ctx = PassContext(config=MixedPrecisionConfig.new("custom"))
+    Pipeline([NormalizePass(), AnnotateLayersPass()]).run(graph, ctx)
+    return graph, dict(ctx.layers)
+
+
+# -- speed ------------------------------------------------------------------------------------------
+
+
+def _batch_of_one(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The first row of every input whose first dim the model leaves open (symbolic or unknown)."""
+    open_first = {
+        value.name
+        for value in model.graph.input
+        if value.type.tensor_type.shape.dim and not value.type.tensor_type.shape.dim[0].HasField("dim_value")
+    }
+    return {
+        name: (array[:1] if name in open_first and array.ndim else array) for name, array in feeds.items()
+    }
+
+
+def measure_latency(
+    original: Any, compiled: Any, feeds: Mapping[str, np.ndarray], *, runs: int = SPEED_RUNS
+) -> Timing:
+    """Median latency of two onnxruntime sessions on the same feeds, `runs` rounds after one
+    warm-up run each; within a round the two run back to back, the first of them alternating."""
+    if runs < 1:
+        raise ConfigError(f"runs={runs} must be at least 1")
+    feeds = dict(feeds)
+    sessions = (original, compiled)
+    for session in sessions:
+        session.run(None, feeds)
+    times: tuple[list[float], list[float]] = ([], [])
+    for round_ in range(runs):
+        for i in (0, 1) if round_ % 2 == 0 else (1, 0):
+            start = time.perf_counter()
+            sessions[i].run(None, feeds)
+            times[i].append((time.perf_counter() - start) * 1e6)
+    return Timing(statistics.median(times[0]), statistics.median(times[1]), runs, SPEED_THREADS)
+
+
+# -- analyze ----------------------------------------------------------------------------------------
+
+
+def _describe_config(config: object) -> str:
+    from bitnet_onnx.config import MixedPrecisionConfig, MixedPrecisionStrategy
+
+    if config is None:
+        return "balanced"
+    if isinstance(config, MixedPrecisionStrategy):
+        return config.value
+    if isinstance(config, MixedPrecisionConfig):
+        return f"{config.strategy.value} config ({len(config.layers)} layer entries)"
+    return str(config)
+
+
+def _describe_model(model: str | os.PathLike[str] | onnx.ModelProto) -> str:
+    if isinstance(model, onnx.ModelProto):
+        return model.graph.name or "<in-memory model>"
+    return str(model)
+
+
+def _realised_choice(
+    layer: Layer, precisions: Mapping[ComponentType, DType], layout: WeightLayout
+) -> PrecisionChoice:
+    """The candidate a compiled layer realises: its weights' and activations' precisions as read
+    back from the model, with the weights' layout (which the model does not record) from the plan
+    or the config."""
+    from bitnet_onnx.objectives import PrecisionChoice
+
+    activations = precisions.get(ComponentType.ACTIVATIONS, precisions.get(ComponentType.OUTPUTS, DType.F32))
+    weights = precisions.get(ComponentType.WEIGHTS) if layer.weight is not None else None
+    if weights is None:
+        return PrecisionChoice(None, activations)
+    return PrecisionChoice(weights, activations, layout if weights.is_integer else WeightLayout())
+
+
+def _weights_layout(config: MixedPrecisionConfig | None, layer: Layer) -> WeightLayout:
+    if config is None or layer.weight is None:
+        return WeightLayout()
+    return config.resolve(layer.name, layer.layer_type, ComponentType.WEIGHTS).layout
+
+
+def _sensitivity(table: SensitivityTable, name: str, choice: PrecisionChoice) -> float | None:
+    """The table's cosine for the layer at `choice`; when the table has no entry for that exact
+    choice, the first with the same weight and activation precisions (another layout)."""
+    entry = table.get(name, choice)
+    if entry is None:
+        entry = next(
+            (
+                e
+                for e in table.for_layer(name)
+                if e.choice.weights is choice.weights and e.choice.activation_dtype is choice.activation_dtype
+            ),
+            None,
+        )
+    return entry.cosine if entry is not None else None
+
+
+def _estimated_speedup(
+    cost: CostModel, layers: Mapping[str, Layer], choices: Mapping[str, PrecisionChoice]
+) -> float:
+    from bitnet_onnx.objectives import PrecisionChoice
+
+    def f32(layer: Layer) -> PrecisionChoice:
+        return PrecisionChoice(DType.F32) if layer.weight is not None else PrecisionChoice(None, DType.F32)
+
+    base = sum(cost.latency_us(layer, f32(layer)) for layer in layers.values())
+    chosen = sum(cost.latency_us(layer, choices[name]) for name, layer in layers.items())
+    return base / chosen if chosen > 0 else 1.0
+
+
+def analyze(
+    model: str | os.PathLike[str] | onnx.ModelProto,
+    config: MixedPrecisionConfig
+    | MixedPrecisionStrategy
+    | str
+    | os.PathLike[str]
+    | CompileResult
+    | None = None,
+    calibration: Calibration | None = None,
+    *,
+    sensitivity: SensitivityTable | None = None,
+    cost: CostModel | None = None,
+    measure_speed: bool = False,
+) -> Analysis:
+    """Analyze `model` compiled with `config` (what `compile` accepts; None is balanced), or the
+    `CompileResult` of a compile written to a file. The compile validates on the first batch of
+    `calibration` (None: inputs generated from the input specs) and is not strict: a config that
+    misses its strategy's thresholds is analyzed, its numbers say by how much. `sensitivity` gives
+    the per-layer cosines, `cost` the estimated speedup; `measure_speed` times both models. See the
+    module docstring for what each number is."""
+    from bitnet_onnx.compile import CompileResult, compile, resolve_config
+
+    graph_before, layers = _annotated(model)
+    order = list(layers)
+    owners = {node: name for name, layer in layers.items() for node in (*layer.nodes, *layer.weight_nodes)}
+    totals_before = bytes_by_layer(graph_before, owners, order)
+    feeds = dict(calibration.batches[0]) if calibration is not None else None
+    with tempfile.TemporaryDirectory(prefix="bitnet-onnx-analyze-") as tmp:
+        if isinstance(config, CompileResult):
+            result, cfg = config, None
+            if result.output_path is None:
+                raise ConfigError(
+                    "analyze needs the compiled model on disk: compile with output=PATH, "
+                    "or pass the config instead of the CompileResult"
+                )
+        else:
+            cfg = resolve_config(config)
+            result = compile(model, cfg, output=Path(tmp) / "compiled.onnx", inputs=feeds, strict=False)
+        compiled_path = Path(result.output_path)  # type: ignore[arg-type]
+        graph_after, records = _compiled(compiled_path)
+        owners_after = {node: r.name for r in records for node in r.nodes}
+        totals_after = bytes_by_layer(graph_after, owners_after, [r.name for r in records])
+        timing = _timing(model, compiled_path, feeds) if measure_speed else None
+    by_name = {r.name: r for r in records}
+    choices: dict[str, PrecisionChoice] = {}
+    entries: list[LayerAnalysis] = []
+    for name, layer in layers.items():
+        record = by_name.get(name)
+        precisions = (
+            {ComponentType.parse(c): DType.parse(d) for c, d in record.precisions.items()} if record else {}
+        )
+        choices[name] = _realised_choice(layer, precisions, _weights_layout(cfg, layer))
+        entries.append(
+            LayerAnalysis(
+                name=name,
+                layer_type=layer.layer_type,
+                precisions=precisions,
+                bytes_before=totals_before.get(name, 0),
+                bytes_after=totals_after.get(name, 0),
+                op=record.op if record else "",
+                sensitivity=_sensitivity(sensitivity, name, choices[name]) if sensitivity else None,
+            )
+        )
+    types = {name: layer.layer_type for name, layer in layers.items()}
+    notes = []
+    if cost is None:
+        notes.append("estimated speedup: no cost model (latency table) was given")
+    if not measure_speed:
+        notes.append("measured speedup: not measured (measure_speed=False)")
+    if sensitivity is None:
+        notes.append("sensitivity: no sensitivity table was given")
+    return Analysis(
+        model=_describe_model(model),
+        config=_describe_config(config) if not isinstance(config, CompileResult) else str(result.output_path),
+        bytes_before=sum(totals_before.values()),
+        bytes_after=sum(totals_after.values()),
+        layers=tuple(entries),
+        memory_by_type_before=_by_type(totals_before, types),
+        memory_by_type_after=_by_type(totals_after, types),
+        accuracy=tuple(result.report.outputs),
+        accuracy_inputs=result.report.inputs,
+        estimated_speedup=_estimated_speedup(cost, layers, choices) if cost is not None else None,
+        timing=timing,
+        notes=tuple(notes),
+    )
+
+
+def _compiled(path: Path) -> tuple[gs.Graph, tuple[Any, ...]]:
+    from bitnet_onnx.inspection import read_layers
+    from bitnet_onnx.passes._graph import import_graph, load_model
+
+    loaded = load_model(path)
+    return import_graph(loaded), read_layers(loaded.proto)
+
+
+def _timing(
+    model: str | os.PathLike[str] | onnx.ModelProto, compiled: Path, feeds: Mapping[str, np.ndarray] | None
+) -> Timing:
+    from bitnet_onnx import runtime
+    from bitnet_onnx.model_file import session_for
+    from bitnet_onnx.passes._graph import load_model
+    from bitnet_onnx.sample_inputs import sample_inputs
+
+    loaded = load_model(model)
+    inputs = feeds if feeds is not None else sample_inputs(loaded.proto)
+    original = (
+        session_for(loaded.proto, loaded.base_dir, threads=SPEED_THREADS)
+        if isinstance(model, onnx.ModelProto)
+        else runtime.session(model, threads=SPEED_THREADS)
+    )
+    return measure_latency(
+        original, runtime.session(compiled, threads=SPEED_THREADS), _batch_of_one(loaded.proto, inputs)
+    )
