@@ -89,6 +89,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
             dims=dict(args.dim),
             memory_budget=args.memory_budget,
             measure_kernels=not args.no_kernel_timing,
+            custom_op_libraries=args.custom_ops,
         )
     except CompileValidationError as exc:
         print(exc.report.summary(), file=sys.stderr)
@@ -117,9 +118,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     feeds = _feeds(args.model, args.inputs, args.dim)
     if args.profile:
-        outputs, times = profiling.profile(args.model, feeds, args.threads)
+        outputs, times = profiling.profile(args.model, feeds, args.threads, args.custom_ops)
     else:
-        session = runtime.session(args.model, threads=args.threads)
+        session = runtime.session(args.model, options=runtime.session_options(args.threads, args.custom_ops))
         names = [o.name for o in session.get_outputs()]
         outputs, times = dict(zip(names, session.run(names, feeds), strict=True)), []
     for name, value in outputs.items():
@@ -174,6 +175,13 @@ def _cmd_log(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_custom_ops(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument(
+        "--custom-ops", type=Path, action="append", default=[], metavar="LIB",
+        help="a shared library implementing ops of another custom domain the model uses; repeatable",
+    )  # fmt: skip
+
+
 def _add_compile(sub: argparse._SubParsersAction) -> None:
     from bitnet_onnx.config import MixedPrecisionStrategy
 
@@ -220,6 +228,7 @@ def _add_compile(sub: argparse._SubParsersAction) -> None:
     cmd.add_argument(
         "--progress", action="store_true", help="show a progress bar even when stderr is not a terminal"
     )
+    _add_custom_ops(cmd)
     cmd.set_defaults(run=_cmd_compile)
 
 
@@ -234,6 +243,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     )
     cmd.add_argument("--threads", type=int, metavar="N", help="intra-op threads (default: onnxruntime's)")
     cmd.add_argument("--profile", action="store_true", help="time per layer from onnxruntime's profiler")
+    _add_custom_ops(cmd)
     cmd.set_defaults(run=_cmd_run)
 
 

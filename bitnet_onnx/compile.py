@@ -167,6 +167,7 @@ def compile(
     dims: Mapping[str, int] | None = None,
     memory_budget: int | None = None,
     measure_kernels: bool = True,
+    custom_op_libraries: Sequence[str | os.PathLike[str]] = (),
 ) -> CompileResult:
     """Compile `model` (a path or a ModelProto) to mixed precision; see the module docstring.
 
@@ -175,9 +176,12 @@ def compile(
     input specs (`sample_inputs`, symbolic dims from `dims`). `policies` are added after the
     config's own. `memory_budget` (bytes) feeds the policies' memory_usage and the plan check.
     `measure_kernels=False` picks kernels by fixed preference instead of timing them here.
+    `custom_op_libraries`: shared libraries implementing ops of other custom domains the model uses
+    (passed through by the compiler), registered in the validation sessions; they and the bitnet op
+    library are loaded before any pass runs, so a missing one fails at once (KernelLibraryError).
     Raises a MixedPrecisionError subclass naming what is wrong; nothing is written then.
     """
-    from bitnet_onnx import __version__
+    from bitnet_onnx import __version__, runtime
     from bitnet_onnx.model_file import write_model
     from bitnet_onnx.passes import compile_passes
     from bitnet_onnx.passes._graph import export_model, import_graph, load_model, stamp_annotations
@@ -197,6 +201,8 @@ def compile(
             ]
         )
     out = _output_path(output, model)
+    libraries = tuple(Path(library) for library in custom_op_libraries)
+    runtime.session_options(custom_op_libraries=libraries)
     calibration = read_inputs(inputs)
     loaded = load_model(model)
     graph = import_graph(loaded)
@@ -206,6 +212,7 @@ def compile(
         calibration=calibration,
         model_dir=loaded.base_dir,
         measure_kernels=measure_kernels,
+        custom_op_libraries=libraries,
     )
     with ExitStack() as stack:
         instruments: list[Instrument] = []

@@ -26,7 +26,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import onnx
@@ -146,11 +146,15 @@ def _serialized(model: onnx.ModelProto, base_dir: Path | None) -> Iterator[tuple
 
 
 def session_for(
-    model: onnx.ModelProto, base_dir: Path | None = None, threads: int | None = None
+    model: onnx.ModelProto,
+    base_dir: Path | None = None,
+    threads: int | None = None,
+    custom_op_libraries: Sequence[str | os.PathLike[str]] = (),
 ) -> ort.InferenceSession:
-    """A CPU session with the bitnet ops for an in-memory model (external data read from `base_dir`)."""
+    """A CPU session with the bitnet ops (and the user's `custom_op_libraries`) for an in-memory
+    model (external data read from `base_dir`)."""
     with _serialized(model, base_dir) as (source, folder):
-        options = runtime.session_options(threads)
+        options = runtime.session_options(threads, custom_op_libraries)
         options.log_severity_level = _FATAL_ONLY  # a failure comes back as an error; no stderr echo
         if folder is not None:
             options.add_session_config_entry(_EXTERNAL_FOLDER_KEY, str(Path(folder).resolve()))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,12 +86,16 @@ def layer_times(events: Iterable[Mapping[str, Any]], model: onnx.ModelProto) -> 
 
 
 def profile(
-    model_path: str | os.PathLike[str], feeds: Mapping[str, np.ndarray], threads: int | None = None
+    model_path: str | os.PathLike[str],
+    feeds: Mapping[str, np.ndarray],
+    threads: int | None = None,
+    custom_op_libraries: Sequence[str | os.PathLike[str]] = (),
 ) -> tuple[dict[str, np.ndarray], list[LayerTime]]:
-    """Run `model_path` once with the profiler; its outputs by name and its time per layer."""
+    """Run `model_path` once with the profiler (`custom_op_libraries` registered, see
+    `runtime.session_options`); its outputs by name and its time per layer."""
     model = onnx.load(os.fspath(model_path), load_external_data=False)
     with tempfile.TemporaryDirectory(prefix="bitnet-onnx-profile-") as folder:
-        options = runtime.session_options(threads)
+        options = runtime.session_options(threads, custom_op_libraries)
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(folder) / "profile")
         session = runtime.session(model_path, options=options)

@@ -6,6 +6,13 @@ by the environment variable `BITNET_OPS_LIBRARY`, e.g. a sanitizer build), `sess
 `session()` register it (once per SessionOptions), and any failure to find or load it raises
 `KernelLibraryError` saying how to rebuild.
 
+Models may carry ops of other custom domains (a user's own kernels), which bitnet-onnx passes
+through. onnxruntime runs them only with the library that implements them: `session_options(...,
+custom_op_libraries=[...])` registers such libraries after ours (a library that is missing or
+cannot be loaded is a KernelLibraryError naming it), and a session that fails because an op of an
+unknown domain is not registered raises KernelLibraryError naming the op, its domain and how to
+pass its library.
+
 The kernels pick an inner-loop implementation ("ISA path") when onnxruntime creates them: the
 fastest one this CPU supports, or the one `BITNET_ISA` (ref | avx2 | avx512) forces. `dispatch_isa()`
 answers, from the CPU flags the OS reports and that variable, which path kernels created now take;
@@ -18,6 +25,8 @@ import enum
 import importlib.resources
 import logging
 import os
+import re
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 
@@ -119,14 +128,35 @@ def _register_library(options: ort.SessionOptions) -> None:
         ) from exc
 
 
-def session_options(threads: int | None = None) -> ort.SessionOptions:
-    """Session options with the op library registered; `threads` sets intra_op_num_threads
-    (None keeps onnxruntime's default, one per physical core)."""
+def _register_custom_op_library(options: ort.SessionOptions, library: str | os.PathLike[str]) -> None:
+    path = Path(library)
+    if not path.is_file():
+        raise KernelLibraryError(
+            f"custom-op library {path} does not exist; pass the path of the shared library (.so) that "
+            "implements the model's custom ops"
+        )
+    try:
+        options.register_custom_ops_library(str(path))
+    except Exception as exc:  # onnxruntime raises its own pybind exception types
+        raise KernelLibraryError(
+            f"onnxruntime {ort.__version__} could not load the custom-op library {path}: {exc}; pass a "
+            f"shared library built for onnxruntime {ort.__version__} that exports RegisterCustomOps"
+        ) from exc
+
+
+def session_options(
+    threads: int | None = None, custom_op_libraries: Sequence[str | os.PathLike[str]] = ()
+) -> ort.SessionOptions:
+    """Session options with the op library registered, then each of `custom_op_libraries` (the
+    user's libraries for ops of other custom domains); `threads` sets intra_op_num_threads (None
+    keeps onnxruntime's default, one per physical core)."""
     options = ort.SessionOptions()
     if threads is not None:
         _check_threads(threads)
         options.intra_op_num_threads = threads
     _register_library(options)
+    for library in custom_op_libraries:
+        _register_custom_op_library(options, library)
     return options
 
 
@@ -140,7 +170,8 @@ def session(
     (the library is registered once per SessionOptions); `threads` overrides their thread count.
 
     A model onnxruntime rejects (including a bitnet op whose attributes or constant inputs do not
-    match kernels/README.md) raises UnsupportedModelError with onnxruntime's message.
+    match kernels/README.md) raises UnsupportedModelError with onnxruntime's message; an op of a
+    domain onnxruntime does not define, whose library was not registered, raises KernelLibraryError.
     """
     if options is None:
         options = session_options(threads)
@@ -152,12 +183,39 @@ def session(
     try:
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own pybind exception types
+        _raise_for_unregistered_op(name, exc)
         hint = ""
         if f"domain_version of {OPSET_VERSION}" in str(exc):
             hint = " (were the options made by bitnet_onnx.runtime.session_options()?)"
         raise UnsupportedModelError(
             f"onnxruntime could not create a session for {name}: {exc}{hint}"
         ) from exc
+
+
+# onnxruntime's words for a node whose (domain, op) no registered schema or kernel provides.
+_UNREGISTERED_OP = re.compile(r"(?P<domain>[\w.]+):(?P<op>\w+)\(-?\d+\) is not a registered function/op")
+
+
+@cache
+def _onnxruntime_domains() -> frozenset[str]:
+    """The op domains onnxruntime defines itself ('' is ONNX's default domain)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_c
+
+    return frozenset(schema.domain for schema in ort_c.get_all_operator_schema())
+
+
+def _raise_for_unregistered_op(model: str, exc: Exception) -> None:
+    """KernelLibraryError when onnxruntime's `exc` says an op of a custom domain is not registered:
+    its library is what is missing. Ops of onnxruntime's own domains and of ours are left to the caller."""
+    match = _UNREGISTERED_OP.search(str(exc))
+    if match is None or match["domain"] in {DOMAIN, "ai.onnx"} | _onnxruntime_domains():
+        return
+    raise KernelLibraryError(
+        f"onnxruntime cannot run {model}: op {match['op']!r} of the custom domain {match['domain']!r} is "
+        f"not registered. Pass the shared library that implements the {match['domain']!r} ops: "
+        "compile(..., custom_op_libraries=['lib.so']), session_options(custom_op_libraries=['lib.so']), "
+        "or on the command line --custom-ops lib.so"
+    ) from exc
 
 
 def _check_threads(threads: int) -> None:

@@ -4,7 +4,8 @@ Contract (after onnx_ir's passes): a pass is an object with a stable `name`, the
 it `requires`, and `run(graph, ctx) -> PassResult`. Passes edit the onnx-graphsurgeon graph in place
 and *return* what they did; they never write logs themselves. The pipeline times each pass, checks
 its requirements, turns the result into a PassRecord and hands the record to every instrument (the
-JSONL log, --dump-after, progress). Data flows one way: a pass reads what earlier passes left in the
+JSONL log, --dump-after, progress) and logs each of the pass's warnings at WARNING level, so a user
+sees them without reading the log. Data flows one way: a pass reads what earlier passes left in the
 context and writes only the fields it owns.
 """
 
@@ -31,6 +32,8 @@ __all__ = ["Instrument", "Pass", "PassContext", "PassError", "PassResult", "Pipe
 
 logger = logging.getLogger(__name__)
 
+_WARNING_CHARS = 300  # a warning logged longer than this is cut; the pass record keeps all of it
+
 
 class PassError(MixedPrecisionError):
     """A pass failed for a reason that is not the user's input: names the pass and those before it."""
@@ -53,6 +56,7 @@ class PassContext:
     policy: Any = None  # PolicyEngine or None; set by compile()
     calibration: Mapping[str, np.ndarray] | None = None  # sample inputs; set by compile()
     model_dir: Path | None = None  # where external data of the input lives; set by compile()
+    custom_op_libraries: tuple[Path, ...] = ()  # the user's libraries for other custom ops; compile()
     seed: int = 0
     # compile(); False: no choice depends on timings taken on this machine (rewrite's I8 kernel
     # takes its fixed preference), so tests and reproducible builds do not depend on the CPU's load.
@@ -94,6 +98,12 @@ def graph_bytes(graph: gs.Graph) -> int:
         if isinstance(tensor, gs.Constant):
             total += np.dtype(tensor.dtype).itemsize * math.prod(tensor.shape)
     return total
+
+
+def _shortened(warning: str) -> str:
+    if len(warning) <= _WARNING_CHARS:
+        return warning
+    return f"{warning[:_WARNING_CHARS]}... (the pass log holds the full text)"
 
 
 class Pipeline:
@@ -143,6 +153,8 @@ class Pipeline:
                 "%s: %.3fs, nodes %d→%d, %d changes, %d warnings",
                 p.name, seconds, nodes_before, record.nodes_after, len(result.changes), len(result.warnings),
             )
+            for warning in result.warnings:
+                logger.warning("%s: %s", p.name, _shortened(warning))
             for instrument in self.instruments:
                 instrument.after_pass(record, graph, ctx)
             records.append(record)

@@ -18,11 +18,14 @@ The engine knows no layer names or subgraph shapes; `layer_patterns.RULES` does.
    head reading it through Transpose or Gemm transB=1) get `tied_with` set both ways; the
    initializer stays one. With more than two readers, each later one points to the first (warned).
 4. If/Loop/Scan: layers inside control flow are *not* annotated. Each control-flow node is named in
-   a warning with the weight-bearing ops its subgraphs hold, and so is every initializer a subgraph
-   reads that is also the weight of an annotated layer: later passes must leave those intact.
+   a warning with the weight-bearing nodes its subgraphs hold (counted by op, the first few by
+   name), and so is every initializer a subgraph reads that is also the weight of an annotated
+   layer: later passes must leave those intact.
 
 Nodes in no layer are left alone and counted by op type in the stats (`unassigned.<op>`). Weights
-fed as graph inputs are warned about (their MatMul stays an activation×activation product).
+fed as graph inputs are warned about (their MatMul stays an activation×activation product), and so
+are empty weights (a zero-size dim): a match whose weight holds no element is no layer, since there
+is nothing to convert, and its nodes stay as they are.
 `explain(graph, node)` answers "why is this node in no layer?" with each rule's closest attempt.
 The graph itself is not changed (`modified` is False); the pass writes ctx.layers and ctx.annotations.
 
@@ -80,6 +83,7 @@ _WEIGHT_TYPES = frozenset(
 )
 _WEIGHT_INPUT = {"MatMul": 1, "Gemm": 1, "Conv": 1, "ConvTranspose": 1}
 _EXPLAIN_RADIUS = 4
+_NAMED = 5  # nodes named per control-flow warning; the counts give the rest
 
 
 @dataclass
@@ -105,7 +109,7 @@ class AnnotateLayersPass:
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         view = GraphView(graph)
-        candidates, conflicts = _claim(view)
+        candidates, conflicts, empty = _claim(view)
         candidates.sort(key=lambda c: view.position(c.anchor))
         _assign_blocks(candidates)
         _assign_names(view, candidates)
@@ -125,7 +129,12 @@ class AnnotateLayersPass:
             changes.append(_change(layer))
         ctx.layers = layers
         ctx.annotations.update(annotations)
-        warnings = [*tie_warnings, *_control_flow_warnings(view, layers), *_graph_input_weights(view)]
+        warnings = [
+            *tie_warnings,
+            *_control_flow_warnings(view, layers),
+            *_graph_input_weights(view),
+            *_empty_weight_warnings(empty),
+        ]
         stats = _stats(view, layers, annotations, conflicts)
         logger.info(
             "annotate_layers: %d layers, %d of %d nodes unassigned",
@@ -139,12 +148,15 @@ class AnnotateLayersPass:
 # -- 1. claiming -----------------------------------------------------------------------------------
 
 
-def _claim(view: GraphView) -> tuple[list[_Candidate], int]:
+def _claim(view: GraphView) -> tuple[list[_Candidate], int, list[tuple[gs.Node, gs.Constant]]]:
+    """The layers (model order within each rule), how many matches conflicted, and the anchors
+    whose match had an empty weight (in model order, once each)."""
     owned: set[int] = set()  # nodes that are some layer's own nodes
     claimed: set[int] = set()  # ... or weight-chain nodes some layer already took
     projections: set[int] = set()
     candidates: list[_Candidate] = []
     conflicts = 0
+    empty: dict[int, tuple[gs.Node, gs.Constant]] = {}
     for rule in _ordered_rules():
         for node in view.nodes:
             if node.op not in rule.anchor_ops or id(node) in owned:
@@ -155,6 +167,9 @@ def _claim(view: GraphView) -> tuple[list[_Candidate], int]:
             if not result:
                 continue
             match: LayerMatch = result.bindings["layer"]
+            if match.weight is not None and 0 in tuple(match.weight.constant.shape):
+                empty.setdefault(id(node), (node, match.weight.constant))
+                continue
             taken = [n for n in match.nodes if id(n) in owned]
             if taken:
                 conflicts += 1
@@ -170,7 +185,8 @@ def _claim(view: GraphView) -> tuple[list[_Candidate], int]:
             claimed.update(id(n) for n in (*match.nodes, *shared))
             projections.update(id(p) for p in match.projections)
             candidates.append(_Candidate(rule, rule.layer_type, replace(match, shared=shared)))
-    return candidates, conflicts
+    ordered = sorted(empty.values(), key=lambda item: view.position(item[0]))
+    return candidates, conflicts, ordered
 
 
 # -- 2. blocks and names ---------------------------------------------------------------------------
@@ -308,8 +324,12 @@ def _control_flow_warnings(view: GraphView, layers: dict[str, Layer]) -> list[st
         inner = list(_subgraph_nodes(node))
         if not inner:
             continue
-        heavy = collections.Counter(n.op for n in inner if n.op in (*_WEIGHT_INPUT, "Gather", "MatMulNBits"))
-        ops = ", ".join(f"{count} {op}" for op, count in sorted(heavy.items())) or "no weight-bearing ops"
+        heavy = [n for n in inner if n.op in (*_WEIGHT_INPUT, "Gather", "MatMulNBits")]
+        counts = collections.Counter(n.op for n in heavy)
+        ops = ", ".join(f"{count} {op}" for op, count in sorted(counts.items())) or "no weight-bearing ops"
+        if heavy:
+            more = f" and {len(heavy) - _NAMED} more" if len(heavy) > _NAMED else ""
+            ops += f": {', '.join(repr(n.name) for n in heavy[:_NAMED])}{more}"
         warnings.append(
             f"{label(node)} holds {len(inner)} nodes in subgraphs ({ops}); "
             "layers inside control flow are not "
@@ -336,6 +356,14 @@ def _graph_input_weights(view: GraphView) -> list[str]:
                 "compiled as a layer; store the weight as an initializer to compile it"
             )
     return warnings
+
+
+def _empty_weight_warnings(empty: list[tuple[gs.Node, gs.Constant]]) -> list[str]:
+    return [
+        f"{label(node)} has an empty weight {weight.name!r} (shape {list(weight.shape)}): there is nothing "
+        "to convert, so it is not compiled as a layer and stays as it is"
+        for node, weight in empty
+    ]
 
 
 def _stats(

@@ -8,8 +8,9 @@ finding naming its rule:
    left out, so any size works). An error, unless the input model fails the checker too (then a
    warning: e.g. onnxruntime's SimplifiedLayerNormalization is registered in the default domain
    but unknown to onnx).
-2. `session`: onnxruntime builds a session with the bitnet ops. An error when it cannot, and then
-   no numbers are compared.
+2. `session`: onnxruntime builds a session with the bitnet ops and the user's custom-op libraries
+   (`ctx.custom_op_libraries`). An error when it cannot, and then no numbers are compared; an op of
+   a custom domain whose library is missing stops the compile (KernelLibraryError).
 3. `readback`: every layer of `ctx.plan` is found in the compiled model by its `bitnet.layer`
    metadata, and each component's `bitnet.dtype.<component>` equals the plan. The weights are
    checked in the graph itself, by the planned precision (N output rows, K the reduction length):
@@ -337,7 +338,7 @@ class ValidatePass:
         feeds, described = self._feeds(ctx)
         metrics: tuple[OutputMetrics, ...] = ()
         try:
-            session = session_for(compiled, ctx.model_dir)
+            session = session_for(compiled, ctx.model_dir, custom_op_libraries=ctx.custom_op_libraries)
         except KernelLibraryError:
             raise
         except MixedPrecisionError as exc:
@@ -401,7 +402,7 @@ class ValidatePass:
 
     def _numerics(self, session, ctx: PassContext, feeds: Mapping[str, np.ndarray], thresholds: Thresholds):
         _check_feeds(session, feeds)
-        reference = session_for(ctx.original, ctx.model_dir)
+        reference = session_for(ctx.original, ctx.model_dir, custom_op_libraries=ctx.custom_op_libraries)
         names = [o.name for o in reference.get_outputs()]
         try:
             expected = reference.run(names, dict(feeds))

@@ -465,7 +465,8 @@ def test_layers_inside_control_flow_are_left_with_a_warning() -> None:
     assert list(ctx.layers) == ["dense"]  # 'shared.weight' has two readers, so the scope names the layer
     assert "/then/MatMul" not in ctx.annotations
     assert result.warnings == (
-        "If '/branch/If' holds 2 nodes in subgraphs (1 MatMul); layers inside control flow are not annotated "
+        "If '/branch/If' holds 2 nodes in subgraphs (1 MatMul: '/then/MatMul'); layers inside control flow "
+        "are not annotated "
         "and keep their original precision",
         "initializer 'shared.weight', the weight of layer 'dense', is also read inside If '/branch/If'; "
         "later passes must not replace or repack it in place",
