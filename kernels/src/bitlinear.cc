@@ -1,7 +1,6 @@
 // BitLinear (kernels/README.md): Y = (Xq · Tᵀ) · (s_x / 127) · α + bias with ternary T, per-token
 // int8 activations and exact int32 accumulation. Constant W is repacked once at kernel creation.
 #include <algorithm>
-#include <cstring>
 #include <optional>
 #include <string>
 #include <type_traits>

@@ -15,20 +15,8 @@ using cpu::kPacketK;
 
 constexpr int kBase3Max = 242;  // 2 · (1 + 3 + 9 + 27 + 81)
 
-// Row r's codes (one byte each, padded with c = 1 to k_packets · 16) from its packed bytes.
-void DecodeRow(const uint8_t* row, int64_t row_bytes, int64_t r, TernaryFormat format, uint8_t* codes,
-               const char* op) {
-  if (format == TernaryFormat::kTwoBit) {
-    for (int64_t q = 0; q < row_bytes; ++q) {
-      const uint8_t byte = row[q];
-      if (byte & (byte >> 1) & 0x55) {
-        Fail(op, "W[", r, ", ", q, "] = ", static_cast<int>(byte),
-             " holds the 2-bit code 3; valid codes are 0, 1, 2 (w + 1): W is not ternary '2bit' data");
-      }
-      for (int i = 0; i < 4; ++i) codes[4 * q + i] = (byte >> (2 * i)) & 3;
-    }
-    return;
-  }
+// Row r's base-3 codes, one byte each.
+void DecodeBase3Row(const uint8_t* row, int64_t row_bytes, int64_t r, uint8_t* codes, const char* op) {
   for (int64_t q = 0; q < row_bytes; ++q) {
     int value = row[q];
     if (value > kBase3Max) {
@@ -36,6 +24,38 @@ void DecodeRow(const uint8_t* row, int64_t row_bytes, int64_t r, TernaryFormat f
            ", the largest base-3 pack of 5 codes: W is not ternary 'base3' data");
     }
     for (int i = 0; i < 5; ++i, value /= 3) codes[5 * q + i] = static_cast<uint8_t>(value % 3);
+  }
+}
+
+[[noreturn]] void FailTwoBitCode(int64_t r, int64_t q, uint8_t byte, const char* op) {
+  Fail(op, "W[", r, ", ", q, "] = ", static_cast<int>(byte),
+       " holds the 2-bit code 3; valid codes are 0, 1, 2 (w + 1): W is not ternary '2bit' data");
+}
+
+// Byte b of a 2bit row holds k = 4b..4b+3, which T16 keeps together: packet b / 4, field b % 4,
+// bytes i = 0..3 of the row's lane. kSpread[b] places code i of b in byte i of a lane word.
+struct SpreadTable {
+  uint32_t word[256];
+  SpreadTable() {
+    for (int b = 0; b < 256; ++b) {
+      word[b] = 0;
+      for (int i = 0; i < 4; ++i) word[b] |= static_cast<uint32_t>((b >> (2 * i)) & 3) << (8 * i);
+    }
+  }
+};
+const SpreadTable kSpread;
+
+void RepackTwoBitRow(const uint8_t* row, int64_t row_bytes, int64_t r, int64_t k_packets, uint8_t* lane,
+                     const char* op) {
+  for (int64_t pk = 0; pk < k_packets; ++pk) {
+    uint32_t word = 0;
+    for (int f = 0; f < 4; ++f) {
+      const int64_t q = 4 * pk + f;
+      const uint8_t byte = q < row_bytes ? row[q] : 0x55;  // past the row: code 1 (w = 0)
+      if (byte & (byte >> 1) & 0x55) FailTwoBitCode(r, q, byte, op);
+      word |= kSpread.word[byte] << (2 * f);
+    }
+    std::memcpy(lane + pk * kPacketBytes, &word, 4);
   }
 }
 
@@ -69,23 +89,30 @@ TernaryWeights::TernaryWeights(const uint8_t* packed, const std::vector<int64_t>
   matrix_.k_packets = CeilDiv(k, kPacketK);
   buffer_ = AlignedBuffer(static_cast<size_t>(matrix_.blocks * matrix_.k_packets * kPacketBytes));
   uint8_t* out = buffer_.data();
-  std::memset(out, 0x55, buffer_.size());  // every code 1 (w = 0): the padding rows and columns
+  std::memset(out, 0x55, buffer_.size());  // every code 1 (w = 0): the padding rows
 
-  // Four consecutive k (i = 0..3) share a packet and a field f, so each group of four codes is
-  // one 32-bit word of byte lanes OR-ed in at bit 2f.
+  // Four consecutive k (i = 0..3) share a packet and a field f: each packet's lane is one 32-bit
+  // word, four fields of four byte-wide codes.
   const int64_t padded_k = matrix_.k_packets * kPacketK;
-  std::vector<uint8_t> codes(static_cast<size_t>(std::max(padded_k, row_bytes * 5)), 1);
+  std::vector<uint8_t> codes;
+  if (format == TernaryFormat::kBase3) codes.resize(static_cast<size_t>(std::max(padded_k, 5 * row_bytes)));
   for (int64_t r = 0; r < matrix_.n; ++r) {
-    std::fill(codes.begin(), codes.end(), 1);
-    DecodeRow(packed + r * row_bytes, row_bytes, r, format, codes.data(), op);
+    uint8_t* lane = out + (r / kBlockRows) * matrix_.k_packets * kPacketBytes + 4 * (r % kBlockRows);
+    const uint8_t* row = packed + r * row_bytes;
+    if (format == TernaryFormat::kTwoBit) {
+      RepackTwoBitRow(row, row_bytes, r, matrix_.k_packets, lane, op);
+      continue;
+    }
+    DecodeBase3Row(row, row_bytes, r, codes.data(), op);
     std::fill(codes.begin() + k, codes.end(), 1);
-    uint8_t* block = out + (r / kBlockRows) * matrix_.k_packets * kPacketBytes + 4 * (r % kBlockRows);
-    for (int64_t q = 0; q < padded_k / 4; ++q) {
-      const int field = static_cast<int>(q % 4);
-      uint8_t* lane = block + (q / 4) * kPacketBytes;
-      for (int i = 0; i < 4; ++i) {
-        lane[i] = static_cast<uint8_t>((lane[i] & ~(3u << (2 * field))) | (codes[4 * q + i] << (2 * field)));
+    for (int64_t pk = 0; pk < matrix_.k_packets; ++pk) {
+      uint32_t word = 0;
+      for (int f = 0; f < 4; ++f) {
+        uint32_t four;
+        std::memcpy(&four, &codes[16 * pk + 4 * f], 4);  // byte i = code of k = 16·pk + 4·f + i
+        word |= four << (2 * f);
       }
+      std::memcpy(lane + pk * kPacketBytes, &word, 4);
     }
   }
   matrix_.packets = out;
