@@ -13,8 +13,9 @@ estimated and measured speedup, the outputs' error against the original, per-lay
   bytes, its float32 scales theirs).
 - accuracy: the compile's validation report, one `OutputMetrics` per graph output (cosine and max
   relative error over all elements), on the first calibration batch.
-- estimated speedup: Σ latency of every layer at F32 / Σ latency at its chosen precision, from the
-  cost model's latency table measured on this CPU (`bitnet_onnx.cost_model`); None without one.
+- estimated speedup: Σ predicted latency of every layer at F32 / Σ at its chosen precision, for one
+  token (M = 1, decoding), from the cost model's latency table measured on this CPU
+  (`bitnet_onnx.cost_model`, which models the matmul kernels); None without a cost model.
 - measured speedup (`measure_speed=True`): median latency of the original over that of the
   compiled model in onnxruntime, one thread, batch 1 (the first row of the first calibration
   batch), the two runs interleaved so that a change of machine load hits both, `SPEED_RUNS` runs
@@ -430,11 +431,12 @@ def _estimated_speedup(
 ) -> float:
     from bitnet_onnx.objectives import PrecisionChoice
 
-    def f32(layer: Layer) -> PrecisionChoice:
-        return PrecisionChoice(DType.F32) if layer.weight is not None else PrecisionChoice(None, DType.F32)
-
-    base = sum(cost.latency_us(layer, f32(layer)) for layer in layers.values())
-    chosen = sum(cost.latency_us(layer, choices[name]) for name, layer in layers.items())
+    f32 = {
+        name: PrecisionChoice(DType.F32) if layer.weight is not None else PrecisionChoice(None, DType.F32)
+        for name, layer in layers.items()
+    }
+    base = cost.plan_latency_us(layers.values(), f32)
+    chosen = cost.plan_latency_us(layers.values(), choices)
     return base / chosen if chosen > 0 else 1.0
 
 

@@ -370,13 +370,14 @@ def _headline(a: Analysis) -> str:
         ),
         _card(
             "estimated-speedup",
-            "estimated speedup (cost model)",
+            "estimated speedup (matmuls, 1 token)",
             _ratio_text(a.estimated_speedup, speed=True, missing="not estimated"),
             a.estimated_speedup,
+            "latency table measured on this CPU" if a.estimated_speedup is not None else "",
         ),
         _card(
             "measured-speedup",
-            "measured speedup (onnxruntime)",
+            "measured speedup (whole model)",
             _ratio_text(a.measured_speedup, speed=True),
             a.measured_speedup,
             measured_detail,
