@@ -145,17 +145,23 @@ class PrecisionChoice:
             per_channel=bool(match["pc"]),
             packing=TernaryPacking.BASE3 if match["b3"] else TernaryPacking.TWO_BIT,
         )
-        activations = DType.parse(match["acts"]) if match["acts"] else None
-        return cls(DType.parse(match["dtype"]), activations, layout)
+        try:
+            activations = DType.parse(match["acts"]) if match["acts"] else None
+            return cls(DType.parse(match["dtype"]), activations, layout)
+        except ConfigError as exc:
+            raise ConfigError(
+                f"precision choice {label!r} is not a label like F16, I8/I8, I4g128/F32 or "
+                f"BITNET158/I8: {exc}"
+            ) from None
 
     def weightless(self) -> PrecisionChoice:
         """The same choice for a layer without weights: only the compute precision is kept."""
         return PrecisionChoice(None, self.activation_dtype)
 
-    def to_layer_config(self, layer_type: LayerType | str) -> LayerPrecisionConfig:
+    def to_layer_config(self, layer_type: LayerType | str | None) -> LayerPrecisionConfig:
         """The config entry realising this choice on a layer of `layer_type` (see the module
-        docstring for the components it decides)."""
-        layer_type = LayerType.parse(layer_type)
+        docstring for the components it decides); None writes an entry for any layer type."""
+        layer_type = None if layer_type is None else LayerType.parse(layer_type)
         entry = LayerPrecisionConfig(layer_type, self.precision, self.layout)
         if self.precision.is_float:
             if self.activation_dtype is not self.precision:
@@ -187,8 +193,16 @@ def _choices(*labels: str) -> tuple[PrecisionChoice, ...]:
 
 
 _LINEAR = _choices(
-    "F32", "F16", "I8/I8", "I8/F32", "I4g128/I8", "I4g128/F32", "I2g64/F32",
-    "BITNET158/I8", "BITNET158b3/I8", "I1g64/F32",
+    "F32",
+    "F16",
+    "I8/I8",
+    "I8/F32",
+    "I4g128/I8",
+    "I4g128/F32",
+    "I2g64/F32",
+    "BITNET158/I8",
+    "BITNET158b3/I8",
+    "I1g64/F32",
 )
 _CONVOLUTION = _choices("F32", "F16", "I8/F32", "I4g128/F32", "I2g64/F32", "BITNET158/F32", "BITNET158b3/F32")
 _EMBEDDING = _choices("F32", "F16", "I8/F32", "I4g128/F32", "I2g64/F32")
@@ -362,5 +376,6 @@ class Balanced(OptimizationObjective):
 
 
 _KINDS: dict[str, type[OptimizationObjective]] = {
-    cls.kind: cls for cls in (Memory, Speed, Accuracy, Balanced)  # type: ignore[type-abstract]
+    cls.kind: cls
+    for cls in (Memory, Speed, Accuracy, Balanced)  # type: ignore[type-abstract]
 }
