@@ -172,6 +172,27 @@ class Calibration:
         proto = _load_proto(model)
         return cls(tuple(sample_inputs(proto, dims=dims, seed=seed + i) for i in range(n)))
 
+    def check(self, model: str | os.PathLike[str] | onnx.ModelProto) -> None:
+        """Raise one ConfigError listing every batch's missing, unknown or unfit arrays for `model`."""
+        specs = input_specs(model)
+        expected = ", ".join(f"{name} {spec}" for name, spec in specs.items())
+        problems: list[str] = []
+        for i, batch in enumerate(self.batches):
+            where = f"batch {i}: " if len(self.batches) > 1 else ""
+            problems += [
+                f"{where}no array for model input {name!r} ({spec})"
+                for name, spec in specs.items()
+                if name not in batch
+            ]
+            for name, array in batch.items():
+                spec = specs.get(name)
+                if spec is None:
+                    problems.append(f"{where}{name!r} is not an input of the model (its inputs: {expected})")
+                else:
+                    problems += [where + p for p in spec.problems(array, name)]
+        if problems:
+            raise ConfigError(problems, source="calibration inputs")
+
     def split(self, holdout_fraction: float) -> tuple[Calibration, Calibration]:
         """(calibration, held out): the last round(n × fraction) batches, at least one, are held out."""
         if not 0.0 < holdout_fraction < 1.0:
