@@ -67,12 +67,16 @@ def _shape(
         if size is None and d.dim_param:
             lowered = d.dim_param.lower()
             size = next((sizes[role] for role, words in _ROLES if any(w in lowered for w in words)), None)
-        if size is None:
-            label = repr(d.dim_param) if d.dim_param else "an unnamed"
-            hint = f"dims={{{d.dim_param!r}: 8}} (CLI: --dim {d.dim_param}=8)" if d.dim_param else "an .npz"
+        if size is None and not d.dim_param:
             raise UnsupportedModelError(
-                f"input {name!r} axis {axis} has {label} symbolic size that no default covers; "
-                f"give its value with {hint} or pass the inputs as an .npz"
+                f"input {name!r} axis {axis} has an unknown size without a name, so no dim can set it; "
+                "pass the inputs as an .npz (CLI: --inputs)"
+            )
+        if size is None:
+            raise UnsupportedModelError(
+                f"input {name!r} axis {axis} has {d.dim_param!r} symbolic size that no default covers; "
+                f"give its value with dims={{{d.dim_param!r}: 8}} (CLI: --dim {d.dim_param}=8) or pass the "
+                "inputs as an .npz"
             )
         shape.append(size)
     return tuple(shape)

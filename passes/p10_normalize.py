@@ -13,7 +13,10 @@ Cases, in the order the pass handles them:
    domain but ONNX does not (SimplifiedLayerNormalization), com.microsoft ops (known to this
    onnxruntime or not) and ops of other custom domains pass through with one warning per op type
    saying which it is: onnx.checker checks none of them. Model-local functions are not warned about.
-4. Checker. onnx.checker.check_model (full_check off); its failure is an UnsupportedModelError.
+4. Checker. onnx.checker.check_model (full_check off); its failure is an UnsupportedModelError. The
+   checker requires a shape on every main-graph input and output: an output declared without one
+   (some exporters leave them out) gets the shape inference gives it, and an input, or an output
+   inference cannot shape, is refused by name with the fix.
 5. Opset. Below MIN_OPSET (default domain, when a node uses it) the model is upgraded to MIN_OPSET by
    onnx.version_converter (an `upgrade_opset` change); if the converter fails, the model is refused
    with the converter's reason and the fix (re-export at opset >= MIN_OPSET).
@@ -44,7 +47,7 @@ import collections
 import functools
 import heapq
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import ClassVar
 
 import onnx
@@ -292,7 +295,11 @@ def _check_ops(graph: gs.Graph) -> tuple[frozenset[str], list[str], int]:
         elif domain in _KNOWN_DOMAINS:
             why = "passed through unchecked"
         else:
-            why = f"from custom domain {domain!r}, which bitnet-onnx does not know; passed through unchecked"
+            why = (
+                f"from custom domain {domain!r}, which bitnet-onnx does not know; passed through unchecked "
+                "(validation runs it with the library that implements it: custom_op_libraries=[...], "
+                "CLI --custom-ops LIB)"
+            )
         warnings.append(f"{count} {op} node{'s' if count > 1 else ''}: {why}")
     return frozenset(parked), warnings, sum(unchecked.values())
 
@@ -318,10 +325,36 @@ def _unpark(model: onnx.ModelProto, parked: frozenset[str]) -> None:
 
 
 def _check(model: onnx.ModelProto, name: str) -> None:
+    _declare_io_shapes(model, name)
     try:
         onnx.checker.check_model(model, full_check=False)
     except onnx.checker.ValidationError as exc:
         raise UnsupportedModelError(f"graph {name!r} is not a valid ONNX model: {str(exc).strip()}") from None
+
+
+def _unshaped(values: Iterable[onnx.ValueInfoProto]) -> list[onnx.ValueInfoProto]:
+    return [v for v in values if v.type.HasField("tensor_type") and not v.type.tensor_type.HasField("shape")]
+
+
+def _declare_io_shapes(model: onnx.ModelProto, name: str) -> None:
+    """Main-graph outputs without a shape get the inferred one; what stays shapeless is refused."""
+    outputs = _unshaped(model.graph.output)
+    if outputs:
+        inferred = {v.name: v for v in _infer(model)[0].graph.output}
+        for value in outputs:
+            found = inferred.get(value.name)
+            if found is not None and found.type.tensor_type.HasField("shape"):
+                value.type.tensor_type.shape.CopyFrom(found.type.tensor_type.shape)
+    missing = [f"input {v.name!r}" for v in _unshaped(model.graph.input)]
+    missing += [f"output {v.name!r}" for v in _unshaped(model.graph.output)]
+    if missing:
+        one = len(missing) == 1
+        raise UnsupportedModelError(
+            f"graph {name!r}: {', '.join(missing)} {'has' if one else 'have'} no shape, not even a rank, "
+            "which ONNX requires of the main graph's inputs and outputs; declare "
+            f"{'it' if one else 'them'} (symbolic dims are fine, e.g. onnx.helper.make_tensor_value_info("
+            "'x', onnx.TensorProto.FLOAT, ['batch', 64])) or re-export the model with shapes"
+        )
 
 
 # -- 5./6. opset and shapes --------------------------------------------------------------------------
