@@ -33,7 +33,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -65,6 +65,7 @@ __all__ = [
     "analyze",
     "bytes_by_layer",
     "measure_latency",
+    "with_sensitivity",
 ]
 
 logger = logging.getLogger(__name__)
@@ -77,8 +78,9 @@ SPEED_THREADS = 1
 @dataclass(frozen=True)
 class LayerAnalysis:
     """One layer: its precision per component, its bytes in the input and in the compiled model,
-    the op computing it, and the outputs' cosine with this layer alone at its precision (None when
-    not measured)."""
+    the op computing it, the outputs' cosine with this layer alone at its precision (None when not
+    measured), and the label of the `PrecisionChoice` it realises (`BITNET158/I8`, `I4g128/F32`,
+    `F16`; the layout knobs come from the plan or the config, which the model does not record)."""
 
     name: str
     layer_type: LayerType
@@ -87,6 +89,7 @@ class LayerAnalysis:
     bytes_after: int
     op: str = ""
     sensitivity: float | None = None
+    choice: str = ""
 
     def __post_init__(self) -> None:
         order = list(ComponentType)
@@ -107,6 +110,7 @@ class LayerAnalysis:
             "bytes_after": self.bytes_after,
             "op": self.op,
             "sensitivity": _json_float(self.sensitivity),
+            "choice": self.choice,
         }
 
     @classmethod
@@ -119,7 +123,18 @@ class LayerAnalysis:
             bytes_after=int(data["bytes_after"]),
             op=str(data.get("op", "")),
             sensitivity=_float_or_none(data.get("sensitivity")),
+            choice=str(data.get("choice", "")),
         )
+
+    @property
+    def precision_choice(self) -> PrecisionChoice | None:
+        """The choice `choice` names (None when it is empty)."""
+        from bitnet_onnx.objectives import PrecisionChoice
+
+        if not self.choice:
+            return None
+        parsed = PrecisionChoice.parse(self.choice)
+        return parsed if ComponentType.WEIGHTS in self.precisions else parsed.weightless()
 
 
 @dataclass(frozen=True)
@@ -158,7 +173,8 @@ class Analysis:
     """The analysis of one compile (see the module docstring). `model` and `config` say what was
     compiled; `accuracy_inputs` what the outputs were compared on; `objective` (e.g. `memory:0.5`),
     `feasible`, `objective_message` and `limiting_layers` what a search for an objective concluded
-    (None/empty without one); `notes` what was not measured and why."""
+    (None/empty without one); `notes` remarks on the numbers (e.g. layers a sensitivity table
+    lacks). A number that was not measured is None."""
 
     model: str
     config: str
@@ -410,20 +426,32 @@ def _weights_layout(config: MixedPrecisionConfig | None, layer: Layer) -> Weight
     return config.resolve(layer.name, layer.layer_type, ComponentType.WEIGHTS).layout
 
 
-def _sensitivity(table: SensitivityTable, name: str, choice: PrecisionChoice) -> float | None:
-    """The table's cosine for the layer at `choice`; when the table has no entry for that exact
-    choice, the first with the same weight and activation precisions (another layout)."""
-    entry = table.get(name, choice)
-    if entry is None:
-        entry = next(
-            (
-                e
-                for e in table.for_layer(name)
-                if e.choice.weights is choice.weights and e.choice.activation_dtype is choice.activation_dtype
-            ),
-            None,
+def with_sensitivity(analysis: Analysis, table: SensitivityTable) -> Analysis:
+    """`analysis` with each layer's sensitivity read from `table`: the entry of the layer's
+    realised choice, else the first entry with the same weight and activation precisions (another
+    layout). Layers the table lacks keep None, and a note names how many."""
+    layers = []
+    for layer in analysis.layers:
+        choice = layer.precision_choice
+        entry = table.get(layer.name, choice) if choice is not None else None
+        if entry is None and choice is not None:
+            entry = next(
+                (
+                    e
+                    for e in table.for_layer(layer.name)
+                    if e.choice.weights is choice.weights
+                    and e.choice.activation_dtype is choice.activation_dtype
+                ),
+                None,
+            )
+        layers.append(replace(layer, sensitivity=entry.cosine if entry is not None else None))
+    missing = sum(layer.sensitivity is None for layer in layers)
+    notes = analysis.notes
+    if missing:
+        notes += (
+            f"sensitivity: the table has no entry for {missing} of {len(layers)} layers at their precision",
         )
-    return entry.cosine if entry is not None else None
+    return replace(analysis, layers=tuple(layers), notes=notes)
 
 
 def _estimated_speedup(
@@ -500,18 +528,11 @@ def analyze(
                 bytes_before=totals_before.get(name, 0),
                 bytes_after=totals_after.get(name, 0),
                 op=record.op if record else "",
-                sensitivity=_sensitivity(sensitivity, name, choices[name]) if sensitivity else None,
+                choice=choices[name].label,
             )
         )
     types = {name: layer.layer_type for name, layer in layers.items()}
-    notes = []
-    if cost is None:
-        notes.append("estimated speedup: no cost model (latency table) was given")
-    if not measure_speed:
-        notes.append("measured speedup: not measured (measure_speed=False)")
-    if sensitivity is None:
-        notes.append("sensitivity: no sensitivity table was given")
-    return Analysis(
+    analysis = Analysis(
         model=_describe_model(model),
         config=_describe_config(config) if not isinstance(config, CompileResult) else str(result.output_path),
         bytes_before=sum(totals_before.values()),
@@ -523,8 +544,8 @@ def analyze(
         accuracy_inputs=result.report.inputs,
         estimated_speedup=_estimated_speedup(cost, layers, choices) if cost is not None else None,
         timing=timing,
-        notes=tuple(notes),
     )
+    return with_sensitivity(analysis, sensitivity) if sensitivity is not None else analysis
 
 
 def _compiled(path: Path) -> tuple[gs.Graph, tuple[Any, ...]]:

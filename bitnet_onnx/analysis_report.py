@@ -434,7 +434,7 @@ def _layers_table(a: Analysis) -> str:
     head = "".join(
         f"<th>{_esc(h)}</th>"
         for h in (
-            "#", "layer", "type", *(c.value for c in _COMPONENTS),
+            "#", "layer", "type", *(c.value for c in _COMPONENTS), "choice",
             "bytes before", "bytes after", "smaller by", "sensitivity (cosine)", "op",
         )
     )  # fmt: skip
@@ -446,6 +446,7 @@ def _layers_table(a: Analysis) -> str:
             f"<td><code>{_esc(layer.name)}</code></td>",
             f"<td>{_esc(layer.layer_type.value)}</td>",
             *(_dtype_cell(layer.precisions.get(c), c) for c in _COMPONENTS),
+            f"<td><code>{_esc(layer.choice or '–')}</code></td>",
             _cell(_bytes_text(layer.bytes_before), layer.bytes_before),
             _cell(_bytes_text(layer.bytes_after), layer.bytes_after),
             _cell(f"{layer.compression:.2f}×" if layer.bytes_after else "–", layer.compression),

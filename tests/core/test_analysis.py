@@ -135,13 +135,26 @@ def test_accuracy_is_the_validation_report_of_the_compile(tiny_path):
     assert result.min_cosine == min(m.cosine for m in report.outputs) < 1.0
 
 
-def test_unmeasured_parts_are_none_and_noted(tiny_path):
+def test_unmeasured_parts_are_none(tiny_path):
     result = analyze(tiny_path, "balanced")
     assert result.estimated_speedup is None and result.timing is None and result.measured_speedup is None
     assert all(layer.sensitivity is None for layer in result.layers)
-    notes = " ".join(result.notes)
-    assert "no cost model" in notes and "not measured" in notes and "no sensitivity table" in notes
-    assert result.objective is None and result.feasible is None
+    assert result.objective is None and result.feasible is None and result.notes == ()
+
+
+@pytest.mark.parametrize(
+    ("preset", "choices"),
+    [
+        ("balanced", ["BITNET158/I8", "F16", "F16"]),
+        ("aggressive", ["BITNET158b3/I8", "F16", "I8/I8"]),
+        ("conservative", ["F16", "F16", "F16"]),
+    ],
+)
+def test_each_layer_names_the_choice_it_realises(tiny_path, preset, choices):
+    result = analyze(tiny_path, preset)
+    assert [layer.choice for layer in result.layers] == choices
+    act = result.layers[1].precision_choice
+    assert act is not None and act.weights is None and act.activation_dtype is DType.F16
 
 
 @pytest.mark.parametrize(

@@ -27,16 +27,17 @@ EVIL = '<script>alert("x")</script> & "q"'
 
 
 def _analysis(**changes) -> Analysis:
-    def layer(name, kind, precisions, before, after, op, cosine):
-        return LayerAnalysis(name, LayerType(kind), precisions, before, after, op, cosine)
+    def layer(name, kind, precisions, choice, before, after, op, cosine):
+        return LayerAnalysis(name, LayerType(kind), precisions, before, after, op, cosine, choice)
 
+    f16, i4, i2 = DType.F16, DType.I4, DType.I2
     layers = (
-        layer("model.embed_tokens", "embedding", {W: I8, OUT: F32}, 65536, 16640, "Gather", 0.99871),
-        layer(EVIL, "linear", {W: T, B: F32, A: I8, OUT: F32}, 16384, 1028, "BitLinear", 0.912345678),
-        layer("blocks.0.attn", "attention", {A: DType.F16, OUT: DType.F16}, 0, 0, "MatMul+Softmax", None),
-        layer("blocks.0.mlp", "linear", {W: DType.I4, A: F32, OUT: F32}, 32768, 4352, "LowBitMatMul", 1.0),
-        layer("lm_head", "output", {W: DType.I2, A: F32, OUT: F32}, 65536, 5120, "LowBitMatMul", 0.9731),
-    )
+        layer("model.embed_tokens", "embedding", {W: I8, OUT: F32}, "I8/F32", 65536, 16640, "Gather", 0.99871),
+        layer(EVIL, "linear", {W: T, B: F32, A: I8, OUT: F32}, "BITNET158/I8", 16384, 1028, "BitLinear", 0.91),
+        layer("blocks.0.attn", "attention", {A: f16, OUT: f16}, "F16", 0, 0, "MatMul+Softmax", None),
+        layer("blocks.0.mlp", "linear", {W: i4, A: F32, OUT: F32}, "I4g128/F32", 32768, 4352, "LowBitMatMul", 1.0),
+        layer("lm_head", "output", {W: i2, A: F32, OUT: F32}, "I2g64/F32", 65536, 5120, "LowBitMatMul", 0.9731),
+    )  # fmt: skip
     base = Analysis(
         model="models/tiny <llama>.onnx",
         config="balanced",
@@ -177,6 +178,7 @@ def test_every_layer_row_equals_the_analysis(written):
         assert _value(by_column["smaller by"][0]) == layer.compression
         assert _value(by_column["sensitivity (cosine)"][0]) == layer.sensitivity
         assert by_column["op"][1] == layer.op
+        assert by_column["choice"][1] == layer.choice
         assert ("limiting" in attrs.get("class", "")) == (layer.name in analysis.limiting_layers)
 
 
