@@ -32,12 +32,27 @@ def _analysis(**changes) -> Analysis:
 
     f16, i4, i2 = DType.F16, DType.I4, DType.I2
     layers = (
-        layer("model.embed_tokens", "embedding", {W: I8, OUT: F32}, "I8/F32", 65536, 16640, "Gather", 0.99871),
-        layer(EVIL, "linear", {W: T, B: F32, A: I8, OUT: F32}, "BITNET158/I8", 16384, 1028, "BitLinear", 0.91),
+        layer(
+            "model.embed_tokens", "embedding", {W: I8, OUT: F32}, "I8/F32", 65536, 16640, "Gather", 0.99871
+        ),
+        layer(
+            EVIL, "linear", {W: T, B: F32, A: I8, OUT: F32}, "BITNET158/I8", 16384, 1028, "BitLinear", 0.91
+        ),
         layer("blocks.0.attn", "attention", {A: f16, OUT: f16}, "F16", 0, 0, "MatMul+Softmax", None),
-        layer("blocks.0.mlp", "linear", {W: i4, A: F32, OUT: F32}, "I4g128/F32", 32768, 4352, "LowBitMatMul", 1.0),
-        layer("lm_head", "output", {W: i2, A: F32, OUT: F32}, "I2g64/F32", 65536, 5120, "LowBitMatMul", 0.9731),
-    )  # fmt: skip
+        layer(
+            "blocks.0.mlp",
+            "linear",
+            {W: i4, A: F32, OUT: F32},
+            "I4g128/F32",
+            32768,
+            4352,
+            "LowBitMatMul",
+            1.0,
+        ),
+        layer(
+            "lm_head", "output", {W: i2, A: F32, OUT: F32}, "I2g64/F32", 65536, 5120, "LowBitMatMul", 0.9731
+        ),
+    )
     base = Analysis(
         model="models/tiny <llama>.onnx",
         config="balanced",
@@ -45,10 +60,18 @@ def _analysis(**changes) -> Analysis:
         bytes_after=16640 + 1028 + 4352 + 5120 + 24576,
         layers=layers,
         memory_by_type_before={
-            "embedding": 65536, "linear": 49152, "attention": 0, "output": 65536, NO_LAYER: 24576,
+            "embedding": 65536,
+            "linear": 49152,
+            "attention": 0,
+            "output": 65536,
+            NO_LAYER: 24576,
         },
         memory_by_type_after={
-            "embedding": 16640, "linear": 5380, "attention": 0, "output": 5120, NO_LAYER: 24576,
+            "embedding": 16640,
+            "linear": 5380,
+            "attention": 0,
+            "output": 5120,
+            NO_LAYER: 24576,
         },
         accuracy=(
             OutputMetrics("logits", (1, 8, 256), 0.4375, 0.0812, 0.987654321),
@@ -62,7 +85,7 @@ def _analysis(**changes) -> Analysis:
         objective_message=f"best plan saves 0.81 of the bytes; {EVIL} stays F32",
         limiting_layers=(EVIL, "lm_head"),
         notes=("a note with <b>markup</b>",),
-    )  # fmt: skip
+    )
     return dataclasses.replace(base, **changes)
 
 
@@ -309,12 +332,22 @@ def test_headless_browser_renders_the_page(written, tmp_path):
     shot = tmp_path / "shot.png"
     subprocess.run(
         [
-            browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--hide-scrollbars", "--window-size=1280,2000",
-            f"--screenshot={shot}", index.resolve().as_uri(),
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--window-size=1280,2000",
+            f"--screenshot={shot}",
+            index.resolve().as_uri(),
         ],
-        check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     pixels = imread(shot)[..., :3]
     assert pixels.shape[:2] == (2000, 1280)
     assert len(np.unique((pixels * 255).astype(np.uint8).reshape(-1, 3), axis=0)) > 50
