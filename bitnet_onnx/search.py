@@ -163,8 +163,8 @@ class SearchResult:
 
     @property
     def speedup(self) -> float:
-        """Predicted base latency over the plan's."""
-        return self.base.latency_us / self.predicted.latency_us if self.predicted.latency_us else 1.0
+        """Predicted base latency over the plan's (1 when neither has a modelled latency)."""
+        return _speedup(self.base.latency_us, self.predicted.latency_us)
 
     @property
     def moved(self) -> tuple[str, ...]:
@@ -482,8 +482,15 @@ def _rank(
         return [int(points[-1])], False  # the least error
     ranked = [int(p) for p in ok[np.lexsort((err[ok], res[ok]))]]
     if isinstance(objective, Speed):
-        return ranked, bool(res[ranked[0]] <= base.latency_us / objective.target_speedup)
+        return ranked, _speedup(base.latency_us, float(res[ranked[0]])) >= objective.target_speedup
     return ranked, True
+
+
+def _speedup(base: float, plan: float) -> float:
+    """base / plan; 1 when both are 0 (nothing modelled: nothing to gain)."""
+    if plan > 0:
+        return base / plan
+    return math.inf if base > 0 else 1.0
 
 
 def _balanced(
@@ -512,8 +519,7 @@ def _shortfall(objective: OptimizationObjective, base: PlanEstimate, best: PlanE
         achieved = 1.0 - best.bytes / base.bytes if base.bytes else 0.0
         return objective.target_reduction - achieved
     if isinstance(objective, Speed) and best.error <= 1.0 - objective.min_accuracy + 1e-12:
-        achieved = base.latency_us / best.latency_us if best.latency_us else math.inf
-        return objective.target_speedup - achieved
+        return objective.target_speedup - _speedup(base.latency_us, best.latency_us)
     if isinstance(objective, (Accuracy, Speed)):
         return objective.min_accuracy - best.cosine
     return 0.0
@@ -563,7 +569,7 @@ def _message(
     plans: int,
 ) -> str:
     reduction = 1.0 - best.bytes / base.bytes if base.bytes else 0.0
-    speedup = base.latency_us / best.latency_us if best.latency_us else 1.0
+    speedup = _speedup(base.latency_us, best.latency_us)
     figures = (
         f"{base.bytes} → {best.bytes} bytes ({reduction:.1%} saved), predicted speedup {speedup:.2f}x, "
         f"predicted cosine {best.cosine:.5f}"
