@@ -258,3 +258,42 @@ def test_json_round_trip(tiny_path):
     assert Analysis.from_json(data) == result
     with pytest.raises(UnsupportedModelError, match="analyze --json"):
         Analysis.from_json({"model": "m"})
+
+
+def test_estimated_speedup_sums_the_cost_model_over_the_layers(tiny_path):
+    from bitnet_onnx.cost_model import CostModel, LatencyTable
+
+    # one point per kernel, above every size: a constant time
+    big = 10**9
+    table = LatencyTable(
+        "test",
+        {
+            "MatMul/F32": {1: ((big, 10.0),)},
+            "MatMul/F16": {1: ((big, 5.0),)},
+            "BitLinear/BITNET158/I8": {1: ((big, 2.0),)},
+        },
+    )
+    result = analyze(tiny_path, "balanced", cost=CostModel(table))
+    # F32: fc1 10 + fc2 10; balanced: fc1 BitLinear 2 + fc2 (F16 weights and activations) 5
+    assert result.estimated_speedup == pytest.approx(20.0 / 7.0)
+
+
+def test_sensitivity_is_the_table_entry_of_each_layers_choice(tiny_path, tmp_path):
+    from bitnet_onnx.calibration import Calibration
+    from bitnet_onnx.objectives import PrecisionChoice
+    from bitnet_onnx.sensitivity import SensitivityEntry, SensitivityTable, measure_sensitivity
+
+    plain = analyze(tiny_path, "balanced")
+    calibration = Calibration.generated(tiny_path, 2, seed=0)
+    chosen = {layer.name: [layer.precision_choice] for layer in plain.layers}
+    table = measure_sensitivity(tiny_path, calibration, choices=chosen, cache_dir=tmp_path)
+    result = analyze(tiny_path, "balanced", calibration, sensitivity=table)
+    for layer in result.layers:
+        assert layer.sensitivity == table.get(layer.name, layer.precision_choice).cosine
+    fc1 = result.layers[0]
+    assert fc1.sensitivity < 1.0  # ternary weights move the outputs
+    # an entry at another layout of the same precisions stands in; a layer without entry stays None
+    other = SensitivityEntry("fc1", PrecisionChoice.parse("BITNET158b3/I8"), 0.5, 0.1)
+    partial = analyze(tiny_path, "balanced", sensitivity=SensitivityTable("sha", (other,)))
+    assert [layer.sensitivity for layer in partial.layers] == [0.5, None, None]
+    assert partial.notes == ("sensitivity: the table has no entry for 2 of 3 layers at their precision",)
