@@ -280,9 +280,11 @@ def _targets(
         problems.append(f"layers: {name!r} is not a layer of the model{did_you_mean(name, known)}")
     for name in sorted(set(choices or {}) - (wanted & set(known))):
         where = (
-            "is not a layer of the model" if name not in model_layers else "is not among the layers measured"
+            f"is not a layer of the model{did_you_mean(name, known)}"
+            if name not in model_layers
+            else "is not among the layers measured"
         )
-        problems.append(f"choices: {name!r} {where}{did_you_mean(name, known)}")
+        problems.append(f"choices: {name!r} {where}")
     targets = []
     for name, layer in model_layers.items():
         if name not in wanted:
