@@ -521,13 +521,19 @@ def _run(
         (prepared.to_payload(), config_to_dict(base), batches, reference, metric),
         protocol=pickle.HIGHEST_PROTOCOL,
     )
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(payload,)
-    ) as pool:
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, len(todo)),
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(payload,),
+    )
+    try:
         futures = {pool.submit(_work, name, choice.label): (name, choice) for name, choice in todo}
         for future in as_completed(futures):
             yield futures[future], future.result()
+    finally:
+        # On an error or an interrupt, candidates not started yet are dropped instead of awaited.
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # -- hashing and the disk cache ----------------------------------------------------------------
