@@ -13,8 +13,8 @@ with r the base's outputs; identical outputs give exactly 1.0 and 0.0 (see
 `report.compare_outputs` for non-finite values). So a choice equal to the base gives exactly
 (1.0, 0.0) and anything else is measured against the model as it will be compiled around it.
 - `metric`, when a callback is given: `metric(reference, candidate)` is called once per batch with
-  the base's and the candidate's outputs (output name → array) and returns a float that is an
-  **error: lower is better, 0 for identical outputs** (e.g. a mean squared error of the logits, or
+  the base's (read-only) and the candidate's outputs (output name → array) and returns a float: an
+  **error, lower is better, 0 for identical outputs** (e.g. a mean squared error of the logits, or
   1 − top-1 agreement); the entry records its mean over the batches.
 A choice that cannot be compiled or run for a layer gives cosine NaN and rel_error inf (a warning
 says why; such entries are not cached), so no search can pick it.
@@ -248,11 +248,7 @@ def measure_sensitivity(
         finally:
             bar.close()
             cache.flush()  # what was measured is kept, also after an interrupt
-    entries = tuple(
-        SensitivityEntry(name, choice, results[name, choice].cosine, results[name, choice].rel_error,
-                         results[name, choice].metric)
-        for name, choice in targets
-    )  # fmt: skip
+    entries = tuple(results[name, choice].entry(name, choice) for name, choice in targets)
     return SensitivityTable(model_sha256=model_sha, entries=entries)
 
 
@@ -262,6 +258,9 @@ class _Outcome:
     rel_error: float
     metric: float | None = None
     failure: str | None = None  # why the candidate could not be measured
+
+    def entry(self, layer: str, choice: PrecisionChoice) -> SensitivityEntry:
+        return SensitivityEntry(layer, choice, self.cosine, self.rel_error, self.metric)
 
 
 def _check_picklable(metric: Metric) -> None:
@@ -472,17 +471,13 @@ class _Measurer:
         else:
             m = compare_outputs("all outputs", r, y)
             cosine, rel_error = m.cosine, m.max_rel_error
-        value = None
-        if self.metric is not None:
-            value = float(
-                np.mean(
-                    [
-                        float(self.metric(dict(r_), dict(o_)))
-                        for r_, o_ in zip(self.reference, outputs, strict=True)
-                    ]
-                )
-            )
-        return _Outcome(cosine, rel_error, value)
+        if self.metric is None:
+            return _Outcome(cosine, rel_error)
+        values = [
+            float(self.metric(dict(want), dict(got)))
+            for want, got in zip(self.reference, outputs, strict=True)
+        ]
+        return _Outcome(cosine, rel_error, float(np.mean(values)))
 
 
 # -- running: in this process or in worker processes -------------------------------------------
@@ -512,6 +507,9 @@ def _run(
     """Each candidate's outcome, as it completes."""
     batches = calibration.batches
     reference = _outputs(prepared, base, batches)
+    for outputs in reference:  # shared by every candidate: a metric must not change them
+        for array in outputs.values():
+            array.setflags(write=False)
     if workers == 1 or len(todo) == 1:
         measurer = _Measurer(prepared, base, batches, reference, metric)
         for name, choice in todo:
