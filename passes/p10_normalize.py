@@ -22,18 +22,26 @@ Cases, in the order the pass handles them:
    with the converter's reason and the fix (re-export at opset >= MIN_OPSET).
 6. Shapes. onnx.shape_inference (strict mode off, data propagation on): symbolic dims stay named,
    unknown ones get onnx's `unk__<n>` names, and inferred types and shapes are copied onto the
-   graph's tensors that had none (`value_info_inferred` in the stats).
+   graph's tensors that had none (`value_info_inferred` in the stats). onnxruntime's own ops (the
+   default-domain ones ONNX lacks and the com.microsoft ones) are typed by `_contrib_types`: types
+   from onnxruntime's signature of the op, shapes from its table, so inference carries on after
+   them. A tensor that stays untyped (after an op of another custom domain, whose outputs nobody
+   can type) is counted (`untyped_tensors`) and one warning names the nodes such tensors start
+   at and the fix (declare their types in value_info). They stay untyped: the rewrite refuses to
+   convert a layer that needs one of those types (rewrite/_precision.py) rather than guess it.
 7. The normalized model, weights included (external ones still referenced relative to
    ctx.model_dir), goes to ctx.original; validate compares numerics against it.
 
 How a pass on a gs.Graph does proto-level work (3–6): onnx's checker, converter and shape inference
 run on `weightless_model(graph)`, the graph's structure with its big or external initializers as
 typed graph inputs, so they copy and read no weight bytes and models past 2 GB stay under
-protobuf's limit. onnxruntime-only default-domain nodes are moved to a private domain in that
-structure only, so the checker, converter and inference skip them instead of failing. Results come
-back into the *same* Graph object: inferred shapes through `apply_value_info`; a converted
-structure through `adopt_structure`, which swaps in its nodes and re-attaches the original
-initializers (the converter rewrites nodes, never weights).
+protobuf's limit. In that structure only, nodes change domain: onnxruntime-only default-domain
+nodes are parked in a private domain while the checker and the converter look (they skip them
+instead of failing), and onnxruntime's ops sit in `_contrib_types`' typing domains while shape
+inference runs; every node gets its own domain back afterwards. Results come back into the *same*
+Graph object: inferred shapes through `apply_value_info`; a converted structure through
+`adopt_structure`, which swaps in its nodes and re-attaches the original initializers (the
+converter rewrites nodes, never weights).
 
 MIN_OPSET is 17: the opset torch.onnx exports by default and every committed fixture uses (so the
 common case converts nothing), the first with the fused LayerNormalization, and the last where
@@ -47,7 +55,7 @@ import collections
 import functools
 import heapq
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import ClassVar
 
 import onnx
@@ -55,6 +63,7 @@ import onnx.defs
 import onnx.shape_inference
 import onnx.version_converter
 import onnx_graphsurgeon as gs
+from bitnet_onnx.passes._contrib_types import TYPING_DOMAINS, register_typing_schemas
 from bitnet_onnx.passes._graph import (
     adopt_structure,
     all_graph_protos,
@@ -78,6 +87,7 @@ _KNOWN_DOMAINS = frozenset({*_DEFAULT_DOMAINS, "ai.onnx.ml", "com.microsoft", "b
 _MS = "com.microsoft"
 # Where onnxruntime-only default-domain ops sit while onnx's tools look at the structure.
 _PARKING_DOMAIN = "bitnet.normalize.onnxruntime"
+_PRIVATE_DOMAINS = frozenset({_PARKING_DOMAIN, *TYPING_DOMAINS.values()})
 
 
 class NormalizePass:
@@ -93,7 +103,8 @@ class NormalizePass:
             )
         parked, warnings, unchecked = _check_ops(graph)
         structure, stripped = weightless_model(graph)
-        _park(structure, parked)
+        domains, typing = _domains(structure), _typing_domains(structure)
+        _relocate(structure, dict.fromkeys(parked, _PARKING_DOMAIN))
         _check(structure, graph.name)
         opset_before = graph.opset
         declared = len(structure.graph.value_info)
@@ -105,14 +116,17 @@ class NormalizePass:
             changes.append(
                 Change(layer=None, action="upgrade_opset", detail=f"opset {opset_before} → {MIN_OPSET}")
             )
+        _relocate(structure, {name: domains[name] for name in parked} | typing)
         inferred, warning = _infer(structure)
         warnings += [warning] if warning else []
         gained = len(inferred.graph.value_info) - declared
+        _relocate(inferred, domains)
         if upgrade:
-            _unpark(inferred, parked)
             adopt_structure(graph, inferred, stripped)
         else:
             apply_value_info(graph, inferred)
+        untyped, warning = _untyped(graph)
+        warnings += [warning] if warning else []
         ctx.original = export_model(graph)
         stats = {
             "nodes": sum(1 for _ in _all_nodes(graph)),
@@ -122,6 +136,7 @@ class NormalizePass:
             "opset_after": graph.opset,
             "value_info_inferred": gained,
             "unchecked_ops": unchecked,
+            "untyped_tensors": untyped,
         }
         logger.info(
             "normalize: opset %d → %d, %d renamed, %d value infos inferred",
@@ -304,24 +319,35 @@ def _check_ops(graph: gs.Graph) -> tuple[frozenset[str], list[str], int]:
     return frozenset(parked), warnings, sum(unchecked.values())
 
 
-def _park(model: onnx.ModelProto, parked: frozenset[str], domain: str = _PARKING_DOMAIN) -> None:
-    if not parked:
-        return
+def _domains(model: onnx.ModelProto) -> dict[str, str]:
+    """Node name → domain, subgraphs included (names are unique after step 1)."""
+    return {node.name: node.domain for g in all_graph_protos(model.graph) for node in g.node}
+
+
+def _typing_domains(model: onnx.ModelProto) -> dict[str, str]:
+    """Node name → the typing domain of its op, for the nodes of the ops `_contrib_types` types."""
+    typed = register_typing_schemas()
+    moves = {}
     for graph in all_graph_protos(model.graph):
         for node in graph.node:
-            if node.name in parked:
-                node.domain = domain
-    if domain:
-        model.opset_import.add(domain=domain, version=1)
+            domain = "" if node.domain in _DEFAULT_DOMAINS else node.domain
+            if (domain, node.op_type) in typed:
+                moves[node.name] = TYPING_DOMAINS[domain]
+    return moves
 
 
-def _unpark(model: onnx.ModelProto, parked: frozenset[str]) -> None:
-    if not parked:
-        return
-    _park(model, parked, domain="")
-    kept = [o for o in model.opset_import if o.domain != _PARKING_DOMAIN]
+def _relocate(model: onnx.ModelProto, domains: Mapping[str, str]) -> None:
+    """Puts the nodes `domains` names in those domains, subgraphs included; the model then imports
+    exactly the private domains its nodes use."""
+    used = set()
+    for graph in all_graph_protos(model.graph):
+        for node in graph.node:
+            node.domain = domains.get(node.name, node.domain)
+            used.add(node.domain)
+    kept = [o for o in model.opset_import if o.domain not in _PRIVATE_DOMAINS]
     del model.opset_import[:]
     model.opset_import.extend(kept)
+    model.opset_import.extend(onnx.helper.make_opsetid(d, 1) for d in sorted(used & _PRIVATE_DOMAINS))
 
 
 def _check(model: onnx.ModelProto, name: str) -> None:
@@ -377,3 +403,33 @@ def _infer(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return model, f"shape inference failed ({first}); continuing with the shapes the model declares"
+
+
+def _untyped(graph: gs.Graph) -> tuple[int, str | None]:
+    """How many main-graph tensors have no type after inference, and a warning naming the nodes
+    where they start (nodes with an untyped output and only typed inputs)."""
+
+    def untyped(tensor: gs.Tensor) -> bool:
+        return isinstance(tensor, gs.Variable) and bool(tensor.name) and tensor.dtype is None
+
+    count = sum(1 for t in graph.tensors().values() if untyped(t))
+    if not count:
+        return 0, None
+    starts = [
+        f"{n.name!r} ({n.domain + ' ' if n.domain else ''}{n.op})"
+        for n in graph.nodes
+        if any(untyped(t) for t in n.outputs) and not any(untyped(t) for t in n.inputs)
+    ]
+    several = len(starts) > 1
+    shown = ", ".join(starts[:5]) + (" and more" if len(starts) > 5 else "")
+    where = (
+        f" from node{'s' if several else ''} {shown} on: onnx shape inference cannot type "
+        f"{'their' if several else 'its'} outputs"
+        if starts
+        else ""
+    )
+    return count, (
+        f"{count} tensor{'s stay' if count > 1 else ' stays'} untyped{where}. The rewrite refuses to convert "
+        "a layer that needs one of these types; declare the types of those outputs in the model's "
+        "value_info (onnx.helper.make_tensor_value_info) to compile it"
+    )

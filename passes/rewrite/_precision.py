@@ -1,6 +1,11 @@
 """How a layer's precisions become tensor types: its compute type and the conversions at its boundary.
 
-1. Float precisions are numpy types: F32 float32, F16 float16, BF16 bfloat16 (ml_dtypes).
+1. Float precisions are numpy types: F32 float32, F16 float16, BF16 bfloat16 (ml_dtypes). A tensor
+   without a type is refused, never guessed: normalize types every tensor after ONNX's and
+   onnxruntime's ops, so an untyped one follows an op nobody can type (a custom domain's), and a
+   wrong guess gives onnxruntime mismatched float types. `tensor_type` raises an
+   UnsupportedModelError naming the tensor, the node producing it and the fix (declare the types
+   in the model's value_info).
 2. Compute type. onnxruntime's CPU kernels compute in float32 and float16 (a float16 node without
    an fp16 kernel gets onnxruntime's own casts, and the values between such nodes stay float32;
    where its cast back to float16 meets our cast up to float32, it drops the pair, so on CPU an
@@ -33,7 +38,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from bitnet_onnx.dtypes import DType
-from bitnet_onnx.errors import ConfigError
+from bitnet_onnx.errors import ConfigError, UnsupportedModelError
 
 from ._edit import LayerEditor, onnx_type
 
@@ -62,8 +67,22 @@ def float_type(dtype: DType) -> np.dtype:
 
 
 def tensor_type(tensor: gs.Tensor) -> np.dtype:
-    """A tensor's numpy type; float32 when the graph does not say (normalize infers them all)."""
-    return FLOAT32 if tensor.dtype is None else np.dtype(tensor.dtype)
+    """A tensor's numpy type; UnsupportedModelError when the graph does not say (case 1)."""
+    if tensor.dtype is None:
+        producer = tensor.inputs[0] if tensor.inputs else None
+        source = (
+            f", the output of node {producer.name!r} ({producer.domain + ' ' if producer.domain else ''}"
+            f"{producer.op}),"
+            if producer is not None
+            else ""
+        )
+        raise UnsupportedModelError(
+            f"tensor {tensor.name!r}{source} has no type, so the rewrite cannot tell which conversions it "
+            "needs, and it does not guess one. onnx shape inference leaves the tensors after an op it cannot "
+            "type untyped (normalize warns which op); declare the types of that op's outputs in the model's "
+            "value_info (onnx.helper.make_tensor_value_info) and compile again"
+        )
+    return np.dtype(tensor.dtype)
 
 
 def compute_type(activations: DType, *stored: DType | None) -> np.dtype:

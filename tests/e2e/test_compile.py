@@ -105,28 +105,7 @@ def _sha256(path: Path) -> str:
 
 MODEL_NAMES = sorted(p.stem for p in FIXTURES.glob("*.onnx")) + sorted(BUILDERS)
 
-# Compiles the validate pass rejects today because of the rewrite pass (passes/rewrite); each
-# reason is what validate reports. Not strict: a fixed rewrite shows up as XPASS.
-_UNTYPED_TENSORS = (
-    "rewrite: onnx shape inference cannot type the tensors after SimplifiedLayerNormalization (not "
-    "an onnx op), the rewrite takes them as float32, and the session fails with a type mismatch "
-    "(e.g. BitLinear output float vs float16 expected)"
-)
-_WAITING = {
-    **{("llama_simplified_ln", preset): _UNTYPED_TENSORS for preset in PRESETS},
-}
-CASES = [
-    pytest.param(
-        name,
-        preset,
-        marks=[pytest.mark.xfail(reason=_WAITING[name, preset], raises=CompileValidationError, strict=False)]
-        if (name, preset) in _WAITING
-        else [],
-        id=f"{name}-{preset}",
-    )
-    for name in MODEL_NAMES
-    for preset in PRESETS
-]
+CASES = [pytest.param(name, preset, id=f"{name}-{preset}") for name in MODEL_NAMES for preset in PRESETS]
 
 
 @pytest.fixture(scope="module")

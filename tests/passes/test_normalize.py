@@ -10,12 +10,16 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 import pytest
 from bitnet_onnx.passes._graph import import_graph, is_lazy, load_model
-from bitnet_onnx.passes.base import PassContext, PassResult
+from bitnet_onnx.passes.base import PassContext, PassResult, Pipeline
 from bitnet_onnx.passes.p10_normalize import MIN_OPSET, NormalizePass
 from bitnet_onnx.passes.p20_annotate_layers import AnnotateLayersPass
+from bitnet_onnx.passes.p30_assign_precision import AssignPrecisionPass
+from bitnet_onnx.passes.p50_rewrite import RewritePass
 from onnx import TensorProto, helper, numpy_helper
 
+from bitnet_onnx.config import MixedPrecisionConfig
 from bitnet_onnx.errors import UnsupportedModelError
+from bitnet_onnx.log import PassRecord
 from models import llama
 
 FIXTURES = Path(__file__).resolve().parents[2] / "models" / "fixtures"
@@ -278,6 +282,112 @@ def test_shapes_are_inferred_and_symbolic_dims_kept() -> None:
         assert tensors[name].dtype == np.float32 and list(tensors[name].shape) == ["batch", 4]
     assert result.stats["value_info_inferred"] == 2  # h and r; y is a graph output
     assert result.modified
+
+
+def _contrib_model(dtype: int) -> onnx.ModelProto:
+    """x → SimplifiedLayerNormalization → FastGelu → SkipLayerNormalization(·, x) → Add(output, sum)."""
+    kind = helper.tensor_dtype_to_np_dtype(dtype)
+    gain = numpy_helper.from_array(np.linspace(0.5, 1.5, 8).astype(kind), "gain")
+    shift = numpy_helper.from_array(np.linspace(-0.1, 0.1, 8).astype(kind), "shift")
+    nodes = [
+        helper.make_node("SimplifiedLayerNormalization", ["x", "gain"], ["n"], name="/norm", epsilon=1e-6),
+        helper.make_node("FastGelu", ["n", "shift"], ["f"], name="/gelu", domain="com.microsoft"),
+        helper.make_node("SkipLayerNormalization", ["f", "x", "gain", "shift"], ["s", "", "", "sum"],
+                         name="/skip", domain="com.microsoft", epsilon=1e-5),
+        helper.make_node("Add", ["s", "sum"], ["y"], name="/add"),
+    ]  # fmt: skip
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", dtype, ["batch", "seq", 8])],
+        [helper.make_tensor_value_info("y", dtype, ["batch", "seq", 8])],
+        [gain, shift],
+    )
+    imports = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    return helper.make_model(graph, opset_imports=imports)
+
+
+@pytest.mark.parametrize("dtype", [TensorProto.FLOAT, TensorProto.FLOAT16])
+def test_tensors_after_onnxruntime_ops_are_typed(dtype: int) -> None:
+    source = _contrib_model(dtype)
+    graph, ctx, result = _normalize(source)
+    kind = helper.tensor_dtype_to_np_dtype(dtype)
+    for name in ("n", "f", "s", "sum", "y"):
+        tensor = graph.tensors()[name]
+        assert (tensor.dtype, list(tensor.shape)) == (kind, ["batch", "seq", 8]), name
+    assert result.stats["untyped_tensors"] == 0 and result.stats["value_info_inferred"] == 4
+    assert [(n.op, n.domain or "") for n in graph.nodes] == [
+        ("SimplifiedLayerNormalization", ""),
+        ("FastGelu", "com.microsoft"),
+        ("SkipLayerNormalization", "com.microsoft"),
+        ("Add", ""),
+    ]
+    assert {o.domain for o in ctx.original.opset_import} == {"", "com.microsoft"}
+    # onnxruntime checks the inferred value_info against its own inference when it loads the model.
+    assert {v.name for v in ctx.original.graph.value_info} == {"n", "f", "s", "sum"}
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 3, 8)).astype(kind)}
+    np.testing.assert_array_equal(_run(ctx.original, feeds)[0], _run(source, feeds)[0])
+
+
+def test_an_old_opset_model_with_onnxruntime_ops_is_upgraded_and_typed() -> None:
+    source = llama.build(llama.LlamaConfig(norm=llama.RMSNormStyle.SIMPLIFIED_LAYER_NORMALIZATION, opset=13))
+    graph, ctx, result = _normalize(source)
+    assert graph.opset == MIN_OPSET and result.stats["untyped_tensors"] == 0
+    assert all(t.dtype is not None for t in graph.tensors().values())
+    norms = [n for n in graph.nodes if n.op == "SimplifiedLayerNormalization"]
+    assert len(norms) == 5 and all((n.domain or "") == "" for n in norms)
+    assert {(o.domain, o.version) for o in ctx.original.opset_import} == {("", MIN_OPSET)}
+    feeds = {"input_ids": np.arange(16, dtype=np.int64).reshape(2, 8)}
+    np.testing.assert_allclose(_run(ctx.original, feeds)[0], _run(source, feeds)[0], rtol=1e-6, atol=1e-6)
+
+
+def _custom_op_model(declare: bool) -> onnx.ModelProto:
+    """x → my.ops Frobnicate → t → MatMul(w) → MatMul(head) → y; `declare` gives t's type in value_info."""
+    nodes = [
+        helper.make_node("Frobnicate", ["x"], ["t"], name="/custom", domain="my.ops"),
+        helper.make_node("MatMul", ["t", "w"], ["h"], name="/proj/MatMul"),
+        helper.make_node("MatMul", ["h", "head"], ["y"], name="/head/MatMul"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 64])],
+        [_weight("w", (64, 64)), _weight("head", (64, 64))],
+        value_info=[helper.make_tensor_value_info("t", TensorProto.FLOAT, ["batch", 64])] if declare else [],
+    )
+    imports = [helper.make_opsetid("", 17), helper.make_opsetid("my.ops", 1)]
+    return helper.make_model(graph, opset_imports=imports)
+
+
+def _rewrite(model: onnx.ModelProto) -> tuple[gs.Graph, list[PassRecord]]:
+    """The graph after normalize → annotate_layers → assign_precision → rewrite (balanced); the records."""
+    graph = import_graph(load_model(model))
+    ctx = PassContext(config=MixedPrecisionConfig.new("balanced"), measure_kernels=False)
+    passes = [NormalizePass(), AnnotateLayersPass(), AssignPrecisionPass(), RewritePass()]
+    return graph, Pipeline(passes).run(graph, ctx)
+
+
+def test_an_unknown_custom_op_leaves_what_follows_untyped_and_the_rewrite_refuses_it() -> None:
+    graph, _, result = _normalize(_custom_op_model(declare=False))
+    assert [graph.tensors()[name].dtype for name in ("t", "h")] == [None, None]
+    assert result.stats["untyped_tensors"] == 2
+    assert result.warnings[-1].startswith(
+        "2 tensors stay untyped from node '/custom' (my.ops Frobnicate) on: onnx shape inference cannot "
+        "type its outputs. The rewrite refuses to convert a layer that needs one of these types; declare"
+    )
+    # The ternary projection's int8 kernel takes its input in the type it has, which nobody knows.
+    with pytest.raises(UnsupportedModelError) as info:
+        _rewrite(_custom_op_model(declare=False))
+    message = str(info.value)
+    assert "tensor 't', the output of node '/custom' (my.ops Frobnicate), has no type" in message
+    assert "does not guess" in message and "value_info" in message
+
+
+def test_a_custom_op_with_declared_output_types_is_rewritten() -> None:
+    graph, (normalized, *_) = _rewrite(_custom_op_model(declare=True))
+    assert normalized.stats["untyped_tensors"] == 0 and len(normalized.warnings) == 1  # the unchecked op
+    assert [n.op for n in graph.nodes][:2] == ["Frobnicate", "BitLinear"]
 
 
 # -- 7. the original --------------------------------------------------------------------------------------
