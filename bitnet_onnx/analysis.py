@@ -211,6 +211,46 @@ class Analysis:
         """The lowest cosine over the outputs (None when none was compared)."""
         return min((m.cosine for m in self.accuracy), default=None)
 
+    def summary(self) -> str:
+        """The per-layer table and the headline figures, for a terminal."""
+        from bitnet_onnx._text import table
+
+        def cosine(value: float | None) -> str:
+            return "-" if value is None else f"{value:.6f}"
+
+        def ratio(value: float | None, what: str) -> str:
+            return f"{value:.2f}x" if value is not None else f"not {what}"
+
+        rows = [
+            [
+                layer.name,
+                layer.layer_type.value,
+                layer.choice or "-",
+                f"{layer.bytes_before} → {layer.bytes_after}",
+                cosine(layer.sensitivity),
+            ]
+            for layer in self.layers
+        ]
+        lines = [
+            table(["layer", "type", "choice", "bytes", "sensitivity (cosine)"], rows),
+            "",
+            f"stored bytes: {self.bytes_before} → {self.bytes_after} ({self.compression:.2f}x smaller)",
+            f"estimated speedup (matmuls, 1 token): {ratio(self.estimated_speedup, 'estimated')}",
+            f"measured speedup (whole model, batch 1): {ratio(self.measured_speedup, 'measured')}",
+            f"outputs vs original on {self.accuracy_inputs}:",
+            *(
+                f"  {m.name} {list(m.shape)}: cosine {m.cosine:.6f}, max rel {m.max_rel_error:.4g}"
+                for m in self.accuracy
+            ),
+        ]
+        if self.objective is not None:
+            verdict = "met" if self.feasible else "NOT met"
+            lines.append(f"objective {self.objective}: {verdict}. {self.objective_message}".rstrip())
+            if self.limiting_layers:
+                lines.append(f"limiting layers: {', '.join(self.limiting_layers)}")
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "model": self.model,
@@ -541,11 +581,16 @@ def analyze(
         memory_by_type_before=_by_type(totals_before, types),
         memory_by_type_after=_by_type(totals_after, types),
         accuracy=tuple(result.report.outputs),
-        accuracy_inputs=result.report.inputs,
+        accuracy_inputs=result.report.inputs if calibration is None else _first_batch(calibration),
         estimated_speedup=_estimated_speedup(cost, layers, choices) if cost is not None else None,
         timing=timing,
     )
     return with_sensitivity(analysis, sensitivity) if sensitivity is not None else analysis
+
+
+def _first_batch(calibration: Calibration) -> str:
+    shapes = ", ".join(f"{name} {list(array.shape)}" for name, array in calibration.batches[0].items())
+    return f"calibration batch 1 of {len(calibration.batches)} ({shapes})"
 
 
 def _compiled(path: Path) -> tuple[gs.Graph, tuple[Any, ...]]:

@@ -262,6 +262,11 @@ def _log_bars(
     ax.spines[["top", "right"]].set_visible(False)
 
 
+def _cosine_label(one_minus: float) -> str:
+    """A bar's label: the cosine, or 1 − cosine where six decimals of the cosine would read 1."""
+    return f"cos {1.0 - one_minus:.6f}" if one_minus >= 5e-6 else f"1 − cos = {one_minus:.1e}"
+
+
 def _sensitivity(analysis: Analysis, path: Path) -> None:
     from matplotlib.patches import Patch
 
@@ -270,7 +275,7 @@ def _sensitivity(analysis: Analysis, path: Path) -> None:
     ax = fig.add_subplot()
     values = [None if layer.sensitivity is None else 1.0 - layer.sensitivity for layer in layers]
     colors = [DTYPE_COLORS.get(_layer_dtype(layer), _ABSENT) for layer in layers]  # type: ignore[arg-type]
-    _log_bars(ax, [layer.name for layer in layers], values, colors, lambda v: f"cos {1.0 - v:.6f}")
+    _log_bars(ax, [layer.name for layer in layers], values, colors, _cosine_label)
     ax.set_xlabel(
         "1 − cosine of the outputs with only this layer at its precision (log scale; longer = more sensitive)"
     )
