@@ -297,3 +297,26 @@ def test_sensitivity_is_the_table_entry_of_each_layers_choice(tiny_path, tmp_pat
     partial = analyze(tiny_path, "balanced", sensitivity=SensitivityTable("sha", (other,)))
     assert [layer.sensitivity for layer in partial.layers] == [0.5, None, None]
     assert partial.notes == ("sensitivity: the table has no entry for 2 of 3 layers at their precision",)
+
+
+def test_summary_lists_every_layer_and_the_headline_figures(tiny_path):
+    result = dataclasses.replace(
+        analyze(tiny_path, "aggressive"),
+        timing=Timing(30.0, 10.0, 15, 1),
+        objective="memory:0.99",
+        feasible=False,
+        objective_message="short by 0.1",
+        limiting_layers=("fc2", "fc1"),
+    )
+    text = result.summary()
+    for layer in result.layers:
+        assert layer.name in text and layer.choice in text
+    assert "fc1    linear      BITNET158b3/I8  8320 → 484" in text
+    assert (
+        f"stored bytes: {result.bytes_before} → {result.bytes_after} ({result.compression:.2f}x smaller)"
+        in text
+    )
+    assert "estimated speedup (matmuls, 1 token): not estimated" in text
+    assert "measured speedup (whole model, batch 1): 3.00x" in text
+    assert f"y [1, 16]: cosine {result.accuracy[0].cosine:.6f}" in text
+    assert "objective memory:0.99: NOT met. short by 0.1" in text and "limiting layers: fc2, fc1" in text
