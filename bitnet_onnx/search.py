@@ -12,9 +12,11 @@ sum of their squared norms, and 1 − cosine ≈ ‖e⊥‖² / 2‖y‖², so 1
 `verify` measures the truth and the integration tests compare the two. A choice the table lacks
 (or that failed to compile) is never picked; a base choice the table lacks counts as error 0.
 
-Units. Layers that read the same weight initializer (a head tied to its embedding table) form one
-unit whose options are every pair of their choices, with the bytes of `CostModel.plan_bytes` (a
-table stored alike is stored once); every other layer is a unit of its own.
+Units. Layers that read the same weight initializer (a head tied to its embedding table, gains
+an exporter deduplicated) form one unit whose options are every combination of their choices, with
+the bytes of `CostModel.plan_bytes` (a tensor stored alike is stored once); past
+`MAX_UNIT_OPTIONS` combinations the unit's layers move together (the choices they all have). Every
+other layer is a unit of its own.
 
 Memory, Accuracy, Speed: an exact dynamic programme over units. After each unit it keeps the
 Pareto frontier of partial plans in (resource, error), resource = bytes (Memory, Accuracy) or
@@ -92,6 +94,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FRONTIER_CAP",
+    "MAX_UNIT_OPTIONS",
     "PlanEstimate",
     "SearchResult",
     "Verification",
@@ -107,6 +110,8 @@ logger = logging.getLogger(__name__)
 
 FRONTIER_CAP = 4096
 """Largest Pareto frontier kept between units before thinning (module docstring)."""
+MAX_UNIT_OPTIONS = 64
+"""Largest number of joint options of layers sharing a weight; beyond it they move together."""
 
 Plan = Mapping[str, PrecisionChoice]
 
@@ -288,9 +293,13 @@ def _combine(
     cost: CostModel,
     tokens: float,
 ) -> tuple[_Option, ...]:
-    combos: list[list[tuple[PrecisionChoice, float]]] = [[]]
-    for options in per_layer:
-        combos = [[*combo, option] for combo in combos for option in options]
+    if math.prod(len(options) for options in per_layer) <= MAX_UNIT_OPTIONS:
+        combos: list[list[tuple[PrecisionChoice, float]]] = [[]]
+        for options in per_layer:
+            combos = [[*combo, option] for combo in combos for option in options]
+    else:  # many layers reading one tensor: they move together
+        shared = [c for c, _ in per_layer[0] if all(c in dict(options) for options in per_layer[1:])]
+        combos = [[(c, dict(options)[c]) for options in per_layer] for c in shared]
     out = []
     for combo in combos:
         plan = {layer.name: choice for layer, (choice, _) in zip(members, combo, strict=True)}
