@@ -10,7 +10,8 @@ sessions for in-memory models whose weights may live in external files.
 3. Everything is written into a fresh temporary folder inside the target folder and fsync'ed, then
    renamed into place with `os.replace`: the data file first, the model last. A reader never sees
    half a file, and an existing output stays as it was until the new one is complete; when anything
-   fails (Ctrl-C included) the temporary folder is removed and the target is untouched.
+   fails (Ctrl-C included) the temporary folder is removed and the target is untouched (a previous
+   data file is kept aside until the new model is in place, and put back if that fails).
 The bytes depend only on the model: protobuf serialization is deterministic for a given proto, and
 external data is laid out in the model's tensor order.
 
@@ -90,6 +91,24 @@ def _fsync(path: Path) -> None:
         os.fsync(stream.fileno())
 
 
+def _replace_with_data(staged: Path, path: Path, staged_data: Path, data: Path) -> None:
+    """Moves a staged model and its data file into place, data first. Should the model's move fail
+    (Ctrl-C included), the previous data file, kept aside in the staging folder, is put back, so the
+    previous model still finds its own data."""
+    previous = staged_data.with_name(f"previous.{data.name}")
+    try:
+        if data.exists():
+            os.replace(data, previous)
+        os.replace(staged_data, data)
+        os.replace(staged, path)
+    except BaseException:
+        if previous.exists():
+            os.replace(previous, data)
+        elif not staged_data.exists():
+            data.unlink(missing_ok=True)
+        raise
+
+
 def write_model(model: onnx.ModelProto, path: str | os.PathLike[str], base_dir: Path | None = None) -> Path:
     """Write `model` to `path` atomically (see the module docstring); `model` gets its external
     tensors loaded. Returns the path written."""
@@ -115,11 +134,12 @@ def write_model(model: onnx.ModelProto, path: str | os.PathLike[str], base_dir: 
                 size_threshold=_EXTERNAL_TENSOR_MIN,
             )
             _fsync(staging / data_name)
-            os.replace(staging / data_name, folder / data_name)
+            _fsync(staged)
+            _replace_with_data(staged, path, staging / data_name, folder / data_name)
         else:
             staged.write_bytes(model.SerializeToString())
-        _fsync(staged)
-        os.replace(staged, path)
+            _fsync(staged)
+            os.replace(staged, path)
     except OSError as exc:
         raise UnsupportedModelError(f"cannot write {path}: {exc.strerror or exc}") from exc
     finally:

@@ -2,9 +2,10 @@
 
 - `load_model(source)` reads a path (opened read-only) or copies a ModelProto (the caller's object is
   never touched), refuses what is not a usable ONNX model (not protobuf, truncated, no ir_version,
-  empty graph) and validates external data without reading it: every `location` must be relative,
-  stay inside the model's folder (no `..`, no symlink leading out) and name a file holding the
-  bytes the tensor claims. All external-data problems are reported at once.
+  an ir_version or default-domain opset newer than the installed onnx knows, empty graph) and
+  validates external data without reading it: every `location` must be relative, stay inside the
+  model's folder (no `..`, no symlink leading out) and name a file holding the bytes the tensor
+  claims. All external-data problems are reported at once.
 - `import_graph(loaded)` gives the gs.Graph. Every initializer stays lazy (gs `LazyValues`); those
   with external data read from the model's folder when, and only when, a pass reads `.values`.
 - `export_model(graph, info)` gives a ModelProto. Lazy initializers are copied proto to proto
@@ -62,6 +63,7 @@ __all__ = [
 SMALL_CONSTANT = 1024
 
 _PROTOBUF_LIMIT = 2**31
+_DEFAULT_DOMAINS = frozenset({"", "ai.onnx"})
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,18 @@ def _check_structure(proto: onnx.ModelProto, origin: str) -> None:
             f"{origin}: has no ir_version, so it is not an ONNX model (or it is truncated); "
             "re-export it with an ONNX exporter"
         )
+    if proto.ir_version > onnx.IR_VERSION:
+        raise UnsupportedModelError(
+            f"{origin}: ir_version {proto.ir_version} is newer than onnx {onnx.__version__} reads (up to "
+            f"{onnx.IR_VERSION}); upgrade onnx, or re-export the model for an older ONNX"
+        )
+    newest = onnx.defs.onnx_opset_version()
+    for opset in proto.opset_import:
+        if opset.domain in _DEFAULT_DOMAINS and opset.version > newest:
+            raise UnsupportedModelError(
+                f"{origin}: imports opset {opset.version} of the default domain, newer than onnx "
+                f"{onnx.__version__} knows (up to {newest}); re-export the model at opset {newest} or older"
+            )
     if not proto.graph.node:
         raise UnsupportedModelError(f"{origin}: the graph is empty (no nodes); there is nothing to compile")
 

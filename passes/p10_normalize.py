@@ -355,7 +355,10 @@ def _check(model: onnx.ModelProto, name: str) -> None:
     try:
         onnx.checker.check_model(model, full_check=False)
     except onnx.checker.ValidationError as exc:
-        raise UnsupportedModelError(f"graph {name!r} is not a valid ONNX model: {str(exc).strip()}") from None
+        raise UnsupportedModelError(
+            f"graph {name!r} is not a valid ONNX model: {str(exc).strip()}\nFix what onnx.checker names "
+            "(in the model or its exporter) and re-export the model"
+        ) from None
 
 
 def _unshaped(values: Iterable[onnx.ValueInfoProto]) -> list[onnx.ValueInfoProto]:
