@@ -1,7 +1,9 @@
 """The `bitnet-onnx` command line. It owns logging set-up and exit codes: a MixedPrecisionError
 prints its message (the traceback only with --debug) and exits 2; anything else is a bug and exits 1
 with the traceback. `compile --no-strict` exits 3 when it wrote a model that missed the strategy's
-validation thresholds (the report says by how much)."""
+validation thresholds (the report says by how much); `compile --objective` and `analyze
+--objective` exit 3 when the objective is not met, after writing (or analyzing) the best plan found,
+with a message naming the limiting layers (ANCHORS (c)4: a model and a report even then)."""
 
 from __future__ import annotations
 
@@ -13,10 +15,17 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bitnet_onnx.errors import MixedPrecisionError
+
+if TYPE_CHECKING:
+    from bitnet_onnx.calibration import Calibration
+    from bitnet_onnx.cost_model import CostModel
+    from bitnet_onnx.objectives import OptimizationObjective
+    from bitnet_onnx.precision_manager import PrecisionManager
 
 __all__ = ["main"]
 
@@ -74,18 +83,28 @@ def _feeds(model_path: Path, inputs: Path | None, dims: Sequence[tuple[str, int]
 
 def _cmd_compile(args: argparse.Namespace) -> int:
     from bitnet_onnx.compile import compile
+    from bitnet_onnx.config_file import save_config
     from bitnet_onnx.report import CompileValidationError
 
+    progress = args.progress or sys.stderr.isatty()
+    manager = None
+    config = args.config if args.config is not None else args.strategy or "balanced"
+    if args.objective is not None:
+        manager = _optimized(args, progress)
+        config = manager.to_config()
+        written = Path(f"{args.output}.config.yaml")
+        save_config(config, written)
+        print(f"bitnet-onnx compile: the plan for {args.objective} is in {written}", file=sys.stderr)
     try:
         result = compile(
             args.model,
-            args.config if args.config is not None else args.strategy or "balanced",
+            config,
             output=args.output,
             log=args.log,
             inputs=args.inputs,
             dump_after=args.dump_after,
-            strict=not args.no_strict,
-            progress=args.progress or sys.stderr.isatty(),
+            strict=not args.no_strict and manager is None,
+            progress=progress,
             dims=dict(args.dim),
             memory_budget=args.memory_budget,
             measure_kernels=not args.no_kernel_timing,
@@ -95,12 +114,111 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         print(exc.report.summary(), file=sys.stderr)
         raise
     print(result.summary())
+    if manager is not None:
+        if not _objective_met(manager):
+            written = f"wrote the best plan found to {args.output} and {args.output}.config.yaml"
+            print(_objective_missed("compile", manager, written), file=sys.stderr)
+            return EXIT_GOAL_MISSED
+        print(f"objective {args.objective}: met. {manager.last_result.message}")
+        return EXIT_OK
     if not result.report.goal_met:
         print(
             f"bitnet-onnx compile: wrote {result.output_path}, but it missed the validation thresholds "
             "(--no-strict)",
             file=sys.stderr,
         )
+        return EXIT_GOAL_MISSED
+    return EXIT_OK
+
+
+def _calibration(model: Path, inputs: Path | None, dims: Sequence[tuple[str, int]]) -> Calibration:
+    from bitnet_onnx.calibration import Calibration
+
+    if inputs is not None:
+        return Calibration.from_npz(inputs, model)
+    return Calibration.generated(model, dims=dict(dims))
+
+
+def _cost_model(progress: bool) -> CostModel:
+    from bitnet_onnx.cost_model import CostModel, LatencyTable
+
+    return CostModel(LatencyTable.for_this_machine(progress=progress))
+
+
+def _objective(text: str) -> OptimizationObjective:
+    from bitnet_onnx.objectives import OptimizationObjective
+
+    try:
+        return OptimizationObjective.parse(text)
+    except MixedPrecisionError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _optimized(args: argparse.Namespace, progress: bool) -> PrecisionManager:
+    """A PrecisionManager over the model, moved to the plan its search found for args.objective
+    (starting from --config/--strategy when given, else from the model as it is, all F32)."""
+    from bitnet_onnx.compile import resolve_config
+    from bitnet_onnx.precision_manager import PrecisionManager
+
+    start = args.config if args.config is not None else args.strategy
+    manager = PrecisionManager.from_model(
+        args.model,
+        resolve_config(start) if start is not None else None,
+        _calibration(args.model, args.inputs, args.dim),
+        cost_model=_cost_model(progress),
+        workers=args.workers,
+        progress=progress,
+    )
+    manager.optimize_precision(args.objective)
+    return manager
+
+
+def _objective_met(manager: PrecisionManager) -> bool:
+    """Met by measurement when the plan was verified, else by the search's prediction."""
+    if manager.verification is not None:
+        return manager.verification.met
+    return manager.last_result.feasible
+
+
+def _objective_missed(command: str, manager: PrecisionManager, written: str) -> str:
+    result = manager.last_result
+    return f"bitnet-onnx {command}: objective {result.objective} is NOT met; {written}. {result.message}"
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from bitnet_onnx.analysis import analyze, with_sensitivity
+    from bitnet_onnx.analysis_report import write_report
+    from bitnet_onnx.sensitivity import measure_sensitivity
+
+    progress = sys.stderr.isatty()
+    met = True
+    if args.objective is not None:
+        manager = _optimized(args, progress)
+        met = _objective_met(manager)
+        analysis = replace(manager.analyze_configuration(measure_speed=True), feasible=met)
+    else:
+        calibration = _calibration(args.model, args.inputs, args.dim)
+        config = args.config if args.config is not None else args.strategy or "balanced"
+        analysis = analyze(args.model, config, calibration, cost=_cost_model(progress), measure_speed=True)
+        chosen = {layer.name: [layer.precision_choice] for layer in analysis.layers if layer.precision_choice}
+        table = measure_sensitivity(
+            args.model,
+            calibration,
+            layers=list(chosen),
+            choices=chosen,
+            workers=args.workers,
+            progress=progress,
+        )
+        analysis = with_sensitivity(analysis, table)
+    if args.report is not None:
+        index = write_report(analysis, args.report)
+        print(f"bitnet-onnx analyze: report written to {index}", file=sys.stderr)
+    print(json.dumps(analysis.to_json(), indent=2) if args.json else analysis.summary())
+    if not met:
+        written = "the analysis above is that of the best plan found"
+        print(_objective_missed("analyze", manager, written), file=sys.stderr)
         return EXIT_GOAL_MISSED
     return EXIT_OK
 
@@ -182,6 +300,21 @@ def _add_custom_ops(cmd: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _add_objective(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument(
+        "--objective", type=_objective, metavar="OBJ",
+        help="search the per-layer plan for an objective: memory:0.5 (save half the stored bytes), speed:2 "
+        "(twice as fast, output cosine ≥ 0.99; speed:2,0.98 sets the floor), accuracy:0.99 (output cosine "
+        "≥ 0.99, smallest model), balanced:0.4,0.3,0.3 (weights of memory, speed, accuracy). The search "
+        "starts from --config/--strategy when given, else from the model as it is (all F32), measures each "
+        "layer's sensitivity on the calibration inputs and checks the plan on held-out ones",
+    )  # fmt: skip
+    cmd.add_argument(
+        "--workers", type=_workers, default=1, metavar="N",
+        help="processes measuring the per-layer sensitivity (default 1)",
+    )  # fmt: skip
+
+
 def _add_compile(sub: argparse._SubParsersAction) -> None:
     from bitnet_onnx.config import MixedPrecisionStrategy
 
@@ -189,7 +322,9 @@ def _add_compile(sub: argparse._SubParsersAction) -> None:
         "compile",
         help="compile an ONNX model to mixed precision",
         description="Compile IN to mixed precision and write OUT once it validates. Exit status: 0 done, "
-        "2 error (nothing written), 3 written with --no-strict although validation missed its thresholds.",
+        "2 error (nothing written), 3 written with --no-strict although validation missed its thresholds, "
+        "or written with --objective although the objective is not met (the best plan found; the "
+        "message names the limiting layers).",
     )
     cmd.add_argument("model", type=Path, metavar="IN", help="the ONNX model (opened read-only)")
     cmd.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="the compiled model")
@@ -202,10 +337,12 @@ def _add_compile(sub: argparse._SubParsersAction) -> None:
     how.add_argument(
         "--config", type=Path, metavar="FILE", help="a YAML or JSON config (starts from its strategy)"
     )
+    _add_objective(cmd)
     cmd.add_argument("--log", type=Path, metavar="FILE", help="write the pass log (JSON lines) here")
     cmd.add_argument(
-        "--inputs", type=Path, metavar="NPZ", help="sample inputs for validation (default: generated)"
-    )
+        "--inputs", type=Path, metavar="NPZ",
+        help="sample inputs for validation, and the calibration batches of --objective (default: generated)",
+    )  # fmt: skip
     cmd.add_argument(
         "--dim", type=_dim, action="append", default=[], metavar="NAME=N",
         help="a symbolic dim of generated inputs (default batch=1, seq=8); repeatable",
@@ -216,7 +353,9 @@ def _add_compile(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     cmd.add_argument(
         "--no-strict", action="store_true",
-        help="write the model and the report even when validation misses the strategy's thresholds",
+        help="write the model and the report even when validation misses the strategy's thresholds "
+        "(implied by --objective, which writes the best plan found and OUT.config.yaml, a config "
+        "reproducing it, and exits 3 when the objective is not met)",
     )  # fmt: skip
     cmd.add_argument(
         "--memory-budget", type=_byte_size, metavar="SIZE", help="bytes the weights may take, e.g. 64MiB"
@@ -230,6 +369,50 @@ def _add_compile(sub: argparse._SubParsersAction) -> None:
     )
     _add_custom_ops(cmd)
     cmd.set_defaults(run=_cmd_compile)
+
+
+def _workers(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes ≥ 1")
+    return int(text)
+
+
+def _add_analyze(sub: argparse._SubParsersAction) -> None:
+    from bitnet_onnx.config import MixedPrecisionStrategy
+
+    cmd = sub.add_parser(
+        "analyze",
+        help="what a precision plan does to a model: bytes, speed, accuracy, per-layer sensitivity",
+        description="Compile MODEL in a temporary folder and report the stored bytes before and after (per "
+        "layer and per layer type), the estimated (cost model) and measured (onnxruntime) speedup, the "
+        "outputs' error against the original and each layer's sensitivity at its precision. The latency "
+        "table of this CPU is measured once (about 10 s) and cached. With --objective, the plan analyzed is "
+        "the one the search found. Exit status: 0 done, 2 error, 3 the objective is not met (the analysis "
+        "of the best plan found is still printed and written).",
+    )
+    cmd.add_argument("model", type=Path, metavar="MODEL", help="the ONNX model (opened read-only)")
+    how = cmd.add_mutually_exclusive_group()
+    how.add_argument(
+        "--strategy",
+        choices=[s.value for s in MixedPrecisionStrategy if s is not MixedPrecisionStrategy.CUSTOM],
+        help="preset (default: balanced)",
+    )
+    how.add_argument("--config", type=Path, metavar="FILE", help="a YAML or JSON config")
+    cmd.add_argument(
+        "--inputs", type=Path, metavar="NPZ",
+        help="calibration inputs: one batch per model input name, or <input>__<i> keys for several "
+        "(default: 4 generated batches)",
+    )  # fmt: skip
+    cmd.add_argument(
+        "--dim", type=_dim, action="append", default=[], metavar="NAME=N",
+        help="a symbolic dim of generated inputs (default batch=1, seq=8); repeatable",
+    )  # fmt: skip
+    cmd.add_argument(
+        "--report", type=Path, metavar="DIR", help="write the HTML report and its PNG charts into DIR"
+    )
+    cmd.add_argument("--json", action="store_true", help="print the analysis as JSON instead of a table")
+    _add_objective(cmd)
+    cmd.set_defaults(run=_cmd_analyze)
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
@@ -278,7 +461,7 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="options passed to the suite")
     bench.set_defaults(run=_cmd_bench)
 
-    for add in (_add_compile, _add_run, _add_inspect, _add_log):
+    for add in (_add_compile, _add_analyze, _add_run, _add_inspect, _add_log):
         add(sub)
     return parser
 
