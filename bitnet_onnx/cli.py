@@ -48,9 +48,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from bitnet_onnx.bench import kernels
+    from bitnet_onnx.bench import compiler, kernels
 
-    return kernels.main(args.bench_args)
+    return {"kernels": kernels.main, "compiler": compiler.main}[args.suite](args.bench_args)
 
 
 def _byte_size(text: str) -> int:
@@ -456,8 +456,8 @@ def _build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="op library, onnxruntime version, CPU features and kernel paths")
     info.set_defaults(run=_cmd_info)
 
-    bench = sub.add_parser("bench", help="benchmarks (bench kernels --help for options)")
-    bench.add_argument("suite", choices=["kernels"])
+    bench = sub.add_parser("bench", help="benchmarks (bench kernels|compiler --help for options)")
+    bench.add_argument("suite", choices=["kernels", "compiler"])
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="options passed to the suite")
     bench.set_defaults(run=_cmd_bench)
 
