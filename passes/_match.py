@@ -115,6 +115,9 @@ class GraphView:
         self._inputs = {id(t) for t in graph.inputs}
         self._outputs = {id(t) for t in graph.outputs}
         self._constant: dict[int, bool] = {}
+        # The memo is keyed by id(): it holds the tensors it answered for, so that none of them is
+        # freed and its id taken by a tensor a later edit creates (which would inherit the answer).
+        self._answered: list[gs.Tensor] = []
 
     def position(self, node: gs.Node) -> int:
         return self._position[id(node)]
@@ -137,6 +140,10 @@ class GraphView:
         return list(tensor.outputs)
 
     # -- constants -------------------------------------------------------------------------------
+    def _remember(self, tensor: gs.Tensor, constant: bool) -> None:
+        self._constant[id(tensor)] = constant
+        self._answered.append(tensor)
+
     def is_constant(self, tensor: gs.Tensor) -> bool:
         """An initializer, or a value computed only from constants (no graph input, no randomness)."""
         memo = self._constant
@@ -149,20 +156,20 @@ class GraphView:
                 continue
             leaf = self._constant_leaf(current)
             if leaf is not None:
-                memo[id(current)] = leaf
+                self._remember(current, leaf)
                 stack.pop()
                 continue
             inputs = [t for t in current.inputs[0].inputs if t.name]
             if any(memo.get(id(t)) is False for t in inputs):
-                memo[id(current)] = False
+                self._remember(current, False)
                 stack.pop()
                 continue
             pending = [t for t in inputs if id(t) not in memo]
             if not pending:
-                memo[id(current)] = bool(inputs)
+                self._remember(current, bool(inputs))
                 stack.pop()
             elif id(current) in visiting:  # a cycle: nothing on it is constant
-                memo[id(current)] = False
+                self._remember(current, False)
                 stack.pop()
             else:
                 visiting.add(id(current))

@@ -98,6 +98,21 @@ def test_random_ops_are_not_constant() -> None:
     assert not GraphView(graph).is_constant(noise)
 
 
+def test_an_answer_is_never_inherited_by_a_tensor_created_after_it() -> None:
+    # A pass keeps one view while it edits the graph: tensors it answered for may be dropped, and
+    # the tensors it creates next must not take their ids (and with them the answer).
+    b = GraphBuilder()
+    graph = b.graph(b.op("Relu", [b.input("x")]))
+    view = GraphView(graph)
+    for i in range(200):
+        folded = gs.Variable(f"folded_{i}", dtype=np.float32)
+        gs.Node("Constant", attrs={"value": gs.Constant(f"c_{i}", np.ones(1, np.float32))}, outputs=[folded])
+        assert view.is_constant(folded)
+        del folded
+        computed = gs.Variable(f"computed_{i}", dtype=np.float32)  # no producer: not a constant
+        assert not view.is_constant(computed)
+
+
 def _chain(kind: str, b: GraphBuilder, w: gs.Constant) -> gs.Tensor:
     if kind == "direct":
         return w
