@@ -5,9 +5,14 @@
   an ir_version or default-domain opset newer than the installed onnx knows, empty graph) and
   validates external data without reading it: every `location` must be relative, stay inside the
   model's folder (no `..`, no symlink leading out) and name a file holding the bytes the tensor
-  claims. All external-data problems are reported at once.
+  claims. All external-data problems are reported at once. A file's initializers of more than
+  SMALL_CONSTANT elements are not read at all: `passes._inplace` turns them into external-data
+  references to their bytes in the file itself, so from here on they are external data like any
+  other (a compile reads each weight when it needs it, never the whole model).
 - `import_graph(loaded)` gives the gs.Graph. Every initializer stays lazy (gs `LazyValues`); those
   with external data read from the model's folder when, and only when, a pass reads `.values`.
+  `constant_values(constant)` reads a constant without keeping the values in the graph (a weight
+  read to be converted is garbage once converted).
 - `export_model(graph, info)` gives a ModelProto. Lazy initializers are copied proto to proto
   (gs's own export routes them through `RepeatedField.extend`, about 6x slower), and external ones
   stay references relative to the input model's folder (`LoadedModel.base_dir`, `ctx.model_dir`): a
@@ -39,9 +44,11 @@ import onnx
 import onnx.numpy_helper
 import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
+from onnx import external_data_helper
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from bitnet_onnx.errors import UnsupportedModelError
+from bitnet_onnx.passes._inplace import DIRECT_TYPES, InPlaceError, read_in_place
 
 __all__ = [
     "SMALL_CONSTANT",
@@ -50,6 +57,7 @@ __all__ = [
     "adopt_structure",
     "all_graph_protos",
     "apply_value_info",
+    "constant_values",
     "export_model",
     "import_graph",
     "is_lazy",
@@ -126,7 +134,7 @@ def load_model(
     else:
         path = Path(source)
         origin = str(path)
-        proto = _read_proto(path)
+        proto = _read_file(path) if base_dir is None else _read_proto(path)
         folder = Path(base_dir) if base_dir is not None else path.parent
     _check_structure(proto, origin)
     problems = _external_data_problems(proto, folder)
@@ -138,6 +146,21 @@ def load_model(
             + "\nKeep external data files inside the model's folder and reference them by relative location."
         )
     return LoadedModel(proto=proto, origin=origin, base_dir=folder, info=ModelInfo.of(proto))
+
+
+def _read_file(path: Path) -> onnx.ModelProto:
+    """The model in `path`, big initializers referenced in place when the file lies in its folder
+    (not reached through a symlink from elsewhere, which the references could not name)."""
+    try:
+        own_folder = path.is_file() and path.resolve().parent == path.parent.resolve()
+    except OSError:
+        own_folder = False
+    if own_folder and "\\" not in path.name:
+        try:
+            return read_in_place(path, SMALL_CONSTANT)
+        except (InPlaceError, OSError):
+            pass  # the ordinary read says what is wrong with the file
+    return _read_proto(path)
 
 
 def _read_proto(path: Path) -> onnx.ModelProto:
@@ -286,7 +309,7 @@ def _itemsize(data_type: int) -> int:
 
 class _ExternalValues(LazyValues):
     """LazyValues that reads external data relative to the model's folder (gs's own reads relative
-    to the working directory)."""
+    to the working directory), without storing the bytes in the tensor proto as onnx's reader does."""
 
     def __init__(self, tensor: onnx.TensorProto, base_dir: Path) -> None:
         super().__init__(tensor)
@@ -294,12 +317,28 @@ class _ExternalValues(LazyValues):
 
     def load(self) -> np.ndarray:
         try:
-            return np.array(onnx.numpy_helper.to_array(self.tensor, base_dir=str(self.base_dir)))
+            return _read_external(self.tensor, self.base_dir)
         except (OSError, ValueError, onnx.checker.ValidationError) as exc:
             raise UnsupportedModelError(
                 f"cannot read the external data of tensor {self.tensor.name!r} from {self.base_dir}: {exc}; "
                 "was the data file moved or changed during the compile?"
             ) from exc
+
+
+def _read_external(tensor: onnx.TensorProto, base_dir: Path) -> np.ndarray:
+    dtype = DIRECT_TYPES.get(tensor.data_type)
+    if dtype is None:  # onnx's reader stores what it reads in the proto: give it a copy
+        copy = onnx.TensorProto()
+        copy.CopyFrom(tensor)
+        return np.array(onnx.numpy_helper.to_array(copy, base_dir=str(base_dir)))
+    info = external_data_helper.ExternalDataInfo(tensor)
+    count = math.prod(tensor.dims)
+    if info.length is not None and info.length != count * dtype.itemsize:
+        raise ValueError(f"{info.length} bytes stored for {count} {dtype.name} values")
+    values = np.fromfile(base_dir / info.location, dtype=dtype, count=count, offset=info.offset or 0)
+    if values.size != count:
+        raise ValueError(f"{info.location} ends {count - values.size} values early")
+    return values.astype(dtype.newbyteorder("="), copy=False).reshape(tuple(tensor.dims))
 
 
 # -- gs import / export ------------------------------------------------------------------------
@@ -308,6 +347,13 @@ class _ExternalValues(LazyValues):
 def _values_of(constant: gs.Constant) -> np.ndarray | LazyValues:
     # gs has no public way to reach a Constant's values without loading them (`.values` does).
     return constant._values
+
+
+def constant_values(constant: gs.Constant) -> np.ndarray:
+    """The values of `constant`. A lazy one is read without keeping the values in it (every call
+    reads again), so a pass that converts a weight holds it only while it converts it."""
+    values = _values_of(constant)
+    return values.load() if isinstance(values, LazyValues) else values
 
 
 def is_lazy(constant: gs.Constant) -> bool:

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from bitnet_onnx.passes._graph import constant_values
 
 from bitnet_onnx.errors import UnsupportedModelError
 
@@ -339,7 +340,7 @@ class ConstantChain:
 
     def evaluate(self, view: GraphView) -> np.ndarray:
         """The tensor as the consumer sees it (reads the initializer's bytes)."""
-        value = np.asarray(self.constant.values)
+        value = np.asarray(constant_values(self.constant))
         for node in reversed(self.nodes):
             value = _apply(view, node, value)
         return value
@@ -378,7 +379,7 @@ def _dequantize(view: GraphView, node: gs.Node, value: np.ndarray) -> np.ndarray
 def view_constant(view: GraphView, tensor: gs.Tensor) -> np.ndarray:
     """Any constant's value, small or not (DequantizeLinear scales are one per output row)."""
     if isinstance(tensor, gs.Constant):
-        return np.asarray(tensor.values)
+        return np.asarray(constant_values(tensor))
     found = resolve_constant(view, tensor)
     if not found:
         raise UnsupportedModelError(f"{tensor.name!r} is not a constant: {found.reason}")

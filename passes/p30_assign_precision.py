@@ -40,6 +40,7 @@ from typing import ClassVar
 import ml_dtypes
 import numpy as np
 import onnx_graphsurgeon as gs
+from bitnet_onnx.passes._graph import constant_values
 from bitnet_onnx.passes.base import PassContext, PassResult
 
 from bitnet_onnx.config import MixedPrecisionConfig, Resolution
@@ -190,7 +191,7 @@ class AssignPrecisionPass:
         if not isinstance(tensor, gs.Constant):
             return {}
         if tensor.name not in cache:
-            cache[tensor.name] = weight_statistics(tensor.values)
+            cache[tensor.name] = weight_statistics(constant_values(tensor))
         return cache[tensor.name]
 
 

@@ -67,11 +67,20 @@ def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarra
 # -- loading ---------------------------------------------------------------------------------------
 
 
-def test_load_path_reads_a_copy_and_records_the_folder() -> None:
+def test_load_path_references_big_initializers_in_the_file_and_records_the_folder() -> None:
     path = FIXTURES / "llama_tiny.onnx"
     loaded = load_model(path)
     assert loaded.base_dir == path.parent and loaded.origin == str(path)
-    assert loaded.proto == onnx.load(path)
+    whole = onnx.load(path)
+    big = {t.name for t in whole.graph.initializer if np.prod(t.dims) > SMALL_CONSTANT}
+    referenced = [t for t in loaded.proto.graph.initializer if t.data_location == TensorProto.EXTERNAL]
+    assert big and {t.name for t in referenced} == big
+    assert all({e.key: e.value for e in t.external_data}["location"] == path.name for t in referenced)
+    graph = import_graph(loaded)
+    for tensor in whole.graph.initializer:
+        constant = graph.tensors()[tensor.name]
+        np.testing.assert_array_equal(constant.values, numpy_helper.to_array(tensor))
+    assert not any(t.HasField("raw_data") for t in referenced)  # reading left the protos as they were
 
 
 def test_load_model_proto_copies_and_never_touches_the_callers_object() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 import pytest
-from bitnet_onnx.passes._graph import import_graph, is_lazy, load_model
+from bitnet_onnx.passes._graph import SMALL_CONSTANT, import_graph, is_lazy, load_model
 from bitnet_onnx.passes.base import PassContext, PassResult, Pipeline
 from bitnet_onnx.passes.p10_normalize import MIN_OPSET, NormalizePass
 from bitnet_onnx.passes.p20_annotate_layers import AnnotateLayersPass
@@ -20,13 +21,16 @@ from onnx import TensorProto, helper, numpy_helper
 from bitnet_onnx.config import MixedPrecisionConfig
 from bitnet_onnx.errors import UnsupportedModelError
 from bitnet_onnx.log import PassRecord
+from bitnet_onnx.model_file import session_for
 from models import llama
 
 FIXTURES = Path(__file__).resolve().parents[2] / "models" / "fixtures"
 
 
-def _normalize(model: onnx.ModelProto | Path) -> tuple[gs.Graph, PassContext, PassResult]:
-    loaded = load_model(model)
+def _normalize(
+    model: onnx.ModelProto | Path, base_dir: Path | None = None
+) -> tuple[gs.Graph, PassContext, PassResult]:
+    loaded = load_model(model, base_dir=base_dir)
     graph = import_graph(loaded)
     ctx = PassContext(config=None, model_dir=loaded.base_dir)
     return graph, ctx, NormalizePass().run(graph, ctx)
@@ -398,9 +402,11 @@ def test_original_is_the_normalized_model_and_runs_like_the_input() -> None:
     graph, ctx, _ = _normalize(path)
     original: onnx.ModelProto = ctx.original
     assert [n.name for n in original.graph.node] == [n.name for n in graph.nodes]
+    big = [t for t in original.graph.initializer if math.prod(t.dims) > SMALL_CONSTANT]
+    assert big and all(t.data_location == TensorProto.EXTERNAL for t in big)  # referenced, not copied
     inputs = dict(np.load(FIXTURES / "bert_tiny.inputs.npz"))
     expected = dict(np.load(FIXTURES / "bert_tiny.outputs.npz"))
-    (logits,) = _run(original, inputs)
+    (logits,) = session_for(original, ctx.model_dir).run(None, inputs)
     np.testing.assert_allclose(logits, expected["logits"], rtol=1e-5, atol=1e-5)
     graph.nodes.clear()  # later passes edit the graph, never the original
     assert len(original.graph.node) > 0
@@ -408,7 +414,7 @@ def test_original_is_the_normalized_model_and_runs_like_the_input() -> None:
 
 def test_normalizing_twice_changes_nothing() -> None:
     _, ctx, _ = _normalize(FIXTURES / "gpt2_tiny.onnx")
-    graph, again, result = _normalize(ctx.original)
+    graph, again, result = _normalize(ctx.original, ctx.model_dir)
     assert not result.modified and result.changes == () and result.stats["value_info_inferred"] == 0
     assert [n.name for n in again.original.graph.node] == [n.name for n in graph.nodes]
 
