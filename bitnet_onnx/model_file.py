@@ -18,6 +18,9 @@ external data is laid out in the model's tensor order.
 `session_for(model, base_dir)` gives a session with the bitnet ops registered, for a model in
 memory. External tensors are resolved against `base_dir` by onnxruntime itself (no copy); a model
 too big to serialize in one message is written to a temporary folder with external data first.
+With `prepack=False` onnxruntime leaves the weights where they lie instead of copying them into
+its own matmul layouts: external ones stay memory-mapped, so a session run once or twice (the
+original model validate compares against) costs no more memory than the weights it touches.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ EXTERNAL_DATA_THRESHOLD = 1 << 30
 _EXTERNAL_TENSOR_MIN = 1024  # smaller tensors stay inside the model file
 _FATAL_ONLY = 4
 _EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
+_DISABLE_PREPACKING_KEY = "session.disable_prepacking"
 
 
 def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
@@ -170,12 +174,16 @@ def session_for(
     base_dir: Path | None = None,
     threads: int | None = None,
     custom_op_libraries: Sequence[str | os.PathLike[str]] = (),
+    *,
+    prepack: bool = True,
 ) -> ort.InferenceSession:
     """A CPU session with the bitnet ops (and the user's `custom_op_libraries`) for an in-memory
     model (external data read from `base_dir`)."""
     with _serialized(model, base_dir) as (source, folder):
         options = runtime.session_options(threads, custom_op_libraries)
         options.log_severity_level = _FATAL_ONLY  # a failure comes back as an error; no stderr echo
+        if not prepack:
+            options.add_session_config_entry(_DISABLE_PREPACKING_KEY, "1")
         if folder is not None:
             options.add_session_config_entry(_EXTERNAL_FOLDER_KEY, str(Path(folder).resolve()))
         return runtime.session(source, options=options)
