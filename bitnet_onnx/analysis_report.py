@@ -91,13 +91,16 @@ def _raw(value: float | int | None) -> str:
     return "" if value is None else repr(value)
 
 
-def _ratio_text(value: float | None, *, speed: bool = False, missing: str = "not measured") -> str:
+def _ratio_text(value: float | None, missing: str = "not measured") -> str:
+    return missing if value is None else f"{value:.2f}×"
+
+
+def _speed_detail(value: float | None, how: str) -> str:
+    """What a speedup card says under its number: slower or faster, and how it was obtained."""
     if value is None:
-        return missing
-    text = f"{value:.2f}×"
-    if speed and value < 1:
-        text += " (slower)"
-    return text
+        return ""
+    verdict = "slower than the original" if value < 1 else "faster than the original"
+    return f"{verdict}; {how}"
 
 
 def _cosine_text(value: float | None) -> str:
@@ -321,7 +324,7 @@ body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2e
        padding: 0 1em; color: #222; }
 h1 { font-size: 1.5em; margin-bottom: 0.2em; } h2 { font-size: 1.2em; margin-top: 2em; }
 .sub { color: #555; margin-top: 0; }
-.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(190px, 1fr)); gap: 0.6em;
+.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(155px, 1fr)); gap: 0.6em;
          margin: 1em 0; }
 .card { border: 1px solid #ddd; border-radius: 6px; padding: 0.6em 0.8em; }
 .card dt { font-size: 0.8em; color: #555; }
@@ -357,7 +360,7 @@ def _card(key: str, title: str, text: str, value: float | int | bool | None, det
 def _headline(a: Analysis) -> str:
     worst_rel = max((m.max_rel_error for m in a.accuracy), default=None)
     timing = a.timing
-    measured_detail = (
+    measured_how = (
         f"median {timing.original_us / 1000:.3f} ms → {timing.compiled_us / 1000:.3f} ms, "
         f"{timing.runs} runs, {timing.threads} thread(s), batch 1"
         if timing is not None
@@ -376,16 +379,16 @@ def _headline(a: Analysis) -> str:
         _card(
             "estimated-speedup",
             "estimated speedup (matmuls, 1 token)",
-            _ratio_text(a.estimated_speedup, speed=True, missing="not estimated"),
+            _ratio_text(a.estimated_speedup, missing="not estimated"),
             a.estimated_speedup,
-            "latency table measured on this CPU" if a.estimated_speedup is not None else "",
+            _speed_detail(a.estimated_speedup, "latency table measured on this CPU"),
         ),
         _card(
             "measured-speedup",
             "measured speedup (whole model)",
-            _ratio_text(a.measured_speedup, speed=True),
+            _ratio_text(a.measured_speedup),
             a.measured_speedup,
-            measured_detail,
+            _speed_detail(a.measured_speedup, measured_how),
         ),
         _card("min-cosine", "output cosine (worst output)", _cosine_text(a.min_cosine), a.min_cosine),
         _card(
