@@ -841,17 +841,17 @@ def _subgraph_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize(
-    "build, op, inside",
+    "build, node, inside",
     [
-        (_if_model, "If", "2 MatMul: '/else/MatMul', '/then/MatMul'"),
-        (_loop_model, "Loop", "1 MatMul: '/loop/MatMul'"),
-        (_scan_model, "Scan", "1 MatMul: '/scan/MatMul'"),
+        (_if_model, "If '/branch/If'", "2 MatMul: '/else/MatMul', '/then/MatMul'"),
+        (_loop_model, "Loop '/repeat/Loop'", "1 MatMul: '/loop/MatMul'"),
+        (_scan_model, "Scan '/scan/Scan'", "1 MatMul: '/scan/MatMul'"),
     ],
+    ids=["If", "Loop", "Scan"],
 )
-def test_control_flow_leaves_layers_inside_as_they_are(build, op: str, inside: str, tmp_path: Path) -> None:
+def test_control_flow_leaves_layers_inside_as_they_are(build, node: str, inside: str, tmp_path: Path) -> None:
     source = build()
     result = _compile(source, tmp_path)
-    node = f"{op} '/{ {'If': 'branch', 'Loop': 'repeat', 'Scan': 'scan'}[op] }/{op}'"
     warnings = _warnings(result, "annotate_layers")
     assert any(w.startswith(f"{node} holds") and f"({inside});" in w for w in warnings), warnings
     assert {r.name: r.precisions["weights"] for r in result.layers if "weights" in r.precisions} == {
