@@ -2,10 +2,10 @@
 
 - `load_model(source)` reads a path (opened read-only) or copies a ModelProto (the caller's object is
   never touched), refuses what is not a usable ONNX model (not protobuf, truncated, no ir_version,
-  an ir_version or default-domain opset newer than the installed onnx knows, empty graph) and
-  validates external data without reading it: every `location` must be relative, stay inside the
-  model's folder (no `..`, no symlink leading out) and name a file holding the bytes the tensor
-  claims. All external-data problems are reported at once. A file's initializers of more than
+  an ir_version or default-domain opset newer than the installed onnx knows, empty graph, sparse
+  initializers) and validates external data without reading it: every `location` must be relative,
+  stay inside the model's folder (no `..`, no symlink leading out) and name a file holding the bytes
+  the tensor claims. All external-data problems are reported at once. A file's initializers of more than
   SMALL_CONSTANT elements are not read at all: `passes._inplace` turns them into external-data
   references to their bytes in the file itself, so from here on they are external data like any
   other (a compile reads each weight when it needs it, never the whole model).
@@ -210,6 +210,13 @@ def _check_structure(proto: onnx.ModelProto, origin: str) -> None:
             )
     if not proto.graph.node:
         raise UnsupportedModelError(f"{origin}: the graph is empty (no nodes); there is nothing to compile")
+    sparse = [t.values.name for g in all_graph_protos(proto.graph) for t in g.sparse_initializer]
+    if sparse:
+        what = "is a sparse initializer" if len(sparse) == 1 else "are sparse initializers"
+        raise UnsupportedModelError(
+            f"{origin}: {', '.join(map(repr, sparse))} {what}, which bitnet-onnx does not compile; store "
+            "dense tensors instead (numpy_helper.from_array, in graph.initializer) and re-export"
+        )
 
 
 # -- external data -----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from onnx import helper
 
 from bitnet_onnx.errors import MixedPrecisionError
 from bitnet_onnx.log import Change, PassRecord
@@ -96,8 +97,13 @@ def graph_bytes(graph: gs.Graph) -> int:
     total = 0
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Constant):
-            total += np.dtype(tensor.dtype).itemsize * math.prod(tensor.shape)
+            total += _itemsize(tensor.dtype) * math.prod(tensor.shape)
     return total
+
+
+def _itemsize(dtype: np.dtype | int) -> int:
+    # gs keeps the ONNX element type (an int) of a tensor it has no numpy type for, e.g. bfloat16.
+    return np.dtype(helper.tensor_dtype_to_np_dtype(dtype) if isinstance(dtype, int) else dtype).itemsize
 
 
 def _shortened(warning: str) -> str:

@@ -19,7 +19,9 @@ Cases, in the order the pass handles them:
    inference cannot shape, is refused by name with the fix.
 5. Opset. Below MIN_OPSET (default domain, when a node uses it) the model is upgraded to MIN_OPSET by
    onnx.version_converter (an `upgrade_opset` change); if the converter fails, the model is refused
-   with the converter's reason and the fix (re-export at opset >= MIN_OPSET).
+   with the converter's reason and the fix (re-export at opset >= MIN_OPSET). An ir_version below 4
+   becomes 4 first (an `upgrade_ir_version` change): before 4 every initializer had to be listed as
+   a graph input too, and onnx-graphsurgeon keeps initializers as constants only.
 6. Shapes. onnx.shape_inference (strict mode off, data propagation on): symbolic dims stay named,
    unknown ones get onnx's `unk__<n>` names, and inferred types and shapes are copied onto the
    graph's tensors that had none (`value_info_inferred` in the stats). onnxruntime's own ops (the
@@ -81,6 +83,7 @@ __all__ = ["MIN_OPSET", "NormalizePass"]
 logger = logging.getLogger(__name__)
 
 MIN_OPSET = 17
+_INITIALIZERS_NEED_NO_INPUT = 4  # the first ir_version whose initializers need not be graph inputs
 
 _DEFAULT_DOMAINS = frozenset({"", "ai.onnx"})
 _KNOWN_DOMAINS = frozenset({*_DEFAULT_DOMAINS, "ai.onnx.ml", "com.microsoft", "bitnet"})
@@ -101,6 +104,15 @@ class NormalizePass:
             changes.append(
                 Change(layer=None, action="reorder", detail=f"{moved} nodes moved into topological order")
             )
+        if graph.ir_version < _INITIALIZERS_NEED_NO_INPUT:
+            changes.append(
+                Change(
+                    layer=None,
+                    action="upgrade_ir_version",
+                    detail=f"ir_version {graph.ir_version} → {_INITIALIZERS_NEED_NO_INPUT}",
+                )
+            )
+            graph.ir_version = _INITIALIZERS_NEED_NO_INPUT
         parked, warnings, unchecked = _check_ops(graph)
         structure, stripped = weightless_model(graph)
         domains, typing = _domains(structure), _typing_domains(structure)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import onnx_graphsurgeon as gs
-from onnx import TensorProto
+from onnx import helper
 
 from bitnet_onnx.layers import Layer
 
@@ -32,21 +32,9 @@ Shape = Sequence[int | str | None] | None
 EMPTY = gs.Variable.empty()
 """An omitted optional input (exported as the empty name)."""
 
-_ONNX_TYPES: Mapping[np.dtype, int] = {
-    np.dtype(np.float32): TensorProto.FLOAT,
-    np.dtype(np.float16): TensorProto.FLOAT16,
-    np.dtype(np.uint8): TensorProto.UINT8,
-    np.dtype(np.int8): TensorProto.INT8,
-    np.dtype(np.int32): TensorProto.INT32,
-}
-
-
 def onnx_type(dtype: np.dtype | type) -> int:
-    """The TensorProto element type of a numpy dtype (bfloat16 included)."""
-    dtype = np.dtype(dtype)
-    if dtype.name == "bfloat16":
-        return TensorProto.BFLOAT16
-    return _ONNX_TYPES[dtype]
+    """The TensorProto element type of a numpy dtype (ml_dtypes' bfloat16 included)."""
+    return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
 
 
 class Names:

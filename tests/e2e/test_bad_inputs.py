@@ -141,6 +141,11 @@ CATALOGUE: dict[str, Entry] = {
     "old_opset": Entry(
         "opset 9 or 11", None, "upgraded to opset 17; the normalize record has the `upgrade_opset` change"
     ),
+    "ir_version_3": Entry(
+        "ir_version 3 (initializers listed as graph inputs)",
+        None,
+        "raised to 4; the normalize record has the `upgrade_ir_version` change",
+    ),
     "unconvertible_opset": Entry(
         "an old opset onnx's converter cannot upgrade (GRU at opset 6)",
         UnsupportedModelError,
@@ -225,6 +230,14 @@ CATALOGUE: dict[str, Entry] = {
         "onnxruntime's reason; build it for this onnxruntime",
         r"could not load the custom-op library .*libm.*RegisterCustomOps.*; pass a shared library built for "
         r"onnxruntime",
+    ),
+    "float64_model": Entry("a float64 model", None, "compiles like a float32 one"),
+    "bfloat16_weights": Entry("bfloat16 weights (read through a Cast)", None, "compiles like float32 ones"),
+    "sparse_initializer": Entry(
+        "a sparse initializer",
+        UnsupportedModelError,
+        "names it; store it dense",
+        r"'fc2\.weight' is a sparse initializer, which bitnet-onnx does not compile; store dense tensors",
     ),
     "graph_input_weight": Entry(
         "a weight fed as a graph input", None, "warning naming the node and the input; the node stays float"
@@ -558,6 +571,18 @@ def _custom_op_model() -> onnx.ModelProto:
     return model
 
 
+def _sparse_fc2() -> onnx.ModelProto:
+    model = _mlp()
+    dense = numpy_helper.to_array(model.graph.initializer[2])
+    flat = np.where(np.abs(dense) > 0.05, dense, 0).ravel()
+    kept = np.flatnonzero(flat)
+    values = numpy_helper.from_array(flat[kept], "fc2.weight")
+    indices = numpy_helper.from_array(kept.astype(np.int64), "fc2.weight.indices")
+    del model.graph.initializer[2]
+    model.graph.sparse_initializer.append(helper.make_sparse_tensor(values, indices, list(dense.shape)))
+    return model
+
+
 def _nan(value: float) -> onnx.ModelProto:
     weight = _weights(1, (64, 32))
     weight[3, 4] = value
@@ -622,6 +647,7 @@ REFUSED: dict[str, Callable[[Path], Refused]] = {
     "custom_op_without_library": _model(_custom_op_model),
     "custom_op_library_missing": _custom_library(lambda folder: folder / "nope.so"),
     "custom_op_library_broken": _custom_library(lambda folder: _libm()),
+    "sparse_initializer": _model(_sparse_fc2),
     "nan_weight": _model(lambda: _nan(np.nan)),
     "inf_weight": _model(lambda: _nan(np.inf)),
     "library_env_missing": _env(runtime.LIBRARY_ENV, lambda folder: folder / "nope.so"),
@@ -692,6 +718,50 @@ def test_old_opset_is_upgraded_and_computes_the_same(opset: int, tmp_path: Path)
     ]
     assert (normalize.stats["opset_before"], normalize.stats["opset_after"]) == (opset, 17)
     assert {(o.domain, o.version) for o in onnx.load(result.output_path).opset_import} >= {("", 17)}
+    _assert_matches(result, source, _feeds())
+
+
+def test_ir_version_3_is_raised_to_4(tmp_path: Path) -> None:
+    source = _mlp()
+    source.ir_version = 3
+    source.graph.input.extend(
+        helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in source.graph.initializer
+    )
+    onnx.checker.check_model(source)
+    result = _compile(source, tmp_path)
+    assert [(c.action, c.detail) for c in result.records[0].changes if c.layer is None] == [
+        ("upgrade_ir_version", "ir_version 3 → 4")
+    ]
+    assert onnx.load(result.output_path).ir_version >= 4
+    _assert_matches(result, source, _feeds())
+
+
+def test_float64_model_compiles_like_float32(tmp_path: Path) -> None:
+    source = _mlp()
+    for tensor in source.graph.initializer:
+        tensor.CopyFrom(
+            numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float64), tensor.name)
+        )
+    for value in (*source.graph.input, *source.graph.output):
+        value.type.tensor_type.elem_type = TensorProto.DOUBLE
+    result = _compile(source, tmp_path)
+    assert {r.name: r.precisions.get("weights") for r in result.layers} == {
+        "fc1": "BITNET158",
+        "act": None,
+        "fc2": "F16",
+    }
+    _assert_matches(result, source, {"x": _feeds()["x"].astype(np.float64)})
+
+
+def test_bfloat16_weights_compile_like_float32(tmp_path: Path) -> None:
+    source = _mlp()
+    weight = numpy_helper.to_array(source.graph.initializer[0])
+    stored = helper.make_tensor("fc1.weight", TensorProto.BFLOAT16, weight.shape, weight.ravel().tolist())
+    source.graph.initializer[0].CopyFrom(stored)
+    source.graph.node.insert(0, helper.make_node("Cast", ["fc1.weight"], ["w"], name="/fc1/Cast", to=1))
+    source.graph.node[1].input[1] = "w"
+    result = _compile(source, tmp_path)
+    assert {r.name: r.precisions.get("weights") for r in result.layers}["fc1"] == "BITNET158"
     _assert_matches(result, source, _feeds())
 
 
