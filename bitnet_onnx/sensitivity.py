@@ -538,32 +538,44 @@ def _run(
 
 
 def _model_sha256(proto: onnx.ModelProto, base_dir: Path | None) -> str:
-    digest = hashlib.sha256(proto.SerializeToString(deterministic=True))
-    locations = sorted(
-        {
-            entry.value
-            for tensor in _external_tensors(proto)
-            for entry in tensor.external_data
-            if entry.key == "location"
-        }
-    )
-    for location in locations:
-        digest.update(location.encode())
-        with (Path(base_dir or ".") / location).open("rb") as stream:
-            for chunk in iter(lambda: stream.read(1 << 24), b""):
-                digest.update(chunk)
+    """The same for the same model however its tensors are stored (inline, in an external data
+    file, or referenced in place in the model file, as `load_model` does for a path): each
+    tensor's name and bytes (external ones read in chunks), then the structure without them."""
+    structure = onnx.ModelProto()
+    structure.CopyFrom(proto)
+    digest = hashlib.sha256()
+    for tensor in _tensors(structure):
+        digest.update(tensor.name.encode())
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            entries = {e.key: e.value for e in tensor.external_data}
+            with (Path(base_dir or ".") / entries["location"]).open("rb") as stream:
+                stream.seek(int(entries.get("offset", 0)))
+                remaining = int(entries["length"]) if "length" in entries else None  # None: to the end
+                while remaining is None or remaining > 0:
+                    chunk = stream.read(1 << 24 if remaining is None else min(remaining, 1 << 24))
+                    if not chunk:
+                        break
+                    digest.update(chunk)
+                    remaining = None if remaining is None else remaining - len(chunk)
+            tensor.ClearField("data_location")
+            del tensor.external_data[:]
+        else:
+            digest.update(tensor.raw_data)
+            tensor.ClearField("raw_data")
+    digest.update(structure.SerializeToString(deterministic=True))
     return digest.hexdigest()
 
 
-def _external_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+def _tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     from bitnet_onnx.passes._graph import all_graph_protos
 
     for graph in all_graph_protos(proto.graph):
-        tensors = [*graph.initializer]
+        yield from graph.initializer
         for node in graph.node:
             for attr in node.attribute:
-                tensors += [attr.t, *attr.tensors] if attr.HasField("t") else [*attr.tensors]
-        yield from (t for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL)
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
 
 
 @functools.cache
