@@ -3,7 +3,8 @@
 Deterministic by seed; independent of how the model was made. Shapes: fixed dims as written;
 a symbolic dim takes `dims[name]` when given, else the default of the role its name says
 (`batch` for names containing "batch", `seq` for names containing "seq", "len" or "token"), with
-`DEFAULT_DIMS` batch 1, seq 8; any other symbolic or unnamed dim is an error naming it. Values:
+`DEFAULT_DIMS` batch 1, seq 8; any other symbolic or unnamed dim (or a negative size) is an error
+naming it. Values:
 
 1. integer input whose name contains "mask": ones (every token attends);
 2. integer input whose name contains "token_type": zeros; "position": 0..n−1 along the last axis;
@@ -60,9 +61,9 @@ def _shape(
 ) -> tuple[int, ...]:
     shape = []
     for axis, d in enumerate(dims_proto):
-        if d.HasField("dim_value"):
+        if d.HasField("dim_value") and d.dim_value >= 0:
             shape.append(d.dim_value)
-            continue
+            continue  # a negative value (some exporters write -1 for "dynamic") is an unknown size
         size = sizes.get(d.dim_param) if d.dim_param else None
         if size is None and d.dim_param:
             lowered = d.dim_param.lower()

@@ -199,6 +199,12 @@ CATALOGUE: dict[str, Entry] = {
         r"input 'x' axis 0 has an unknown size without a name, so no dim can set it; pass the inputs as an "
         r"\.npz \(CLI: --inputs\)",
     ),
+    "negative_dim_without_inputs": Entry(
+        "a fixed dim of -1 (some exporters' dynamic dim) without `--inputs`",
+        UnsupportedModelError,
+        "as an unnamed dim",
+        r"input 'x' axis 0 has an unknown size without a name, so no dim can set it; pass the inputs",
+    ),
     "control_flow": Entry(
         "If / Loop / Scan subgraphs",
         None,
@@ -644,6 +650,7 @@ REFUSED: dict[str, Callable[[Path], Refused]] = {
     "input_without_shape": _model(lambda: _mlp(x_shape=None)),
     "symbolic_dim_without_value": _model(lambda: _mlp(x_shape=("batch", "width"))),
     "unnamed_dim_without_inputs": _model(lambda: _mlp(x_shape=(None, 64))),
+    "negative_dim_without_inputs": _model(lambda: _mlp(x_shape=(-1, 64), y_shape=(-1, 16))),
     "custom_op_without_library": _model(_custom_op_model),
     "custom_op_library_missing": _custom_library(lambda folder: folder / "nope.so"),
     "custom_op_library_broken": _custom_library(lambda folder: _libm()),
@@ -780,10 +787,11 @@ def test_symbolic_dims_compile_with_their_values_or_inputs(tmp_path: Path) -> No
     assert result.report.inputs.startswith("generated inputs (batch=1, seq=8, rows=3, width=64")
     assert result.report.outputs[0].shape == (3, 16)
     _assert_matches(result, source, _feeds())
-    unnamed = _mlp(x_shape=(None, None), y_shape=(None, None))
-    result = _compile(unnamed, tmp_path / "unnamed", inputs=_feeds(5))
-    assert result.report.outputs[0].shape == (5, 16)
-    _assert_matches(result, unnamed, _feeds())
+    for unknown in (None, -1):
+        unnamed = _mlp(x_shape=(unknown, 64), y_shape=(unknown, 16))
+        result = _compile(unnamed, tmp_path / f"unknown{unknown}", inputs=_feeds(5))
+        assert result.report.outputs[0].shape == (5, 16)
+        _assert_matches(result, unnamed, _feeds())
 
 
 def _if_model() -> onnx.ModelProto:
