@@ -208,8 +208,12 @@ class Analysis:
 
     @property
     def min_cosine(self) -> float | None:
-        """The lowest cosine over the outputs (None when none was compared)."""
-        return min((m.cosine for m in self.accuracy), default=None)
+        """The lowest cosine over the outputs (None when none was compared; NaN, the mark of
+        non-finite outputs, when any output has it)."""
+        cosines = [m.cosine for m in self.accuracy]
+        if any(math.isnan(c) for c in cosines):
+            return math.nan
+        return min(cosines, default=None)
 
     def summary(self) -> str:
         """The per-layer table and the headline figures, for a terminal."""

@@ -230,10 +230,10 @@ def _log_bars(
     annotate: Callable[[float], str],
 ) -> None:
     """Horizontal bars of `values` (1 − cosine, at most 2) on a log axis, each labelled; 0 is
-    drawn as 'exact', None as 'not measured'."""
+    drawn as 'exact', None as 'not measured', NaN (a failed measurement) as 'failed'."""
     from matplotlib.ticker import NullFormatter
 
-    positive = [v for v in values if v is not None and v > 0]
+    positive = [v for v in values if v is not None and math.isfinite(v) and v > 0]
     low = 10 ** math.floor(math.log10(min(positive))) if positive else 1e-6
     high = min(10 ** math.ceil(math.log10(max(positive))), 2.0) if positive else 1.0
     low = min(low, high / 100)  # two decades at least, so the axis has major ticks to read
@@ -243,6 +243,8 @@ def _log_bars(
     for y, (value, color) in enumerate(zip(values, colors, strict=True)):
         if value is None:
             ax.text(low, y, "  not measured", va="center", fontsize=7.5, color="#888888")
+        elif not math.isfinite(value):
+            ax.text(low, y, "  failed: not a finite number", va="center", fontsize=7.5, color="#d64545")
         elif value <= 0:
             ax.text(low, y, "  exact (1 − cosine = 0)", va="center", fontsize=7.5, color="#888888")
         else:
@@ -301,16 +303,17 @@ def _output_error(analysis: Analysis, path: Path) -> None:
         names,
         [1.0 - m.cosine for m in outputs],
         [_AFTER] * len(outputs),
-        lambda v: f"cos {1.0 - v:.6f}",
+        _cosine_label,
     )
     left.set_xlabel("1 − cosine (log scale)")
-    right.barh(range(len(outputs)), [m.max_rel_error for m in outputs], color="#d64545", height=0.7)
-    top = max([m.max_rel_error for m in outputs if math.isfinite(m.max_rel_error)] + [1e-12])
-    for y, m in enumerate(outputs):
-        right.text(
-            min(m.max_rel_error, top) + top * 0.02, y, f"{m.max_rel_error:.4g}", va="center", fontsize=8
-        )
-    right.set_xlim(0, top * 1.3)
+    finite = [m.max_rel_error for m in outputs if math.isfinite(m.max_rel_error)]
+    top = max([*finite, 1e-12])
+    # A non-finite error is drawn as a full-width bar labelled with its value.
+    shown = [m.max_rel_error if math.isfinite(m.max_rel_error) else top * 1.25 for m in outputs]
+    right.barh(range(len(outputs)), shown, color="#d64545", height=0.7)
+    for y, (m, width) in enumerate(zip(outputs, shown, strict=True)):
+        right.text(width + top * 0.02, y, f"{m.max_rel_error:.4g}", va="center", fontsize=8)
+    right.set_xlim(0, top * 1.45)
     right.set_xlabel("max |compiled − original| / max |original|")
     right.spines[["top", "right"]].set_visible(False)
     fig.suptitle(f"Error per output, against the original on {analysis.accuracy_inputs}", fontsize=11)

@@ -4,9 +4,11 @@ charts are real PNGs, output is deterministic and written without touching other
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 import struct
 import subprocess
+import warnings
 import zlib
 from html.parser import HTMLParser
 from pathlib import Path
@@ -354,3 +356,21 @@ def test_headless_browser_renders_the_page(written, tmp_path):
     # the red of a missed objective and the ternary cells are on screen: the page and its images rendered
     red = np.array([0xD6, 0x45, 0x45]) / 255
     assert (np.abs(pixels - red).max(axis=-1) < 0.02).sum() > 500
+
+
+def test_failed_measurements_render_as_failed(tmp_path):
+    from matplotlib.image import imread
+
+    layers = list(_analysis().layers)
+    layers[1] = dataclasses.replace(layers[1], sensitivity=math.nan)
+    broken = OutputMetrics("logits", (1, 8), math.inf, math.inf, math.nan)
+    analysis = _analysis(layers=tuple(layers), accuracy=(*_analysis().accuracy, broken))
+    assert math.isnan(analysis.min_cosine)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no NaN reaches matplotlib's transforms
+        index = write_report(analysis, tmp_path / "r")
+    page = _parse(index)
+    assert page.rows["layers"][2][1][-2][0]["data-value"] == "nan"  # the sensitivity column
+    assert page.ids["min-cosine"]["data-value"] == "nan" and page.ids["max-rel-error"]["data-value"] == "inf"
+    for name in ("sensitivity.png", "output_error.png"):
+        assert imread(index.parent / name).shape[0] > 100
