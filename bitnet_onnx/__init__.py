@@ -34,6 +34,7 @@ from bitnet_onnx.layer_precision import (
     MemoryOptimizationResult,
 )
 from bitnet_onnx.layers import ComponentType, LayerType, SupportMatrix
+from bitnet_onnx.objectives import Accuracy, Balanced, Memory, OptimizationObjective, PrecisionChoice, Speed
 from bitnet_onnx.policy import (
     ConditionOperator,
     ConditionType,
@@ -46,6 +47,7 @@ from bitnet_onnx.policy import (
     PrecisionPolicy,
     weight_statistics,
 )
+from bitnet_onnx.precision_manager import PrecisionManager
 from bitnet_onnx.quantizer import MixedPrecisionQuantizationConfig, MixedPrecisionQuantizer
 from bitnet_onnx.report import CompileReport, CompileValidationError
 from bitnet_onnx.validation import (
@@ -58,6 +60,8 @@ from bitnet_onnx.validation import (
 )
 
 __all__ = [
+    "Accuracy",
+    "Balanced",
     "CompileReport",
     "CompileResult",
     "CompileValidationError",
@@ -79,6 +83,7 @@ __all__ = [
     "LayerPrecisionManager",
     "LayerPrecisionSpec",
     "LayerType",
+    "Memory",
     "MemoryOptimization",
     "MemoryOptimizationResult",
     "MixedPrecisionConfig",
@@ -86,16 +91,20 @@ __all__ = [
     "MixedPrecisionQuantizationConfig",
     "MixedPrecisionQuantizer",
     "MixedPrecisionStrategy",
+    "OptimizationObjective",
     "PolicyAction",
     "PolicyCondition",
     "PolicyEngine",
     "PolicyRule",
+    "PrecisionChoice",
     "PrecisionConverter",
+    "PrecisionManager",
     "PrecisionPolicy",
     "PrecisionValidator",
     "QuantizedTensor",
     "Resolution",
     "Severity",
+    "Speed",
     "SupportMatrix",
     "UnsupportedModelError",
     "ValidationError",

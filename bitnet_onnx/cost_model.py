@@ -37,7 +37,7 @@ The `LatencyTable` holds, per kernel and per number of tokens M ∈ `TOKENS` (1:
 short prefill), the median time of one call at the sizes `SIZES` (K, N), measured by running a
 one-op onnxruntime model with our op library, one intra-op thread (the batch-1 setting of
 TARGETS.md: no contention with the caller), `_WARMUP` warm-up runs and then runs until
-`_MIN_RUNS` runs and `_BUDGET_S` seconds are both reached. The whole default table takes about 10 s
+`_MIN_RUNS` runs and `_BUDGET_S` seconds are both reached. The whole default table takes about 5 s
 on 2 cores. Interpolation, in `LatencyTable.micros(kernel, k, n, tokens)`:
 
 - in K·N, piecewise linear between the measured sizes; below the smallest, the smallest's time

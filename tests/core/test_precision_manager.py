@@ -349,3 +349,37 @@ def test_accuracy_on_llama_beats_conservative(
     record_property("conservative_bytes", conservative.bytes_after)
     record_property("accuracy_measured_cosine", check.best.measured.cosine)
     assert check.best.measured.bytes < conservative.bytes_after
+
+
+def test_verify_backs_off_when_the_measured_cosine_misses(llama: Llama) -> None:
+    """An optimistic error table (every error / 50) lets the search pick a plan that misses
+    Accuracy(0.99) when measured; verify moves the most sensitive moved layer one step up per
+    round and says so, and reports a miss rather than hiding it."""
+    from bitnet_onnx.search import search, verify
+    from bitnet_onnx.sensitivity import SensitivityEntry, SensitivityTable
+
+    model, calibration, _ = llama
+    manager = _fresh(llama)
+    table = manager.sensitivity()
+    optimistic = SensitivityTable(
+        table.model_sha256,
+        tuple(
+            SensitivityEntry(e.layer, e.choice, 1 - (1 - e.cosine) / 50, e.rel_error) for e in table.entries
+        ),
+    )
+    layers = [manager._layer(spec.name) for spec in manager.layers]
+    cost = manager.cost_model()
+    result = search(layers, optimistic, cost, Accuracy(0.99), alternatives=0)
+    assert result.feasible
+    _, held_out = calibration.split(0.25)
+    check = verify(model, result, held_out, layers, optimistic, cost, max_rounds=2)
+    assert not check.tried[0].meets  # the optimistic plan misses when measured
+    rounds = check.tried[1:]
+    assert 1 <= len(rounds) <= 2 and "round 1: backed off" in check.message
+    previous = check.tried[0].plan
+    for verified in rounds:
+        changed = [name for name in verified.plan if verified.plan[name] != previous[name]]
+        assert len(changed) == 1  # one layer per round
+        previous = verified.plan
+    assert check.met == any(v.meets for v in check.tried)
+    assert ("NOT met" in check.message) == (not check.met)
