@@ -355,12 +355,13 @@ class MixedPrecisionConfig:
                 self._check_entry(problems, path, entry)
         seen: dict[str, int] = {}
         for i, policy in enumerate(self.policies):
-            if policy.id in seen:
-                problems.add(
-                    ("policies", i, "id"),
-                    f"duplicate policy id {policy.id!r} (also policies[{seen[policy.id]}])",
-                )
-            seen.setdefault(policy.id, i)
+            if isinstance(policy.id, str):  # any other id is the policy's own problem, reported below
+                if policy.id in seen:
+                    problems.add(
+                        ("policies", i, "id"),
+                        f"duplicate policy id {policy.id!r} (also policies[{seen[policy.id]}])",
+                    )
+                seen.setdefault(policy.id, i)
             policy.collect_problems(problems, ("policies", i), self.support if support_ok else None)
 
     def _check_support(self, problems: Problems) -> bool:

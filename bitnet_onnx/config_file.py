@@ -515,34 +515,78 @@ def _parse_yaml(text: str, source: str) -> tuple[Any, _Lines, _Duplicates]:
         raise ConfigError(f"{where}not valid YAML: {what}", source=source) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"not valid YAML: {exc}", source=source) from None
+    except RecursionError:
+        raise ConfigError(_TOO_DEEP, source=source) from None
     lines: _Lines = {}
     duplicates: _Duplicates = []
     if root is not None:
-        _yaml_node_lines(root, (), lines, duplicates)
+        try:
+            _YamlLocator(source, lines, duplicates).walk(root, ())
+        except RecursionError:
+            raise ConfigError(_TOO_DEEP, source=source) from None
     return data, lines, duplicates
 
 
-def _yaml_node_lines(node: yaml.Node, path: SchemaPath, lines: _Lines, duplicates: _Duplicates) -> None:
-    if isinstance(node, yaml.MappingNode):
+_TOO_DEEP = "the values nest too deeply to be a config (a config is a few levels deep)"
+_MAX_VALUES = 100_000
+"""Values a YAML config may expand to through aliases: far more than any config holds, far fewer
+than an alias bomb (a few lines of aliases of aliases that expand to billions)."""
+
+
+class _YamlLocator:
+    """Walks the node tree yaml.compose built and records the line of every key and list item.
+
+    Aliases make the tree a graph, so it also refuses what only aliases can build, before anything
+    reads the data: a value that contains itself, and a tree of more than `_MAX_VALUES` values.
+    """
+
+    def __init__(self, source: str, lines: _Lines, duplicates: _Duplicates) -> None:
+        self.source = source
+        self.lines = lines
+        self.duplicates = duplicates
+        self.visited = 0
+        self.open: set[int] = set()  # the nodes on the path from the root
+
+    def walk(self, node: yaml.Node, path: SchemaPath) -> None:
+        line = node.start_mark.line + 1
+        self.visited += 1
+        if self.visited > _MAX_VALUES:
+            raise ConfigError(
+                f"line {line}: the file expands to more than {_MAX_VALUES} values through aliases; "
+                "write the repeated parts out",
+                source=self.source,
+            )
+        if id(node) in self.open:
+            raise ConfigError(
+                f"line {line}: an alias refers to a value that contains it (a recursive alias); "
+                "a config is a tree, write the value out",
+                source=self.source,
+            )
+        self.open.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            self.mapping(node, path)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self.lines[(*path, i)] = item.start_mark.line + 1
+                self.walk(item, (*path, i))
+        self.open.discard(id(node))
+
+    def mapping(self, node: yaml.MappingNode, path: SchemaPath) -> None:
         seen: dict[str, int] = {}
         for key_node, value_node in node.value:
             if not (isinstance(key_node, yaml.ScalarNode) and key_node.tag == "tag:yaml.org,2002:str"):
                 continue
             key, line = key_node.value, key_node.start_mark.line + 1
             if key in seen:
-                duplicates.append(
+                self.duplicates.append(
                     (
                         (*path, key),
                         f"duplicate key {key!r} (lines {seen[key]} and {line}); the last one counts",
                     )
                 )
             seen[key] = line
-            lines[(*path, key)] = line
-            _yaml_node_lines(value_node, (*path, key), lines, duplicates)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            lines[(*path, i)] = item.start_mark.line + 1
-            _yaml_node_lines(item, (*path, i), lines, duplicates)
+            self.lines[(*path, key)] = line
+            self.walk(value_node, (*path, key))
 
 
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
@@ -556,10 +600,15 @@ def _parse_json(text: str, source: str) -> tuple[Any, _Lines, _Duplicates]:
         raise ConfigError(
             f"line {exc.lineno}: not valid JSON: {exc.msg} (column {exc.colno})", source=source
         ) from None
+    except RecursionError:
+        raise ConfigError(_TOO_DEEP, source=source) from None
     lines: _Lines = {}
     duplicates: _Duplicates = []
     if data is not None:
-        _JsonLocator(text, lines, duplicates).value(0, ())
+        try:
+            _JsonLocator(text, lines, duplicates).value(0, ())
+        except RecursionError:
+            raise ConfigError(_TOO_DEEP, source=source) from None
     return data, lines, duplicates
 
 

@@ -435,6 +435,46 @@ def test_python_tags_are_refused(tmp_path, tag, monkeypatch):
     assert calls == []
 
 
+# Seven levels of ten aliases each: 10^7 values once expanded.
+_ALIAS_BOMB = "version: 1\nstrategy: balanced\na: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{name}: &{name} [{', '.join([f'*{chr(ord(name) - 1)}'] * 10)}]\n" for name in "bcdefg"
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "expected"),
+    [
+        (
+            "c.yaml",
+            "version: 1\nstrategy: balanced\npolicies: &p [*p]\n",
+            "line 3: an alias refers to a value that contains it (a recursive alias)",
+        ),
+        ("c.yaml", _ALIAS_BOMB, "the file expands to more than 100000 values through aliases"),
+        ("c.yaml", "[" * 5000, "the values nest too deeply to be a config"),
+        ("c.json", "[" * 5000, "the values nest too deeply to be a config"),
+        ("c.json", "[" * 700 + "]" * 700, "the values nest too deeply to be a config"),
+    ],
+)
+def test_aliases_and_nesting_no_config_has_are_refused(tmp_path, name, body, expected):
+    # Found by tests/fuzz: these raised RecursionError or ran for hours.
+    problems = problems_of(write(tmp_path, name, body))
+    assert len(problems) == 1 and expected in problems[0], problems
+
+
+def test_aliases_are_read():
+    body = "version: 1\nstrategy: balanced\nlayers:\n  a: &q {precision: I4, group_size: 32}\n  b: *q\n"
+    config = config_from_dict(yaml.safe_load(body))
+    assert config.layers["a"] == config.layers["b"]
+    assert config.layers["b"].layout.group_size == 32
+
+
+def test_a_policy_id_that_is_not_a_string_is_a_problem():
+    # Found by tests/fuzz: a list as a policy id raised TypeError (unhashable) instead.
+    data = {"version": 1, "strategy": "custom", "policies": [{"id": [], "rules": []}]}
+    with pytest.raises(ConfigError, match=r"policies\[0\]\.id: a policy needs a non-empty id, not \[\]"):
+        config_from_dict(data)
+
+
 def test_unknown_suffix_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown config file type '.toml'; name it .yaml, .yml or .json"):
         load_config(tmp_path / "c.toml")
