@@ -27,7 +27,6 @@ namespace {
 
 using Ort::Custom::Tensor;
 constexpr const char* kOp = kDequantizeLowBitOp;
-constexpr size_t kZeroPointsInput = 2;
 // Output elements per task.
 constexpr int64_t kTaskElements = 64 * 1024;
 
@@ -48,11 +47,8 @@ class DequantizeLowBit {
  public:
   DequantizeLowBit(const OrtApi*, const OrtKernelInfo* raw_info) {
     Ort::ConstKernelInfo info(raw_info);
-    const size_t inputs = info.GetInputCount();
-    if (inputs < 2) Fail(kOp, "needs inputs Q, scales and optionally zero_points; the node has ", inputs);
-    if (inputs > kZeroPointsInput && info.GetInputName(kZeroPointsInput).empty()) {
-      // onnxruntime hands a kernel no value for an input left empty.
-      Fail(kOp, "input 2 (zero_points) is given with an empty name; leave it off the node instead");
+    if (info.GetInputCount() < 2) {
+      Fail(kOp, "needs inputs Q, scales and optionally zero_points; the node has ", info.GetInputCount());
     }
     if (info.GetOutputCount() != 1) Fail(kOp, "has one output, Y; the node has ", info.GetOutputCount());
     k_ = RequiredInt(info, kOp, "K");

@@ -57,17 +57,15 @@ class LowBitMatMul {
  public:
   LowBitMatMul(const OrtApi*, const OrtKernelInfo* raw_info) {
     Ort::ConstKernelInfo info(raw_info);
-    const size_t inputs = info.GetInputCount();
+    size_t inputs = info.GetInputCount();
+    while (inputs > 0 && info.GetInputName(inputs - 1).empty()) --inputs;  // trailing empty names: absent
     if (inputs < 3) {
       Fail(kOp, "needs inputs X, W, scales and optionally zero_points and bias; the node has ", inputs);
     }
-    for (size_t i = kZeroPointsInput; i < inputs; ++i) {
-      // onnxruntime hands a kernel no value for an input left empty, so it is refused here.
-      if (info.GetInputName(i).empty()) {
-        Fail(kOp, "input ", i, " (", i == kZeroPointsInput ? "zero_points" : "bias",
-             ") is given with an empty name; leave trailing optional inputs off the node, and pass an empty "
-             "uint8 tensor [0] as zero_points when the weights are symmetric and a bias follows");
-      }
+    if (inputs > kBiasInput && info.GetInputName(kZeroPointsInput).empty()) {
+      // onnxruntime hands a kernel no value for an input left empty before a given one.
+      Fail(kOp, "zero_points (input 3) has an empty name but a bias follows; pass an empty uint8 tensor [0] as "
+           "zero_points for symmetric weights");
     }
     k_ = RequiredInt(info, kOp, "K");
     if (k_ <= 0) Fail(kOp, "K=", k_, " must be positive (the unpadded reduction length)");

@@ -327,14 +327,23 @@ def test_one_bit_codes_take_no_zero_points() -> None:
     assert "[LowBitMatMul] 1-bit codes are symmetric only" in message
 
 
-def test_empty_zero_points_slot_is_rejected() -> None:
+def test_empty_zero_points_slot_before_a_bias_is_rejected() -> None:
     operands = lowbit_operands(7, 100, 4, 20, bias=True)
     model = operands.model(np.float32, 1)
     model.graph.node[0].input[3] = ""
     with pytest.raises(
-        UnsupportedModelError, match=r"\[LowBitMatMul\] input 3 \(zero_points\) is given with an empty name"
+        UnsupportedModelError,
+        match=r"\[LowBitMatMul\] zero_points \(input 3\) has an empty name but a bias follows",
     ):
         runtime.session(model)
+
+
+def test_trailing_empty_inputs_are_absent(rng: np.random.Generator) -> None:
+    operands = lowbit_operands(7, 100, 4, 20)
+    model = operands.model(np.float32, 1)
+    model.graph.node[0].input.extend(["", ""])
+    x = activations(rng, (2, 100), np.float32)
+    np.testing.assert_array_equal(runtime.session(model).run(None, {"X": x})[0], operands.reference(x, 1))
 
 
 def test_missing_scales_input_is_rejected() -> None:
