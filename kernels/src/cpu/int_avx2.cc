@@ -217,6 +217,34 @@ void Matmul(const IntProblem& p, int64_t m_begin, int64_t m_end, int64_t block_b
 
 // ---- dequantization of packed rows at rest ----
 
+// The BITS bytes of 8 codes as one integer, loaded at their width (a wider load of a narrower
+// stack store would stall store forwarding).
+template <int BITS>
+inline int64_t LoadCodes(const uint8_t* p) {
+  if constexpr (BITS == 8) {
+    uint64_t v;
+    std::memcpy(&v, p, 8);
+    return static_cast<int64_t>(v);
+  } else if constexpr (BITS == 4) {
+    uint32_t v;
+    std::memcpy(&v, p, 4);
+    return v;
+  } else if constexpr (BITS == 2) {
+    uint16_t v;
+    std::memcpy(&v, p, 2);
+    return v;
+  } else {
+    return p[0];
+  }
+}
+
+// `count` (< 8) bytes as one little-endian integer.
+inline int64_t LoadBytes(const uint8_t* p, int64_t count) {
+  uint64_t v = 0;
+  for (int64_t b = 0; b < count; ++b) v |= static_cast<uint64_t>(p[b]) << (8 * b);
+  return static_cast<int64_t>(v);
+}
+
 // Lane l of an 8-element chunk (BITS bytes) reads 32-bit word (l·BITS)/32 at bit (l·BITS) mod 32.
 template <int BITS>
 void DequantizeRow(const PackedRow& row, void* out, bool f16) {
@@ -235,8 +263,8 @@ void DequantizeRow(const PackedRow& row, void* out, bool f16) {
     const uint8_t* codes = row.codes + e0 * BITS / 8;
     for (int64_t c = 0; c < count; c += 8) {
       const int64_t lanes = std::min<int64_t>(8, count - c);
-      int64_t raw = 0;
-      std::memcpy(&raw, codes + c * BITS / 8, static_cast<size_t>((lanes * BITS + 7) / 8));
+      const int64_t raw = lanes == 8 ? LoadCodes<BITS>(codes + c * BITS / 8)
+                                     : LoadBytes(codes + c * BITS / 8, (lanes * BITS + 7) / 8);
       const __m256i words_v = _mm256_permutevar8x32_epi32(_mm256_set1_epi64x(raw), word);
       __m256i q = _mm256_and_si256(_mm256_srlv_epi32(words_v, shift), mask);
       if (row.mult == 2) q = _mm256_add_epi32(q, q);
