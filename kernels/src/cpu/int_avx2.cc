@@ -77,130 +77,163 @@ inline __m256i ZeroPoints(const IntMatrix& w, const uint8_t* record, int h) {
 
 // ---- act_quant = 1 ----
 
-template <int BITS, int MR>
-void HalfInt8(const IntProblem& p, int64_t m0, int64_t b, int h) {
+// MR X rows × NH halves of block b from half h0 (NH = 2: the whole block in one pass).
+template <int BITS, int MR, int NH>
+void HalfInt8(const IntProblem& p, int64_t m0, int64_t b, int h0) {
   constexpr int kFields = Fields(BITS);
   constexpr int64_t kSlots = PacketSlots(BITS);
   const IntMatrix& w = p.w;
   const int64_t ld = w.slots();
-  const uint8_t* block = w.data + b * w.block_bytes();
+  const uint8_t* block = w.data + b * w.block_bytes() + kHalfBytes * h0;
   const __m256i ones = _mm256_set1_epi16(1);
   const __m256i low4 = _mm256_set1_epi8(0x0f);
   const __m256i mask = _mm256_set1_epi8(static_cast<char>((1 << (BITS == 8 ? 4 : BITS)) - 1));
-  __m256 y[MR];
-  for (int r = 0; r < MR; ++r) y[r] = _mm256_setzero_ps();
+  __m256 y[MR][NH];
+  for (int r = 0; r < MR; ++r)
+    for (int h = 0; h < NH; ++h) y[r][h] = _mm256_setzero_ps();
   for (int64_t g = 0; g < w.groups; ++g) {
     const uint8_t* record = block + g * w.group_bytes;
     const int8_t* xg = p.xq + m0 * ld + g * w.group_slots;
-    __m256i acc[MR];
-    for (int r = 0; r < MR; ++r) acc[r] = _mm256_setzero_si256();
+    __m256i acc[MR][NH];
+    for (int r = 0; r < MR; ++r)
+      for (int h = 0; h < NH; ++h) acc[r][h] = _mm256_setzero_si256();
     for (int64_t pk = 0; pk < w.group_packets; ++pk) {
-      const __m256i v = Load(record + pk * kPacketBytes + kHalfBytes * h);
-      if constexpr (BITS == 8) {
-        const __m256i lo = _mm256_and_si256(v, low4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
-        for (int r = 0; r < MR; ++r) {
-          const __m256i xb = Broadcast4(xg + r * ld + pk * kSlots);
-          const __m256i plo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, xb), ones);
-          const __m256i phi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, xb), ones);
-          acc[r] = _mm256_add_epi32(acc[r], _mm256_add_epi32(plo, _mm256_slli_epi32(phi, 4)));
-        }
-      } else {
-        __m256i t[MR];
-        for (int r = 0; r < MR; ++r) t[r] = _mm256_setzero_si256();
-        Unroll<kFields>([&](auto f_constant) {
-          constexpr int f = decltype(f_constant)::value;
-          const __m256i c = _mm256_and_si256(f == 0 ? v : _mm256_srli_epi16(v, f * BITS), mask);
+#pragma GCC unroll 2
+      for (int h = 0; h < NH; ++h) {
+        const __m256i v = Load(record + pk * kPacketBytes + kHalfBytes * h);
+        if constexpr (BITS == 8) {
+          const __m256i lo = _mm256_and_si256(v, low4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+#pragma GCC unroll 4
           for (int r = 0; r < MR; ++r) {
-            t[r] = _mm256_add_epi16(t[r], _mm256_maddubs_epi16(c, Broadcast4(xg + r * ld + pk * kSlots + 4 * f)));
+            const __m256i xb = Broadcast4(xg + r * ld + pk * kSlots);
+            const __m256i plo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, xb), ones);
+            const __m256i phi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, xb), ones);
+            acc[r][h] = _mm256_add_epi32(acc[r][h], _mm256_add_epi32(plo, _mm256_slli_epi32(phi, 4)));
           }
-        });
-        for (int r = 0; r < MR; ++r) acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(t[r], ones));
+        } else {
+          __m256i t[MR];
+          for (int r = 0; r < MR; ++r) t[r] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+          for (int f = 0; f < kFields; ++f) {
+            const __m256i c = _mm256_and_si256(f == 0 ? v : _mm256_srli_epi16(v, f * BITS), mask);
+#pragma GCC unroll 4
+            for (int r = 0; r < MR; ++r) {
+              t[r] = _mm256_add_epi16(t[r], _mm256_maddubs_epi16(c, Broadcast4(xg + r * ld + pk * kSlots + 4 * f)));
+            }
+          }
+          for (int r = 0; r < MR; ++r) acc[r][h] = _mm256_add_epi32(acc[r][h], _mm256_madd_epi16(t[r], ones));
+        }
       }
     }
-    const __m256 scale = _mm256_load_ps(reinterpret_cast<const float*>(record + w.scales_offset()) + kHalfRows * h);
-    const __m256i zp = ZeroPoints(w, record, h);
-    for (int r = 0; r < MR; ++r) {
-      __m256i dot = acc[r];
-      if constexpr (BITS == 1) dot = _mm256_add_epi32(dot, dot);
-      dot = _mm256_sub_epi32(dot, _mm256_mullo_epi32(zp, _mm256_set1_epi32(p.xsum[(m0 + r) * w.groups + g])));
-      y[r] = _mm256_add_ps(y[r], _mm256_mul_ps(_mm256_cvtepi32_ps(dot), scale));
+    for (int h = 0; h < NH; ++h) {
+      const __m256 scale = _mm256_load_ps(reinterpret_cast<const float*>(record + w.scales_offset()) + kHalfRows * h);
+      const __m256i zp = ZeroPoints(w, record, h);
+      for (int r = 0; r < MR; ++r) {
+        __m256i dot = acc[r][h];
+        if constexpr (BITS == 1) dot = _mm256_add_epi32(dot, dot);
+        dot = _mm256_sub_epi32(dot, _mm256_mullo_epi32(zp, _mm256_set1_epi32(p.xsum[(m0 + r) * w.groups + g])));
+        y[r][h] = _mm256_add_ps(y[r][h], _mm256_mul_ps(_mm256_cvtepi32_ps(dot), scale));
+      }
     }
   }
-  for (int r = 0; r < MR; ++r) StoreHalf<true>(p, m0 + r, b * kBlockRows + kHalfRows * h, y[r]);
+  for (int r = 0; r < MR; ++r)
+    for (int h = 0; h < NH; ++h) StoreHalf<true>(p, m0 + r, b * kBlockRows + kHalfRows * (h0 + h), y[r][h]);
 }
 
 // ---- act_quant = 0 ----
 
-template <int BITS, int MR>
-void HalfFloat(const IntProblem& p, int64_t m0, int64_t b, int h) {
+template <int BITS, int MR, int NH>
+void HalfFloat(const IntProblem& p, int64_t m0, int64_t b, int h0) {
   constexpr int kFields = Fields(BITS);
   constexpr int64_t kSlots = PacketSlots(BITS);
   const IntMatrix& w = p.w;
   const int64_t ld = w.slots();
-  const uint8_t* block = w.data + b * w.block_bytes();
+  const uint8_t* block = w.data + b * w.block_bytes() + kHalfBytes * h0;
   const __m256i mask = _mm256_set1_epi32((1 << BITS) - 1);
-  __m256 y[MR];
-  for (int r = 0; r < MR; ++r) y[r] = _mm256_setzero_ps();
+  __m256 y[MR][NH];
+  for (int r = 0; r < MR; ++r)
+    for (int h = 0; h < NH; ++h) y[r][h] = _mm256_setzero_ps();
   for (int64_t g = 0; g < w.groups; ++g) {
     const uint8_t* record = block + g * w.group_bytes;
     const float* xg = p.xf + m0 * ld + g * w.group_slots;
-    const __m256i zp = ZeroPoints(w, record, h);
-    __m256 part[MR][4];
+    __m256i zp[NH];
+    for (int h = 0; h < NH; ++h) zp[h] = ZeroPoints(w, record, h);
+    __m256 part[MR][NH][4];
     for (int r = 0; r < MR; ++r)
-      for (int i = 0; i < 4; ++i) part[r][i] = _mm256_setzero_ps();
+      for (int h = 0; h < NH; ++h)
+        for (int i = 0; i < 4; ++i) part[r][h][i] = _mm256_setzero_ps();
     for (int64_t pk = 0; pk < w.group_packets; ++pk) {
-      const __m256i v = Load(record + pk * kPacketBytes + kHalfBytes * h);
-      Unroll<kFields>([&](auto f_constant) {
-        constexpr int f = decltype(f_constant)::value;
-        Unroll<4>([&](auto i_constant) {
-          constexpr int i = decltype(i_constant)::value;
-          constexpr int shift = 8 * i + f * BITS;
-          const __m256i shifted = shift == 0 ? v : _mm256_srli_epi32(v, shift);
-          __m256i u = shift + BITS == 32 ? shifted : _mm256_and_si256(shifted, mask);
-          if constexpr (BITS == 1) u = _mm256_add_epi32(u, u);
-          const __m256 q = _mm256_cvtepi32_ps(_mm256_sub_epi32(u, zp));
-          for (int r = 0; r < MR; ++r) {
-            const __m256 x = _mm256_set1_ps(xg[r * ld + pk * kSlots + 4 * f + i]);
-            part[r][i] = _mm256_fmadd_ps(q, x, part[r][i]);
+      __m256i v[NH];
+      for (int h = 0; h < NH; ++h) v[h] = Load(record + pk * kPacketBytes + kHalfBytes * h);
+#pragma GCC unroll 8
+      for (int f = 0; f < kFields; ++f) {
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) {
+          const int shift = 8 * i + f * BITS;
+#pragma GCC unroll 2
+          for (int h = 0; h < NH; ++h) {
+            const __m256i shifted = shift == 0 ? v[h] : _mm256_srli_epi32(v[h], shift);
+            __m256i u = shift + BITS == 32 ? shifted : _mm256_and_si256(shifted, mask);
+            if constexpr (BITS == 1) u = _mm256_add_epi32(u, u);
+            const __m256 q = _mm256_cvtepi32_ps(_mm256_sub_epi32(u, zp[h]));
+#pragma GCC unroll 2
+            for (int r = 0; r < MR; ++r) {
+              const __m256 x = _mm256_set1_ps(xg[r * ld + pk * kSlots + 4 * f + i]);
+              part[r][h][i] = _mm256_fmadd_ps(q, x, part[r][h][i]);
+            }
           }
-        });
-      });
+        }
+      }
     }
-    const __m256 scale = _mm256_load_ps(reinterpret_cast<const float*>(record + w.scales_offset()) + kHalfRows * h);
-    for (int r = 0; r < MR; ++r) {
-      const __m256 total = _mm256_add_ps(_mm256_add_ps(part[r][0], part[r][1]), _mm256_add_ps(part[r][2], part[r][3]));
-      y[r] = _mm256_fmadd_ps(total, scale, y[r]);
+    for (int h = 0; h < NH; ++h) {
+      const __m256 scale = _mm256_load_ps(reinterpret_cast<const float*>(record + w.scales_offset()) + kHalfRows * h);
+      for (int r = 0; r < MR; ++r) {
+        const __m256 total = _mm256_add_ps(_mm256_add_ps(part[r][h][0], part[r][h][1]),
+                                           _mm256_add_ps(part[r][h][2], part[r][h][3]));
+        y[r][h] = _mm256_fmadd_ps(total, scale, y[r][h]);
+      }
     }
   }
-  for (int r = 0; r < MR; ++r) StoreHalf<false>(p, m0 + r, b * kBlockRows + kHalfRows * h, y[r]);
+  for (int r = 0; r < MR; ++r)
+    for (int h = 0; h < NH; ++h) StoreHalf<false>(p, m0 + r, b * kBlockRows + kHalfRows * (h0 + h), y[r][h]);
 }
 
 // ---- tiling: up to kMaxRows X rows over each half block in turn ----
 
+// One block for `rows` X rows: both halves in one pass when the registers allow, else half by half.
+template <int BITS, bool kInt8>
+void Block(const IntProblem& p, int64_t m, int rows, int64_t b) {
+  const bool both = b * kBlockRows + kHalfRows < p.w.n;  // the second half has rows
+  if constexpr (kInt8) {
+    switch (rows) {
+      case 1: both ? HalfInt8<BITS, 1, 2>(p, m, b, 0) : HalfInt8<BITS, 1, 1>(p, m, b, 0); return;
+      case 2: both ? HalfInt8<BITS, 2, 2>(p, m, b, 0) : HalfInt8<BITS, 2, 1>(p, m, b, 0); return;
+      case 3:
+        HalfInt8<BITS, 3, 1>(p, m, b, 0);
+        if (both) HalfInt8<BITS, 3, 1>(p, m, b, 1);
+        return;
+      default:
+        HalfInt8<BITS, 4, 1>(p, m, b, 0);
+        if (both) HalfInt8<BITS, 4, 1>(p, m, b, 1);
+        return;
+    }
+  } else {
+    if (rows == 1) {
+      both ? HalfFloat<BITS, 1, 2>(p, m, b, 0) : HalfFloat<BITS, 1, 1>(p, m, b, 0);
+    } else {
+      HalfFloat<BITS, 2, 1>(p, m, b, 0);
+      if (both) HalfFloat<BITS, 2, 1>(p, m, b, 1);
+    }
+  }
+}
+
+// Up to kMaxRows X rows at a time over each block.
 template <int BITS, bool kInt8>
 void Tiles(const IntProblem& p, int64_t m_begin, int64_t m_end, int64_t block_begin, int64_t block_end) {
   constexpr int kMaxRows = kInt8 ? 4 : 2;  // what fits in 16 registers
   for (int64_t m = m_begin; m < m_end;) {
     const int rows = static_cast<int>(std::min<int64_t>(m_end - m, kMaxRows));
-    for (int64_t b = block_begin; b < block_end; ++b) {
-      for (int h = 0; h < 2; ++h) {
-        if (b * kBlockRows + kHalfRows * h >= p.w.n) break;
-        if constexpr (kInt8) {
-          switch (rows) {
-            case 1: HalfInt8<BITS, 1>(p, m, b, h); break;
-            case 2: HalfInt8<BITS, 2>(p, m, b, h); break;
-            case 3: HalfInt8<BITS, 3>(p, m, b, h); break;
-            default: HalfInt8<BITS, 4>(p, m, b, h); break;
-          }
-        } else {
-          if (rows == 1) {
-            HalfFloat<BITS, 1>(p, m, b, h);
-          } else {
-            HalfFloat<BITS, 2>(p, m, b, h);
-          }
-        }
-      }
-    }
+    for (int64_t b = block_begin; b < block_end; ++b) Block<BITS, kInt8>(p, m, rows, b);
     m += rows;
   }
 }
