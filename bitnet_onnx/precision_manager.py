@@ -18,9 +18,12 @@ It holds a `MixedPrecisionConfig` and the layers' `LayerPrecisionSpec`s (in a
   (`bitnet_onnx.sensitivity.measure_sensitivity`) when the manager was built `from_model` with
   calibration inputs, else `static_sensitivity`. On a model the plan is then verified
   (`search.verify`: compiled and measured on held-out inputs, never the calibration ones) and the
-  verified best is kept. The moved layers' specs are updated; the result is returned. Reductions
-  and speedups are relative to the registered plan (for `from_model` with the default config: the
-  model as given, all F32).
+  verified best is kept; when the measurement misses the objective the result says so
+  (`feasible` False, the measured shortfall). The moved layers' specs are updated; the result is
+  returned. Reductions and speedups are relative to the registered plan (for `from_model` with the
+  default config: the model as given, all F32). This supersedes, for the manager, the seed's
+  bytes-only greedy `LayerPrecisionManager.optimize_for_memory`, which stays the layer manager's
+  own tool.
 - `validate_configuration()`: the `PrecisionValidator` report over the specs, in model order.
 - `analyze_configuration()`: `bitnet_onnx.analysis.analyze` of the model compiled with the
   manager's plan when a model is attached; else a static `Analysis` of the specs' bytes (accuracy
@@ -65,7 +68,15 @@ from bitnet_onnx.layer_precision import LayerPrecisionManager, LayerPrecisionSpe
 from bitnet_onnx.layers import ComponentType, Layer, LayerType
 from bitnet_onnx.objectives import OptimizationObjective, PrecisionChoice, candidate_choices
 from bitnet_onnx.policy import Decision, LayerFacts, PolicyEngine, weight_statistics
-from bitnet_onnx.search import SearchResult, Verification, base_plan, plan_to_config, search, verify
+from bitnet_onnx.search import (
+    SearchResult,
+    Verification,
+    base_plan,
+    objective_shortfall,
+    plan_to_config,
+    search,
+    verify,
+)
 from bitnet_onnx.sensitivity import SensitivityEntry, SensitivityTable
 from bitnet_onnx.validation import PrecisionValidator, ValidationReport
 
@@ -475,6 +486,10 @@ class PrecisionManager:
             if best.plan != result.plan:
                 result = replace(result, plan=best.plan, predicted=best.predicted)
             result = replace(result, message=f"{result.message}; {checked.message}")
+            if not checked.met:  # the measurement has the last word
+                measured_base = replace(result.base, bytes=checked.bytes_before)
+                shortfall = objective_shortfall(objective, measured_base, best.measured)
+                result = replace(result, feasible=False, shortfall=shortfall)
         self._apply(result.plan)
         self.last_result = result
         return result

@@ -101,6 +101,7 @@ __all__ = [
     "VerifiedPlan",
     "base_plan",
     "estimate_plan",
+    "objective_shortfall",
     "plan_to_config",
     "search",
     "verify",
@@ -444,9 +445,11 @@ def search(
     ]
     best, best_estimate = plans[0], estimates[0]
     if not feasible:
-        shortfall = _shortfall(objective, base_estimate, best_estimate)
+        shortfall = objective_shortfall(objective, base_estimate, best_estimate)
         limiting = _limiting(units, candidates[0], objective, base_estimate, best_estimate)
-    message = _message(objective, feasible, base_estimate, best_estimate, shortfall, limiting, len(plans))
+    message = _message(
+        objective, feasible, base_estimate, best_estimate, shortfall, limiting, len(plans), other_bytes
+    )
     logger.info("search %s: %s", objective, message)
     return SearchResult(
         objective,
@@ -523,7 +526,10 @@ def _balanced(
     return picks, sum(len(u.options) for u in units)
 
 
-def _shortfall(objective: OptimizationObjective, base: PlanEstimate, best: PlanEstimate) -> float:
+def objective_shortfall(objective: OptimizationObjective, base: PlanEstimate, best: PlanEstimate) -> float:
+    """How far `best` is from `objective` in its unit (fraction of bytes, speedup, cosine), ≤ 0 when it
+    meets it (negative: by how much it beats it); `base` is what reductions and speedups are
+    relative to."""
     if isinstance(objective, Memory):
         achieved = 1.0 - best.bytes / base.bytes if base.bytes else 0.0
         return objective.target_reduction - achieved
@@ -576,6 +582,7 @@ def _message(
     shortfall: float,
     limiting: Sequence[str],
     plans: int,
+    other_bytes: int,
 ) -> str:
     reduction = 1.0 - best.bytes / base.bytes if base.bytes else 0.0
     speedup = _speedup(base.latency_us, best.latency_us)
@@ -586,9 +593,14 @@ def _message(
     if feasible:
         return f"{objective} met by prediction: {figures} ({plans - 1} alternatives)"
     names = ", ".join(limiting[:8]) + (f" and {len(limiting) - 8} more" if len(limiting) > 8 else "")
+    fixed = (
+        f" ({other_bytes} bytes of constants outside the layers cannot shrink)"
+        if isinstance(objective, Memory) and other_bytes
+        else ""
+    )
     return (
-        f"{objective} is not reachable: the best plan found gives {figures}, short by {shortfall:.4g}; "
-        f"limiting layers: {names or 'none'}"
+        f"{objective} is not reachable: the best plan found gives {figures}, short by "
+        f"{shortfall:.4g}{fixed}; limiting layers: {names or 'none'}"
     )
 
 

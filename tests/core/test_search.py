@@ -264,6 +264,8 @@ def test_default_candidates_and_latency_free_layers() -> None:
 def test_other_bytes_count_in_every_total() -> None:
     result = _run(Memory(0.5), other_bytes=F32_BYTES)
     assert result.base.bytes == 4 * F32_BYTES
+    blocked = _run(Memory(0.9), other_bytes=F32_BYTES)
+    assert not blocked.feasible and f"{F32_BYTES} bytes of constants outside the layers" in blocked.message
     # Goal 524288 with 262144 fixed: F32 + I8 + I8 gives 657408, all I8 461824 (error 0.0035).
     assert result.predicted.bytes == 3 * I8_BYTES + F32_BYTES
     assert result.predicted.error == pytest.approx(0.0035)
