@@ -160,6 +160,9 @@ class LowBitMatMul {
     ShapeInference::TensorShape x = shapes.Input(0);
     const ShapeInference::TensorShape w = shapes.Input(1);
     if (x.dims.empty() || w.dims.size() != 2) return;
+    for (size_t i = 0; i + 1 < x.dims.size(); ++i) {
+      if (x.dims[i] < 0 && x.symbols[i].empty()) return;  // an unnamed unknown dim: nothing to say
+    }
     x.dims.back() = w.dims[0];
     x.symbols.back() = w.symbols[0];
     shapes.SetOutput(0, x);
