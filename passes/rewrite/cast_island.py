@@ -23,15 +23,17 @@ WEIGHTS and BIAS precisions of its gain and shift.
    leaves through `_precision`'s output conversion (to O, then the type the model had there);
    readers inside the layer keep reading the c value.
 
-6. An input conversion whose result a ReduceMean of the layer reads ends in CastLike rather than
-   Cast (opset 15 and later). onnxruntime 1.32's LayerNormFusion takes a Cast feeding a
+6. A float Cast whose result a ReduceMean of the layer reads becomes a CastLike (opset 15 and
+   later): our input conversion, and also a conversion outside the layer, such as the output
+   conversion of the layer before (an F16 linear layer feeding an F32 norm, whose own input
+   conversion is then a no-op). onnxruntime 1.32's LayerNormFusion takes a Cast feeding a
    LayerNorm's ReduceMean and Sub for an fp16→fp32 upcast and fuses the LayerNorm on the Cast's
-   *input*: after our downcast (or the BF16 round trip) that input has another type than the
-   stored gain, and the session fails ("Type parameter (T) of Optype (LayerNormalization) bound
-   to different types"). With CastLike the fusion sees no such Cast: a float16 LayerNorm stays
+   *input*: after a downcast (or the BF16 round trip) that input has another type than the stored
+   gain, and the session fails ("Type parameter (T) of Optype (LayerNormalization) bound to
+   different types"). With CastLike the fusion sees no such Cast: a float16 LayerNorm stays
    decomposed on CPU (onnxruntime has no fp16 LayerNorm kernel there), a float32 one fuses on the
    rounded input. The fold pass does not cancel a CastLike, so two F16 norms in a row keep one
-   extra conversion pair between them.
+   extra conversion pair between them. The layer's own Casts (case 4) stay Casts.
 
 onnxruntime's CPU provider runs float16 nodes that lack an fp16 kernel through its own casts and
 keeps the values between such nodes in float32: on CPU an F16 island rounds where its boundary and
@@ -128,7 +130,7 @@ def run_island(env: RewriteEnv, edit: LayerEditor, plan: LayerPlan, nodes: Seque
                 node.inputs[i] = convert(tensor, compute)
     for node in nodes:
         if node.op == "ReduceMean" and env.graph.opset >= _CAST_LIKE_OPSET:
-            _cast_like(edit, node.inputs[0])
+            _cast_like(edit, node.inputs[0], inside)
     for result, boundary in boundaries:
         route_output(edit, result, component_dtype(plan, ComponentType.OUTPUTS), boundary)
     # What computes the layer: its ops in graph order (a decomposed norm is not its anchor op alone).
@@ -147,10 +149,11 @@ def _keeps_type(node: gs.Node, index: int) -> bool:
     return node.op in _STASH_OUTPUTS and index > 0
 
 
-def _cast_like(edit: LayerEditor, tensor: gs.Tensor) -> None:
-    """Case 6: a Cast this rewrite made that feeds a ReduceMean becomes a CastLike."""
+def _cast_like(edit: LayerEditor, tensor: gs.Tensor, inside: set[int]) -> None:
+    """Case 6: the float Cast (not one of the layer's own nodes) that feeds a ReduceMean becomes a
+    CastLike."""
     cast = tensor.inputs[0] if tensor.inputs else None
-    if cast is None or cast.op != "Cast" or not any(cast is n for n in edit.created):
+    if cast is None or cast.op != "Cast" or id(cast) in inside or not _is_float(tensor):
         return
     like = edit.constant(f"{np.dtype(tensor.dtype).name}_like", np.zeros((), tensor.dtype))
     cast.op = "CastLike"

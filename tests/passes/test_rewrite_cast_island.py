@@ -273,3 +273,24 @@ def test_case_6_the_input_a_layer_norm_reduces_is_converted_by_cast_like(dtype):
     normed = (xr - xr.mean(-1, keepdims=True)) / np.sqrt(xr.var(-1, keepdims=True) + EPS)
     expected = normed * round_to(_gamma(), dtype) + 0.5
     np.testing.assert_allclose(y, round_to(expected.astype(F32), dtype), rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.kernels
+def test_case_6_a_cast_before_the_layer_feeding_its_reduce_mean_becomes_cast_like():
+    # Found by tests/fuzz: an F16 linear layer's output conversion (Cast to float) feeding an F32
+    # LayerNorm, whose own input conversion is then a no-op; onnxruntime misfused it and failed.
+    graph, layer = _layer_norm()
+    x = graph.inputs[0]
+    x16 = gs.Variable("x16", dtype=np.float16, shape=["batch", H])
+    graph.nodes.insert(0, gs.Node("Cast", "/before/Cast", {"to": 1}, [x16], [x]))
+    graph.inputs = [x16]
+    rewrite(graph, [make_plan(layer, default=DType.F32)])
+    model = export(graph)
+    reduce_mean = next(n for n in model.graph.node if n.op_type == "ReduceMean")
+    producer = next(n for n in model.graph.node if reduce_mean.input[0] in n.output)
+    assert producer.op_type == "CastLike"
+    xv = _x()[0].astype(np.float16)
+    (y,) = run(model, {"x16": xv})
+    xr = xv.astype(np.float64)
+    normed = (xr - xr.mean(-1, keepdims=True)) / np.sqrt(xr.var(-1, keepdims=True) + EPS)
+    np.testing.assert_allclose(y, normed * _gamma() + 0.5, rtol=1e-5, atol=1e-5)
