@@ -379,20 +379,6 @@ def _by_type(totals: Mapping[str, int], types: Mapping[str, LayerType]) -> dict[
     return grouped
 
 
-def _annotated(model: str | os.PathLike[str] | onnx.ModelProto) -> tuple[gs.Graph, dict[str, Layer]]:
-    """The normalized graph of the input and its layers (the compiler's first two passes)."""
-    from bitnet_onnx.config import MixedPrecisionConfig
-    from bitnet_onnx.passes._graph import import_graph, load_model
-    from bitnet_onnx.passes.base import PassContext, Pipeline
-    from bitnet_onnx.passes.p10_normalize import NormalizePass
-    from bitnet_onnx.passes.p20_annotate_layers import AnnotateLayersPass
-
-    graph = import_graph(load_model(model))
-    ctx = PassContext(config=MixedPrecisionConfig.new("custom"))
-    Pipeline([NormalizePass(), AnnotateLayersPass()]).run(graph, ctx)
-    return graph, dict(ctx.layers)
-
-
 # -- speed ------------------------------------------------------------------------------------------
 
 
@@ -533,8 +519,11 @@ def analyze(
     the per-layer cosines, `cost` the estimated speedup; `measure_speed` times both models. See the
     module docstring for what each number is."""
     from bitnet_onnx.compile import CompileResult, compile, resolve_config
+    from bitnet_onnx.passes import annotate
+    from bitnet_onnx.passes._graph import load_model
 
-    graph_before, layers = _annotated(model)
+    graph_before, annotated = annotate(load_model(model))
+    layers = dict(annotated.layers)
     order = list(layers)
     owners = {node: name for name, layer in layers.items() for node in (*layer.nodes, *layer.weight_nodes)}
     totals_before = bytes_by_layer(graph_before, owners, order)

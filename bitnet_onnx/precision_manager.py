@@ -227,19 +227,6 @@ class _Model:
     sensitivity: SensitivityTable | None = None
 
 
-def _annotated(model: str | os.PathLike[str] | onnx.ModelProto) -> tuple[dict[str, Layer], int]:
-    """The layers the compiler finds, in model order, and the bytes of every constant."""
-    from bitnet_onnx.passes._graph import import_graph, load_model
-    from bitnet_onnx.passes.base import PassContext, Pipeline, graph_bytes
-    from bitnet_onnx.passes.p10_normalize import NormalizePass
-    from bitnet_onnx.passes.p20_annotate_layers import AnnotateLayersPass
-
-    graph = import_graph(load_model(model))
-    ctx = PassContext(config=MixedPrecisionConfig.new(MixedPrecisionStrategy.CUSTOM))
-    Pipeline([NormalizePass(), AnnotateLayersPass()]).run(graph, ctx)
-    return dict(ctx.layers), graph_bytes(graph)
-
-
 # -- the manager ------------------------------------------------------------------------------------
 
 
@@ -313,7 +300,12 @@ class PrecisionManager:
 
         config = config if config is not None else MixedPrecisionConfig.new(MixedPrecisionStrategy.CUSTOM)
         manager = cls(config, cost_model=cost_model)
-        layers, total_bytes = _annotated(model)
+        from bitnet_onnx.passes import annotate
+        from bitnet_onnx.passes._graph import load_model
+        from bitnet_onnx.passes.base import graph_bytes
+
+        graph, annotated = annotate(load_model(model))
+        layers, total_bytes = dict(annotated.layers), graph_bytes(graph)
         globs = tuple(dynamic)
         for layer in layers.values():
             moving = any(fnmatch.fnmatchcase(layer.name, g) for g in globs)

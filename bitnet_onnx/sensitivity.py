@@ -345,14 +345,9 @@ class _Prepared:
 
     @classmethod
     def of(cls, loaded: LoadedModel, base: MixedPrecisionConfig) -> _Prepared:
-        from bitnet_onnx.passes._graph import import_graph
-        from bitnet_onnx.passes.base import Pipeline
-        from bitnet_onnx.passes.p10_normalize import NormalizePass
-        from bitnet_onnx.passes.p20_annotate_layers import AnnotateLayersPass
+        from bitnet_onnx.passes import annotate
 
-        graph = import_graph(loaded)
-        ctx = _context(base, loaded.base_dir)
-        Pipeline((NormalizePass(), AnnotateLayersPass())).run(graph, ctx)
+        _, ctx = annotate(loaded, _context(base, loaded.base_dir))
         return cls(
             ctx.original, loaded.base_dir, dict(ctx.layers), {k: dict(v) for k, v in ctx.annotations.items()}
         )

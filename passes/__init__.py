@@ -1,5 +1,6 @@
 """The compiler's passes. `compile_passes()` is the pipeline, in order: normalize, annotate_layers,
-assign_precision, rewrite, fold_converts, validate (ARCHITECTURE.md's data flow).
+assign_precision, rewrite, fold_converts, validate (ARCHITECTURE.md's data flow). `annotate()` runs
+its first two passes alone: what analysis, the precision manager and sensitivity start from.
 
 The pass modules are imported when the pipeline is built, so importing `bitnet_onnx.passes.base`
 (or one pass) does not load every pass and its dependencies.
@@ -11,9 +12,28 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bitnet_onnx.passes.base import Pass
+    import onnx_graphsurgeon as gs
+    from bitnet_onnx.passes._graph import LoadedModel
+    from bitnet_onnx.passes.base import Pass, PassContext
 
-__all__ = ["compile_passes"]
+__all__ = ["annotate", "compile_passes"]
+
+
+def annotate(loaded: LoadedModel, ctx: PassContext | None = None) -> tuple[gs.Graph, PassContext]:
+    """The normalized graph of `loaded` and the context normalize and annotate_layers leave (its
+    `layers`, `annotations` and `original` set). `ctx` defaults to a custom-strategy config."""
+    from bitnet_onnx.passes._graph import import_graph
+    from bitnet_onnx.passes.base import PassContext, Pipeline
+    from bitnet_onnx.passes.p10_normalize import NormalizePass
+    from bitnet_onnx.passes.p20_annotate_layers import AnnotateLayersPass
+
+    from bitnet_onnx.config import MixedPrecisionConfig, MixedPrecisionStrategy
+
+    if ctx is None:
+        ctx = PassContext(config=MixedPrecisionConfig.new(MixedPrecisionStrategy.CUSTOM))
+    graph = import_graph(loaded)
+    Pipeline((NormalizePass(), AnnotateLayersPass())).run(graph, ctx)
+    return graph, ctx
 
 
 def compile_passes(
