@@ -47,7 +47,7 @@ on 2 cores. Interpolation, in `LatencyTable.micros(kernel, k, n, tokens)`:
 
 Hardware. The table is measured with the kernels' ISA path of this process (`runtime.dispatch_isa`,
 so `BITNET_ISA` is respected) and cached on disk per machine: the CPU model, its flags, the
-onnxruntime version, the op library's content hash and the ISA path (`machine_key`). The cache is
+onnxruntime version, the op library's content hash and the ISA path (`runtime.machine_key`). The cache is
 `$XDG_CACHE_HOME/bitnet-onnx/latency.json` (default `~/.cache`); delete it to measure again. A
 table holds the kernels it was asked for; `LatencyTable.for_this_machine(kernels)` measures the
 missing ones and keeps them.
@@ -55,7 +55,6 @@ missing ones and keeps them.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import logging
@@ -66,7 +65,6 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from types import MappingProxyType
 
@@ -90,7 +88,6 @@ __all__ = [
     "cache_path",
     "default_kernels",
     "kernel_for",
-    "machine_key",
     "storage_shape",
 ]
 
@@ -268,7 +265,7 @@ class LatencyTable:
                 curves.setdefault(kernel.key, {}).setdefault(m, []).append((k * n, micros))
         logger.info("measured %d kernels in %.1f s", len(kernels), time.perf_counter() - start)
         frozen = {key: {m: tuple(c) for m, c in rows.items()} for key, rows in curves.items()}
-        return cls(machine_key(), frozen)
+        return cls(runtime.machine_key(), frozen)
 
     @classmethod
     def for_this_machine(
@@ -277,7 +274,7 @@ class LatencyTable:
         """The cached table of this machine, with any of `kernels` (default: `default_kernels()`)
         it lacks measured now and added to the cache."""
         kernels = tuple(kernels) if kernels is not None else default_kernels()
-        machine = machine_key()
+        machine = runtime.machine_key()
         table = cls(machine, {})
         cached = _load().get(machine)
         if cached is not None:
@@ -447,37 +444,6 @@ _BUILDERS: Mapping[str, tuple[_Builder, ...]] = MappingProxyType(
 
 
 # -- the machine and the cache --------------------------------------------------------------------
-
-
-def machine_key() -> str:
-    """What a measured latency depends on: CPU model, CPU flags, onnxruntime version, the op
-    library's content hash and the ISA path kernels created now take (`BITNET_ISA`)."""
-    return _machine_for(str(runtime.library_path()), runtime.dispatch_isa().value)
-
-
-@cache
-def _machine_for(library: str, isa: str) -> str:
-    flags = ",".join(sorted(runtime.cpu_flags()))
-    return "|".join(
-        [
-            _cpu_model(),
-            hashlib.sha256(flags.encode()).hexdigest()[:12],
-            f"ort-{ort.__version__}",
-            hashlib.sha256(Path(library).read_bytes()).hexdigest()[:16],
-            isa,
-        ]
-    )
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                return value.strip()
-    except OSError:
-        pass
-    return "unknown-cpu"
 
 
 def cache_path() -> Path:

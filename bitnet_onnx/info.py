@@ -28,17 +28,6 @@ class InstallInfo:
     ops: tuple[str, ...]
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def gather() -> InstallInfo:
     try:
         library = str(runtime.library_path())
@@ -55,7 +44,7 @@ def gather() -> InstallInfo:
         library=library,
         library_loads=loads,
         onnxruntime=ort.__version__,
-        cpu=_cpu_model(),
+        cpu=runtime.cpu_model() or platform.processor() or platform.machine(),
         features=tuple((f, f in flags) for f in _FEATURES),
         supported_paths=tuple(isa.value for isa in runtime.supported_isas()),
         dispatch=dispatch,

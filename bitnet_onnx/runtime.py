@@ -17,11 +17,14 @@ The kernels pick an inner-loop implementation ("ISA path") when onnxruntime crea
 fastest one this CPU supports, or the one `BITNET_ISA` (ref | avx2 | avx512) forces. `dispatch_isa()`
 answers, from the CPU flags the OS reports and that variable, which path kernels created now take;
 the library computes the same from cpuid and xgetbv (the tests check that they agree).
+`machine_key()` names what a timing taken here depends on (CPU model and flags, onnxruntime version,
+the library's content hash, the ISA path): the key of the measured-latency caches.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
 import importlib.resources
 import logging
 import os
@@ -47,8 +50,10 @@ __all__ = [
     "QUANTIZE_LOWBIT",
     "Isa",
     "cpu_flags",
+    "cpu_model",
     "dispatch_isa",
     "library_path",
+    "machine_key",
     "session",
     "session_options",
     "supported_isas",
@@ -269,3 +274,35 @@ def dispatch_isa() -> Isa:
             f"(supported here: {choices}); unset it to use the fastest path"
         )
     return isa
+
+
+def machine_key() -> str:
+    """What a measured latency depends on: CPU model, CPU flags, onnxruntime version, the op
+    library's content hash and the ISA path kernels created now take (`BITNET_ISA`)."""
+    return _machine_for(str(library_path()), dispatch_isa().value)
+
+
+@cache
+def _machine_for(library: str, isa: str) -> str:
+    flags = ",".join(sorted(cpu_flags()))
+    return "|".join(
+        [
+            cpu_model() or "unknown-cpu",
+            hashlib.sha256(flags.encode()).hexdigest()[:12],
+            f"ort-{ort.__version__}",
+            hashlib.sha256(Path(library).read_bytes()).hexdigest()[:16],
+            isa,
+        ]
+    )
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name in /proc/cpuinfo (None where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                return value.strip()
+    except OSError:
+        pass
+    return None

@@ -32,7 +32,6 @@ LowBitMatMul) is left out, and the reason is logged and kept in the choice.
 from __future__ import annotations
 
 import enum
-import hashlib
 import json
 import logging
 import os
@@ -41,7 +40,6 @@ import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from types import MappingProxyType
 
@@ -109,7 +107,7 @@ def choose_int8_kernel(k: int, n: int, x_type: np.dtype, asymmetric: bool, measu
     """The I8 kernel for a layer of this shape (module docstring)."""
     if not measure:
         return Int8Choice(Int8Kernel.LOWBIT_MATMUL, "fixed")
-    machine = _machine()
+    machine = runtime.machine_key()
     shape = f"K={k},N={n},x={np.dtype(x_type).name},{'asymmetric' if asymmetric else 'symmetric'}"
     key = (machine, shape)
     if key in _process_cache:
@@ -199,35 +197,6 @@ def _candidate(
             ]
         nodes.append(gs.Node("DynamicQuantizeMatMul", "op", {}, inputs, [y32], domain=MS_DOMAIN))
     return gs.Graph(nodes=nodes, inputs=[x], outputs=[y], opset=17)
-
-
-@cache
-def _machine_for(library: str, isa: str) -> str:
-    flags = ",".join(sorted(runtime.cpu_flags()))
-    digest = hashlib.sha256(Path(library).read_bytes()).hexdigest()[:16]
-    parts = [
-        _cpu_model(),
-        hashlib.sha256(flags.encode()).hexdigest()[:12],
-        f"ort-{ort.__version__}",
-        digest,
-        isa,
-    ]
-    return "|".join(parts)
-
-
-def _machine() -> str:
-    return _machine_for(str(runtime.library_path()), runtime.dispatch_isa().value)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                return value.strip()
-    except OSError:
-        pass
-    return "unknown-cpu"
 
 
 def _read_cached(machine: str, shape: str) -> Int8Choice | None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bitnet_onnx import ConfigError, DType, LayerType
+from bitnet_onnx import ConfigError, DType, LayerType, runtime
 from bitnet_onnx.cost_model import (
     CostModel,
     Kernel,
@@ -16,7 +16,6 @@ from bitnet_onnx.cost_model import (
     cache_path,
     default_kernels,
     kernel_for,
-    machine_key,
     storage_shape,
 )
 from bitnet_onnx.dtypes import TernaryPacking, WeightLayout
@@ -197,7 +196,7 @@ def test_json_round_trip() -> None:
 def test_cached_table_is_used_without_measuring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert cache_path() == tmp_path / "bitnet-onnx" / "latency.json"
-    key = machine_key()
+    key = runtime.machine_key()
     assert key.count("|") == 4 and key.endswith(("|ref", "|avx2", "|avx512"))
     stored = TABLE.to_json()["curves"]
     cache_path().parent.mkdir(parents=True)
@@ -214,12 +213,10 @@ def test_cached_table_is_used_without_measuring(tmp_path: Path, monkeypatch: pyt
 
 
 def test_isa_is_part_of_the_machine_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    from bitnet_onnx import runtime
-
     monkeypatch.setenv(runtime.ISA_ENV, "ref")
-    assert machine_key().endswith("|ref")
+    assert runtime.machine_key().endswith("|ref")
     monkeypatch.delenv(runtime.ISA_ENV)
-    assert machine_key().endswith("|" + runtime.dispatch_isa().value)
+    assert runtime.machine_key().endswith("|" + runtime.dispatch_isa().value)
 
 
 def test_kernel_key_names_layout() -> None:
