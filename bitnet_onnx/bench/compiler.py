@@ -3,8 +3,9 @@
 
 1. Models. `python -m models.build llama --preset SIZE` (fp32, random N(0, 0.02²) weights; `small`
    is the ~100M-parameter decoder) and the same with `--weights ternary` (every matrix exactly
-   {−1, 0, +1} × one scale). They are built once into --cache-dir and reused; the file name carries
-   a hash of the builder's sources, so a changed builder builds again. The builders live in the
+   {−1, 0, +1} × one scale). They are built once into --cache-dir and reused; the folder name carries
+   a hash of the builder's sources, so a changed builder builds again. Models past protobuf's 2 GB
+   (`1b`) are saved with external data. The builders live in the
    repository's `models/`, so the command runs from a checkout.
 2. Compile. Each (model, config) compiles twice, each time in a fresh Python process running
    `bitnet_onnx.compile(model, config, output=..., strict=False)` (ternarizing random weights
@@ -32,6 +33,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -128,18 +130,34 @@ def _model(size: str, kind: str, cache: Path) -> Path:
             f"the model builders (models/build.py) are not next to {_REPO / 'bitnet_onnx'}; run the "
             "benchmark from a checkout of the repository"
         )
-    path = cache / f"llama_{size}_{kind}_{_builder_hash()}.onnx"
+    folder = cache / f"llama_{size}_{kind}_{_builder_hash()}"
+    path = folder / "model.onnx"
     if path.is_file():
         logger.info("reusing %s", path)
         return path
-    partial = path.with_suffix(".partial.onnx")
+    partial = cache / f"{folder.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
     command = [sys.executable, "-m", "models.build", "llama", "--preset", size, "--weights", _WEIGHTS[kind]]
+    if _needs_external_data(size):
+        command.append("--external-data")
     logger.info("building %s", path)
-    done = subprocess.run([*command, "-o", str(partial)], cwd=_REPO, capture_output=True, text=True)
+    done = subprocess.run(
+        [*command, "-o", str(partial / path.name)], cwd=_REPO, capture_output=True, text=True
+    )
     if done.returncode != 0:
         raise ConfigError(f"building the {size} {kind} decoder failed:\n{done.stderr.strip()}")
-    os.replace(partial, path)
+    os.replace(partial, folder)  # the model and its data file appear together
     return path
+
+
+def _needs_external_data(size: str) -> bool:
+    """Whether the fp32 decoder of `size` is past what one protobuf message holds (2 GB)."""
+    if str(_REPO) not in sys.path:
+        sys.path.insert(0, str(_REPO))
+    from models import llama
+
+    return llama.LlamaConfig.preset(size).num_parameters * 4 >= 2**31
 
 
 def _file_bytes(path: Path) -> int:

@@ -50,8 +50,11 @@ def test_benchmark_measures_every_target_row(tmp_path: Path, capsys: pytest.Capt
         "ternary balanced cosine, logits",
     ):
         assert row in printed
-    built = sorted((tmp_path / "cache").glob("*.onnx"))
-    assert [p.name.split("_")[:3] for p in built] == [["llama", "tiny", "fp32"], ["llama", "tiny", "ternary"]]
+    built = sorted((tmp_path / "cache").glob("*/model.onnx"))
+    assert [p.parent.name.split("_")[:3] for p in built] == [
+        ["llama", "tiny", "fp32"],
+        ["llama", "tiny", "ternary"],
+    ]
 
 
 def test_built_models_are_reused(tmp_path: Path) -> None:
