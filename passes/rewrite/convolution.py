@@ -2,9 +2,9 @@
 
 Let A, O be the ACTIVATIONS and OUTPUTS precisions and the weight W[d0, d1, k...].
 
-1. WEIGHTS F32: the weight as the model has it.
-2. WEIGHTS F16 / BF16: the weight stored in that type, cast to the compute type when that differs
-   (a cast island of one tensor), into the kept Conv.
+1. WEIGHTS F32: a float32 weight as the model has it (another float type is stored as in case 2).
+2. WEIGHTS F16 / BF16 (or F32 of a float16 model): the weight stored in that type, cast to the
+   compute type when that differs (a cast island of one tensor), into the kept Conv.
 3. WEIGHTS I8 / I4 / I2 / I1 / BITNET158: weight-only compression. The weight is stored packed as
    rows W[d0, d1·k...] (one row per output channel of a Conv) in the kernels/README encodings,
    `bitnet.DequantizeLowBit` unpacks it to the compute type and a Reshape restores its shape for
@@ -55,7 +55,7 @@ def rewrite_convolution(env: RewriteEnv, edit: LayerEditor, plan: LayerPlan) -> 
     names: tuple[str, ...] = (operand.initializer.name,)
     note = ""
     weight: gs.Tensor | None = None
-    if weights is DType.F32:
+    if weights is DType.F32 and operand.dtype == np.float32:
         if operand.dtype != compute:
             weight = edit.cast(conv.inputs[1], compute)
     elif weights.is_float:

@@ -2,9 +2,10 @@
 
 Components: WEIGHTS (the table) and OUTPUTS (the gathered rows as the next layer gets them).
 
-1. F32: the table as the model has it.
-2. F16 / BF16: the table stored in that type; Gather reads it and the rows leave through
-   `_precision`'s output conversion (to the OUTPUTS type, then to the type the model had there).
+1. F32: a float32 table as the model has it (another float type is stored as in case 2).
+2. F16 / BF16 (or F32 of a float16 model): the table stored in that type; Gather reads it and the
+   rows leave through `_precision`'s output conversion (to the OUTPUTS type, then to the type the
+   model had there).
 3. I8 / I4 / I2 / I1 / BITNET158: the table packed row by row in the kernels/README encodings,
    a row of H values being one weight row with K = H: the same bytes a tied head reads as W[N, K].
    `Gather(packed, ids)` gives uint8 [..., row_bytes]; per-row metadata is gathered the same way
@@ -53,7 +54,7 @@ def rewrite_embedding(env: RewriteEnv, edit: LayerEditor, plan: LayerPlan) -> La
 
     if weights.is_float:
         table_type, stored_bytes, names, note = operand.dtype, before, (operand.initializer.name,), ""
-        if weights is not DType.F32:
+        if weights is not DType.F32 or operand.dtype != np.float32:
             stored, shared = env.weights.floating(edit, operand, plan.decisions[ComponentType.WEIGHTS])
             table: gs.Tensor = stored.constant
             table_type = float_type(weights)

@@ -28,7 +28,8 @@ Cases by the WEIGHTS precision:
    as in case 3.
 5. F16 / BF16 → the weight stored in that type (in its initializer's orientation, so a tied table
    is shared), cast to the compute type when that differs, into the kept MatMul or Gemm.
-6. F32 → the weight is left as the model has it.
+6. F32 → a float32 weight is left as the model has it; a weight of another float type (a float16
+   model) is stored in float32 as in case 5, so the plan's F32 is what the file holds.
 
 With float weights (cases 5, 6) and A = I8, the activations are emulated (`_precision` case 3:
 DynamicQuantizeLinear → DequantizeLinear) in front of the float layer. MatMulInteger would need
@@ -321,7 +322,7 @@ def _floating(env: RewriteEnv, edit: LayerEditor, plan: LayerPlan, site: _Site, 
     weights = component_dtype(plan, _W)
     activations = component_dtype(plan, _A)
     compute = compute_type(activations, weights, plan.dtype(_B))
-    if weights is DType.F32:
+    if weights is DType.F32 and site.operand.dtype == np.float32:
         operand = site.anchor.inputs[1]
         weight = None if site.operand.dtype == compute else edit.cast(operand, compute)
         stored_bytes, names, note = (
