@@ -166,6 +166,7 @@ def _serialized(model: onnx.ModelProto, base_dir: Path | None) -> Iterator[tuple
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
         write_model(copy, Path(tmp) / "model.onnx", base_dir)
+        del copy  # its bytes are in the file now: freed before onnxruntime reads them again
         yield str(Path(tmp) / "model.onnx"), None
 
 
