@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from bitnet_onnx.passes._match import resolve_constant
 
 from bitnet_onnx.dtypes import DType
 from bitnet_onnx.errors import UnsupportedModelError
@@ -107,10 +108,13 @@ def rewrite_convolution(env: RewriteEnv, edit: LayerEditor, plan: LayerPlan) -> 
 def _bias(
     env: RewriteEnv, edit: LayerEditor, plan: LayerPlan, tensor: gs.Tensor, compute: np.dtype
 ) -> tuple[gs.Tensor, int, int]:
-    """The Conv bias in its BIAS precision, cast to c: (tensor, bytes before, bytes after)."""
+    """The Conv bias in its BIAS precision, cast to c: (tensor, bytes before, bytes after). A bias
+    the plan does not decide (not an initializer: a Constant node's output) is cast as it is."""
+    decision = plan.decisions.get(_B)
+    if decision is None and not resolve_constant(env.view, tensor):
+        return edit.cast(tensor, compute), 0, 0
     operand = resolve_operand(env.view, tensor, edit.layer)
     before = constant_bytes(operand.initializer)
-    decision = plan.decisions.get(_B)
     if decision is None or (decision.dtype is DType.F32 and operand.dtype == np.float32):
         return edit.cast(tensor, compute), before, before
     if not decision.dtype.is_float:

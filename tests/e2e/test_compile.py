@@ -449,3 +449,25 @@ def test_f32_weights_of_a_float16_model_are_stored_in_float32(kind):
     assert [r.precisions["weights"] for r in result.layers] == ["F32"]
     assert result.bytes_after == 2 * result.bytes_before  # float32 holds what float16 did, twice the bytes
     assert result.report.goal_met
+
+
+@pytest.mark.parametrize("preset", ["conservative", "balanced", "custom"])
+def test_a_conv_bias_from_a_constant_node_is_computed_as_it_is(preset):
+    # Found by tests/fuzz: the conv rewriter refused any such bias ("its weight cannot be read as a
+    # constant"), even with F32, the fix its message suggested.
+    rng = np.random.default_rng(6)
+    weight = onnx.numpy_helper.from_array(rng.standard_normal((3, 2, 3, 3)).astype(np.float32), "conv.weight")
+    bias = onnx.numpy_helper.from_array(np.array([1.0, -2.0, 0.5], np.float32), "bias_value")
+    nodes = [
+        onnx.helper.make_node("Constant", [], ["conv.bias"], value=bias),
+        onnx.helper.make_node("Conv", ["x", "conv.weight", "conv.bias"], ["y"], pads=[1, 1, 1, 1]),
+    ]
+    make, f32 = onnx.helper.make_tensor_value_info, onnx.TensorProto.FLOAT
+    graph = onnx.helper.make_graph(
+        nodes, "conv", [make("x", f32, [1, 2, 4, 4])], [make("y", f32, [1, 3, 4, 4])], [weight]
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    x = rng.standard_normal((1, 2, 4, 4)).astype(np.float32)
+    result = compile(model, preset, inputs={"x": x}, measure_kernels=False)
+    assert [r.name for r in result.layers] == ["conv"]
+    assert result.report.goal_met
