@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from bitnet_onnx import model_file
-from bitnet_onnx.errors import KernelLibraryError, UnsupportedModelError
+from bitnet_onnx.errors import UnsupportedModelError
 from bitnet_onnx.model_file import session_for, write_model
 
 
@@ -26,16 +26,6 @@ def _model(values: np.ndarray | None = None) -> onnx.ModelProto:
 
 def _leftovers(folder) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
-
-
-@pytest.fixture
-def ops_lib() -> None:
-    from bitnet_onnx import runtime
-
-    try:
-        runtime.library_path()
-    except KernelLibraryError as exc:
-        pytest.skip(str(exc))
 
 
 def test_writes_the_serialized_model_and_leaves_nothing_else(tmp_path):

@@ -54,12 +54,7 @@ README = REPO / "README.md"
 BALANCED = THRESHOLDS[MixedPrecisionConfig.balanced().strategy]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _ops_lib() -> None:
-    try:
-        runtime.library_path()
-    except KernelLibraryError as exc:
-        pytest.skip(str(exc))
+pytestmark = pytest.mark.usefixtures("ops_lib")
 
 
 # -- the catalogue ---------------------------------------------------------------------------------

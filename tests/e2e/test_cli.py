@@ -18,7 +18,6 @@ from bitnet_onnx.cli import EXIT_GOAL_MISSED, EXIT_OK, EXIT_USER_ERROR, main
 from bitnet_onnx.config import LayerPrecisionConfig, MixedPrecisionConfig
 from bitnet_onnx.config_file import save_config
 from bitnet_onnx.dtypes import DType
-from bitnet_onnx.errors import KernelLibraryError
 from bitnet_onnx.layers import LayerType
 
 FIXTURES = Path(__file__).resolve().parents[2] / "models" / "fixtures"
@@ -26,12 +25,7 @@ LLAMA = FIXTURES / "llama_tiny.onnx"
 CONVNET = FIXTURES / "convnet_tiny.onnx"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _ops_lib() -> None:
-    try:
-        runtime.library_path()
-    except KernelLibraryError as exc:
-        pytest.skip(str(exc))
+pytestmark = pytest.mark.usefixtures("ops_lib")
 
 
 @pytest.fixture(scope="module")

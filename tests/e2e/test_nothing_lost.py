@@ -17,12 +17,11 @@ import pytest
 from bitnet_onnx.passes import compile_passes
 from bitnet_onnx.passes.base import PassError
 
-from bitnet_onnx import model_file, runtime
+from bitnet_onnx import model_file
 from bitnet_onnx.cli import main
 from bitnet_onnx.compile import compile
 from bitnet_onnx.config import LayerPrecisionConfig, MixedPrecisionConfig
 from bitnet_onnx.dtypes import DType
-from bitnet_onnx.errors import KernelLibraryError
 from bitnet_onnx.layers import LayerType
 from bitnet_onnx.report import CompileValidationError
 from models import llama
@@ -34,12 +33,7 @@ PASSES = [type(p) for p in compile_passes()]
 EXIT_INTERRUPTED = 130
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _ops_lib() -> None:
-    try:
-        runtime.library_path()
-    except KernelLibraryError as exc:
-        pytest.skip(str(exc))
+pytestmark = pytest.mark.usefixtures("ops_lib")
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,10 @@ import numpy as np
 import onnx
 import pytest
 
-from bitnet_onnx import runtime
 from bitnet_onnx.calibration import Calibration
 from bitnet_onnx.cli import EXIT_GOAL_MISSED, EXIT_OK, EXIT_USER_ERROR, main
 from bitnet_onnx.compile import compile
 from bitnet_onnx.config_file import load_config
-from bitnet_onnx.errors import KernelLibraryError
 from bitnet_onnx.inspection import read_layers
 from models import llama
 from models._onnx import save_model
@@ -26,13 +24,9 @@ from models.weights import WeightInit
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _isolated_caches(tmp_path_factory):
+def _isolated_caches(tmp_path_factory, ops_lib):
     """The latency table (measured once here, ~10 s) and the sensitivity cache live in a folder of
     this module, shared by its tests, never in the user's home."""
-    try:
-        runtime.library_path()
-    except KernelLibraryError as exc:
-        pytest.skip(str(exc))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
         yield

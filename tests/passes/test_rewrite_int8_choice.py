@@ -11,7 +11,7 @@ import pytest
 from bitnet_onnx.passes.rewrite import int8_choice
 from bitnet_onnx.passes.rewrite.int8_choice import MARGIN, Int8Kernel, cache_path, choose_int8_kernel
 
-from bitnet_onnx.errors import KernelLibraryError, UnsupportedModelError
+from bitnet_onnx.errors import UnsupportedModelError
 
 OURS, THEIRS = Int8Kernel.LOWBIT_MATMUL.value, Int8Kernel.DYNAMIC_QUANTIZE_MATMUL.value
 
@@ -21,16 +21,6 @@ def fresh_caches(tmp_path, monkeypatch):
     """Each test starts with an empty process cache and its own cache folder."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(int8_choice, "_process_cache", {})
-
-
-@pytest.fixture
-def library() -> None:
-    from bitnet_onnx import runtime
-
-    try:
-        runtime.library_path()
-    except KernelLibraryError as exc:
-        pytest.skip(str(exc))
 
 
 def test_without_measurement_the_choice_is_our_kernel_and_nothing_is_cached():
@@ -47,7 +37,7 @@ def test_without_measurement_the_choice_is_our_kernel_and_nothing_is_cached():
     (50.0, 80.0, Int8Kernel.LOWBIT_MATMUL),
 ])  # fmt: skip
 def test_onnxruntime_wins_only_when_faster_by_more_than_the_margin(
-    library, monkeypatch, ours, theirs, expected
+    ops_lib, monkeypatch, ours, theirs, expected
 ):
     costs = {OURS: ours, THEIRS: theirs}
     monkeypatch.setattr(int8_choice, "_cost", lambda kernel, *args: costs[kernel.value])
@@ -57,7 +47,7 @@ def test_onnxruntime_wins_only_when_faster_by_more_than_the_margin(
 
 
 @pytest.mark.kernels
-def test_a_measured_choice_is_kept_in_the_process_and_on_disk(library):
+def test_a_measured_choice_is_kept_in_the_process_and_on_disk(ops_lib):
     first = choose_int8_kernel(64, 32, np.dtype(np.float32), True, measure=True)
     assert first.how == "measured" and set(first.micros) == {OURS, THEIRS}
     assert choose_int8_kernel(64, 32, np.dtype(np.float32), True, measure=True) is first
@@ -70,7 +60,7 @@ def test_a_measured_choice_is_kept_in_the_process_and_on_disk(library):
 
 
 @pytest.mark.kernels
-def test_a_candidate_that_cannot_run_is_left_out_with_its_reason(library, monkeypatch):
+def test_a_candidate_that_cannot_run_is_left_out_with_its_reason(ops_lib, monkeypatch):
     from bitnet_onnx import runtime
 
     real = runtime.session
@@ -88,7 +78,7 @@ def test_a_candidate_that_cannot_run_is_left_out_with_its_reason(library, monkey
 
 
 @pytest.mark.kernels
-def test_an_unreadable_cache_is_measured_again_and_replaced(library):
+def test_an_unreadable_cache_is_measured_again_and_replaced(ops_lib):
     cache_path().parent.mkdir(parents=True)
     cache_path().write_text("{not json")
     choice = choose_int8_kernel(32, 16, np.dtype(np.float16), False, measure=True)
@@ -97,7 +87,7 @@ def test_an_unreadable_cache_is_measured_again_and_replaced(library):
 
 
 @pytest.mark.kernels
-def test_a_cache_that_cannot_be_written_costs_a_warning_only(library, tmp_path, monkeypatch, caplog):
+def test_a_cache_that_cannot_be_written_costs_a_warning_only(ops_lib, tmp_path, monkeypatch, caplog):
     blocker = tmp_path / "file"
     blocker.write_text("")
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # a file where a folder must go

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from bitnet_onnx import runtime
 from bitnet_onnx.config import MixedPrecisionConfig
 from bitnet_onnx.dtypes import DType, TernaryPacking, WeightLayout
-from bitnet_onnx.errors import ConfigError, KernelLibraryError
+from bitnet_onnx.errors import ConfigError
 from bitnet_onnx.layers import ComponentType, Layer, LayerType
 from bitnet_onnx.packing import int_row_bytes, pack_int, pack_ternary
 from bitnet_onnx.plan import LayerPlan
@@ -24,12 +24,7 @@ K, N = 16, 8
 W_, A_, O_ = ComponentType.WEIGHTS, ComponentType.ACTIVATIONS, ComponentType.OUTPUTS
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _ops_lib() -> None:
-    try:
-        runtime.library_path()
-    except KernelLibraryError as exc:
-        pytest.skip(str(exc))
+pytestmark = pytest.mark.usefixtures("ops_lib")
 
 
 def _ternary(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
