@@ -2,8 +2,8 @@
 
 - `load_model(source)` reads a path (opened read-only) or copies a ModelProto (the caller's object is
   never touched), refuses what is not a usable ONNX model (not protobuf, truncated, no ir_version,
-  an ir_version or default-domain opset newer than the installed onnx knows, empty graph, sparse
-  initializers) and validates external data without reading it: every `location` must be relative,
+  an ir_version or default-domain opset newer than the installed onnx knows, empty graph, names
+  that are not UTF-8, sparse initializers) and validates external data without reading it: every `location` must be relative,
   stay inside the model's folder (no `..`, no symlink leading out) and name a file holding the bytes
   the tensor claims. All external-data problems are reported at once. A file's initializers of more than
   SMALL_CONSTANT elements are not read at all: `passes._inplace` turns them into external-data
@@ -43,7 +43,8 @@ import numpy as np
 import onnx
 import onnx.numpy_helper
 import onnx_graphsurgeon as gs
-from google.protobuf.message import DecodeError
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError, Message
 from onnx import external_data_helper
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
@@ -210,6 +211,14 @@ def _check_structure(proto: onnx.ModelProto, origin: str) -> None:
             )
     if not proto.graph.node:
         raise UnsupportedModelError(f"{origin}: the graph is empty (no nodes); there is nothing to compile")
+    garbled = list(_garbled_text(proto, "model"))
+    if garbled:
+        shown = ", ".join(garbled[:5]) + (f" and {len(garbled) - 5} more" if len(garbled) > 5 else "")
+        verb = "is" if len(garbled) == 1 else "are"
+        raise UnsupportedModelError(
+            f"{origin}: {shown} {verb} not valid UTF-8 text: the file is corrupted (or its exporter is "
+            "broken); re-export the model"
+        )
     sparse = [t.values.name for g in all_graph_protos(proto.graph) for t in g.sparse_initializer]
     if sparse:
         what = "is a sparse initializer" if len(sparse) == 1 else "are sparse initializers"
@@ -217,6 +226,28 @@ def _check_structure(proto: onnx.ModelProto, origin: str) -> None:
             f"{origin}: {', '.join(map(repr, sparse))} {what}, which bitnet-onnx does not compile; store "
             "dense tensors instead (numpy_helper.from_array, in graph.initializer) and re-export"
         )
+
+
+_TEXT_OR_MESSAGE = (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_MESSAGE)
+
+
+def _garbled_text(message: Message, path: str) -> Iterator[str]:
+    """The paths of string fields (names, op types, domains) that hold invalid UTF-8: protobuf
+    parses them, then hands them over as bytes instead of str. Tensor data is never read."""
+    for descriptor in message.DESCRIPTOR.fields:
+        if descriptor.type not in _TEXT_OR_MESSAGE:
+            continue
+        name = descriptor.name
+        value = getattr(message, name)
+        single = isinstance(value, (str, bytes, Message))
+        if single and not message.HasField(name):
+            continue
+        for i, item in enumerate([value] if single else value):
+            where = f"{path}.{name}" if single else f"{path}.{name}[{i}]"
+            if isinstance(item, Message):
+                yield from _garbled_text(item, where)
+            elif isinstance(item, bytes):
+                yield where
 
 
 # -- external data -----------------------------------------------------------------------------

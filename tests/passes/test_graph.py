@@ -150,6 +150,19 @@ def test_load_refuses_an_empty_graph(tmp_path: Path) -> None:
         load_model(path)
 
 
+def test_load_refuses_names_that_are_not_utf8(tmp_path: Path) -> None:
+    # Found by tests/fuzz: one flipped bit in a name parses, then crashed the normalize pass.
+    data = _linear_model().SerializeToString()
+    path = tmp_path / "garbled.onnx"
+    path.write_bytes(data.replace(b"/dense/Add", b"/dense/\xedAd", 1))  # same length: still parses
+    with pytest.raises(UnsupportedModelError) as info:
+        load_model(path)
+    assert str(info.value) == (
+        f"{path}: model.graph.node[1].name is not valid UTF-8 text: the file is corrupted (or its "
+        "exporter is broken); re-export the model"
+    )
+
+
 # -- external data ----------------------------------------------------------------------------------
 
 
