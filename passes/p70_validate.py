@@ -10,7 +10,9 @@ finding naming its rule:
    but unknown to onnx).
 2. `session`: onnxruntime builds a session with the bitnet ops and the user's custom-op libraries
    (`ctx.custom_op_libraries`). An error when it cannot, and then no numbers are compared; an op of
-   a custom domain whose library is missing stops the compile (KernelLibraryError).
+   a custom domain whose library is missing stops the compile (KernelLibraryError). The session
+   loads the compiled model from a temporary file (external data when large), written and its
+   proto dropped first, so peak memory is the graph's weights plus the session's.
 3. `readback`: every layer of `ctx.plan` is found in the compiled model by its `bitnet.layer`
    metadata, and each component's `bitnet.dtype.<component>` equals the plan. The weights are
    checked in the graph itself, by the planned precision (N output rows, K the reduction length):
@@ -44,8 +46,10 @@ from __future__ import annotations
 
 import logging
 import math
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -60,7 +64,7 @@ from bitnet_onnx.dtypes import DType
 from bitnet_onnx.errors import ConfigError, KernelLibraryError, MixedPrecisionError
 from bitnet_onnx.inspection import LayerRecord, read_layers
 from bitnet_onnx.layers import ComponentType, Layer
-from bitnet_onnx.model_file import session_for
+from bitnet_onnx.model_file import session_for, write_model
 from bitnet_onnx.packing import int_row_bytes, ternary_row_bytes
 from bitnet_onnx.plan import LayerPlan
 from bitnet_onnx.report import CompileReport, OutputMetrics, Thresholds, compare_outputs
@@ -346,18 +350,26 @@ class ValidatePass:
         findings += _readback(ctx.plan, compiled)
         thresholds = Thresholds.for_strategy(config.strategy)
         metrics: tuple[OutputMetrics, ...] = ()
-        try:
-            session = session_for(compiled, ctx.model_dir, custom_op_libraries=ctx.custom_op_libraries)
-        except KernelLibraryError:
-            raise
-        except MixedPrecisionError as exc:
-            findings.append(_error("session", "model", f"onnxruntime cannot load the compiled model: {exc}"))
-        else:
-            del compiled  # the session holds its own copy
-            if isinstance(expected, MixedPrecisionError):
-                raise expected
-            metrics, numeric = self._numerics(session, ctx, feeds, expected, thresholds)
-            findings += numeric
+        with tempfile.TemporaryDirectory(prefix="bitnet-onnx-validate-") as tmp:
+            # Written and dropped before onnxruntime loads it: the graph's converted weights, their
+            # copy in the proto and the session's are never all in memory at once.
+            written = write_model(compiled, Path(tmp) / "compiled.onnx", ctx.model_dir)
+            del compiled
+            try:
+                session = session_for(
+                    onnx.load(written, load_external_data=False),
+                    written.parent,
+                    custom_op_libraries=ctx.custom_op_libraries,
+                )
+            except KernelLibraryError:
+                raise
+            except MixedPrecisionError as exc:
+                findings.append(_error("session", "model", f"onnxruntime cannot load the compiled model: {exc}"))
+            else:
+                if isinstance(expected, MixedPrecisionError):
+                    raise expected
+                metrics, numeric = self._numerics(session, ctx, feeds, expected, thresholds)
+                findings += numeric
         report = CompileReport(
             findings=tuple(findings),
             strategy=config.strategy.value,
