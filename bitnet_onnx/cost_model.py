@@ -56,12 +56,9 @@ missing ones and keeps them.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
-import os
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -77,6 +74,7 @@ from bitnet_onnx import runtime
 from bitnet_onnx.dtypes import DType, TernaryPacking, WeightLayout, storage_bytes
 from bitnet_onnx.errors import ConfigError
 from bitnet_onnx.layers import Layer, LayerType
+from bitnet_onnx.machine_cache import MachineCache
 from bitnet_onnx.objectives import PrecisionChoice, candidate_choices
 
 __all__ = [
@@ -101,7 +99,7 @@ SIZES = ((128, 128), (512, 512), (2048, 2048))
 _WARMUP = 2
 _MIN_RUNS = 7
 _BUDGET_S = 0.03
-_CACHE_VERSION = 1
+_CACHE = MachineCache("latency.json", version=1, what="the latency table")
 _MS_DOMAIN = "com.microsoft"
 _MATMUL_TYPES = (LayerType.LINEAR, LayerType.OUTPUT, LayerType.CONVOLUTION)
 
@@ -276,7 +274,7 @@ class LatencyTable:
         kernels = tuple(kernels) if kernels is not None else default_kernels()
         machine = runtime.machine_key()
         table = cls(machine, {})
-        cached = _load().get(machine)
+        cached = _CACHE.load().get(machine)
         if cached is not None:
             try:
                 table = cls.from_json({"machine": machine, "curves": cached})
@@ -448,32 +446,13 @@ _BUILDERS: Mapping[str, tuple[_Builder, ...]] = MappingProxyType(
 
 def cache_path() -> Path:
     """Where measured latency tables are kept, one per machine key."""
-    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(root) / "bitnet-onnx" / "latency.json"
-
-
-def _load() -> dict:
-    try:
-        data = json.loads(cache_path().read_text())
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(data, dict) or data.get("version") != _CACHE_VERSION:
-        return {}
-    machines = data.get("machines")
-    return machines if isinstance(machines, dict) else {}
+    return _CACHE.path()
 
 
 def _save(machine: str, table: LatencyTable) -> None:
-    path = cache_path()
-    data = _load()
-    data[machine] = table.to_json()["curves"]
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".latency.", delete=False) as tmp:
-            json.dump({"version": _CACHE_VERSION, "machines": data}, tmp, indent=1, sort_keys=True)
-        os.replace(tmp.name, path)
-    except OSError as exc:  # a read-only home only costs a measurement next time
-        logger.warning("could not keep the latency table in %s: %s", path, exc)
+    machines = _CACHE.load()
+    machines[machine] = table.to_json()["curves"]
+    _CACHE.store(machines)
 
 
 # -- the cost model -------------------------------------------------------------------------------

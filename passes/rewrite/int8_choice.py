@@ -32,11 +32,8 @@ LowBitMatMul) is left out, and the reason is logged and kept in the choice.
 from __future__ import annotations
 
 import enum
-import json
 import logging
-import os
 import statistics
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -49,6 +46,7 @@ import onnxruntime as ort
 
 from bitnet_onnx import runtime
 from bitnet_onnx.errors import MixedPrecisionError
+from bitnet_onnx.machine_cache import MachineCache
 
 from ._edit import onnx_type
 
@@ -62,7 +60,7 @@ MARGIN = 0.9
 _TOKENS = (1, 32)
 _WARMUP = 3
 _RUNS = 15
-_CACHE_VERSION = 1
+_CACHE = MachineCache("int8_matmul.json", version=1, what="the I8 kernel choice")
 MS_DOMAIN = "com.microsoft"
 
 
@@ -99,8 +97,7 @@ _process_cache: dict[tuple[str, str], Int8Choice] = {}
 
 def cache_path() -> Path:
     """Where measured choices are kept between processes."""
-    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(root) / "bitnet-onnx" / "int8_matmul.json"
+    return _CACHE.path()
 
 
 def choose_int8_kernel(k: int, n: int, x_type: np.dtype, asymmetric: bool, measure: bool) -> Int8Choice:
@@ -200,7 +197,7 @@ def _candidate(
 
 
 def _read_cached(machine: str, shape: str) -> Int8Choice | None:
-    entry = _load().get(machine, {}).get(shape)
+    entry = _CACHE.load().get(machine, {}).get(shape)
     if not isinstance(entry, dict):
         return None
     try:
@@ -212,24 +209,6 @@ def _read_cached(machine: str, shape: str) -> Int8Choice | None:
 
 
 def _write_cached(machine: str, shape: str, choice: Int8Choice) -> None:
-    path = cache_path()
-    data = _load()
-    data.setdefault(machine, {})[shape] = {"kernel": choice.kernel.value, "micros": dict(choice.micros)}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".int8_matmul.", delete=False) as tmp:
-            json.dump({"version": _CACHE_VERSION, "machines": data}, tmp, indent=1, sort_keys=True)
-        os.replace(tmp.name, path)
-    except OSError as exc:  # a read-only home only costs a measurement next time
-        logger.warning("could not keep the I8 kernel choice in %s: %s", path, exc)
-
-
-def _load() -> dict:
-    try:
-        data = json.loads(cache_path().read_text())
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(data, dict) or data.get("version") != _CACHE_VERSION:
-        return {}
-    machines = data.get("machines")
-    return machines if isinstance(machines, dict) else {}
+    machines = _CACHE.load()
+    machines.setdefault(machine, {})[shape] = {"kernel": choice.kernel.value, "micros": dict(choice.micros)}
+    _CACHE.store(machines)
