@@ -492,6 +492,18 @@ _Lines = dict[SchemaPath, int]
 _Duplicates = list[tuple[SchemaPath, str]]
 
 
+def _record_key(
+    lines: _Lines, duplicates: _Duplicates, seen: dict[str, int], path: SchemaPath, key: str, line: int
+) -> None:
+    """`key` of the mapping at `path` stands at `line`; a duplicate when the mapping had it already
+    (`seen`: its keys so far and their lines). Shared by the YAML and the JSON locator."""
+    if key in seen:
+        message = f"duplicate key {key!r} (lines {seen[key]} and {line}); the last one counts"
+        duplicates.append(((*path, key), message))
+    seen[key] = line
+    lines[(*path, key)] = line
+
+
 def _file_format(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix in _YAML_SUFFIXES:
@@ -577,15 +589,7 @@ class _YamlLocator:
             if not (isinstance(key_node, yaml.ScalarNode) and key_node.tag == "tag:yaml.org,2002:str"):
                 continue
             key, line = key_node.value, key_node.start_mark.line + 1
-            if key in seen:
-                self.duplicates.append(
-                    (
-                        (*path, key),
-                        f"duplicate key {key!r} (lines {seen[key]} and {line}); the last one counts",
-                    )
-                )
-            seen[key] = line
-            self.lines[(*path, key)] = line
+            _record_key(self.lines, self.duplicates, seen, path, key, line)
             self.walk(value_node, (*path, key))
 
 
@@ -651,15 +655,7 @@ class _JsonLocator:
             pos = self.skip(pos)
             line = self.line(pos)
             key, pos = scanstring(self.text, pos + 1)
-            if key in seen:
-                self.duplicates.append(
-                    (
-                        (*path, key),
-                        f"duplicate key {key!r} (lines {seen[key]} and {line}); the last one counts",
-                    )
-                )
-            seen[key] = line
-            self.lines[(*path, key)] = line
+            _record_key(self.lines, self.duplicates, seen, path, key, line)
             pos = self.skip(pos) + 1  # the colon
             pos = self.skip(self.value(pos, (*path, key)))
             if self.text[pos] == "}":
