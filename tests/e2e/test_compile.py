@@ -22,7 +22,7 @@ from bitnet_onnx.compile import CompileResult, compile
 from bitnet_onnx.config import LayerPrecisionConfig, MixedPrecisionConfig
 from bitnet_onnx.config_file import save_config
 from bitnet_onnx.dtypes import DType
-from bitnet_onnx.errors import ConfigError, KernelLibraryError, ValidationError
+from bitnet_onnx.errors import ConfigError, ValidationError
 from bitnet_onnx.inspection import read_layers
 from bitnet_onnx.layers import LayerType
 from bitnet_onnx.log import read_log
@@ -67,12 +67,7 @@ BUILDERS: dict[str, Callable[[], onnx.ModelProto]] = {
 MIN_COMPRESSION = {"conservative": 1.8, "balanced": 3.5, "aggressive": 4.0}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _ops_lib() -> None:
-    try:
-        runtime.library_path()
-    except KernelLibraryError as exc:
-        pytest.skip(str(exc))
+pytestmark = pytest.mark.usefixtures("ops_lib")
 
 
 @pytest.fixture(scope="module")
