@@ -52,31 +52,17 @@ _EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 _DISABLE_PREPACKING_KEY = "session.disable_prepacking"
 
 
-def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    yield from graph.initializer
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
-            if attr.HasField("g"):
-                yield from _graph_tensors(attr.g)
-            for sub in attr.graphs:
-                yield from _graph_tensors(sub)
-
-
-def _tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
-    """Every initializer and attribute tensor, subgraphs included."""
-    yield from _graph_tensors(model.graph)
-
-
 def tensor_bytes(model: onnx.ModelProto) -> int:
     """Bytes the model's tensors hold inline (external ones not counted)."""
-    return sum(t.ByteSize() for t in _tensors(model) if t.data_location != onnx.TensorProto.EXTERNAL)
+    from bitnet_onnx.passes._graph import tensor_protos  # lazily: it loads onnx-graphsurgeon
+
+    return sum(t.ByteSize() for t in tensor_protos(model) if t.data_location != onnx.TensorProto.EXTERNAL)
 
 
 def _has_external(model: onnx.ModelProto) -> bool:
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(model))
+    from bitnet_onnx.passes._graph import tensor_protos
+
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in tensor_protos(model))
 
 
 def _load_external(model: onnx.ModelProto, base_dir: Path | None) -> None:

@@ -539,7 +539,9 @@ def _model_sha256(proto: onnx.ModelProto, base_dir: Path | None) -> str:
     structure = onnx.ModelProto()
     structure.CopyFrom(proto)
     digest = hashlib.sha256()
-    for tensor in _tensors(structure):
+    from bitnet_onnx.passes._graph import tensor_protos
+
+    for tensor in tensor_protos(structure):
         digest.update(tensor.name.encode())
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             entries = {e.key: e.value for e in tensor.external_data}
@@ -559,18 +561,6 @@ def _model_sha256(proto: onnx.ModelProto, base_dir: Path | None) -> str:
             tensor.ClearField("raw_data")
     digest.update(structure.SerializeToString(deterministic=True))
     return digest.hexdigest()
-
-
-def _tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
-    from bitnet_onnx.passes._graph import all_graph_protos
-
-    for graph in all_graph_protos(proto.graph):
-        yield from graph.initializer
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.HasField("t"):
-                    yield attr.t
-                yield from attr.tensors
 
 
 @functools.cache
