@@ -532,6 +532,17 @@ def _times_x(view: GraphView, node: gs.Node, x: gs.Tensor, nodes: list[gs.Node])
     return False
 
 
+def _gelu_end(view: GraphView, start: gs.Node, x: gs.Tensor, nodes: list[gs.Node], what: str) -> MatchResult:
+    """What both GELU forms end with: `what` (the Erf or Tanh at `start`) + 1, times x and 0.5."""
+    one = _sole_consumer(view, start, "Add")
+    if one is None or not _adds_one(view, one):
+        return MatchResult.fail(f"{what} is not followed by Add 1", start, nodes)
+    nodes.append(one)
+    if not _times_x(view, one, x, nodes):
+        return MatchResult.fail(f"1 + {what} is not multiplied by x and 0.5", start, nodes)
+    return _found(start, LayerMatch(nodes=tuple(nodes)))
+
+
 def match_gelu_erf(erf: gs.Node, view: GraphView) -> MatchResult:
     nodes = [erf]
     scale = view.producer(erf.inputs[0])
@@ -541,13 +552,7 @@ def match_gelu_erf(erf: gs.Node, view: GraphView) -> MatchResult:
     if x is None:
         return MatchResult.fail("the Erf input is not x/√2 (Div by √2 or Mul by 1/√2)", erf, nodes)
     nodes.append(scale)
-    one = _sole_consumer(view, erf, "Add")
-    if one is None or not _adds_one(view, one):
-        return MatchResult.fail("erf(x/√2) is not followed by Add 1", erf, nodes)
-    nodes.append(one)
-    if not _times_x(view, one, x, nodes):
-        return MatchResult.fail("1 + erf(x/√2) is not multiplied by x and 0.5", erf, nodes)
-    return _found(erf, LayerMatch(nodes=tuple(nodes)))
+    return _gelu_end(view, erf, x, nodes, "erf(x/√2)")
 
 
 def match_gelu_tanh(tanh: gs.Node, view: GraphView) -> MatchResult:
@@ -574,13 +579,7 @@ def match_gelu_tanh(tanh: gs.Node, view: GraphView) -> MatchResult:
             break
     else:
         return MatchResult.fail("the scaled sum is not x + 0.044715·Pow(x, 3)", tanh, nodes)
-    one = _sole_consumer(view, tanh, "Add")
-    if one is None or not _adds_one(view, one):
-        return MatchResult.fail("tanh(…) is not followed by Add 1", tanh, nodes)
-    nodes.append(one)
-    if not _times_x(view, one, x, nodes):
-        return MatchResult.fail("1 + tanh(…) is not multiplied by x and 0.5", tanh, nodes)
-    return _found(tanh, LayerMatch(nodes=tuple(nodes)))
+    return _gelu_end(view, tanh, x, nodes, "tanh(…)")
 
 
 _ACTIVATION_OPS = frozenset(
