@@ -315,7 +315,7 @@ def round_trip(config: MixedPrecisionConfig) -> None:
         assert sorted(p.name for p in Path(folder).iterdir()) == ["saved.json", "saved.yaml"]
 
 
-@settings(max_examples=examples(400))
+@settings(max_examples=examples(1000))
 @given(config_data())
 def test_dict_configs_validate_or_raise_config_errors(data: Any) -> None:
     result = read(data)
@@ -330,7 +330,7 @@ def _json_text(data: Any) -> str | None:
         return None
 
 
-@settings(max_examples=examples(150))
+@settings(max_examples=examples(300))
 @given(config_data())
 def test_files_read_like_dicts(data: Any) -> None:
     expected = read(data)
@@ -370,7 +370,7 @@ yaml_fragments = st.sampled_from(
 )
 
 
-@settings(max_examples=examples(200))
+@settings(max_examples=examples(400))
 @given(
     st.lists(st.one_of(yaml_fragments, st.text(max_size=8)), max_size=10), st.sampled_from([".yaml", ".json"])
 )
@@ -396,7 +396,7 @@ layer_facts = st.builds(
 )
 
 
-@settings(max_examples=examples(300))
+@settings(max_examples=examples(600))
 @given(config_data(), st.lists(layer_facts, min_size=1, max_size=3))
 def test_policies_decide_every_component(data: Any, facts: list[LayerFacts]) -> None:
     config = read(data)
