@@ -6,7 +6,7 @@ sessions for in-memory models whose weights may live in external files.
    data) are read from `base_dir`, the input model's folder, so the output never points into it.
 2. A model whose tensors hold `EXTERNAL_DATA_THRESHOLD` bytes or more is saved with external data:
    every tensor of 1 KiB or more goes to `<file name>.data` next to the model (protobuf cannot hold
-   2 GB in one message, and such files load lazily).
+   2 GB in one message, and such files load lazily); with no tensor that large, the model file is all.
 3. Everything is written into a fresh temporary folder inside the target folder and fsync'ed, then
    renamed into place with `os.replace`: the data file first, the model last. A reader never sees
    half a file, and an existing output stays as it was until the new one is complete; when anything
@@ -123,9 +123,14 @@ def write_model(model: onnx.ModelProto, path: str | os.PathLike[str], base_dir: 
                 location=data_name,
                 size_threshold=_EXTERNAL_TENSOR_MIN,
             )
+            external = (staging / data_name).exists()  # not when no tensor reaches _EXTERNAL_TENSOR_MIN
+        if external:
             _fsync(staging / data_name)
             _fsync(staged)
             _replace_with_data(staged, path, staging / data_name, folder / data_name)
+        elif staged.exists():  # saved by onnx above, every tensor inside the model
+            _fsync(staged)
+            os.replace(staged, path)
         else:
             staged.write_bytes(model.SerializeToString())
             _fsync(staged)

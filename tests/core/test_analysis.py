@@ -72,10 +72,10 @@ def _bitnet(shape: tuple[int, int], packing: TernaryPacking) -> int:
 
 # preset → (fc1 bytes after, fc2 bytes after), by hand and by storage_bytes
 AFTER = {
-    # fc1: ternary 2-bit weights + F16 bias; fc2 (the output layer): F16
+    # fc1: ternary 2-bit weights + F16 bias; fc2 (the output layer): int8 rows, one float32 scale each
     "balanced": (
         _bitnet((N1, K), TernaryPacking.TWO_BIT) + N1 * 2,
-        N2 * N1 * 2,
+        storage_bytes(DType.I8, (N2, N1), WeightLayout()),
     ),
     # halves everything
     "conservative": (K * N1 * 2 + N1 * 2, N2 * N1 * 2),
@@ -124,7 +124,8 @@ def test_precisions_and_ops_are_those_of_the_compiled_model(tiny_path):
         ComponentType.OUTPUTS: DType.F16,
     }
     assert act.layer_type is LayerType.ACTIVATION and ComponentType.WEIGHTS not in act.precisions
-    assert fc2.layer_type is LayerType.OUTPUT and fc2.precisions[ComponentType.WEIGHTS] is DType.F16
+    assert fc2.layer_type is LayerType.OUTPUT and fc2.op == "LowBitMatMul"
+    assert fc2.precisions[ComponentType.WEIGHTS] is DType.I8 and fc2.precisions[ComponentType.OUTPUTS] is DType.F32
 
 
 def test_accuracy_is_the_validation_report_of_the_compile(tiny_path):
@@ -145,7 +146,7 @@ def test_unmeasured_parts_are_none(tiny_path):
 @pytest.mark.parametrize(
     ("preset", "choices"),
     [
-        ("balanced", ["BITNET158/I8", "F16", "F16"]),
+        ("balanced", ["BITNET158/I8", "F16", "I8/I8"]),
         ("aggressive", ["BITNET158b3/I8", "F16", "I8/I8"]),
         ("conservative", ["F16", "F16", "F16"]),
     ],
@@ -271,11 +272,12 @@ def test_estimated_speedup_sums_the_cost_model_over_the_layers(tiny_path):
             "MatMul/F32": {1: ((big, 10.0),)},
             "MatMul/F16": {1: ((big, 5.0),)},
             "BitLinear/BITNET158/I8": {1: ((big, 2.0),)},
+            "Int8MatMul/I8/I8": {1: ((big, 3.0),)},
         },
     )
     result = analyze(tiny_path, "balanced", cost=CostModel(table))
-    # F32: fc1 10 + fc2 10; balanced: fc1 BitLinear 2 + fc2 (F16 weights and activations) 5
-    assert result.estimated_speedup == pytest.approx(20.0 / 7.0)
+    # F32: fc1 10 + fc2 10; balanced: fc1 BitLinear 2 + fc2 (I8 weights and activations) 3
+    assert result.estimated_speedup == pytest.approx(20.0 / 5.0)
 
 
 def test_sensitivity_is_the_table_entry_of_each_layers_choice(tiny_path, tmp_path):

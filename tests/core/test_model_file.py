@@ -61,6 +61,18 @@ def test_missing_folder_is_an_error_naming_it(tmp_path):
         write_model(_model(), tmp_path / "nowhere" / "m.onnx")
 
 
+def test_a_large_model_of_small_tensors_is_one_file(tmp_path, monkeypatch):
+    # over the threshold, but no tensor reaches 1 KiB: nothing goes to a data file (none is written)
+    monkeypatch.setattr(model_file, "EXTERNAL_DATA_THRESHOLD", 1)
+    model = _model(np.arange(64 * 2, dtype=np.float32).reshape(64, 2) / 128)  # 512 bytes
+    model.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 2
+    write_model(model, tmp_path / "m.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    (w,) = onnx.load(tmp_path / "m.onnx", load_external_data=False).graph.initializer
+    assert w.data_location != TensorProto.EXTERNAL
+    np.testing.assert_array_equal(numpy_helper.to_array(w), numpy_helper.to_array(model.graph.initializer[0]))
+
+
 def test_large_models_get_external_data_next_to_them_deterministically(tmp_path, monkeypatch, ops_lib):
     monkeypatch.setattr(model_file, "EXTERNAL_DATA_THRESHOLD", 1)
     write_model(_model(), tmp_path / "m.onnx")

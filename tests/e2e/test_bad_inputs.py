@@ -29,7 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 from bitnet_onnx import model_file, runtime
 from bitnet_onnx.cli import EXIT_OK, EXIT_USER_ERROR, main
 from bitnet_onnx.compile import CompileResult, compile
-from bitnet_onnx.config import MixedPrecisionConfig
+from bitnet_onnx.config import MixedPrecisionConfig, MixedPrecisionStrategy
 from bitnet_onnx.dtypes import DType
 from bitnet_onnx.errors import (
     ConversionError,
@@ -567,6 +567,9 @@ def _custom_op_model() -> onnx.ModelProto:
     """_mlp with its Relu replaced by acme.ops.Double (y = 2x; tests/e2e/acme_ops.c)."""
     model = _mlp()
     node = model.graph.node[2]
+    # Exporters declare the types of a custom op's outputs (onnx cannot infer them); so does this one.
+    typed = onnx.shape_inference.infer_shapes(model).graph.value_info
+    model.graph.value_info.extend(v for v in typed if v.name == node.output[0])
     node.op_type, node.domain, node.name = "Double", "acme.ops", "/act/Double"
     model.opset_import.append(helper.make_opsetid("acme.ops", 1))
     return model
@@ -750,7 +753,7 @@ def test_float64_model_compiles_like_float32(tmp_path: Path) -> None:
     assert {r.name: r.precisions.get("weights") for r in result.layers} == {
         "fc1": "BITNET158",
         "act": None,
-        "fc2": "F16",
+        "fc2": "I8",
     }
     _assert_matches(result, source, {"x": _feeds()["x"].astype(np.float64)})
 
@@ -929,7 +932,7 @@ def test_control_flow_leaves_layers_inside_as_they_are(build, node: str, inside:
     assert any(w.startswith(f"{node} holds") and f"({inside});" in w for w in warnings), warnings
     assert {r.name: r.precisions["weights"] for r in result.layers if "weights" in r.precisions} == {
         "fc1": "BITNET158",
-        "fc2": "F16",
+        "fc2": "I8",
     }
     before, after = _subgraph_weights(source), _subgraph_weights(onnx.load(result.output_path))
     assert before.keys() == after.keys() and before
@@ -995,15 +998,38 @@ def test_graph_input_weight_stays_float_with_a_warning(tmp_path: Path) -> None:
 def test_tied_weights_are_linked_and_stored_once(tmp_path: Path) -> None:
     config = llama.LlamaConfig(tie_embeddings=True)
     source = llama.build(config)
-    result = _compile(source, tmp_path)
+    result = _compile(source, tmp_path, config="conservative")
     annotate = {c.layer: c.detail for c in result.records[1].changes}
     assert annotate["model.embed_tokens"].endswith("tied_with=lm_head")
     assert annotate["lm_head"].endswith("tied_with=model.embed_tokens")
     layers = {r.name: r.precisions["weights"] for r in result.layers if "weights" in r.precisions}
     assert layers["model.embed_tokens"] == layers["lm_head"] == "F16"
+    assert _warnings(result, "rewrite") == []
     table = config.vocab_size * config.hidden_size
     tables = [t.name for t in onnx.load(result.output_path).graph.initializer if np.prod(t.dims) == table]
     assert len(tables) == 1  # one float16 table read by the Gather and the head
+    feeds = {"input_ids": np.arange(16, dtype=np.int64).reshape(2, 8) % config.vocab_size}
+    want, got = _run(source, feeds)[0], _run(result.output_path, feeds)[0]
+    assert not compare_outputs("logits", want, got).misses(THRESHOLDS[MixedPrecisionStrategy.CONSERVATIVE])
+
+
+def test_tied_weights_of_different_precisions_are_stored_twice_with_a_warning(tmp_path: Path) -> None:
+    config = llama.LlamaConfig(tie_embeddings=True)
+    source = llama.build(config)
+    result = _compile(source, tmp_path)  # balanced: embedding F16, output layer I8
+    layers = {r.name: r.precisions["weights"] for r in result.layers if "weights" in r.precisions}
+    assert (layers["model.embed_tokens"], layers["lm_head"]) == ("F16", "I8")
+    # the int8 copy: one byte per weight plus one float32 scale per row
+    second = config.vocab_size * config.hidden_size + 4 * config.vocab_size
+    assert _warnings(result, "rewrite") == [
+        "layers 'model.embed_tokens' and 'lm_head' share the weight 'model.embed_tokens.weight' in the model "
+        f"but not in the compiled file (F16 vs I8): the second copy costs {second} bytes; give both the same "
+        "weights precision and layout to store it once"
+    ]
+    table = config.vocab_size * config.hidden_size
+    compiled = onnx.load(result.output_path)
+    tables = {t.data_type for t in compiled.graph.initializer if np.prod(t.dims) == table}
+    assert tables == {TensorProto.FLOAT16, TensorProto.UINT8}  # the Gather's table and the head's int8 rows
     feeds = {"input_ids": np.arange(16, dtype=np.int64).reshape(2, 8) % config.vocab_size}
     want, got = _run(source, feeds)[0], _run(result.output_path, feeds)[0]
     assert not compare_outputs("logits", want, got).misses(BALANCED)
@@ -1019,9 +1045,15 @@ def test_zero_weights_give_scale_zero_and_the_bias(tmp_path: Path) -> None:
     source = _mlp(fc1=np.zeros((64, 32), np.float32))
     result = _compile(source, tmp_path)
     assert _bitlinear_scale(result.output_path).tolist() == [0.0]
-    expected = np.full((4, 32), 0.5, np.float32) @ _weights(2, (32, 16))  # relu(0 + bias) · fc2
+    # relu(0 + bias) · fc2, fc2 the I8 head: rows of fc2ᵀ in int8 with s = max|row| / 127; the
+    # activations (all 0.5) quantize exactly to 127 with factor 0.5 / 127 (kernels/README.md order)
+    rows = _weights(2, (32, 16)).T
+    scale = np.max(np.abs(rows), axis=1) / np.float32(127)
+    q = np.clip(np.rint(rows / scale[:, None]), -127, 127)
+    acc = (127 * q).sum(axis=1).astype(np.float32)
+    expected = np.broadcast_to((acc * scale) * (np.float32(0.5) / np.float32(127)), (4, 16))
     (got,) = _run(result.output_path, _feeds())
-    np.testing.assert_allclose(got, expected, rtol=2e-3, atol=2e-3)  # fc2 is float16
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
     assert result.report.goal_met
 
 
@@ -1126,7 +1158,8 @@ def test_conflicting_policies_resolve_deterministically_and_are_reported(
 
 
 def test_external_data_compiles_and_large_outputs_keep_theirs(tmp_path: Path, monkeypatch) -> None:
-    source = _save_external(_mlp(), tmp_path / "model")
+    # fc1 [64, 128]: its 2-bit ternary rows and fc2's int8 ones hold 2 KiB each, so both go external
+    source = _save_external(_mlp(fc1=_weights(1, (64, 128))), tmp_path / "model")
     monkeypatch.chdir(tmp_path)  # the data is found next to the model, not in the working directory
     small = _compile(source, tmp_path / "small")
     assert sorted(p.name for p in small.output_path.parent.iterdir()) == ["m.bitnet.onnx"]
