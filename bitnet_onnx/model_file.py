@@ -11,7 +11,9 @@ sessions for in-memory models whose weights may live in external files.
    renamed into place with `os.replace`: the data file first, the model last. A reader never sees
    half a file, and an existing output stays as it was until the new one is complete; when anything
    fails (Ctrl-C included) the temporary folder is removed and the target is untouched (a previous
-   data file is kept aside until the new model is in place, and put back if that fails).
+   data file is kept aside until the new model is in place, and put back if that fails). The two
+   renames hold an exclusive lock on the target folder (flock on the folder itself, no lock file), so
+   compiles racing to one output leave one writer's model with that writer's data file.
 The bytes depend only on the model: protobuf serialization is deterministic for a given proto, and
 external data is laid out in the model's tensor order.
 
@@ -26,6 +28,7 @@ original model validate compares against) costs no more memory than the weights 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import shutil
@@ -84,19 +87,31 @@ def _fsync(path: Path) -> None:
 def _replace_with_data(staged: Path, path: Path, staged_data: Path, data: Path) -> None:
     """Moves a staged model and its data file into place, data first. Should the model's move fail
     (Ctrl-C included), the previous data file, kept aside in the staging folder, is put back, so the
-    previous model still finds its own data."""
+    previous model still finds its own data. The folder stays locked meanwhile (module docstring)."""
     previous = staged_data.with_name(f"previous.{data.name}")
+    with _locked(path.parent):
+        try:
+            if data.exists():
+                os.replace(data, previous)
+            os.replace(staged_data, data)
+            os.replace(staged, path)
+        except BaseException:
+            if previous.exists():
+                os.replace(previous, data)
+            elif not staged_data.exists():
+                data.unlink(missing_ok=True)
+            raise
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive flock on `folder` itself, released when the descriptor closes."""
+    fd = os.open(folder, os.O_RDONLY)
     try:
-        if data.exists():
-            os.replace(data, previous)
-        os.replace(staged_data, data)
-        os.replace(staged, path)
-    except BaseException:
-        if previous.exists():
-            os.replace(previous, data)
-        elif not staged_data.exists():
-            data.unlink(missing_ok=True)
-        raise
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def write_model(model: onnx.ModelProto, path: str | os.PathLike[str], base_dir: Path | None = None) -> Path:
