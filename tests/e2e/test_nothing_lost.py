@@ -153,29 +153,31 @@ def test_sigint_to_a_compiling_process_exits_130_and_writes_nothing(tmp_path: Pa
     model = tmp_path / "in" / "big.onnx"
     model.parent.mkdir()
     save_model(llama.build(config), model)
-    out, log = tmp_path / "out", tmp_path / "log.jsonl"
+    out, ready = tmp_path / "out", tmp_path / "rewrite-started"
     out.mkdir()
-    argv = [
-        sys.executable,
-        "-m",
-        "bitnet_onnx.cli",
-        "compile",
-        str(model),
-        "-o",
-        str(out / "big.bitnet.onnx"),
-    ]
+    # The child holds the rewrite pass open once it has started, so the signal lands mid-compile
+    # however fast the machine is (a timed signal raced a compile that finished first).
+    child = f"""
+import sys, time
+from bitnet_onnx.passes.p50_rewrite import RewritePass
+from bitnet_onnx.cli import main
+run = RewritePass.run
+def held(self, graph, ctx):
+    result = run(self, graph, ctx)
+    open({str(ready)!r}, "w").close()
+    time.sleep(120)
+    return result
+RewritePass.run = held
+sys.exit(main(sys.argv[1:]))
+"""
+    argv = ["compile", str(model), "-o", str(out / "big.bitnet.onnx"), "--no-kernel-timing"]
     process = subprocess.Popen(
-        [*argv, "--log", str(log), "--no-kernel-timing"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        [sys.executable, "-c", child, *argv], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     deadline = time.monotonic() + 120
-    while (
-        not (log.exists() and log.stat().st_size) and process.poll() is None and time.monotonic() < deadline
-    ):
-        time.sleep(0.005)  # interrupt once the first pass has ended: the compile is under way
+    while not ready.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ready.exists(), "the compile never reached the rewrite pass"
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == EXIT_INTERRUPTED, (stdout, stderr)
