@@ -126,7 +126,10 @@ def test_precisions_and_ops_are_those_of_the_compiled_model(tiny_path):
     assert act.layer_type is LayerType.ACTIVATION and ComponentType.WEIGHTS not in act.precisions
     # I8 × I8 runs on whichever int8 kernel measured faster on this machine (rewrite's int8 choice)
     assert fc2.layer_type is LayerType.OUTPUT and fc2.op in ("LowBitMatMul", "DynamicQuantizeMatMul")
-    assert fc2.precisions[ComponentType.WEIGHTS] is DType.I8 and fc2.precisions[ComponentType.OUTPUTS] is DType.F32
+    assert (
+        fc2.precisions[ComponentType.WEIGHTS] is DType.I8
+        and fc2.precisions[ComponentType.OUTPUTS] is DType.F32
+    )
 
 
 def test_accuracy_is_the_validation_report_of_the_compile(tiny_path):

@@ -172,7 +172,11 @@ sys.exit(main(sys.argv[1:]))
 """
     argv = ["compile", str(model), "-o", str(out / "big.bitnet.onnx"), "--no-kernel-timing"]
     process = subprocess.Popen(
-        [sys.executable, "-c", child, *argv], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", child, *argv],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 120
     while not ready.exists() and process.poll() is None and time.monotonic() < deadline:
