@@ -171,8 +171,11 @@ RewritePass.run = held
 sys.exit(main(sys.argv[1:]))
 """
     argv = ["compile", str(model), "-o", str(out / "big.bitnet.onnx"), "--no-kernel-timing"]
+    # A shell running the tests in the background hands its children SIGINT ignored, and Python then
+    # never turns SIGINT into KeyboardInterrupt: restore the default so the child sees Ctrl-C.
     process = subprocess.Popen(
         [sys.executable, "-c", child, *argv],
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
