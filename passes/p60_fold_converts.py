@@ -25,11 +25,19 @@ Cases (each removal is a `Change` naming the case, the node and its layer):
    first Q. Our DequantizeLowBit → QuantizeLowBit is not folded: QuantizeLowBit computes its scales
    from the data, which need not give back the stored ones.
 5. Unused nodes and initializers (dead after the cases above, or already in the input) are removed.
+6. A `Cast` that reads a `Transpose`'s output and that a `MatMul` reads is moved in front of the
+   Transpose: Cast(Transpose(x)) becomes Transpose(Cast(x)), the same values (a cast and a
+   transpose commute). onnxruntime 1.32 crashes (SIGSEGV at session creation, at the default
+   optimization level) on Transpose(perm=[1, 0, 2]) → Cast to float → MatMul, as a layer computing
+   in float32 reads a transposed float16 activation; its MatmulTransposeFusion mistakes the pair
+   for a batch transpose of the MatMul's input.
 
 A conversion whose output is a graph output stays, so the model's output names and types never
-change. Cases 1-4 run to a fixpoint (one removal can expose the next), in graph order.
+change. Cases 1-4 run to a fixpoint (one removal can expose the next), in graph order; case 6 runs
+on what is left.
 Stats: conversions (Cast, QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear, bitnet
-QuantizeLowBit and DequantizeLowBit) before and after, per op, removals per case, initializers removed.
+QuantizeLowBit and DequantizeLowBit) before and after, per op, removals per case, initializers
+removed, casts moved before a transpose.
 """
 
 from __future__ import annotations
@@ -268,6 +276,30 @@ def _constants(graph: gs.Graph) -> int:
     return sum(isinstance(t, gs.Constant) for t in graph.tensors().values())
 
 
+def _casts_before_transposes(graph: gs.Graph, ctx: PassContext, changes: list[Change]) -> int:
+    """Case 6. The Cast converts the Transpose's input instead, and a copy of the Transpose writes
+    the Cast's old output (so its readers stay); the old Transpose goes with the cleanup if nothing
+    else reads it."""
+    moved = 0
+    for cast in list(graph.nodes):
+        if not _is(cast, "Cast") or not cast.inputs or len(cast.inputs[0].inputs) != 1:
+            continue
+        transpose = cast.inputs[0].inputs[0]
+        if not _is(transpose, "Transpose") or not any(_is(r, "MatMul") for r in cast.outputs[0].outputs):
+            continue
+        x, out = transpose.inputs[0], cast.outputs[0]
+        converted = gs.Variable(f"{out.name}/untransposed", out.dtype, x.shape)
+        cast.inputs[0], cast.outputs[0] = x, converted
+        copy = gs.Node("Transpose", f"{cast.name}/Transpose", dict(transpose.attrs), [converted], [out])
+        graph.nodes.append(copy)
+        layer = ctx.annotations.get(cast.name, {}).get(_LAYER_KEY)
+        changes.append(
+            Change(layer, "reorder", node=cast.name, source="cast_before_transpose", detail=transpose.name)
+        )
+        moved += 1
+    return moved
+
+
 class FoldConvertsPass:
     """Removes conversions that cancel and what is left unused (cases in the module docstring)."""
 
@@ -285,6 +317,7 @@ class FoldConvertsPass:
             if not found:
                 break
             graph.cleanup(remove_unused_graph_inputs=False)
+        moved = _casts_before_transposes(graph, ctx, changes)
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
         after = count_conversions(graph)
         dead = constants_before - _constants(graph)
@@ -293,6 +326,7 @@ class FoldConvertsPass:
             "conversions_after": sum(after.values()),
             **{f"removed.{case}": removed[case] for case, _ in _CASES},
             "initializers_removed": dead,
+            "casts_before_transpose": moved,
         }
         for op in sorted(set(before) | set(after)):
             stats[f"before.{op}"] = before[op]

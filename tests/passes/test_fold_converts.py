@@ -294,3 +294,40 @@ def test_nothing_to_fold_reports_unmodified_with_counts():
 )
 def test_holds(wide, narrow, expected):
     assert holds(np.dtype(wide), np.dtype(narrow)) is expected
+
+
+def test_case_6_a_cast_between_a_transpose_and_a_matmul_moves_before_the_transpose():
+    # Found by tests/fuzz: onnxruntime 1.32 crashed (SIGSEGV) creating a session for a float32
+    # layer reading a transposed float16 activation: Transpose(perm=[1, 0, 2]) → Cast → MatMul.
+    w = numpy_helper.from_array(np.random.default_rng(1).standard_normal((6, 5)).astype(np.float32), "w")
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0, 2], name="t"),
+        helper.make_node("Cast", ["t"], ["c"], to=F32, name="layer/Cast"),
+        helper.make_node("MatMul", ["c", "w"], ["y"], name="layer/MatMul"),
+    ]
+    model = _model(nodes, [("x", F16, ["a", "b", 6])], [("y", F32, ["b", "a", 5])], [w])
+    folded, result = _fold(model, {"layer/Cast": {"bitnet.layer": "layer"}})
+    assert [(n.op_type, list(n.input)) for n in folded.graph.node] == [
+        ("Cast", ["x"]),
+        ("Transpose", ["c/untransposed"]),
+        ("MatMul", ["c", "w"]),
+    ]
+    assert result.stats["casts_before_transpose"] == 1
+    assert [(c.layer, c.action, c.source) for c in result.changes] == [
+        ("layer", "reorder", "cast_before_transpose")
+    ]
+    x = _x(np.float16, (2, 3, 6))["x"]  # the model before folding would crash onnxruntime: numpy computes it
+    expected = x.transpose(1, 0, 2).astype(np.float32) @ numpy_helper.to_array(w)
+    np.testing.assert_allclose(_run(folded, {"x": x})[0], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_case_6_leaves_a_cast_no_matmul_reads():
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0, 2]),
+        helper.make_node("Cast", ["t"], ["c"], to=F32),
+        helper.make_node("Relu", ["c"], ["y"]),
+    ]
+    model = _model(nodes, [("x", F16, [2, 3, 6])], [("y", F32, [3, 2, 6])])
+    folded, result = _fold(model)
+    assert [n.op_type for n in folded.graph.node] == ["Transpose", "Cast", "Relu"]
+    assert result.stats["casts_before_transpose"] == 0
