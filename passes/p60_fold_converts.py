@@ -25,12 +25,14 @@ Cases (each removal is a `Change` naming the case, the node and its layer):
    first Q. Our DequantizeLowBit → QuantizeLowBit is not folded: QuantizeLowBit computes its scales
    from the data, which need not give back the stored ones.
 5. Unused nodes and initializers (dead after the cases above, or already in the input) are removed.
-6. A `Cast` that reads a `Transpose`'s output and that a `MatMul` reads is moved in front of the
-   Transpose: Cast(Transpose(x)) becomes Transpose(Cast(x)), the same values (a cast and a
-   transpose commute). onnxruntime 1.32 crashes (SIGSEGV at session creation, at the default
-   optimization level) on Transpose(perm=[1, 0, 2]) → Cast to float → MatMul, as a layer computing
-   in float32 reads a transposed float16 activation; its MatmulTransposeFusion mistakes the pair
-   for a batch transpose of the MatMul's input.
+6. A `Cast` to float32 that reads a `Transpose`'s output and that a `MatMul` reads is moved in
+   front of the Transpose: Cast(Transpose(x)) becomes Transpose(Cast(x)), the same values (a cast
+   and a transpose commute). onnxruntime 1.32 crashes (SIGSEGV at session creation, at the default
+   optimization level) on Transpose(perm=[1, 0, 2]) of a float16 or bfloat16 value → Cast to float
+   → MatMul, as a layer computing in float32 reads a transposed float16 activation (its
+   MatmulTransposeFusion mistakes the pair for a batch transpose of the MatMul's input); after the
+   move the Transpose is float32's. A Cast to float16 stays where it is: before the Transpose it
+   would make the same crash, since onnxruntime runs a float16 MatMul through its own float32 casts.
 
 A conversion whose output is a graph output stays, so the model's output names and types never
 change. Cases 1-4 run to a fixpoint (one removal can expose the next), in graph order; case 6 runs
@@ -85,6 +87,7 @@ _VALUE_PRESERVING = frozenset(
     ]
 )
 _FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64), np.dtype(ml_dtypes.bfloat16))
+_FLOAT32 = np.dtype(np.float32)
 _LAYER_KEY = "bitnet.layer"
 
 
@@ -282,7 +285,9 @@ def _casts_before_transposes(graph: gs.Graph, ctx: PassContext, changes: list[Ch
     else reads it."""
     moved = 0
     for cast in list(graph.nodes):
-        if not _is(cast, "Cast") or not cast.inputs or len(cast.inputs[0].inputs) != 1:
+        if not _is(cast, "Cast") or _cast_target(cast) != _FLOAT32 or not cast.inputs:
+            continue
+        if len(cast.inputs[0].inputs) != 1:
             continue
         transpose = cast.inputs[0].inputs[0]
         if not _is(transpose, "Transpose") or not any(_is(r, "MatMul") for r in cast.outputs[0].outputs):

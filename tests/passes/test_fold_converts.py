@@ -331,3 +331,17 @@ def test_case_6_leaves_a_cast_no_matmul_reads():
     folded, result = _fold(model)
     assert [n.op_type for n in folded.graph.node] == ["Transpose", "Cast", "Relu"]
     assert result.stats["casts_before_transpose"] == 0
+
+
+def test_case_6_a_cast_to_float16_stays_after_the_transpose():
+    # Before the Transpose it would make a float16 Transpose → MatMul, which crashes onnxruntime too.
+    w = numpy_helper.from_array(np.ones((6, 5), np.float16), "w")
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0, 2]),
+        helper.make_node("Cast", ["t"], ["c"], to=F16),
+        helper.make_node("MatMul", ["c", "w"], ["y"]),
+    ]
+    model = _model(nodes, [("x", F32, [2, 3, 6])], [("y", F16, [3, 2, 5])], [w])
+    folded, result = _fold(model)
+    assert [n.op_type for n in folded.graph.node] == ["Transpose", "Cast", "MatMul"]
+    assert result.stats["casts_before_transpose"] == 0
