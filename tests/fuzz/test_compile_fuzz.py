@@ -1,4 +1,5 @@
-"""Fuzzing the compiler with small random graphs (random_graphs.py) and random presets and configs.
+"""Fuzzing the compiler with small random graphs (random_graphs.py) and random presets and configs
+(layer-type, component and glob entries with their knobs, policies, a memory budget).
 
 Property: `bitnet_onnx.compile` either succeeds, and its output loads and runs in onnxruntime with
 the input model's output names, types and shapes, or raises a MixedPrecisionError. A PassError (a
@@ -28,6 +29,7 @@ from bitnet_onnx.config import ComponentPrecisionConfig, LayerPrecisionConfig, M
 from bitnet_onnx.dtypes import DType, TernaryPacking, WeightLayout
 from bitnet_onnx.errors import KernelLibraryError, MixedPrecisionError
 from bitnet_onnx.layers import ComponentType, LayerType, SupportMatrix
+from bitnet_onnx.policy import PolicyAction, PolicyCondition, PolicyRule, PrecisionPolicy
 from bitnet_onnx.report import CompileValidationError
 from bitnet_onnx.validation import Severity
 
@@ -87,8 +89,31 @@ def configs(draw: st.DrawFn) -> MixedPrecisionConfig | str:
     for glob in draw(globs):
         entry = draw(layer_entries(LayerType.LINEAR))
         config = config.with_layer_config(glob, LayerPrecisionConfig(None, entry.precision, entry.layout))
+    for policy in draw(st.lists(st.sampled_from(POLICIES), max_size=2, unique_by=lambda p: p.id)):
+        config = config.with_policy(policy)
     return config
 
+
+def _policy(
+    name: str, action: PolicyAction, *conditions: tuple[str, str, object, str | None]
+) -> PrecisionPolicy:
+    rule = PolicyRule("r", action, tuple(PolicyCondition(t, o, v, k) for t, o, v, k in conditions))
+    return PrecisionPolicy(name, priority=len(name), rules=(rule,))
+
+
+POLICIES = (
+    _policy("last_f16", PolicyAction.set_precision(DType.F16), ("layer_index", "equal", "last", None)),
+    _policy("big_i4", PolicyAction.set_precision(DType.I4), ("parameter_count", "greater_than", 200, None)),
+    _policy("raise", PolicyAction.raise_precision(2), ("layer_type", "in", ["linear", "convolution"], None)),
+    _policy("lower", PolicyAction.lower_precision(1), ("layer_name", "matches", "*weight*", None)),
+    _policy("keep", PolicyAction.keep_original(), ("weight_statistic", "greater_than", 2.0, "kurtosis")),
+    _policy("bias32", PolicyAction.set_component_precision("bias", DType.F32)),
+    _policy("over_budget", PolicyAction.set_precision(DType.I8), ("memory_usage", "greater_than", 50, None)),
+    _policy("stochastic", PolicyAction.set_conversion_strategy("stochastic_rounding")),
+)
+
+
+budgets = st.one_of(st.none(), st.none(), st.none(), st.integers(0, 10**6))  # bytes; 0 is invalid
 
 # Validation findings that say the compiled graph is broken (the checker or onnxruntime rejected
 # it, a layer was not realised as planned): the compiler's fault, whatever the input.
@@ -113,7 +138,9 @@ def _run(model: onnx.ModelProto | str, feeds: dict[str, np.ndarray], custom: boo
     return session.run(None, feeds)
 
 
-def compile_and_run(case: RandomModel, config: Any, to_file: bool, dims: bool) -> None:
+def compile_and_run(
+    case: RandomModel, config: Any, to_file: bool, dims: bool, memory_budget: int | None = None
+) -> None:
     expected = _run(case.model, case.feeds, custom=False)
     with tempfile.TemporaryDirectory() as folder:
         output = Path(folder) / "out.onnx" if to_file else None
@@ -125,6 +152,7 @@ def compile_and_run(case: RandomModel, config: Any, to_file: bool, dims: bool) -
                 inputs=None if dims else case.feeds,
                 dims=DIMS if dims else None,
                 strict=False,
+                memory_budget=memory_budget,
                 measure_kernels=False,
             )
         except MixedPrecisionError as exc:
@@ -145,8 +173,8 @@ def compile_and_run(case: RandomModel, config: Any, to_file: bool, dims: bool) -
 
 
 @settings(max_examples=examples(400))
-@given(random_models(), configs(), st.booleans(), st.booleans())
+@given(random_models(), configs(), st.booleans(), st.booleans(), budgets)
 def test_random_graphs_compile_or_raise_mixed_precision_errors(
-    case: RandomModel, config: Any, to_file: bool, dims: bool
+    case: RandomModel, config: Any, to_file: bool, dims: bool, memory_budget: int | None
 ) -> None:
-    compile_and_run(case, config, to_file, dims)
+    compile_and_run(case, config, to_file, dims, memory_budget)
