@@ -170,9 +170,19 @@ _SPECS: dict[DType, _Spec] = {
 _LADDER = [DType.I1, DType.BITNET158, DType.I2, DType.I4, DType.I8, DType.BF16, DType.F16, DType.F32]
 
 _ALIASES: dict[str, DType] = {d.name: d for d in DType} | {
-    "FLOAT": DType.F32, "FLOAT32": DType.F32, "FP32": DType.F32,
-    "FLOAT16": DType.F16, "FP16": DType.F16, "HALF": DType.F16,
+    "FLOAT": DType.F32,
+    "FLOAT32": DType.F32,
+    "FP32": DType.F32,
+    "FLOAT16": DType.F16,
+    "FP16": DType.F16,
+    "HALF": DType.F16,
     "BFLOAT16": DType.BF16,
-    "INT8": DType.I8, "INT4": DType.I4, "INT2": DType.I2, "INT1": DType.I1, "BINARY": DType.I1,
-    "TERNARY": DType.BITNET158, "BITNET": DType.BITNET158, "B158": DType.BITNET158,
+    "INT8": DType.I8,
+    "INT4": DType.I4,
+    "INT2": DType.I2,
+    "INT1": DType.I1,
+    "BINARY": DType.I1,
+    "TERNARY": DType.BITNET158,
+    "BITNET": DType.BITNET158,
+    "B158": DType.BITNET158,
 }

@@ -167,8 +167,15 @@ def render_table(records: Iterable[PassRecord], *, changes: bool = True) -> str:
                     for line in _table(
                         ["layer", "action", "component", "dtype", "source", "overrode", "detail"],
                         (
-                            [c.layer or "-", c.action, c.component or "-", c.dtype or "-",
-                             c.source or "-", c.overrode or "-", c.detail or ""]
+                            [
+                                c.layer or "-",
+                                c.action,
+                                c.component or "-",
+                                c.dtype or "-",
+                                c.source or "-",
+                                c.overrode or "-",
+                                c.detail or "",
+                            ]
                             for c in r.changes
                         ),
                     )

@@ -3,12 +3,12 @@
 - `load_model(source)` reads a path (opened read-only) or copies a ModelProto (the caller's object is
   never touched), refuses what is not a usable ONNX model (not protobuf, truncated, no ir_version,
   an ir_version or default-domain opset newer than the installed onnx knows, empty graph, names
-  that are not UTF-8, sparse initializers) and validates external data without reading it: every `location` must be relative,
-  stay inside the model's folder (no `..`, no symlink leading out) and name a file holding the bytes
-  the tensor claims. All external-data problems are reported at once. A file's initializers of more than
-  SMALL_CONSTANT elements are not read at all: `passes._inplace` turns them into external-data
-  references to their bytes in the file itself, so from here on they are external data like any
-  other (a compile reads each weight when it needs it, never the whole model).
+  that are not UTF-8, sparse initializers) and validates external data without reading it: every
+  `location` must be relative, stay inside the model's folder (no `..`, no symlink leading out) and
+  name a file holding the bytes the tensor claims. All external-data problems are reported at once.
+  A file's initializers of more than SMALL_CONSTANT elements are not read at all: `passes._inplace`
+  turns them into external-data references to their bytes in the file itself, so from here on they
+  are external data like any other (a compile reads each weight when it needs it, never the whole model).
 - `import_graph(loaded)` gives the gs.Graph. Every initializer stays lazy (gs `LazyValues`); those
   with external data read from the model's folder when, and only when, a pass reads `.values`.
   `constant_values(constant)` reads a constant without keeping the values in the graph (a weight
@@ -469,11 +469,22 @@ def _strip_constants(structure: gs.Graph, keep: int | None) -> list[tuple[str, o
     return stripped
 
 
+def _export(structure: gs.Graph) -> onnx.ModelProto:
+    """gs.export_onnx with the opset imports in a fixed order (the ONNX domain first, then by name):
+    gs appends the custom domains in set order, which changes with the process's string hashing, and
+    compiling twice must give the same bytes."""
+    model = gs.export_onnx(structure, do_type_check=False)
+    opsets = sorted((o.domain not in ("", "ai.onnx"), o.domain, o.version) for o in model.opset_import)
+    del model.opset_import[:]
+    model.opset_import.extend(onnx.helper.make_opsetid(domain, version) for _, domain, version in opsets)
+    return model
+
+
 def export_model(graph: gs.Graph, info: ModelInfo | None = None) -> onnx.ModelProto:
     """The ModelProto of `graph` (see the module docstring for what is kept and restored)."""
     structure = _structure(graph)
     stripped = _strip_constants(structure, keep=None)
-    model = gs.export_onnx(structure, do_type_check=False)
+    model = _export(structure)
     names = {name for name, _ in stripped}
     kept_info = [v for v in model.graph.value_info if v.name not in names]
     del model.graph.value_info[:]
@@ -535,7 +546,7 @@ def weightless_model(graph: gs.Graph) -> tuple[onnx.ModelProto, frozenset[str]]:
     stripped = _strip_constants(structure, keep=SMALL_CONSTANT)
     by_name = structure.tensors()
     structure.inputs.extend(by_name[name] for name, _ in stripped)
-    return gs.export_onnx(structure, do_type_check=False), frozenset(name for name, _ in stripped)
+    return _export(structure), frozenset(name for name, _ in stripped)
 
 
 def apply_value_info(graph: gs.Graph, model: onnx.ModelProto) -> int:

@@ -157,7 +157,12 @@ class Pipeline:
             )
             logger.info(
                 "%s: %.3fs, nodes %d→%d, %d changes, %d warnings",
-                p.name, seconds, nodes_before, record.nodes_after, len(result.changes), len(result.warnings),
+                p.name,
+                seconds,
+                nodes_before,
+                record.nodes_after,
+                len(result.changes),
+                len(result.warnings),
             )
             for warning in result.warnings:
                 logger.warning("%s: %s", p.name, _shortened(warning))

@@ -364,7 +364,8 @@ class ValidatePass:
             except KernelLibraryError:
                 raise
             except MixedPrecisionError as exc:
-                findings.append(_error("session", "model", f"onnxruntime cannot load the compiled model: {exc}"))
+                problem = f"onnxruntime cannot load the compiled model: {exc}"
+                findings.append(_error("session", "model", problem))
             else:
                 if isinstance(expected, MixedPrecisionError):
                     raise expected

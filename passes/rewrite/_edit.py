@@ -32,6 +32,7 @@ Shape = Sequence[int | str | None] | None
 EMPTY = gs.Variable.empty()
 """An omitted optional input (exported as the empty name)."""
 
+
 def onnx_type(dtype: np.dtype | type) -> int:
     """The TensorProto element type of a numpy dtype (ml_dtypes' bfloat16 included)."""
     return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))

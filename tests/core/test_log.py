@@ -21,8 +21,14 @@ def _record(seq: int = 0) -> PassRecord:
         bytes_before=4096,
         bytes_after=1024 * 1024 * 3,
         changes=(
-            Change("layers.0.mlp.up_proj", "assign", component="weights", dtype="BITNET158",
-                   source="strategy:balanced", overrode=None),
+            Change(
+                "layers.0.mlp.up_proj",
+                "assign",
+                component="weights",
+                dtype="BITNET158",
+                source="strategy:balanced",
+                overrode=None,
+            ),
         ),
         warnings=("layer 'x' not found; did you mean 'y'?",),
         stats={"layers": 1},
@@ -39,8 +45,15 @@ def test_record_json_round_trip(tmp_path):
     assert records[0] == PassRecord.from_json(_record(0).to_json())
     line = json.loads(path.read_text().splitlines()[0])
     assert line["v"] == 1 and line["pass"] == "assign_precision" and line["seconds"] == 0.012346
-    assert line["changes"] == [{"layer": "layers.0.mlp.up_proj", "action": "assign", "component": "weights",
-                                "dtype": "BITNET158", "source": "strategy:balanced"}]
+    assert line["changes"] == [
+        {
+            "layer": "layers.0.mlp.up_proj",
+            "action": "assign",
+            "component": "weights",
+            "dtype": "BITNET158",
+            "source": "strategy:balanced",
+        }
+    ]
 
 
 def test_malformed_line_names_file_and_line(tmp_path):

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -466,3 +469,20 @@ def test_a_conv_bias_from_a_constant_node_is_computed_as_it_is(preset):
     result = compile(model, preset, inputs={"x": x}, measure_kernels=False)
     assert [r.name for r in result.layers] == ["conv"]
     assert result.report.goal_met
+
+
+def test_compiles_in_processes_with_different_string_hashing_give_the_same_bytes(tmp_path):
+    """Set orders change with PYTHONHASHSEED; nothing that reaches the file may depend on them. The
+    kernel timings are shared (the first run measures, the others read its cache), so the choices are
+    the same; the last run's file has the custom domains in their fixed order."""
+    source = FIXTURES / "llama_tiny.onnx"
+    outputs = []
+    for seed in ("1", "2", "3"):
+        out = tmp_path / f"seed{seed}.onnx"
+        env = {**os.environ, "PYTHONHASHSEED": seed, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+        argv = [sys.executable, "-m", "bitnet_onnx.cli", "compile", str(source), "-o", str(out)]
+        subprocess.run(argv, env=env, check=True, capture_output=True)
+        outputs.append(_sha256(out))
+    assert len(set(outputs)) == 1
+    domains = [o.domain for o in onnx.load(out).opset_import]
+    assert domains == ["", *sorted(domains[1:])] and "bitnet" in domains

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()
@@ -56,7 +55,7 @@ def test_python_example(tmp_path, monkeypatch):
     shutil.copy(REPO / "models" / "fixtures" / "llama_tiny.onnx", tmp_path / "model.onnx")
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - our own documentation
+    exec(compile(block, "README.md", "exec"), namespace)  # our own documentation
     result, session = namespace["result"], namespace["session"]
     assert result.compression > 3
     lm_head = next(r for r in result.layers if r.name == "lm_head")

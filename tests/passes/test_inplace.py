@@ -9,10 +9,9 @@ import ml_dtypes
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
 from bitnet_onnx.passes._graph import SMALL_CONSTANT, constant_values, import_graph, is_lazy, load_model
 from bitnet_onnx.passes._inplace import InPlaceError, read_in_place
+from onnx import TensorProto, helper, numpy_helper
 
 FIXTURES = Path(__file__).resolve().parents[2] / "models" / "fixtures"
 
