@@ -13,7 +13,18 @@ from bitnet_onnx.errors import KernelLibraryError
 
 __all__ = ["InstallInfo", "describe", "gather"]
 
-_FEATURES = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni")
+_FEATURES = (
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx_vnni",
+    "amx_tile",
+    "amx_int8",
+)
 
 
 @dataclass(frozen=True)

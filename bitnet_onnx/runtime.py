@@ -14,7 +14,7 @@ unknown domain is not registered raises KernelLibraryError naming the op, its do
 pass its library.
 
 The kernels pick an inner-loop implementation ("ISA path") when onnxruntime creates them: the
-fastest one this CPU supports, or the one `BITNET_ISA` (ref | avx2 | avx512) forces. `dispatch_isa()`
+fastest one this CPU supports, or the one `BITNET_ISA` (ref | avx2 | avx512 | amx) forces. `dispatch_isa()`
 answers, from the CPU flags the OS reports and that variable, which path kernels created now take;
 the library computes the same from cpuid and xgetbv (the tests check that they agree).
 `machine_key()` names what a timing taken here depends on (CPU model and flags, onnxruntime version,
@@ -75,7 +75,7 @@ OP_NAMES = (BITLINEAR, LOWBIT_MATMUL, DEQUANTIZE_LOWBIT, QUANTIZE_LOWBIT)
 LIBRARY_ENV = "BITNET_OPS_LIBRARY"
 """Environment variable: path of a library build to use instead of the installed one."""
 ISA_ENV = "BITNET_ISA"
-"""Environment variable: force an ISA path (ref, avx2 or avx512) for kernels created afterwards."""
+"""Environment variable: force an ISA path (ref, avx2, avx512 or amx) for kernels created afterwards."""
 
 _LIBRARY_NAME = "libbitnet_ops.so"
 _REBUILD = (
@@ -90,6 +90,7 @@ class Isa(enum.Enum):
     REF = "ref"  # portable C++
     AVX2 = "avx2"  # AVX2 + FMA + F16C
     AVX512 = "avx512"  # AVX-512 F/BW/VL + VNNI
+    AMX = "amx"  # AVX-512 VNNI + AMX-INT8 tiles for BitLinear's many-row GEMM (other ops: avx512)
 
     @property
     def required_flags(self) -> frozenset[str]:
@@ -97,10 +98,12 @@ class Isa(enum.Enum):
         return _REQUIRED_FLAGS[self]
 
 
+_AVX512_FLAGS = frozenset({"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"})
 _REQUIRED_FLAGS = {
     Isa.REF: frozenset(),
     Isa.AVX2: frozenset({"avx2", "fma", "f16c"}),
-    Isa.AVX512: frozenset({"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"}),
+    Isa.AVX512: _AVX512_FLAGS,
+    Isa.AMX: _AVX512_FLAGS | {"amx_tile", "amx_int8"},
 }
 
 

@@ -1,6 +1,7 @@
 // BitLinear (kernels/README.md): Y = (Xq · Tᵀ) · (s_x / 127) · α + bias with ternary T, per-token
 // int8 activations and exact int32 accumulation. Constant W is repacked once at kernel creation.
 #include <algorithm>
+#include <cstring>
 #include <optional>
 #include <string>
 #include <type_traits>
@@ -104,8 +105,9 @@ class BitLinear {
 
     cpu::TernaryProblem p;
     p.w = matrix;
-    p.ldxq = matrix.k_packets * cpu::kPacketK;
-    AlignedBuffer xq(static_cast<size_t>(m * p.ldxq));
+    p.ldxq = cpu::XqRowBytes(matrix.k_packets);
+    AlignedBuffer xq(static_cast<size_t>((m + cpu::kXqPadRows) * p.ldxq));
+    std::memset(xq.data() + m * p.ldxq, 0, static_cast<size_t>(cpu::kXqPadRows * p.ldxq));
     std::vector<cpu::TokenRow> rows(static_cast<size_t>(m));
     p.xq = reinterpret_cast<const int8_t*>(xq.data());
     p.rows = rows.data();

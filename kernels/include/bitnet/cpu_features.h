@@ -6,16 +6,17 @@
 
 namespace bitnet {
 
-enum class Isa { kRef, kAvx2, kAvx512Vnni };
+enum class Isa { kRef, kAvx2, kAvx512Vnni, kAmx };
 
 struct CpuFeatures {
   bool avx2 = false;  // AVX2 + FMA + F16C, with YMM state enabled by the OS
   bool avx512vnni = false;  // AVX512F/BW/VL/VNNI, with ZMM state enabled by the OS
+  bool amx = false;  // + AMX-TILE/AMX-INT8, tile state enabled by the OS and granted to this process
 };
 
 const CpuFeatures& DetectedCpuFeatures();
 
-// "ref", "avx2" or "avx512": the values BITNET_ISA accepts.
+// "ref", "avx2", "avx512" or "amx": the values BITNET_ISA accepts.
 const char* IsaName(Isa isa);
 
 // Whether this CPU runs the path and this build of the library contains it.

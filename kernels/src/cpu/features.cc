@@ -2,6 +2,8 @@
 #include "bitnet/cpu_features.h"
 
 #include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <cstdint>
 #include <cstdlib>
@@ -20,6 +22,14 @@ uint64_t ReadXcr0() {
   return (static_cast<uint64_t>(hi) << 32) | lo;
 }
 
+// Linux hands out AMX tile state only to processes that ask (arch_prctl ARCH_REQ_XCOMP_PERM for
+// XFEATURE_XTILEDATA); a tile instruction without it is SIGILL. The grant is per process and
+// idempotent (onnxruntime's MLAS asks too).
+bool RequestTileData() {
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+}
+
 CpuFeatures Detect() {
   CpuFeatures f;
   unsigned a = 0, b = 0, c = 0, d = 0;
@@ -35,16 +45,22 @@ CpuFeatures Detect() {
   const bool avx512 = (b & bit_AVX512F) && (b & bit_AVX512BW) && (b & bit_AVX512VL) && (c & bit_AVX512VNNI);
   f.avx2 = os_ymm && avx2 && fma && f16c;
   f.avx512vnni = f.avx2 && os_zmm && avx512;
+  const bool os_tiles = (xcr0 & 0x60000) == 0x60000;  // XTILECFG + XTILEDATA
+  const bool amx = (d & (1u << 24)) && (d & (1u << 25));  // AMX-TILE, AMX-INT8
+  f.amx = f.avx512vnni && os_tiles && amx && RequestTileData();
   return f;
 }
 
 bool Compiled(Isa isa) {
-#ifdef BITNET_HAVE_AVX512VNNI
-  static_cast<void>(isa);
-  return true;
-#else
-  return isa != Isa::kAvx512Vnni;
+  switch (isa) {
+#ifndef BITNET_HAVE_AVX512VNNI
+    case Isa::kAvx512Vnni: return false;
 #endif
+#ifndef BITNET_HAVE_AMX
+    case Isa::kAmx: return false;
+#endif
+    default: return true;
+  }
 }
 
 }  // namespace
@@ -59,6 +75,7 @@ const char* IsaName(Isa isa) {
     case Isa::kRef: return "ref";
     case Isa::kAvx2: return "avx2";
     case Isa::kAvx512Vnni: return "avx512";
+    case Isa::kAmx: return "amx";
   }
   return "?";
 }
@@ -69,12 +86,13 @@ bool IsaAvailable(Isa isa) {
     case Isa::kRef: return true;
     case Isa::kAvx2: return f.avx2;
     case Isa::kAvx512Vnni: return f.avx512vnni && Compiled(isa);
+    case Isa::kAmx: return f.amx && Compiled(isa);
   }
   return false;
 }
 
 Isa SelectIsa(const char* op) {
-  const Isa all[] = {Isa::kAvx512Vnni, Isa::kAvx2, Isa::kRef};
+  const Isa all[] = {Isa::kAmx, Isa::kAvx512Vnni, Isa::kAvx2, Isa::kRef};
   const char* requested = std::getenv("BITNET_ISA");
   if (requested == nullptr || *requested == '\0') {
     for (Isa isa : all) {
@@ -93,7 +111,7 @@ Isa SelectIsa(const char* op) {
     }
     return isa;
   }
-  Fail(op, "BITNET_ISA=", requested, " is not one of ref, avx2, avx512 (available here: ", available,
+  Fail(op, "BITNET_ISA=", requested, " is not one of ref, avx2, avx512, amx (available here: ", available,
        "); unset it to use the fastest available path");
 }
 

@@ -117,9 +117,11 @@ extern const IntKernels kIntAvx2;
 extern const IntKernels kIntAvx512Vnni;
 #endif
 
+// The AMX path runs these ops on its AVX-512 VNNI kernels (AMX serves BitLinear's GEMM only).
 inline const IntKernels& IntKernelsFor(Isa isa) {
   switch (isa) {
 #ifdef BITNET_HAVE_AVX512VNNI
+    case Isa::kAmx:
     case Isa::kAvx512Vnni: return kIntAvx512Vnni;
 #endif
     case Isa::kAvx2: return kIntAvx2;

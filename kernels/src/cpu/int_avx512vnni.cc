@@ -15,15 +15,12 @@
 #include <cstring>
 #include <limits>
 
+#include "avx512.h"
 #include "int.h"
 #include "int_scalar.h"
 
 namespace bitnet::cpu {
 namespace {
-
-inline __mmask16 TailMask(int64_t count) {
-  return count >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << count) - 1);
-}
 
 inline __m512i Broadcast4(const int8_t* p) {
   int32_t v;
@@ -56,13 +53,7 @@ inline void StoreBlock(const IntProblem& p, int64_t m, int64_t n0, __m512 y) {
     v = kInt8 ? _mm512_mul_ps(y, _mm512_set1_ps(row.factor)) : y;
     if (p.bias != nullptr) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, p.bias + n0));
   }
-  const int64_t at = m * p.w.n + n0;
-  if (p.y_f16) {
-    _mm256_mask_storeu_epi16(static_cast<uint16_t*>(p.y) + at, mask,
-                             _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-  } else {
-    _mm512_mask_storeu_ps(static_cast<float*>(p.y) + at, mask, v);
-  }
+  StoreOutputs(p.y, p.y_f16, m * p.w.n + n0, mask, v);
 }
 
 // ---- act_quant = 1 ----

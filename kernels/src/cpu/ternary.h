@@ -27,8 +27,19 @@ inline constexpr int64_t kMaxK = int64_t{1} << 20;
 // Calls with at most this many X rows stream the packed weights (memory-bound); calls with more
 // run a GEMM over unpacked weight panels. The op plans its tasks with the same threshold.
 inline constexpr int64_t kStreamingMaxRows = 16;
+// xq as the op lays it out for every path: rows XqRowBytes apart, and kXqPadRows zero rows after
+// the last (the AMX GEMM reads whole 64-k × 32-row tiles).
+inline constexpr int64_t kXqRowAlign = 64;
+inline constexpr int64_t kXqPadRows = 31;
 
 inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// A multiple of kXqRowAlign, but not of 4 KB: 16 rows 4 KB apart (an AMX tile) all fall in one L1
+// set and evict each other (measured: 5–8 % of BitLinear's M = 128, K = 4096 time on AMX).
+inline int64_t XqRowBytes(int64_t k_packets) {
+  const int64_t bytes = CeilDiv(k_packets * kPacketK, kXqRowAlign) * kXqRowAlign;
+  return bytes % 4096 == 0 ? bytes + kXqRowAlign : bytes;
+}
 
 // Repacked weights (read-only view).
 struct TernaryMatrix {
@@ -46,7 +57,7 @@ struct TokenRow {
   int32_t finite = 1;
 };
 
-// One call's operands. xq rows are k_packets · 16 bytes apart, zero beyond K.
+// One call's operands. xq rows are ldxq ≥ k_packets · 16 bytes apart (see kXqRowAlign), zero beyond K.
 struct TernaryProblem {
   TernaryMatrix w;
   const int8_t* xq = nullptr;
@@ -73,9 +84,15 @@ extern const TernaryKernels kTernaryAvx2;
 #ifdef BITNET_HAVE_AVX512VNNI
 extern const TernaryKernels kTernaryAvx512Vnni;
 #endif
+#ifdef BITNET_HAVE_AMX
+extern const TernaryKernels kTernaryAmx;
+#endif
 
 inline const TernaryKernels& TernaryKernelsFor(Isa isa) {
   switch (isa) {
+#ifdef BITNET_HAVE_AMX
+    case Isa::kAmx: return kTernaryAmx;
+#endif
 #ifdef BITNET_HAVE_AVX512VNNI
     case Isa::kAvx512Vnni: return kTernaryAvx512Vnni;
 #endif

@@ -16,6 +16,7 @@
 #include "aligned_buffer.h"
 #include "scalar.h"
 #include "ternary.h"
+#include "ternary_avx512.h"
 
 namespace bitnet::cpu {
 namespace {
@@ -23,10 +24,6 @@ namespace {
 constexpr int kTileRows = 6;         // X rows per register tile
 constexpr int kPanelBlocks = 4;      // 16-row output blocks per panel (64 outputs)
 constexpr int64_t kChunkPackets = 32;  // K packets per panel chunk (512 k: 32 KB of codes)
-
-inline __mmask16 TailMask(int64_t count) {
-  return count >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << count) - 1);
-}
 
 inline __m512i Broadcast4(const int8_t* p) {
   int32_t v;
@@ -88,29 +85,6 @@ void QuantizeF32(const float* x, int64_t k, int64_t ldxq, int8_t* xq, TokenRow* 
 
 void QuantizeF16(const uint16_t* x, int64_t k, int64_t ldxq, int8_t* xq, TokenRow* row) {
   QuantizeRow(LoadF16{x}, k, ldxq, xq, row);
-}
-
-// Y[m, n0 : n0 + 16] from the 16 dot products Σ c·x of one block (README epilogue order).
-inline void StoreBlock(const TernaryProblem& p, int64_t m, int64_t n0, __m512i dot) {
-  const __mmask16 mask = TailMask(p.w.n - n0);
-  const TokenRow& row = p.rows[m];
-  __m512 v;
-  if (!row.finite) {
-    v = _mm512_set1_ps(std::numeric_limits<float>::quiet_NaN());
-  } else {
-    v = _mm512_cvt_roundepi32_ps(_mm512_sub_epi32(dot, _mm512_set1_epi32(row.sum)),
-                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    v = _mm512_mul_ps(v, _mm512_set1_ps(row.factor));
-    v = _mm512_mul_ps(v, p.alpha_per_row ? _mm512_maskz_loadu_ps(mask, p.alpha + n0) : _mm512_set1_ps(p.alpha[0]));
-    if (p.bias != nullptr) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, p.bias + n0));
-  }
-  const int64_t at = m * p.w.n + n0;
-  if (p.y_f16) {
-    _mm256_mask_storeu_epi16(static_cast<uint16_t*>(p.y) + at, mask,
-                             _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-  } else {
-    _mm512_mask_storeu_ps(static_cast<float*>(p.y) + at, mask, v);
-  }
 }
 
 // ---- streaming paths ----
@@ -211,23 +185,6 @@ void Stream(const TernaryProblem& p, int64_t m_begin, int64_t m_end, int64_t blo
 
 // ---- GEMM path ----
 
-// Panel of `nb` blocks × packets [pk0, pk0 + packets): step s = 4·packet + field holds nb
-// 64-byte vectors of codes c ∈ {0, 1, 2} (16 rows × 4 k each).
-void UnpackPanel(const TernaryMatrix& w, int64_t b0, int nb, int64_t pk0, int64_t packets, uint8_t* panel) {
-  const __m512i low2 = _mm512_set1_epi8(0x03);
-  for (int j = 0; j < nb; ++j) {
-    const uint8_t* src = w.packets + ((b0 + j) * w.k_packets + pk0) * kPacketBytes;
-    for (int64_t pk = 0; pk < packets; ++pk) {
-      const __m512i v = _mm512_load_si512(src + pk * kPacketBytes);
-      uint8_t* dst = panel + (pk * 4 * nb + j) * kPacketBytes;
-      _mm512_store_si512(dst, _mm512_and_si512(v, low2));
-      _mm512_store_si512(dst + nb * kPacketBytes, _mm512_and_si512(_mm512_srli_epi16(v, 2), low2));
-      _mm512_store_si512(dst + 2 * nb * kPacketBytes, _mm512_and_si512(_mm512_srli_epi16(v, 4), low2));
-      _mm512_store_si512(dst + 3 * nb * kPacketBytes, _mm512_and_si512(_mm512_srli_epi16(v, 6), low2));
-    }
-  }
-}
-
 // One MR × (NB·16) tile over `steps` steps of a panel. Partial sums live in `partial`
 // (NB·16 int32 per row) between chunks; the last chunk applies the epilogue.
 template <int MR, int NB>
@@ -286,7 +243,7 @@ void Gemm(const TernaryProblem& p, int64_t m_begin, int64_t m_end, int64_t block
     const int nb = static_cast<int>(std::min<int64_t>(kPanelBlocks, block_end - b));
     for (int64_t pk0 = 0; pk0 < kp; pk0 += kChunkPackets) {
       const int64_t packets = std::min(kChunkPackets, kp - pk0);
-      UnpackPanel(p.w, b, nb, pk0, packets, panel);
+      UnpackPanel(p.w, b, nb, pk0, packets, nb, panel);
       const bool first = pk0 == 0, last = pk0 + packets == kp;
       const int64_t steps = 4 * packets, k0 = pk0 * kPacketK, n0 = b * kBlockRows;
       switch (nb) {
