@@ -87,7 +87,7 @@ TernaryWeights::TernaryWeights(const uint8_t* packed, const std::vector<int64_t>
   matrix_.k = k;
   matrix_.blocks = CeilDiv(matrix_.n, kBlockRows);
   matrix_.k_packets = CeilDiv(k, kPacketK);
-  buffer_ = AlignedBuffer(static_cast<size_t>(matrix_.blocks * matrix_.k_packets * kPacketBytes));
+  buffer_ = AlignedBuffer(static_cast<size_t>(matrix_.blocks * matrix_.k_packets * kPacketBytes), AlignedBuffer::Pages::kHuge);
   uint8_t* out = buffer_.data();
   std::memset(out, 0x55, buffer_.size());  // every code 1 (w = 0): the padding rows
 

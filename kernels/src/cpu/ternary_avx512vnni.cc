@@ -25,6 +25,13 @@ constexpr int kTileRows = 6;         // X rows per register tile
 constexpr int kPanelBlocks = 4;      // 16-row output blocks per panel (64 outputs)
 constexpr int64_t kChunkPackets = 32;  // K packets per panel chunk (512 k: 32 KB of codes)
 
+// Streaming reads prefetch this far ahead (2 KB). The hardware prefetchers alone left one core at
+// ~80 % of the DRAM bandwidth an fp32 GEMV reaches on an AVX-512 Xeon; 16–64 packets all measured
+// the same (~17 % faster at 1×4096×4096). A prefetch past the weights' end is harmless.
+constexpr int64_t kPrefetchPackets = 32;
+
+inline void Prefetch(const uint8_t* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0); }
+
 inline __m512i Broadcast4(const int8_t* p) {
   int32_t v;
   std::memcpy(&v, p, 4);
@@ -102,6 +109,7 @@ void StreamOneRow(const TernaryProblem& p, int64_t m, int64_t block_begin, int64
     BITNET_UNROLL for (int u = 0; u < 2; ++u)
       BITNET_UNROLL for (int f = 0; f < 4; ++f) acc[u][f] = _mm512_setzero_si512();
     auto step = [&](int64_t pk, int u) {
+      Prefetch(w + (pk + kPrefetchPackets) * kPacketBytes);
       const __m512i v = _mm512_load_si512(w + pk * kPacketBytes);
       const int8_t* xs = x + pk * kPacketK;
       acc[u][0] = _mm512_dpbusd_epi32(acc[u][0], _mm512_and_si512(v, field0), Broadcast4(xs));
@@ -140,6 +148,7 @@ void StreamTile(const TernaryProblem& p, int64_t m0, int64_t b) {
   BITNET_UNROLL for (int r = 0; r < MR; ++r)
     BITNET_UNROLL for (int a = 0; a < A; ++a) acc[r][a] = _mm512_setzero_si512();
   for (int64_t pk = 0; pk < kp; ++pk) {
+    Prefetch(w + (pk + kPrefetchPackets) * kPacketBytes);
     const __m512i v = _mm512_load_si512(w + pk * kPacketBytes);
     const __m512i c[4] = {_mm512_and_si512(v, low2), _mm512_and_si512(_mm512_srli_epi16(v, 2), low2),
                           _mm512_and_si512(_mm512_srli_epi16(v, 4), low2),
