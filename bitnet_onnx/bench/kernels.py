@@ -13,7 +13,9 @@ quantization counts). For each shape M×K×N (X[M, K] · W[K, N]) and thread cou
   contender's weight bytes per matmul over its time.
 - The DRAM floor is BitLinear's 2-bit weight bytes over the machine's DRAM read bandwidth at that
   thread count (--dram-gbps; the default is TARGETS.md's measurement of this project's machine:
-  in-process probes such as an onnxruntime ReduceSum or numpy run out of instructions first).
+  in-process probes such as an onnxruntime ReduceSum or numpy run out of instructions first). On
+  another machine that figure may be out of reach, so each cold row also prints the fastest weight
+  stream any contender reached in the run and BitLinear's time against it.
 
 Ratios are "× faster": the baseline's time over the row's time. The run ends with the TARGETS.md
 "Kernels" rows this run measured, each with its minimum and goal.
@@ -418,6 +420,12 @@ def _report(results: list[Measurement], bandwidth: dict[int, float], contenders:
             lines.append(
                 f"  DRAM floor: 2-bit weights at {bandwidth[threads] / 1e9:.1f} GB/s = {floor_us:.1f} µs "
                 f"(BitLinear at {ours.median_us / floor_us:.2f}× the floor)"
+            )
+            fastest = max(rows, key=lambda r: r.gbps)
+            stream_us = ours.weight_bytes / (fastest.gbps * 1e9) * 1e6
+            lines.append(
+                f"  fastest weight stream here: {labels[fastest.op]} at {fastest.gbps:.1f} GB/s = "
+                f"{stream_us:.1f} µs for 2-bit weights (BitLinear at {ours.median_us / stream_us:.2f}×)"
             )
     target_lines = []
     for target in TARGETS:
