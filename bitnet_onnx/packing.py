@@ -86,7 +86,7 @@ def pack_ternary(values: np.ndarray, packing: TernaryPacking) -> np.ndarray:
         raise ConversionError("values", "BITNET158", "ternary values must lie in {-1, 0, +1}")
     per_byte = packing.weights_per_byte
     codes = _pad_last(np.asarray(values + 1, dtype=np.uint8), per_byte, 1)
-    codes = codes.reshape(*codes.shape[:-1], -1, per_byte)
+    codes = codes.reshape(*codes.shape[:-1], codes.shape[-1] // per_byte, per_byte)  # -1 fails on 0 rows
     if packing is TernaryPacking.TWO_BIT:
         out = codes[..., 0].copy()
         for i in range(1, 4):
@@ -120,7 +120,7 @@ def unpack_ternary(packed: np.ndarray, k: int, packing: TernaryPacking) -> np.nd
                 f"byte value {int(packed.max())} exceeds {_BASE3_MAX}, the largest base-3 pack of 5 codes",
             )
         codes = _BASE3_DIGITS[packed]
-    codes = codes.reshape(*packed.shape[:-1], -1)[..., :k]
+    codes = codes.reshape(*packed.shape[:-1], packed.shape[-1] * packing.weights_per_byte)[..., :k]
     return codes.astype(np.int8) - np.int8(1)
 
 
@@ -150,7 +150,7 @@ def pack_int(
     if bits == 1:
         return np.packbits(codes, axis=-1, bitorder="little")
     per_byte = 8 // bits
-    codes = codes.reshape(*codes.shape[:-1], -1, per_byte)
+    codes = codes.reshape(*codes.shape[:-1], padded_k // per_byte, per_byte)
     out = codes[..., 0].copy()
     for i in range(1, per_byte):
         out |= codes[..., i] << np.uint8(i * bits)
@@ -169,7 +169,7 @@ def unpack_int(packed: np.ndarray, k: int, bits: int, group_size: int | None) ->
         return np.unpackbits(packed, axis=-1, count=k, bitorder="little")
     shifts = np.arange(0, 8, bits, dtype=np.uint8)
     codes = (packed[..., None] >> shifts) & np.uint8((1 << bits) - 1)
-    return codes.reshape(*packed.shape[:-1], -1)[..., :k]
+    return codes.reshape(*packed.shape[:-1], packed.shape[-1] * len(shifts))[..., :k]
 
 
 def _check_bits(bits: int) -> None:

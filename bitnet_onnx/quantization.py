@@ -102,7 +102,7 @@ class GroupWeights:
         else:
             q = u - self.zero_points[..., None].astype(np.int16)
         w = q.astype(np.float32) * self.scales[..., None]
-        return w.reshape(*w.shape[:-2], -1)[..., :k]
+        return w.reshape(*w.shape[:-2], w.shape[-2] * w.shape[-1])[..., :k]
 
 
 @dataclass(frozen=True)
@@ -229,7 +229,7 @@ def encode_groups(
             ratio += zero_points[..., None].astype(np.float32)
             np.clip(ratio, 0, np.float32((1 << bits) - 1), out=ratio)
         u = ratio.astype(np.uint8)
-    return u.reshape(*u.shape[:-2], -1)[..., :k]
+    return u.reshape(*u.shape[:-2], u.shape[-2] * u.shape[-1])[..., :k]
 
 
 def quantize_groups(

@@ -151,3 +151,17 @@ def test_out_of_range_values_rejected() -> None:
         pack_ternary(np.array([[2, 0]]), TernaryPacking.TWO_BIT)
     with pytest.raises(ConversionError, match=r"\[0, 15\]"):
         pack_int(np.array([[16]]), bits=4, group_size=2)
+
+
+@pytest.mark.parametrize("leading", [(0,), (3, 0), (0, 2)])
+@pytest.mark.parametrize("encoding", [*TernaryPacking, 8, 4, 2, 1])
+def test_tensors_with_no_rows_round_trip(leading: tuple[int, ...], encoding: TernaryPacking | int) -> None:
+    k = 10
+    if isinstance(encoding, TernaryPacking):
+        packed = pack_ternary(np.zeros((*leading, k), np.int8), encoding)
+        assert packed.shape == (*leading, ternary_row_bytes(k, encoding))
+        assert unpack_ternary(packed, k, encoding).shape == (*leading, k)
+    else:
+        packed = pack_int(np.zeros((*leading, k), np.uint8), encoding, None)
+        assert packed.shape == (*leading, int_row_bytes(k, encoding, resolve_group_size(k, encoding, None)))
+        assert unpack_int(packed, k, encoding, None).shape == (*leading, k)

@@ -19,7 +19,9 @@ def test_benchmark_prints_every_contender(tmp_path: Path, capsys: pytest.Capture
     argv = ["--shapes", "1x64x32,5x100x7", "--threads", "1,2", "--runs", "2", "--warmup", "0"]
     assert kernels.main([*argv, "--cold-mb", "1", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    rows = [line.split("  ")[1] for line in printed.splitlines() if line.startswith("  ") and "  " in line[2:]]
+    rows = [
+        line.split("  ")[1] for line in printed.splitlines() if line.startswith("  ") and "  " in line[2:]
+    ]
     for contender in kernels.CONTENDERS:
         assert rows.count(contender.label) == 4  # 2 shapes × 2 thread counts
     assert "1x64x32  T2  (cold weights)" in printed and "DRAM floor" in printed

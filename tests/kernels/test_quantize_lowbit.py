@@ -15,7 +15,7 @@ from onnx import TensorProto, helper
 from bitnet_onnx import runtime
 from bitnet_onnx.dtypes import TernaryPacking
 from bitnet_onnx.errors import UnsupportedModelError
-from bitnet_onnx.packing import int_row_bytes, pack_ternary, ternary_row_bytes
+from bitnet_onnx.packing import pack_ternary
 from bitnet_onnx.quantization import dequantize_lowbit_reference, quantize_lowbit_reference
 
 pytestmark = pytest.mark.kernels
@@ -71,28 +71,15 @@ def run(x: np.ndarray, attributes: dict[str, object], threads: int = 1) -> list[
 
 
 def reference(x: np.ndarray, attributes: dict[str, object]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """quantize_lowbit_reference; for zero rows (which numpy's packing cannot reshape) the empty
-    outputs of the right shapes."""
-    bits, k = int(attributes["bits"]), x.shape[-1]
-    if x.size:
-        return quantize_lowbit_reference(
-            x,
-            bits,
-            int(attributes.get("group_size", 0)),
-            bool(attributes.get("asymmetric", 0)),
-            str(attributes.get("format", "2bit")),
-            bool(attributes.get("per_channel", 0)),
-        )
-    empty = np.zeros(0, np.uint8)
-    if bits == 0:
-        packing = TernaryPacking(str(attributes["format"]))
-        scales = np.zeros(0 if attributes["per_channel"] else 1, np.float32)
-        return np.zeros((*x.shape[:-1], ternary_row_bytes(k, packing)), np.uint8), scales, empty
-    group_size = int(attributes["group_size"])
-    groups = -(-k // group_size)
-    zp = np.zeros((*x.shape[:-1], groups), np.uint8) if attributes["asymmetric"] else empty
-    q = np.zeros((*x.shape[:-1], int_row_bytes(k, bits, group_size)), np.uint8)
-    return q, np.zeros((*x.shape[:-1], groups), np.float32), zp
+    """quantize_lowbit_reference with the node's attributes."""
+    return quantize_lowbit_reference(
+        x,
+        int(attributes["bits"]),
+        int(attributes.get("group_size", 0)),
+        bool(attributes.get("asymmetric", 0)),
+        str(attributes.get("format", "2bit")),
+        bool(attributes.get("per_channel", 0)),
+    )
 
 
 def assert_outputs_equal(outputs: list[np.ndarray], expected: tuple[np.ndarray, ...]) -> None:
