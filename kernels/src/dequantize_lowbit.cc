@@ -7,6 +7,7 @@
 // from its input types, so the output is declared variadic (type from the graph) and the kernel
 // checks at creation that the node's declared output type is `to`.
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <optional>
 #include <string>
@@ -186,16 +187,28 @@ class DequantizeLowBit {
 
   // base3 rows: five digits c per byte (c_0 least significant), w = float(c − 1) · α.
   void DequantizeBase3(const cpu::PackedRow& row, void* out) const {
-    const float alpha = row.scales[0];
-    for (int64_t e = 0; e < k_; ++e) {
-      int byte = row.codes[e / 5];
-      for (int64_t d = e % 5; d > 0; --d) byte /= 3;
-      const float v = static_cast<float>(byte % 3 - 1) * alpha;
-      if (half_) {
-        static_cast<uint16_t*>(out)[e] = cpu::FloatToHalf(v);
-      } else {
-        static_cast<float*>(out)[e] = v;
+    if (half_) {
+      DequantizeBase3(row, static_cast<uint16_t*>(out), [](float v) { return cpu::FloatToHalf(v); });
+    } else {
+      DequantizeBase3(row, static_cast<float*>(out), [](float v) { return v; });
+    }
+  }
+
+  template <typename T, typename Convert>
+  void DequantizeBase3(const cpu::PackedRow& row, T* out, Convert convert) const {
+    // w − 1 ∈ {−1, 0, 1} of each digit of each byte value: a table instead of four divisions per weight.
+    static const auto digits = [] {
+      std::array<std::array<int8_t, 5>, 243> table{};
+      for (int byte = 0; byte < 243; ++byte) {
+        for (int d = 0, rest = byte; d < 5; ++d, rest /= 3) table[byte][d] = static_cast<int8_t>(rest % 3 - 1);
       }
+      return table;
+    }();
+    const float alpha = row.scales[0];
+    for (int64_t e0 = 0; e0 < k_; e0 += 5) {
+      const std::array<int8_t, 5>& w = digits[row.codes[e0 / 5]];
+      const int n = static_cast<int>(std::min<int64_t>(5, k_ - e0));
+      for (int d = 0; d < n; ++d) out[e0 + d] = convert(static_cast<float>(w[d]) * alpha);
     }
   }
 
