@@ -32,6 +32,7 @@ import fcntl
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -140,6 +141,8 @@ def write_model(model: onnx.ModelProto, path: str | os.PathLike[str], base_dir: 
             )
             external = (staging / data_name).exists()  # not when no tensor reaches _EXTERNAL_TENSOR_MIN
         if external:
+            # onnx creates the data file private (0600); it gets the model file's mode (the umask's).
+            os.chmod(staging / data_name, stat.S_IMODE(staged.stat().st_mode))
             _fsync(staging / data_name)
             _fsync(staged)
             _replace_with_data(staged, path, staging / data_name, folder / data_name)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import numpy as np
 import onnx
 import pytest
@@ -89,6 +92,18 @@ def test_large_models_get_external_data_next_to_them_deterministically(tmp_path,
 
     y = runtime.session(tmp_path / "m.onnx").run(None, {"x": x})[0]
     np.testing.assert_allclose(y, x @ numpy_helper.to_array(_model().graph.initializer[0]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_the_data_file_gets_the_model_files_permissions(tmp_path, monkeypatch, umask):
+    monkeypatch.setattr(model_file, "EXTERNAL_DATA_THRESHOLD", 1)
+    previous = os.umask(umask)
+    try:
+        write_model(_model(), tmp_path / "m.onnx")
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == {"m.onnx": 0o666 & ~umask, "m.onnx.data": 0o666 & ~umask}
 
 
 def _external_input(folder) -> onnx.ModelProto:
