@@ -3,7 +3,8 @@
 - `load_model(source)` reads a path (opened read-only) or copies a ModelProto (the caller's object is
   never touched), refuses what is not a usable ONNX model (not protobuf, truncated, no ir_version,
   an ir_version or default-domain opset newer than the installed onnx knows, empty graph, names
-  that are not UTF-8, sparse initializers) and validates external data without reading it: every
+  that are not UTF-8, graph inputs or outputs that are not tensors, values declared optional or
+  map, sparse initializers) and validates external data without reading it: every
   `location` must be relative, stay inside the model's folder (no `..`, no symlink leading out) and
   name a file holding the bytes the tensor claims. All external-data problems are reported at once.
   A file's initializers of more than SMALL_CONSTANT elements are not read at all: `passes._inplace`
@@ -192,6 +193,11 @@ def _read_proto(path: Path) -> onnx.ModelProto:
     return proto
 
 
+# TypeProto kinds onnx-graphsurgeon cannot carry through an export (it keeps the TypeProto as a
+# dtype and fails on it).
+_UNSUPPORTED_VALUE_TYPES = frozenset({"optional_type", "map_type", "opaque_type"})
+
+
 def _check_structure(proto: onnx.ModelProto, origin: str) -> None:
     if proto.ir_version <= 0:
         raise UnsupportedModelError(
@@ -220,6 +226,24 @@ def _check_structure(proto: onnx.ModelProto, origin: str) -> None:
             f"{origin}: {shown} {verb} not valid UTF-8 text: the file is corrupted (or its exporter is "
             "broken); re-export the model"
         )
+    for kind, values in (("input", proto.graph.input), ("output", proto.graph.output)):
+        for value in values:
+            declared = value.type.WhichOneof("value")
+            if declared != "tensor_type":
+                raise UnsupportedModelError(
+                    f"{origin}: graph {kind} {value.name!r} is not declared as a tensor (its type is "
+                    f"{declared or 'empty'}); bitnet-onnx compiles models whose graph inputs and outputs "
+                    "are dense tensors: declare a tensor type and re-export"
+                )
+    for graph in all_graph_protos(proto.graph):
+        for value in graph.value_info:
+            declared = value.type.WhichOneof("value")
+            if declared in _UNSUPPORTED_VALUE_TYPES:
+                raise UnsupportedModelError(
+                    f"{origin}: value {value.name!r} of graph {graph.name!r} is declared with the type "
+                    f"{declared}, which bitnet-onnx does not compile (values must be tensors or "
+                    "sequences of tensors); re-export the model without it"
+                )
     sparse = [t.values.name for g in all_graph_protos(proto.graph) for t in g.sparse_initializer]
     if sparse:
         what = "is a sparse initializer" if len(sparse) == 1 else "are sparse initializers"

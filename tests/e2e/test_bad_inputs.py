@@ -234,6 +234,18 @@ CATALOGUE: dict[str, Entry] = {
     ),
     "float64_model": Entry("a float64 model", None, "compiles like a float32 one"),
     "bfloat16_weights": Entry("bfloat16 weights (read through a Cast)", None, "compiles like float32 ones"),
+    "non_tensor_input": Entry(
+        "a graph input or output that is not a tensor (no type, optional, sequence, map)",
+        UnsupportedModelError,
+        "names it and its type; declare a tensor type",
+        r"graph input 'x' is not declared as a tensor \(its type is optional_type\); bitnet-onnx compiles",
+    ),
+    "non_tensor_value": Entry(
+        "a value declared optional or map (value_info)",
+        UnsupportedModelError,
+        "names it and its type",
+        r"value 'h' of graph 'mlp' is declared with the type map_type, which bitnet-onnx does not compile",
+    ),
     "sparse_initializer": Entry(
         "a sparse initializer",
         UnsupportedModelError,
@@ -575,6 +587,23 @@ def _custom_op_model() -> onnx.ModelProto:
     return model
 
 
+def _optional_input() -> onnx.ModelProto:
+    model = _mlp()
+    x = model.graph.input[0]
+    element = onnx.TypeProto()
+    element.CopyFrom(x.type)
+    x.type.optional_type.elem_type.CopyFrom(element)
+    return model
+
+
+def _map_value() -> onnx.ModelProto:
+    model = _mlp()
+    h = model.graph.value_info.add(name="h")
+    h.type.map_type.key_type = TensorProto.INT64
+    h.type.map_type.value_type.tensor_type.elem_type = TensorProto.FLOAT
+    return model
+
+
 def _sparse_fc2() -> onnx.ModelProto:
     model = _mlp()
     dense = numpy_helper.to_array(model.graph.initializer[2])
@@ -652,6 +681,8 @@ REFUSED: dict[str, Callable[[Path], Refused]] = {
     "custom_op_without_library": _model(_custom_op_model),
     "custom_op_library_missing": _custom_library(lambda folder: folder / "nope.so"),
     "custom_op_library_broken": _custom_library(lambda folder: _libm()),
+    "non_tensor_input": _model(_optional_input),
+    "non_tensor_value": _model(_map_value),
     "sparse_initializer": _model(_sparse_fc2),
     "nan_weight": _model(lambda: _nan(np.nan)),
     "inf_weight": _model(lambda: _nan(np.inf)),
