@@ -239,6 +239,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         outputs, times = profiling.profile(args.model, feeds, args.threads, args.custom_ops)
     else:
         session = runtime.session(args.model, options=runtime.session_options(args.threads, args.custom_ops))
+        runtime.check_feeds(session, feeds)
         names = [o.name for o in session.get_outputs()]
         outputs, times = dict(zip(names, session.run(names, feeds), strict=True)), []
     for name, value in outputs.items():

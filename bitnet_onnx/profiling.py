@@ -6,11 +6,13 @@ outputs and one `LayerTime` per layer. A profiled kernel is attributed to a laye
 
 1. by its node's name, when the model has a node of that name carrying `bitnet.layer` metadata
    (our ops and every node onnxruntime leaves as it is);
-2. else by the longest tensor name of the model that starts the kernel's name, through the node
+2. else by the longest such node name followed by "/" that starts the kernel's name: onnxruntime
+   names a fused node after one of the nodes it replaces, e.g. `<node>/QuickGeluFusion/`;
+3. else by the longest tensor name of the model that starts the kernel's name, through the node
    producing that tensor (onnxruntime names a node it re-lays out after the output it replaces,
    e.g. `<output>_nchwc`);
-3. else it is counted under "(no layer)" with its op type (ops of no layer, and nodes onnxruntime
-   fused into new ones).
+4. else it is counted under "(no layer)" with its op type (ops of no layer, and nodes onnxruntime
+   made without a name to go by).
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ def _attribution(model: onnx.ModelProto) -> tuple[dict[str, tuple[str, str, str]
 def layer_times(events: Iterable[Mapping[str, Any]], model: onnx.ModelProto) -> list[LayerTime]:
     """Kernel times of a profile's events grouped by layer (see the module docstring), slowest first."""
     owners, producers = _attribution(model)
+    owners_by_length = sorted(owners, key=len, reverse=True)
     by_length = sorted(producers, key=len, reverse=True)
     totals: dict[tuple[str, str, str], list[int]] = {}
     for event in events:
@@ -72,6 +75,9 @@ def layer_times(events: Iterable[Mapping[str, Any]], model: onnx.ModelProto) -> 
         node = name[: -len(_KERNEL_SUFFIX)]
         op_type = str(event.get("args", {}).get("op_name", "?"))
         owner = owners.get(node)
+        if owner is None:
+            fused_from = next((n for n in owners_by_length if node.startswith(n + "/")), None)
+            owner = owners.get(fused_from) if fused_from is not None else None
         if owner is None:
             tensor = next((t for t in by_length if node.startswith(t)), None)
             owner = owners.get(producers[tensor]) if tensor is not None else None
@@ -99,6 +105,7 @@ def profile(
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(folder) / "profile")
         session = runtime.session(model_path, options=options)
+        runtime.check_feeds(session, feeds)
         names = [o.name for o in session.get_outputs()]
         outputs = dict(zip(names, session.run(names, dict(feeds)), strict=True))
         trace = Path(session.end_profiling())

@@ -29,10 +29,11 @@ import importlib.resources
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 
@@ -49,6 +50,7 @@ __all__ = [
     "OP_NAMES",
     "QUANTIZE_LOWBIT",
     "Isa",
+    "check_feeds",
     "cpu_flags",
     "cpu_model",
     "dispatch_isa",
@@ -309,3 +311,35 @@ def cpu_model() -> str | None:
     except OSError:
         pass
     return None
+
+
+def check_feeds(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray]) -> None:
+    """Raises ConfigError listing every feed `session` cannot take (missing, unknown, wrong dtype):
+    onnxruntime's own error names only the first, without the inputs it has."""
+    problems = []
+    expected = {i.name: i for i in session.get_inputs()}
+    for name in expected:
+        if name not in feeds:
+            problems.append(f"no array for model input {name!r}")
+    for name, array in feeds.items():
+        spec = expected.get(name)
+        if spec is None:
+            problems.append(f"{name!r} is not an input of the model (its inputs: {', '.join(expected)})")
+            continue
+        want = _NUMPY_TYPES.get(spec.type)
+        if want is not None and np.asarray(array).dtype != want:
+            problems.append(f"input {name!r} is {np.asarray(array).dtype}, the model takes {want}")
+    if problems:
+        raise ConfigError(problems, source="sample inputs")
+
+
+_NUMPY_TYPES: Mapping[str, np.dtype] = {
+    "tensor(float)": np.dtype(np.float32),
+    "tensor(float16)": np.dtype(np.float16),
+    "tensor(double)": np.dtype(np.float64),
+    "tensor(int64)": np.dtype(np.int64),
+    "tensor(int32)": np.dtype(np.int32),
+    "tensor(int8)": np.dtype(np.int8),
+    "tensor(uint8)": np.dtype(np.uint8),
+    "tensor(bool)": np.dtype(np.bool_),
+}

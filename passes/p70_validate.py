@@ -68,7 +68,7 @@ from bitnet_onnx.model_file import session_for, write_model
 from bitnet_onnx.packing import int_row_bytes, ternary_row_bytes
 from bitnet_onnx.plan import LayerPlan
 from bitnet_onnx.report import CompileReport, OutputMetrics, Thresholds, compare_outputs
-from bitnet_onnx.runtime import BITLINEAR, DOMAIN
+from bitnet_onnx.runtime import BITLINEAR, DOMAIN, check_feeds
 from bitnet_onnx.sample_inputs import DEFAULT_DIMS, sample_inputs
 from bitnet_onnx.validation import Finding, Severity
 
@@ -486,7 +486,7 @@ def _reference_outputs(ctx: PassContext, feeds: Mapping[str, np.ndarray]) -> dic
     reference = session_for(
         ctx.original, ctx.model_dir, custom_op_libraries=ctx.custom_op_libraries, prepack=False
     )
-    _check_feeds(reference, feeds)
+    check_feeds(reference, feeds)
     names = [o.name for o in reference.get_outputs()]
     try:
         return dict(zip(names, reference.run(names, dict(feeds)), strict=True))
@@ -504,33 +504,3 @@ def _fails_checker(model: onnx.ModelProto) -> bool:
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError):
         return True
     return False
-
-
-def _check_feeds(session, feeds: Mapping[str, np.ndarray]) -> None:
-    problems = []
-    expected = {i.name: i for i in session.get_inputs()}
-    for name in expected:
-        if name not in feeds:
-            problems.append(f"no array for model input {name!r}")
-    for name, array in feeds.items():
-        spec = expected.get(name)
-        if spec is None:
-            problems.append(f"{name!r} is not an input of the model (its inputs: {', '.join(expected)})")
-            continue
-        want = _ORT_TYPES.get(spec.type)
-        if want is not None and np.asarray(array).dtype != want:
-            problems.append(f"input {name!r} is {np.asarray(array).dtype}, the model takes {want}")
-    if problems:
-        raise ConfigError(problems, source="sample inputs")
-
-
-_ORT_TYPES: Mapping[str, np.dtype] = {
-    "tensor(float)": np.dtype(np.float32),
-    "tensor(float16)": np.dtype(np.float16),
-    "tensor(double)": np.dtype(np.float64),
-    "tensor(int64)": np.dtype(np.int64),
-    "tensor(int32)": np.dtype(np.int32),
-    "tensor(int8)": np.dtype(np.int8),
-    "tensor(uint8)": np.dtype(np.uint8),
-    "tensor(bool)": np.dtype(np.bool_),
-}

@@ -37,11 +37,12 @@ def test_kernels_are_grouped_by_layer_slowest_first():
         _event("/conv/Conv_output_0_nchwc_kernel_time", 70, "Conv"),  # renamed by layout transform
         _event("relu_kernel_time", 4, "Relu"),
         _event("MatMulAddFusion_kernel_time", 6, "Gemm"),
+        _event("fc/BitLinear/SomeFusion/_kernel_time", 9, "FusedOp"),  # named after a node it fused
         _event("relu_kernel_time", 3, "Relu"),
     ]
     assert layer_times(events, _model()) == [
         LayerTime("conv", "convolution", "Conv", 1, 70),
-        LayerTime("fc", "linear", "BitLinear", 2, 50),
+        LayerTime("fc", "linear", "BitLinear", 3, 59),
         LayerTime(NO_LAYER, "", "Relu", 2, 7),
         LayerTime(NO_LAYER, "", "Gemm", 1, 6),
     ]

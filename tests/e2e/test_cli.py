@@ -172,6 +172,22 @@ def test_run_profile_groups_kernel_time_by_layer(capsys, compiled_llama):
     assert rows["total"][-1] == "100.0"
 
 
+@pytest.mark.parametrize("profile", [[], ["--profile"]])
+def test_run_names_every_input_the_model_cannot_take(capsys, compiled_llama, tmp_path, profile):
+    with np.load(FIXTURES / "llama_tiny.inputs.npz") as feeds:
+        arrays = dict(feeds)
+    arrays["position_ids"] = np.zeros((2, 8), np.int64)
+    arrays["attention_mask"] = arrays["attention_mask"].astype(np.int32)
+    del arrays["input_ids"]
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, **arrays)
+    code, _, stderr = _run(capsys, "run", str(compiled_llama), "--inputs", str(wrong), *profile)
+    assert code == EXIT_USER_ERROR and "Traceback" not in stderr
+    assert "no array for model input 'input_ids'" in stderr
+    assert "'position_ids' is not an input of the model (its inputs: input_ids, attention_mask)" in stderr
+    assert "input 'attention_mask' is int32, the model takes int64" in stderr
+
+
 def test_inspect_table_and_json(capsys, compiled_llama):
     code, stdout, _ = _run(capsys, "inspect", str(compiled_llama))
     assert code == EXIT_OK
