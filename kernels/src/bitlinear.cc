@@ -106,8 +106,9 @@ class BitLinear {
     cpu::TernaryProblem p;
     p.w = matrix;
     p.ldxq = cpu::XqRowBytes(matrix.k_packets);
-    AlignedBuffer xq(static_cast<size_t>((m + cpu::kXqPadRows) * p.ldxq));
-    std::memset(xq.data() + m * p.ldxq, 0, static_cast<size_t>(cpu::kXqPadRows * p.ldxq));
+    const int64_t pad_rows = m > cpu::kStreamingMaxRows ? cpu::kXqPadRows : 0;
+    AlignedBuffer xq(static_cast<size_t>((m + pad_rows) * p.ldxq));
+    std::memset(xq.data() + m * p.ldxq, 0, static_cast<size_t>(pad_rows * p.ldxq));
     std::vector<cpu::TokenRow> rows(static_cast<size_t>(m));
     p.xq = reinterpret_cast<const int8_t*>(xq.data());
     p.rows = rows.data();

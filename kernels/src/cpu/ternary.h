@@ -27,8 +27,9 @@ inline constexpr int64_t kMaxK = int64_t{1} << 20;
 // Calls with at most this many X rows stream the packed weights (memory-bound); calls with more
 // run a GEMM over unpacked weight panels. The op plans its tasks with the same threshold.
 inline constexpr int64_t kStreamingMaxRows = 16;
-// xq as the op lays it out for every path: rows XqRowBytes apart, and kXqPadRows zero rows after
-// the last (the AMX GEMM reads whole 64-k × 32-row tiles).
+// xq as the op lays it out for every path: rows XqRowBytes apart and, in calls of more than
+// kStreamingMaxRows rows, kXqPadRows zero rows after the last (the AMX GEMM reads whole 64-k ×
+// 32-row tiles).
 inline constexpr int64_t kXqRowAlign = 64;
 inline constexpr int64_t kXqPadRows = 31;
 
