@@ -4,7 +4,8 @@
   never touched), refuses what is not a usable ONNX model (not protobuf, truncated, no ir_version,
   an ir_version or default-domain opset newer than the installed onnx knows, empty graph, names
   that are not UTF-8, graph inputs or outputs that are not tensors, values declared optional or
-  map, sparse initializers) and validates external data without reading it: every
+  map, node attributes whose value does not match their type or that are empty lists, sparse
+  initializers) and validates external data without reading it: every
   `location` must be relative, stay inside the model's folder (no `..`, no symlink leading out) and
   name a file holding the bytes the tensor claims. All external-data problems are reported at once.
   A file's initializers of more than SMALL_CONSTANT elements are not read at all: `passes._inplace`
@@ -244,6 +245,13 @@ def _check_structure(proto: onnx.ModelProto, origin: str) -> None:
                     f"{declared}, which bitnet-onnx does not compile (values must be tensors or "
                     "sequences of tensors); re-export the model without it"
                 )
+    bad = [problem for graph in all_graph_protos(proto.graph) for problem in _attribute_problems(graph)]
+    if bad:
+        shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise UnsupportedModelError(
+            f"{origin}: {shown}. The file is corrupted or its exporter is broken: re-export the model "
+            "(an empty list attribute can be left out instead)"
+        )
     sparse = [t.values.name for g in all_graph_protos(proto.graph) for t in g.sparse_initializer]
     if sparse:
         what = "is a sparse initializer" if len(sparse) == 1 else "are sparse initializers"
@@ -251,6 +259,42 @@ def _check_structure(proto: onnx.ModelProto, origin: str) -> None:
             f"{origin}: {', '.join(map(repr, sparse))} {what}, which bitnet-onnx does not compile; store "
             "dense tensors instead (numpy_helper.from_array, in graph.initializer) and re-export"
         )
+
+
+_A = onnx.AttributeProto
+# The field that holds an attribute's value, by its declared type.
+_ATTRIBUTE_FIELDS = {
+    _A.FLOAT: "f", _A.INT: "i", _A.STRING: "s", _A.TENSOR: "t", _A.GRAPH: "g",
+    _A.SPARSE_TENSOR: "sparse_tensor", _A.TYPE_PROTO: "tp", _A.FLOATS: "floats", _A.INTS: "ints",
+    _A.STRINGS: "strings", _A.TENSORS: "tensors", _A.GRAPHS: "graphs",
+    _A.SPARSE_TENSORS: "sparse_tensors", _A.TYPE_PROTOS: "type_protos",
+}  # fmt: skip
+_SINGULAR_FIELDS = frozenset({"f", "i", "s", "t", "g", "sparse_tensor", "tp"})
+
+
+def _attribute_problems(graph: onnx.GraphProto) -> Iterator[str]:
+    """Node attributes whose declared type is unknown, whose value sits in another type's field, or
+    that are empty lists: onnx-graphsurgeon reads a value by the declared type and cannot write back
+    an empty list (it infers the type from the elements)."""
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.ref_attr_name:  # a function's reference to its caller's attribute
+                continue
+            where = f"attribute {attribute.name!r} of node {node.name or node.op_type!r}"
+            declared = _ATTRIBUTE_FIELDS.get(attribute.type)
+            held = [
+                name
+                for name in _ATTRIBUTE_FIELDS.values()
+                if (attribute.HasField(name) if name in _SINGULAR_FIELDS else len(getattr(attribute, name)))
+            ]
+            if declared is None:
+                yield f"{where} has no valid type (type={attribute.type})"
+            elif any(name != declared for name in held):
+                kind = onnx.AttributeProto.AttributeType.Name(attribute.type)
+                yield f"{where} is declared {kind} but holds {', '.join(held)}"
+            elif declared not in _SINGULAR_FIELDS and not held:
+                kind = onnx.AttributeProto.AttributeType.Name(attribute.type)
+                yield f"{where} is an empty {kind} list"
 
 
 _TEXT_OR_MESSAGE = (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_MESSAGE)

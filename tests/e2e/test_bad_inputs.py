@@ -246,6 +246,12 @@ CATALOGUE: dict[str, Entry] = {
         "names it and its type",
         r"value 'h' of graph 'mlp' is declared with the type map_type, which bitnet-onnx does not compile",
     ),
+    "attribute_type_mismatch": Entry(
+        "a node attribute whose value does not match its declared type, or an empty list attribute",
+        UnsupportedModelError,
+        "names the attribute, the node and what it holds",
+        r"attribute 'alpha' of node '/act/LeakyRelu' is declared INT but holds f\. The file is corrupted",
+    ),
     "sparse_initializer": Entry(
         "a sparse initializer",
         UnsupportedModelError,
@@ -604,6 +610,16 @@ def _map_value() -> onnx.ModelProto:
     return model
 
 
+def _mistyped_attribute() -> onnx.ModelProto:
+    model = _mlp()
+    relu = next(n for n in model.graph.node if n.op_type == "Relu")
+    relu.op_type, relu.name = "LeakyRelu", "/act/LeakyRelu"
+    alpha = helper.make_attribute("alpha", 0.1)
+    alpha.type = onnx.AttributeProto.INT  # as a corrupted file has it: the value stays in `f`
+    relu.attribute.append(alpha)
+    return model
+
+
 def _sparse_fc2() -> onnx.ModelProto:
     model = _mlp()
     dense = numpy_helper.to_array(model.graph.initializer[2])
@@ -683,6 +699,7 @@ REFUSED: dict[str, Callable[[Path], Refused]] = {
     "custom_op_library_broken": _custom_library(lambda folder: _libm()),
     "non_tensor_input": _model(_optional_input),
     "non_tensor_value": _model(_map_value),
+    "attribute_type_mismatch": _model(_mistyped_attribute),
     "sparse_initializer": _model(_sparse_fc2),
     "nan_weight": _model(lambda: _nan(np.nan)),
     "inf_weight": _model(lambda: _nan(np.inf)),

@@ -166,6 +166,30 @@ def test_load_refuses_names_that_are_not_utf8(tmp_path: Path) -> None:
 # -- external data ----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("attribute", "words"),
+    [
+        (helper.make_attribute("perm", [1, 0]), None),
+        (
+            onnx.AttributeProto(name="perm", type=onnx.AttributeProto.FLOATS, ints=[1, 0]),
+            "is declared FLOATS but holds ints",
+        ),
+        (onnx.AttributeProto(name="perm", type=onnx.AttributeProto.INTS), "is an empty INTS list"),
+        (onnx.AttributeProto(name="perm", ints=[1, 0]), "has no valid type"),
+    ],
+)
+def test_load_refuses_attributes_whose_value_does_not_match_their_type(attribute, words) -> None:
+    model = _linear_model()
+    transpose = helper.make_node("Transpose", ["y"], ["t"], name="/t/Transpose")
+    transpose.attribute.append(attribute)
+    model.graph.node.append(transpose)
+    if words is None:
+        load_model(model)
+        return
+    with pytest.raises(UnsupportedModelError, match=f"attribute 'perm' of node '/t/Transpose' {words}"):
+        load_model(model)
+
+
 def test_external_data_stays_unread_until_values_are_used(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
