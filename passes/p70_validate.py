@@ -402,7 +402,8 @@ class ValidatePass:
         structure, _ = weightless_model(graph)
         try:
             onnx.checker.check_model(structure, full_check=True)
-        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as exc:
+            # ValueError: e.g. "Invalid tensor data type 0." for a tensor whose data type is unset.
             message = " ".join(str(exc).split())
             if ctx.original is not None and _fails_checker(ctx.original):
                 return [

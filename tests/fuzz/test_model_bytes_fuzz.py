@@ -102,3 +102,24 @@ def test_mutated_model_files_compile_or_raise_mixed_precision_errors(case: tuple
             assert output.stat().st_size > 0
         assert source.read_bytes() == data
         assert {p.name for p in Path(folder).iterdir()} <= {"model.onnx", "out.onnx"}
+
+
+@pytest.mark.parametrize(
+    ("name", "offset", "bit", "words"),
+    [
+        ("llama_tiny", 518622, 1, "graph input 'attention_mask' is not declared as a tensor"),
+        ("llama_tiny", 518622, 6, "its type is optional_type"),
+        ("convnet_tiny", 902, 0, "attribute 'kernel_shape' of node '/layer1/conv2/Conv' is declared FLOATS"),
+        ("llama_tiny", 898, 3, "Invalid tensor data type"),  # Cast's `to` flipped to no data type
+    ],
+)
+def test_bit_flips_the_long_runs_found_are_clear_errors(name: str, offset: int, bit: int, words: str) -> None:
+    """The long fuzz runs' findings (each crashed with another exception type before its fix)."""
+    data = bytearray(fixture_bytes(name))
+    data[offset] ^= 1 << bit
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / "model.onnx"
+        source.write_bytes(bytes(data))
+        with pytest.raises(MixedPrecisionError, match=words) as caught:
+            compile(source, "balanced", output=Path(folder) / "out.onnx", strict=False, measure_kernels=False)
+    assert not isinstance(caught.value, PassError)  # a PassError is a bug report, not a clear error
