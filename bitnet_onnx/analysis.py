@@ -12,7 +12,8 @@ estimated and measured speedup, the outputs' error against the original, per-lay
   compiled model). Element bytes are those of the stored type (a packed uint8 weight counts its
   bytes, its float32 scales theirs).
 - accuracy: the compile's validation report, one `OutputMetrics` per graph output (cosine and max
-  relative error over all elements), on the first calibration batch.
+  relative error over all elements), on every batch of the calibration given (for an objective's
+  plan: the held-out samples); `Analysis.meets(objective)` judges an objective on these numbers.
 - estimated speedup: Σ predicted latency of every layer at F32 / Σ at its chosen precision, for one
   token (M = 1, decoding), from the cost model's latency table measured on this CPU
   (`bitnet_onnx.cost_model`, which models the matmul kernels); None without a cost model.
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
     from bitnet_onnx.compile import CompileResult
     from bitnet_onnx.config import MixedPrecisionConfig, MixedPrecisionStrategy
     from bitnet_onnx.cost_model import CostModel
-    from bitnet_onnx.objectives import PrecisionChoice
+    from bitnet_onnx.objectives import OptimizationObjective, PrecisionChoice
     from bitnet_onnx.sensitivity import SensitivityTable
 
 __all__ = [
@@ -205,6 +206,24 @@ class Analysis:
     @property
     def measured_speedup(self) -> float | None:
         return self.timing.speedup if self.timing is not None else None
+
+    def meets(self, objective: OptimizationObjective) -> bool:
+        """Whether these measured numbers meet `objective`: Memory(t) the bytes saved ≥ t;
+        Accuracy(m) the lowest output cosine ≥ m; Speed(s, m) that cosine ≥ m and the speedup ≥ s
+        (measured when timed, else estimated); Balanced, which sets no target, always."""
+        from bitnet_onnx.objectives import Accuracy, Memory, Speed
+
+        if isinstance(objective, Memory):
+            saved = 1.0 - self.bytes_after / self.bytes_before if self.bytes_before else 0.0
+            return saved >= objective.target_reduction
+        if not isinstance(objective, (Accuracy, Speed)):
+            return True
+        cosine = self.min_cosine
+        kept = cosine is not None and cosine >= objective.min_accuracy  # NaN keeps nothing
+        if isinstance(objective, Accuracy):
+            return kept
+        speedup = self.measured_speedup if self.measured_speedup is not None else self.estimated_speedup
+        return kept and speedup is not None and speedup >= objective.target_speedup
 
     @property
     def min_cosine(self) -> float | None:
@@ -513,7 +532,7 @@ def analyze(
     measure_speed: bool = False,
 ) -> Analysis:
     """Analyze `model` compiled with `config` (what `compile` accepts; None is balanced), or the
-    `CompileResult` of a compile written to a file. The compile validates on the first batch of
+    `CompileResult` of a compile written to a file. The compile validates on every batch of
     `calibration` (None: inputs generated from the input specs) and is not strict: a config that
     misses its strategy's thresholds is analyzed, its numbers say by how much. `sensitivity` gives
     the per-layer cosines, `cost` the estimated speedup; `measure_speed` times both models. See the
@@ -527,7 +546,7 @@ def analyze(
     order = list(layers)
     owners = {node: name for name, layer in layers.items() for node in (*layer.nodes, *layer.weight_nodes)}
     totals_before = bytes_by_layer(graph_before, owners, order)
-    feeds = dict(calibration.batches[0]) if calibration is not None else None
+    feeds = dict(calibration.batches[0]) if calibration is not None else None  # what speed is timed on
     with tempfile.TemporaryDirectory(prefix="bitnet-onnx-analyze-") as tmp:
         if isinstance(config, CompileResult):
             result, cfg = config, None
@@ -538,7 +557,7 @@ def analyze(
                 )
         else:
             cfg = resolve_config(config)
-            result = compile(model, cfg, output=Path(tmp) / "compiled.onnx", inputs=feeds, strict=False)
+            result = compile(model, cfg, output=Path(tmp) / "compiled.onnx", inputs=calibration, strict=False)
         compiled_path = Path(result.output_path)  # type: ignore[arg-type]
         graph_after, records = _compiled(compiled_path)
         owners_after = {node: r.name for r in records for node in r.nodes}
@@ -574,16 +593,11 @@ def analyze(
         memory_by_type_before=_by_type(totals_before, types),
         memory_by_type_after=_by_type(totals_after, types),
         accuracy=tuple(result.report.outputs),
-        accuracy_inputs=result.report.inputs if calibration is None else _first_batch(calibration),
+        accuracy_inputs=result.report.inputs,
         estimated_speedup=_estimated_speedup(cost, layers, choices) if cost is not None else None,
         timing=timing,
     )
     return with_sensitivity(analysis, sensitivity) if sensitivity is not None else analysis
-
-
-def _first_batch(calibration: Calibration) -> str:
-    shapes = ", ".join(f"{name} {list(array.shape)}" for name, array in calibration.batches[0].items())
-    return f"calibration batch 1 of {len(calibration.batches)} ({shapes})"
 
 
 def _compiled(path: Path) -> tuple[gs.Graph, tuple[Any, ...]]:

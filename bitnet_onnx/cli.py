@@ -3,7 +3,8 @@ prints its message (the traceback only with --debug) and exits 2; anything else 
 with the traceback. `compile --no-strict` exits 3 when it wrote a model that missed the strategy's
 validation thresholds (the report says by how much); `compile --objective` and `analyze
 --objective` exit 3 when the objective is not met, after writing (or analyzing) the best plan found,
-with a message naming the limiting layers (ANCHORS (c)4: a model and a report even then)."""
+with a message naming the limiting layers (ANCHORS (c)4: a model and a report even then). Messages
+name CLI flags, not Python names (`interface.speaking_to`)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bitnet_onnx.errors import MixedPrecisionError
+from bitnet_onnx.errors import ConfigError, MixedPrecisionError
+from bitnet_onnx.interface import Interface, speaking_to
 
 if TYPE_CHECKING:
     from bitnet_onnx.calibration import Calibration
@@ -89,19 +91,26 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     progress = args.progress or sys.stderr.isatty()
     manager = None
     config = args.config if args.config is not None else args.strategy or "balanced"
+    inputs: Calibration | Path | None = args.inputs
     if args.objective is not None:
         manager = _optimized(args, progress)
         config = manager.to_config()
         written = Path(f"{args.output}.config.yaml")
         save_config(config, written)
         print(f"bitnet-onnx compile: the plan for {args.objective} is in {written}", file=sys.stderr)
+        inputs = manager.holdout  # validated on what the plan was not chosen on
+    elif args.holdout is not None:
+        raise ConfigError(
+            "--holdout sets the samples held out to check an --objective's plan on; without --objective "
+            "every sample of --inputs validates the compile: drop --holdout or add --objective"
+        )
     try:
         result = compile(
             args.model,
             config,
             output=args.output,
             log=args.log,
-            inputs=args.inputs,
+            inputs=inputs,
             dump_after=args.dump_after,
             strict=not args.no_strict and manager is None,
             progress=progress,
@@ -109,17 +118,20 @@ def _cmd_compile(args: argparse.Namespace) -> int:
             memory_budget=args.memory_budget,
             measure_kernels=not args.no_kernel_timing,
             custom_op_libraries=args.custom_ops,
+            objective=args.objective,
         )
     except CompileValidationError as exc:
         print(exc.report.summary(), file=sys.stderr)
         raise
     print(result.summary())
     if manager is not None:
-        if not _objective_met(manager):
+        # The search's verdict (measured on the held-out samples) and the validation of the model
+        # written (the same samples, the objective's thresholds) must both hold.
+        if not (manager.last_result.feasible and result.report.goal_met):
             written = f"wrote the best plan found to {args.output} and {args.output}.config.yaml"
             print(_objective_missed("compile", manager, written), file=sys.stderr)
             return EXIT_GOAL_MISSED
-        print(f"objective {args.objective}: met. {manager.last_result.message}")
+        print(f"objective {args.objective}: met on {result.report.inputs}. {manager.last_result.message}")
         return EXIT_OK
     if not result.report.goal_met:
         print(
@@ -137,6 +149,16 @@ def _calibration(model: Path, inputs: Path | None, dims: Sequence[tuple[str, int
     if inputs is not None:
         return Calibration.from_npz(inputs, model)
     return Calibration.generated(model, dims=dict(dims))
+
+
+def _holdout(text: str) -> int | float:
+    """`4` (samples) or `0.25` (a fraction of them); `Calibration.split` checks the range."""
+    try:
+        return int(text) if text.strip().isdigit() else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of samples or a fraction, e.g. 4 or 0.25"
+        ) from None
 
 
 def _cost_model(progress: bool) -> CostModel:
@@ -165,6 +187,7 @@ def _optimized(args: argparse.Namespace, progress: bool) -> PrecisionManager:
         args.model,
         resolve_config(start) if start is not None else None,
         _calibration(args.model, args.inputs, args.dim),
+        holdout=_holdout_of(args),
         cost_model=_cost_model(progress),
         workers=args.workers,
         progress=progress,
@@ -173,11 +196,10 @@ def _optimized(args: argparse.Namespace, progress: bool) -> PrecisionManager:
     return manager
 
 
-def _objective_met(manager: PrecisionManager) -> bool:
-    """Met by measurement when the plan was verified, else by the search's prediction."""
-    if manager.verification is not None:
-        return manager.verification.met
-    return manager.last_result.feasible
+def _holdout_of(args: argparse.Namespace) -> int | float:
+    from bitnet_onnx.calibration import DEFAULT_HOLDOUT
+
+    return args.holdout if args.holdout is not None else DEFAULT_HOLDOUT
 
 
 def _objective_missed(command: str, manager: PrecisionManager, written: str) -> str:
@@ -186,8 +208,6 @@ def _objective_missed(command: str, manager: PrecisionManager, written: str) -> 
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from bitnet_onnx.analysis import analyze, with_sensitivity
     from bitnet_onnx.analysis_report import write_report
     from bitnet_onnx.sensitivity import measure_sensitivity
@@ -196,12 +216,13 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     met = True
     if args.objective is not None:
         manager = _optimized(args, progress)
-        met = _objective_met(manager)
-        analysis = replace(manager.analyze_configuration(measure_speed=True), feasible=met)
+        analysis = manager.analyze_configuration(measure_speed=True)
+        met = bool(analysis.feasible)
     else:
-        calibration = _calibration(args.model, args.inputs, args.dim)
+        # Sensitivity on the calibration samples, the outputs compared on the held-out ones.
+        calibration, held_out = _calibration(args.model, args.inputs, args.dim).split(_holdout_of(args))
         config = args.config if args.config is not None else args.strategy or "balanced"
-        analysis = analyze(args.model, config, calibration, cost=_cost_model(progress), measure_speed=True)
+        analysis = analyze(args.model, config, held_out, cost=_cost_model(progress), measure_speed=True)
         chosen = {layer.name: [layer.precision_choice] for layer in analysis.layers if layer.precision_choice}
         table = measure_sensitivity(
             args.model,
@@ -316,6 +337,20 @@ def _add_objective(cmd: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _add_inputs(cmd: argparse.ArgumentParser, *, validation: str) -> None:
+    cmd.add_argument(
+        "--inputs", type=Path, metavar="NPZ",
+        help="your samples, as numpy.savez writes a batch: one array per model input, the samples along "
+        "the leading (batch) axis; or keys <input>__0, <input>__1, ... for batches of different shapes. "
+        f"{validation} (default: 4 generated batches)",
+    )  # fmt: skip
+    cmd.add_argument(
+        "--holdout", type=_holdout, metavar="N|FRACTION",
+        help="the samples of --inputs held out to check the plan on, never used to choose it: a count, or "
+        "a fraction of the samples (default 0.25, at least one; whole batches with <input>__<i> keys)",
+    )  # fmt: skip
+
+
 def _add_compile(sub: argparse._SubParsersAction) -> None:
     from bitnet_onnx.config import MixedPrecisionStrategy
 
@@ -340,10 +375,12 @@ def _add_compile(sub: argparse._SubParsersAction) -> None:
     )
     _add_objective(cmd)
     cmd.add_argument("--log", type=Path, metavar="FILE", help="write the pass log (JSON lines) here")
-    cmd.add_argument(
-        "--inputs", type=Path, metavar="NPZ",
-        help="sample inputs for validation, and the calibration batches of --objective (default: generated)",
-    )  # fmt: skip
+    _add_inputs(
+        cmd,
+        validation="Without --objective every sample validates the compile; with it, the search "
+        "calibrates on all but the --holdout samples, and the compile is validated on those against the "
+        "objective's own threshold",
+    )
     cmd.add_argument(
         "--dim", type=_dim, action="append", default=[], metavar="NAME=N",
         help="a symbolic dim of generated inputs (default batch=1, seq=8); repeatable",
@@ -399,11 +436,11 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
         help="preset (default: balanced)",
     )
     how.add_argument("--config", type=Path, metavar="FILE", help="a YAML or JSON config")
-    cmd.add_argument(
-        "--inputs", type=Path, metavar="NPZ",
-        help="calibration inputs: one batch per model input name, or <input>__<i> keys for several "
-        "(default: 4 generated batches)",
-    )  # fmt: skip
+    _add_inputs(
+        cmd,
+        validation="The sensitivity is measured on all but the --holdout samples, the outputs compared on "
+        "those",
+    )
     cmd.add_argument(
         "--dim", type=_dim, action="append", default=[], metavar="NAME=N",
         help="a symbolic dim of generated inputs (default batch=1, seq=8); repeatable",
@@ -474,7 +511,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     run: Callable[[argparse.Namespace], int] = args.run
     try:
-        return run(args)
+        with speaking_to(Interface.CLI):
+            return run(args)
     except MixedPrecisionError as exc:
         if args.debug:
             logger.exception("%s failed", args.command)

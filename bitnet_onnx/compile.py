@@ -4,9 +4,13 @@ The pipeline is `bitnet_onnx.passes.compile_passes()` (normalize, annotate_layer
 assign_precision, rewrite, fold_converts, validate), run over a copy of the model: the input is
 opened read-only and never modified. Then:
 
-1. Validation decides. The validate pass leaves its report in the context; an error finding
+1. Validation decides. The validate pass runs the original and the compiled model on every batch
+   of `inputs` (a `Calibration`, an .npz in either of its forms, or one feed dict) and leaves its
+   report in the context; with `objective` (the plan's `OptimizationObjective`) its thresholds are
+   the objective's: output cosine ≥ min_accuracy for Accuracy and Speed (no bound on the relative
+   error), the strategy's for Memory and Balanced, which set no accuracy floor. An error finding
    (graph checker, session creation, a layer not realised as planned, and, with `strict`, an
-   output beyond the strategy's thresholds) raises `CompileValidationError`, which carries the
+   output beyond the thresholds) raises `CompileValidationError`, which carries the
    report, and nothing is written. With `strict=False` a missed threshold is a warning: the model
    is written and `result.report.goal_met` is False (ANCHORS (c)4: a model and a report even when
    the goal is missed).
@@ -27,11 +31,13 @@ on the graph; kernel timings are cached per machine, and `measure_kernels=False`
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -43,7 +49,11 @@ from bitnet_onnx.errors import ConfigError
 from bitnet_onnx.inspection import LayerRecord, layers_table, read_layers
 from bitnet_onnx.log import PassRecord
 from bitnet_onnx.policy import PolicyEngine, PrecisionPolicy
-from bitnet_onnx.report import CompileReport
+from bitnet_onnx.report import CompileReport, Thresholds
+
+if TYPE_CHECKING:
+    from bitnet_onnx.calibration import Calibration
+    from bitnet_onnx.objectives import OptimizationObjective
 
 __all__ = ["CompileResult", "compile", "read_inputs", "resolve_config"]
 
@@ -128,6 +138,31 @@ def read_inputs(
         ) from exc
 
 
+def _validation_inputs(
+    inputs: Calibration | Mapping[str, np.ndarray] | str | os.PathLike[str] | None,
+    model: str | os.PathLike[str] | onnx.ModelProto,
+) -> Calibration | None:
+    from bitnet_onnx.calibration import Calibration
+
+    if inputs is None or isinstance(inputs, Calibration):
+        return inputs
+    if isinstance(inputs, Mapping):
+        return Calibration((inputs,), source="the given inputs")
+    return Calibration.from_npz(inputs, model)
+
+
+def _objective_thresholds(
+    objective: OptimizationObjective, config: MixedPrecisionConfig
+) -> tuple[str, Thresholds]:
+    """(what sets them, the thresholds) validation applies to a plan made for `objective`."""
+    from bitnet_onnx.objectives import Accuracy, Speed
+
+    if isinstance(objective, (Accuracy, Speed)):
+        return f"objective {objective}", Thresholds(min_cosine=objective.min_accuracy, max_rel_error=math.inf)
+    strategy = config.strategy.value
+    return f"{strategy} (objective {objective} sets no accuracy floor)", Thresholds.for_strategy(strategy)
+
+
 def _output_path(output: str | os.PathLike[str] | None, model: object) -> Path | None:
     if output is None:
         return None
@@ -159,7 +194,7 @@ def compile(
     *,
     output: str | os.PathLike[str] | None = None,
     log: str | os.PathLike[str] | None = None,
-    inputs: Mapping[str, np.ndarray] | str | os.PathLike[str] | None = None,
+    inputs: Calibration | Mapping[str, np.ndarray] | str | os.PathLike[str] | None = None,
     dump_after: Sequence[str] = (),
     policies: Iterable[PrecisionPolicy] | None = None,
     strict: bool = True,
@@ -168,13 +203,16 @@ def compile(
     memory_budget: int | None = None,
     measure_kernels: bool = True,
     custom_op_libraries: Sequence[str | os.PathLike[str]] = (),
+    objective: OptimizationObjective | None = None,
 ) -> CompileResult:
     """Compile `model` (a path or a ModelProto) to mixed precision; see the module docstring.
 
     `config`: a MixedPrecisionConfig, a strategy or its name, or a config file; None is balanced.
-    `inputs`: sample inputs for validation (an .npz or a mapping); None generates them from the
-    input specs (`sample_inputs`, symbolic dims from `dims`). `policies` are added after the
-    config's own. `memory_budget` (bytes) feeds the policies' memory_usage and the plan check.
+    `inputs`: sample inputs for validation (a Calibration, an .npz in either form
+    `Calibration.from_npz` reads, or one feed dict), every batch of which is validated on; None
+    generates them from the input specs (`sample_inputs`, symbolic dims from `dims`). `objective`:
+    validate against its thresholds instead of the strategy's (module docstring). `policies` are
+    added after the config's own. `memory_budget` (bytes) feeds the policies' memory_usage and the plan check.
     `measure_kernels=False` picks kernels by fixed preference instead of timing them here.
     `custom_op_libraries`: shared libraries implementing ops of other custom domains the model uses
     (passed through by the compiler), registered in the validation sessions; they and the bitnet op
@@ -190,7 +228,8 @@ def compile(
 
     cfg = resolve_config(config)
     engine = _policy_engine(cfg, policies or ())
-    passes = compile_passes(memory_budget=memory_budget, strict=strict, dims=dims)
+    thresholds = _objective_thresholds(objective, cfg) if objective is not None else None
+    passes = compile_passes(memory_budget=memory_budget, strict=strict, dims=dims, thresholds=thresholds)
     names = [p.name for p in passes]
     unknown = [n for n in dump_after if n not in names]
     if unknown:
@@ -203,7 +242,7 @@ def compile(
     out = _output_path(output, model)
     libraries = tuple(Path(library) for library in custom_op_libraries)
     runtime.session_options(custom_op_libraries=libraries)
-    calibration = read_inputs(inputs)
+    calibration = _validation_inputs(inputs, model)
     loaded = load_model(model)
     graph = import_graph(loaded)
     ctx = PassContext(

@@ -18,8 +18,9 @@ It holds a `MixedPrecisionConfig` and the layers' `LayerPrecisionSpec`s (in a
   (`bitnet_onnx.sensitivity.measure_sensitivity`) when the manager was built `from_model` with
   calibration inputs, else `static_sensitivity`. On a model the plan is then verified
   (`search.verify`: compiled and measured on held-out inputs, never the calibration ones) and the
-  verified best is kept; when the measurement misses the objective the result says so
-  (`feasible` False, the measured shortfall). The moved layers' specs are updated; the result is
+  verified best is kept; `feasible` is the measurement's verdict (`search.verify` says what meets
+  each objective), and when it misses, `shortfall` is the measured one and `limiting_layers` the
+  layers holding the plan back. The moved layers' specs are updated; the result is
   returned. Reductions and speedups are relative to the registered plan (for `from_model` with the
   default config: the model as given, all F32). This supersedes, for the manager, the seed's
   bytes-only greedy `LayerPrecisionManager.optimize_for_memory`, which stays the layer manager's
@@ -42,8 +43,9 @@ converting a seeded Gaussian sample of 8 tokens to the activations' precision (0
 layers the compiler's normalize and annotate_layers passes find, each with the precisions the
 config resolves (default: CUSTOM, all F32), with dynamic adjustment when its name matches one of
 the `dynamic` globs (fnmatch; default: every layer). `calibration` (a `Calibration`, an .npz path,
-or None: 4 batches generated from the input specs with `seed`) is split: the last
-`holdout_fraction` of its batches are held out for verification.
+or None: 4 batches generated from the input specs with `seed`) is split (`Calibration.split`): the
+last `holdout` samples (a count, or a fraction: default a quarter) are held out for verification
+and for `analyze_configuration`'s measurement; the sensitivity is measured on the others.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
+from bitnet_onnx.calibration import DEFAULT_HOLDOUT
 from bitnet_onnx.config import MixedPrecisionConfig, MixedPrecisionStrategy, Resolution
 from bitnet_onnx.converter import ConversionConfig, ConversionStrategy, PrecisionConverter, QuantizedTensor
 from bitnet_onnx.cost_model import CostModel, LatencyTable, storage_shape
@@ -279,6 +282,11 @@ class PrecisionManager:
     def get_layer(self, name: str) -> LayerPrecisionSpec:
         return self._specs.get_layer(name)
 
+    @property
+    def holdout(self) -> Calibration | None:
+        """The held-out samples plans are verified and analyzed on (None without a model)."""
+        return self._model.holdout if self._model is not None else None
+
     @classmethod
     def from_model(
         cls,
@@ -287,7 +295,7 @@ class PrecisionManager:
         calibration: Calibration | str | os.PathLike[str] | None = None,
         *,
         dynamic: Iterable[str] = ("*",),
-        holdout_fraction: float = 0.25,
+        holdout: int | float = DEFAULT_HOLDOUT,
         seed: int = 0,
         cost_model: CostModel | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
@@ -314,7 +322,7 @@ class PrecisionManager:
             calibration = Calibration.generated(model, n=4, seed=seed)
         elif not isinstance(calibration, Calibration):
             calibration = Calibration.from_npz(calibration, model)
-        fitted, held_out = calibration.split(holdout_fraction)
+        fitted, held_out = calibration.split(holdout)
         source = model if isinstance(model, onnx.ModelProto) else os.fspath(model)
         manager._model = _Model(source, layers, total_bytes, fitted, held_out, cache_dir, workers, progress)
         return manager
@@ -478,10 +486,14 @@ class PrecisionManager:
             if best.plan != result.plan:
                 result = replace(result, plan=best.plan, predicted=best.predicted)
             result = replace(result, message=f"{result.message}; {checked.message}")
-            if not checked.met:  # the measurement has the last word
-                measured_base = replace(result.base, bytes=checked.bytes_before)
-                shortfall = objective_shortfall(objective, measured_base, best.measured)
-                result = replace(result, feasible=False, shortfall=shortfall)
+            # The measurement has the last word, both ways: a plan the prediction doubted can
+            # measure fine, and one it trusted can miss.
+            measured_base = replace(result.base, bytes=checked.bytes_before)
+            shortfall = objective_shortfall(objective, measured_base, best.measured)
+            limiting = () if checked.met else result.limiting_layers or checked.limiting_layers
+            result = replace(
+                result, feasible=checked.met, shortfall=max(0.0, shortfall), limiting_layers=limiting
+            )
         self._apply(result.plan)
         self.last_result = result
         return result
@@ -511,8 +523,8 @@ class PrecisionManager:
 
     def analyze_configuration(self, *, measure_speed: bool = False) -> Analysis:
         """The analysis of the manager's plan: measured on the attached model (compiled, compared
-        on the held-out inputs), else static (module docstring). The last objective's outcome is
-        recorded in it."""
+        on the held-out inputs), else static (module docstring). The last objective is recorded in
+        it, `feasible` judged on the analysis's measured numbers (`Analysis.meets`) on a model."""
         from bitnet_onnx.analysis import analyze
 
         if self._model is not None:
@@ -528,12 +540,14 @@ class PrecisionManager:
             analysis = self._static_analysis()
         if self.last_result is not None:
             result = self.last_result
+            # Measured on a model: the analysis's own numbers decide (static: the prediction).
+            met = analysis.meets(result.objective) if self._model is not None else result.feasible
             analysis = replace(
                 analysis,
                 objective=str(result.objective),
-                feasible=result.feasible,
+                feasible=met,
                 objective_message=result.message,
-                limiting_layers=result.limiting_layers,
+                limiting_layers=() if met else result.limiting_layers,
             )
         return analysis
 

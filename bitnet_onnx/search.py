@@ -48,15 +48,23 @@ largest first until they cover the shortfall; when those cannot cover it (every 
 its cheapest), the largest holders of the resource follow.
 
 `verify` compiles plans (`bitnet_onnx.compile`, in a temporary folder) and measures the true bytes
-of their constants and the true output cosine (all outputs of all batches, as the sensitivity
-table) on held-out inputs, never the calibration set. It measures the chosen plan and its
-`alternatives` (runner-up frontier plans that meet the objective by prediction), keeps the best by
-measurement (Memory: least measured error among those that reach the bytes; Accuracy: fewest bytes
-among those that keep the cosine; Speed: fastest that keeps the floor). When none meets an
-accuracy requirement it backs off: the moved layer with the largest predicted error goes one step
-up its candidates (to the next more precise one the table knows, else its base choice) and the
-plan is measured again, for at most `max_rounds` rounds. Latency in a verified estimate is the
-prediction. `plan_to_config` turns a plan into a reusable config with one exact entry per layer.
+of their constants and the true output cosine on held-out inputs, never the calibration set: per
+output over all held-out batches, the lowest of the outputs (what the compile's own validation
+reports, so the two never disagree; the sensitivity table's cosine pools the outputs, so on a model
+with several outputs the prediction can be optimistic and the measurement decides). It measures the
+chosen plan and its `alternatives` (runner-up frontier plans that meet the objective by prediction),
+keeps the best by measurement (Memory: least measured error among those that reach the bytes;
+Accuracy: fewest bytes among those that keep the cosine; Speed: fastest that keeps the floor, its
+speedup the prediction's). A plan meets Memory(t) when its measured bytes are at most (1 − t) × the
+original's, Accuracy(m) when its measured cosine is ≥ m, Speed(s, m) when its measured cosine is ≥ m
+and its predicted speedup ≥ s; Balanced has no target. When none meets an accuracy requirement it
+backs off: the moved layer with the largest predicted error goes one step up its candidates (to the
+next more precise one the table knows, else its base choice) and the plan is measured again, for at
+most `max_rounds` rounds. Latency in a verified estimate is the prediction. When the best misses,
+`limiting_layers` names the layers that hold it back, by the objective's resource as in the search:
+predicted error (a missed cosine), bytes or latency, each layer's gap to its cheapest candidate,
+largest first until the shortfall is covered. `plan_to_config`
+turns a plan into a reusable config with one exact entry per layer.
 """
 
 from __future__ import annotations
@@ -196,13 +204,15 @@ class VerifiedPlan:
 class Verification:
     """`verify`'s outcome: the chosen plan (`best`), every plan compiled and measured, in order
     (`tried`), the bytes of the original model's constants, and whether `best` meets the objective
-    by measurement (`met`); `message` says what happened, backing off included."""
+    by measurement (`met`); `message` says what happened, backing off included; `limiting_layers`
+    the layers holding `best` back when it misses."""
 
     best: VerifiedPlan
     tried: tuple[VerifiedPlan, ...]
     bytes_before: int
     met: bool
     message: str = ""
+    limiting_layers: tuple[str, ...] = ()
 
     @property
     def reduction(self) -> float:
@@ -592,7 +602,7 @@ def _message(
     )
     if feasible:
         return f"{objective} met by prediction: {figures} ({plans - 1} alternatives)"
-    names = ", ".join(limiting[:8]) + (f" and {len(limiting) - 8} more" if len(limiting) > 8 else "")
+    names = _names(limiting)
     fixed = (
         f" ({other_bytes} bytes of constants outside the layers cannot shrink)"
         if isinstance(objective, Memory) and other_bytes
@@ -600,7 +610,7 @@ def _message(
     )
     return (
         f"{objective} is not reachable: the best plan found gives {figures}, short by "
-        f"{shortfall:.4g}{fixed}; limiting layers: {names or 'none'}"
+        f"{shortfall:.4g}{fixed}; limiting layers: {names}"
     )
 
 
@@ -619,32 +629,41 @@ def plan_to_config(
     return config
 
 
-def _meets(objective: OptimizationObjective, measured: PlanEstimate, bytes_before: int) -> bool:
+def _meets(
+    objective: OptimizationObjective, measured: PlanEstimate, bytes_before: int, base: PlanEstimate
+) -> bool:
+    """Whether `measured` meets `objective` (module docstring); `base` gives Speed its reference."""
     if isinstance(objective, Memory):
         return measured.bytes <= (1.0 - objective.target_reduction) * bytes_before
-    if isinstance(objective, (Accuracy, Speed)):
+    if isinstance(objective, Speed):
+        fast = _speedup(base.latency_us, measured.latency_us) >= objective.target_speedup
+        return fast and measured.cosine >= objective.min_accuracy
+    if isinstance(objective, Accuracy):
         return measured.cosine >= objective.min_accuracy
     return True
 
 
 def _outputs(
     model: onnx.ModelProto | str | os.PathLike[str], batches: Sequence[Mapping[str, np.ndarray]]
-) -> np.ndarray:
-    """All outputs of all batches, flattened into one float64 vector."""
+) -> list[np.ndarray]:
+    """Each output over all batches, flattened into one float64 vector per output."""
     from bitnet_onnx import runtime
 
     session = runtime.session(model if not isinstance(model, os.PathLike) else os.fspath(model), threads=1)
     names = [o.name for o in session.get_outputs()]
-    parts = []
+    parts: list[list[np.ndarray]] = [[] for _ in names]
     for feeds in batches:
-        parts += [np.asarray(a, np.float64).reshape(-1) for a in session.run(names, dict(feeds))]
-    return np.concatenate(parts)
+        for part, array in zip(parts, session.run(names, dict(feeds)), strict=True):
+            part.append(np.asarray(array, np.float64).reshape(-1))
+    return [np.concatenate(part) for part in parts]
 
 
-def _cosine(reference: np.ndarray, actual: np.ndarray) -> float:
+def _cosine(reference: Sequence[np.ndarray], actual: Sequence[np.ndarray]) -> float:
+    """The lowest output cosine (NaN when any output has non-finite values where the other does not)."""
     from bitnet_onnx.report import compare_outputs
 
-    return compare_outputs("outputs", reference, actual).cosine
+    cosines = [compare_outputs("output", r, a).cosine for r, a in zip(reference, actual, strict=True)]
+    return math.nan if any(math.isnan(c) for c in cosines) else min(cosines)
 
 
 def verify(
@@ -678,11 +697,13 @@ def verify(
         nonlocal bytes_before
         out = folder / f"plan{len(tried)}.onnx"
         config = plan_to_config(plan, base_config, layers=layers)
-        compiled = compile_model(model, config, output=out, inputs=dict(batches[0]), strict=False)
+        compiled = compile_model(model, config, output=out, inputs=holdout, strict=False)
         bytes_before = compiled.bytes_before
-        error = max(0.0, 1.0 - _cosine(reference, _outputs(out, batches)))
+        cosine = _cosine(reference, _outputs(out, batches))
+        error = max(0.0, 1.0 - cosine) if math.isfinite(cosine) else math.inf
         measured = PlanEstimate(compiled.bytes_after, predicted.latency_us, error)
-        verified = VerifiedPlan(plan, predicted, measured, _meets(objective, measured, bytes_before))
+        meets = _meets(objective, measured, bytes_before, result.base)
+        verified = VerifiedPlan(plan, predicted, measured, meets)
         tried.append(verified)
         logger.info(
             "verify %s plan %d: %d bytes, measured cosine %.6f (predicted %.6f)%s",
@@ -719,13 +740,75 @@ def verify(
     best = _best_verified(objective, tried)
     met = best.meets
     summary = (
-        f"{len(tried)} plan(s) compiled and measured on {len(batches)} held-out batch(es); best: "
+        f"{len(tried)} plan(s) compiled and measured on {holdout.describe()}; best: "
         f"{best.measured.bytes} of {bytes_before} bytes "
         f"({1.0 - best.measured.bytes / bytes_before if bytes_before else 0.0:.1%} saved), "
         f"measured cosine {best.measured.cosine:.6f}; objective {objective} "
         f"{'met' if met else 'NOT met'} by measurement"
     )
-    return Verification(best, tuple(tried), bytes_before, met, "; ".join([summary, *notes]))
+    limiting: tuple[str, ...] = ()
+    if not met:
+        limiting = _measured_limiting(
+            objective, best, result.base, bytes_before, result.base_plan, layers, sensitivity, cost,
+            choices, support or SupportMatrix(),
+        )  # fmt: skip
+        notes.append(f"limiting layers: {_names(limiting)}")
+    return Verification(best, tuple(tried), bytes_before, met, "; ".join([summary, *notes]), limiting)
+
+
+def _measured_limiting(
+    objective: OptimizationObjective,
+    best: VerifiedPlan,
+    base: PlanEstimate,
+    bytes_before: int,
+    start: Plan,
+    layers: Sequence[Layer],
+    sensitivity: SensitivityTable,
+    cost: CostModel,
+    choices: Mapping[str, Sequence[PrecisionChoice]] | None,
+    support: SupportMatrix,
+) -> tuple[str, ...]:
+    """The layers holding a measured miss back (module docstring)."""
+    measured = best.measured
+    if isinstance(objective, Memory):
+        need = measured.bytes - (1.0 - objective.target_reduction) * bytes_before
+
+        def amount(layer: Layer, choice: PrecisionChoice) -> float:
+            return float(cost.memory_bytes(layer, choice))
+    elif isinstance(objective, Speed) and measured.cosine >= objective.min_accuracy:
+        need = measured.latency_us - base.latency_us / objective.target_speedup
+
+        def amount(layer: Layer, choice: PrecisionChoice) -> float:
+            return cost.latency_us(layer, choice, 1)
+    else:
+        floor = objective.min_accuracy if isinstance(objective, (Accuracy, Speed)) else 1.0
+        need = measured.error - (1.0 - floor)
+
+        def amount(layer: Layer, choice: PrecisionChoice) -> float:
+            error = _error(sensitivity, layer.name, choice)
+            return error if error is not None else (0.0 if choice == start.get(layer.name) else math.inf)
+
+    gaps = []
+    for layer in layers:
+        listed = choices.get(layer.name) if choices is not None else None
+        candidates = list(listed) if listed is not None else list(candidate_choices(layer, support))
+        chosen = amount(layer, best.plan[layer.name])
+        gap = chosen - min((amount(layer, c) for c in candidates), default=chosen)
+        if gap > 0 and math.isfinite(gap):
+            gaps.append((gap, layer.name))
+    picked: list[str] = []
+    covered = 0.0
+    for gap, name in sorted(gaps, key=lambda g: (-g[0], g[1])):
+        if covered >= need:
+            break
+        picked.append(name)
+        covered += gap
+    return tuple(picked)
+
+
+def _names(layers: Sequence[str]) -> str:
+    shown = ", ".join(layers[:8]) + (f" and {len(layers) - 8} more" if len(layers) > 8 else "")
+    return shown or "none"
 
 
 def _best_verified(objective: OptimizationObjective, tried: Sequence[VerifiedPlan]) -> VerifiedPlan:

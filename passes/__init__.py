@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from bitnet_onnx.passes._graph import LoadedModel
     from bitnet_onnx.passes.base import Pass, PassContext
 
+    from bitnet_onnx.report import Thresholds
+
 __all__ = ["annotate", "compile_passes"]
 
 
@@ -37,10 +39,15 @@ def annotate(loaded: LoadedModel, ctx: PassContext | None = None) -> tuple[gs.Gr
 
 
 def compile_passes(
-    *, memory_budget: int | None = None, strict: bool = True, dims: Mapping[str, int] | None = None
+    *,
+    memory_budget: int | None = None,
+    strict: bool = True,
+    dims: Mapping[str, int] | None = None,
+    thresholds: tuple[str, Thresholds] | None = None,
 ) -> tuple[Pass, ...]:
-    """The compile pipeline. `memory_budget` (bytes) goes to assign_precision; `strict` and `dims`
-    (symbolic dims of generated sample inputs) to validate."""
+    """The compile pipeline. `memory_budget` (bytes) goes to assign_precision; `strict`, `dims`
+    (symbolic dims of generated sample inputs) and `thresholds` (what sets them, and their values;
+    default: the strategy's) to validate."""
     from bitnet_onnx.passes.p10_normalize import NormalizePass
     from bitnet_onnx.passes.p20_annotate_layers import AnnotateLayersPass
     from bitnet_onnx.passes.p30_assign_precision import AssignPrecisionPass
@@ -54,5 +61,5 @@ def compile_passes(
         AssignPrecisionPass(memory_budget=memory_budget),
         RewritePass(),
         FoldConvertsPass(),
-        ValidatePass(strict=strict, dims=dims),
+        ValidatePass(strict=strict, dims=dims, thresholds=thresholds),
     )

@@ -55,7 +55,7 @@ class PassContext:
 
     config: Any  # MixedPrecisionConfig, frozen; set by compile()
     policy: Any = None  # PolicyEngine or None; set by compile()
-    calibration: Mapping[str, np.ndarray] | None = None  # sample inputs; set by compile()
+    calibration: Any = None  # Calibration: the sample inputs validate runs on; set by compile()
     model_dir: Path | None = None  # where external data of the input lives; set by compile()
     custom_op_libraries: tuple[Path, ...] = ()  # the user's libraries for other custom ops; compile()
     seed: int = 0

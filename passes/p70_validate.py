@@ -31,9 +31,11 @@ finding naming its rule:
    LowBitMatMul with act_quant=1, DynamicQuantizeMatMul or DynamicQuantizeLinear).
    Any mismatch is an error.
 4. `numerics`: the compiled model and the original (`ctx.original`) run on the sample inputs
-   (`ctx.calibration`, else `sample_inputs` from the input specs with `dims` and `ctx.seed`);
-   every output is compared (`report.compare_outputs`: max abs error, max relative error, cosine)
-   against the strategy's thresholds (`report.THRESHOLDS`). A miss is an error with `strict`, a
+   (every batch of `ctx.calibration`, else `sample_inputs` from the input specs with `dims` and
+   `ctx.seed`); every output, over all batches (stacked along the leading axis, or flattened when
+   the batches differ in shape), is compared (`report.compare_outputs`: max abs error, max
+   relative error, cosine) against `thresholds` (default: the strategy's, `report.THRESHOLDS`;
+   `compile(objective=...)` passes the objective's). A miss is an error with `strict`, a
    warning without. An output the compiled model lacks, or with another shape, is an error.
    Sample inputs that do not fit the model (a missing or unknown name, another element type) are
    the user's to fix: ConfigError.
@@ -322,15 +324,23 @@ class ValidatePass:
     """Checks the compiled graph against the plan and the original (see the module docstring).
 
     `strict`: a missed numeric threshold is an error (True) or a warning. `dims`: symbolic dims of
-    generated sample inputs (default `sample_inputs.DEFAULT_DIMS`).
+    generated sample inputs (default `sample_inputs.DEFAULT_DIMS`). `thresholds`: what the outputs
+    must reach and what sets it (default: the config's strategy).
     """
 
     name: ClassVar[str] = "validate"
     requires: ClassVar[tuple[str, ...]] = ("assign_precision",)
 
-    def __init__(self, *, strict: bool = True, dims: Mapping[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        strict: bool = True,
+        dims: Mapping[str, int] | None = None,
+        thresholds: tuple[str, Thresholds] | None = None,
+    ) -> None:
         self.strict = strict
         self.dims = dict(dims or {})
+        self.thresholds = thresholds
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         config: MixedPrecisionConfig = ctx.config
@@ -339,7 +349,7 @@ class ValidatePass:
         # the two models' weights are never in memory at once. Its failure counts only when the
         # compiled model loads (else that is the finding).
         try:
-            expected: dict[str, np.ndarray] | MixedPrecisionError = _reference_outputs(ctx, feeds)
+            expected: dict[str, list[np.ndarray]] | MixedPrecisionError = _reference_outputs(ctx, feeds)
         except KernelLibraryError:
             raise
         except MixedPrecisionError as exc:
@@ -348,7 +358,10 @@ class ValidatePass:
         stamp_annotations(compiled, ctx.annotations)
         findings = self._checker(graph, ctx)
         findings += _readback(ctx.plan, compiled)
-        thresholds = Thresholds.for_strategy(config.strategy)
+        basis, thresholds = self.thresholds or (
+            config.strategy.value,
+            Thresholds.for_strategy(config.strategy),
+        )
         metrics: tuple[OutputMetrics, ...] = ()
         with tempfile.TemporaryDirectory(prefix="bitnet-onnx-validate-") as tmp:
             # Written and dropped before onnxruntime loads it: the graph's converted weights, their
@@ -369,11 +382,11 @@ class ValidatePass:
             else:
                 if isinstance(expected, MixedPrecisionError):
                     raise expected
-                metrics, numeric = self._numerics(session, ctx, feeds, expected, thresholds)
+                metrics, numeric = self._numerics(session, feeds, expected, basis, thresholds)
                 findings += numeric
         report = CompileReport(
             findings=tuple(findings),
-            strategy=config.strategy.value,
+            strategy=basis,
             thresholds=thresholds,
             outputs=metrics,
             inputs=described,
@@ -417,21 +430,21 @@ class ValidatePass:
             return [_error("checker", "model", f"onnx.checker: {message}")]
         return []
 
-    def _feeds(self, ctx: PassContext) -> tuple[dict[str, np.ndarray], str]:
+    def _feeds(self, ctx: PassContext) -> tuple[list[dict[str, np.ndarray]], str]:
         if ctx.calibration is not None:
-            return dict(ctx.calibration), "the given inputs"
+            return [dict(batch) for batch in ctx.calibration.batches], ctx.calibration.describe()
         dims = {**DEFAULT_DIMS, **self.dims}
         shown = ", ".join(f"{k}={v}" for k, v in dims.items())
-        return sample_inputs(
-            ctx.original, dims=dims, seed=ctx.seed
-        ), f"generated inputs ({shown}, seed {ctx.seed})"
+        return [
+            sample_inputs(ctx.original, dims=dims, seed=ctx.seed)
+        ], f"generated inputs ({shown}, seed {ctx.seed})"
 
     def _numerics(
         self,
         session,
-        ctx: PassContext,
-        feeds: Mapping[str, np.ndarray],
-        expected: Mapping[str, np.ndarray],
+        feeds: list[dict[str, np.ndarray]],
+        expected: Mapping[str, list[np.ndarray]],
+        basis: str,
         thresholds: Thresholds,
     ):
         names = list(expected)
@@ -443,19 +456,22 @@ class ValidatePass:
         ]
         present = [n for n in names if n in available]
         try:
-            actual = dict(zip(present, session.run(present, dict(feeds)), strict=True))
+            runs = [session.run(present, batch) for batch in feeds]
         except Exception as exc:  # onnxruntime raises its own pybind exception types
             return (), [
                 *findings,
                 _error("session", "model", f"onnxruntime failed running the compiled model: {exc}"),
             ]
+        actual = {name: [run[i] for run in runs] for i, name in enumerate(present)}
         metrics = []
         severity = Severity.ERROR if self.strict else Severity.WARNING
-        for name, want in expected.items():
+        for name, wants in expected.items():
             if name not in actual:
                 continue
-            got = actual[name]
-            if got.shape != want.shape:
+            gots = actual[name]
+            wrong = [(got, want) for got, want in zip(gots, wants, strict=True) if got.shape != want.shape]
+            if wrong:
+                got, want = wrong[0]
                 findings.append(
                     _error(
                         "numerics",
@@ -464,7 +480,7 @@ class ValidatePass:
                     )
                 )
                 continue
-            m = compare_outputs(name, want, got)
+            m = compare_outputs(name, _stacked(wants), _stacked(gots))
             metrics.append(m)
             missed = m.misses(thresholds)
             if missed:
@@ -473,7 +489,7 @@ class ValidatePass:
                         "numerics",
                         severity,
                         f"output {name}",
-                        f"{', '.join(missed)} against the original ({ctx.config.strategy.value} thresholds)",
+                        f"{', '.join(missed)} against the original ({basis} thresholds)",
                         "give the most sensitive layers a higher precision (a config `layers:` entry), or "
                         "compile with --no-strict to keep the model and this report",
                     )
@@ -481,18 +497,30 @@ class ValidatePass:
         return tuple(metrics), findings
 
 
-def _reference_outputs(ctx: PassContext, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The original's outputs on `feeds`, by name. Its weights stay where they lie (no prepacking):
-    external ones, and those `load_model` referenced in the input file, stay memory-mapped."""
+def _reference_outputs(ctx: PassContext, feeds: list[dict[str, np.ndarray]]) -> dict[str, list[np.ndarray]]:
+    """The original's outputs on each batch of `feeds`, by name. Its weights stay where they lie (no
+    prepacking): external ones, and those `load_model` referenced in the input file, stay memory-mapped."""
     reference = session_for(
         ctx.original, ctx.model_dir, custom_op_libraries=ctx.custom_op_libraries, prepack=False
     )
-    check_feeds(reference, feeds)
+    for batch in feeds:
+        check_feeds(reference, batch)
     names = [o.name for o in reference.get_outputs()]
     try:
-        return dict(zip(names, reference.run(names, dict(feeds)), strict=True))
+        runs = [reference.run(names, batch) for batch in feeds]
     except Exception as exc:  # onnxruntime raises its own pybind exception types
         raise ConfigError(f"the original model does not run on the sample inputs: {exc}") from exc
+    return {name: [run[i] for run in runs] for i, name in enumerate(names)}
+
+
+def _stacked(arrays: list[np.ndarray]) -> np.ndarray:
+    """One output over all batches: stacked along the leading axis when the batches agree on the
+    others (the shape the report shows), else flattened."""
+    if len(arrays) == 1:
+        return arrays[0]
+    if all(a.ndim and a.shape[1:] == arrays[0].shape[1:] for a in arrays):
+        return np.concatenate(arrays, axis=0)
+    return np.concatenate([a.reshape(-1) for a in arrays])
 
 
 def _stat(value: float) -> float | str:

@@ -5,11 +5,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper
 
 from bitnet_onnx.calibration import Calibration, input_specs
 from bitnet_onnx.errors import ConfigError
+from bitnet_onnx.interface import Interface, speaking_to
 from bitnet_onnx.sample_inputs import sample_inputs
-from models import convnet, llama
+from models import bert, convnet, llama
 
 
 @pytest.fixture(scope="module")
@@ -233,6 +235,116 @@ def test_split_fraction_must_be_a_proper_fraction(fraction: float) -> None:
         cal.split(fraction)
 
 
-def test_split_needs_two_batches() -> None:
-    with pytest.raises(ConfigError, match=r"calibration of 1 batch.*Calibration\.generated\(model, n=4\)"):
+def test_split_needs_two_samples() -> None:
+    with pytest.raises(ConfigError, match=r"\(x \[1\]\): 1 sample; .*at least 2.*Calibration\.generated"):
         Calibration(({"x": np.zeros(1)},)).split(0.5)
+
+
+@pytest.mark.parametrize(("holdout", "kept"), [(0.25, 6), (3, 5), (0.01, 7), (7, 1)])
+def test_split_of_one_batch_cuts_the_rows_of_the_leading_axis(holdout: float, kept: int) -> None:
+    rows = np.arange(8 * 3, dtype=np.float32).reshape(8, 3)
+    cal = Calibration(({"x": rows, "scale": np.float32(2.0)},), source="in.npz")
+    first, second = cal.split(holdout)
+    assert first.samples == kept and second.samples == 8 - kept
+    np.testing.assert_array_equal(np.concatenate([first.batches[0]["x"], second.batches[0]["x"]]), rows)
+    assert first.batches[0]["scale"] == second.batches[0]["scale"] == 2.0  # a scalar goes to both
+    assert first.source == f"{kept} sample{'s' * (kept > 1)} of in.npz to calibrate on"
+    assert second.source == f"{8 - kept} held-out sample{'s' * (8 - kept > 1)} of in.npz"
+
+
+@pytest.mark.parametrize(
+    ("holdout", "words"),
+    [
+        (0, "at least one sample"),
+        (1.5, "strictly between 0 and 1"),
+        ("2", "must be a number"),
+        (True, "must be a number"),
+    ],
+)
+def test_split_holdout_must_be_a_count_or_a_fraction(holdout: object, words: str) -> None:
+    cal = Calibration(({"x": np.zeros((4, 2))},))
+    with pytest.raises(ConfigError, match=words + r".*e\.g\. holdout=0\.25"):
+        cal.split(holdout)  # type: ignore[arg-type]
+
+
+def test_split_holding_out_every_sample_says_how_many_to_keep() -> None:
+    cal = Calibration(({"x": np.zeros((8, 2))},))
+    with pytest.raises(ConfigError, match=r"holding out 8 of its 8 samples leaves none.*holdout=2"):
+        cal.split(8)
+
+
+def test_split_messages_name_cli_flags_under_the_cli() -> None:
+    one = Calibration(({"x": np.zeros(1)},))
+    with speaking_to(Interface.CLI):
+        with pytest.raises(ConfigError) as info:
+            one.split(0.25)
+        assert "omit --inputs" in str(info.value) and "Calibration." not in str(info.value)
+        with pytest.raises(ConfigError, match=r"e\.g\. --holdout 0\.25"):
+            one.split(0)
+    with pytest.raises(ConfigError, match=r"Calibration\.generated\(model, n=4\)"):
+        one.split(0.25)  # the API's spelling again outside
+
+
+def test_split_of_arrays_that_disagree_on_the_samples_names_them() -> None:
+    cal = Calibration(({"a": np.zeros((4, 2)), "b": np.zeros((3, 2))},))
+    assert cal.samples == 0
+    with pytest.raises(ConfigError, match=r"disagree on the leading \(sample\) axis \(a 4, b 3\)"):
+        cal.split(1)
+
+
+# -- the leading (batch) axis of plain keys -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bert_model() -> onnx.ModelProto:
+    return bert.build(bert.BertConfig())
+
+
+def test_npz_samples_along_the_leading_axis_split_into_calibration_and_held_out(
+    tmp_path: Path, bert_model: onnx.ModelProto
+) -> None:
+    path = tmp_path / "calib.npz"
+    ids, mask = _ids(48, 12), np.ones((48, 12), np.int64)
+    np.savez(path, input_ids=ids, attention_mask=mask)
+    cal = Calibration.from_npz(path, bert_model)
+    assert (len(cal), cal.samples, cal.source) == (1, 48, str(path))
+    fitted, held = cal.split(0.25)
+    assert (fitted.samples, held.samples) == (36, 12)
+    np.testing.assert_array_equal(held.batches[0]["input_ids"], ids[36:])
+    assert held.describe() == f"12 held-out samples of {path} (input_ids [12, 12], attention_mask [12, 12])"
+
+
+def test_npz_arrays_with_different_sample_counts_are_named(
+    tmp_path: Path, bert_model: onnx.ModelProto
+) -> None:
+    error = _npz_error(
+        tmp_path, bert_model, input_ids=_ids(48, 12), attention_mask=np.ones((47, 12), np.int64)
+    )
+    assert error.problems == [
+        "the arrays hold different numbers of samples along their leading (batch) axis (input_ids [48, 12], "
+        "attention_mask [47, 12]): stack the same samples in every array"
+    ]
+
+
+def _fixed_batch_model(rows: int) -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, 4])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "fixed", [x], [y])
+    return helper.make_model(graph)
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+def test_npz_samples_come_in_batches_of_a_fixed_batch_axis(tmp_path: Path, rows: int) -> None:
+    path = tmp_path / "in.npz"
+    x = np.arange(6 * 4, dtype=np.float32).reshape(6, 4)
+    np.savez(path, x=x)
+    cal = Calibration.from_npz(path, _fixed_batch_model(rows))
+    assert [b["x"].shape for b in cal.batches] == [(rows, 4)] * (6 // rows)
+    np.testing.assert_array_equal(np.concatenate([b["x"] for b in cal.batches]), x)
+    fitted, held = cal.split(1)
+    assert (len(fitted), len(held)) == (6 // rows - 1, 1)
+
+
+def test_npz_samples_not_a_multiple_of_a_fixed_batch_axis(tmp_path: Path) -> None:
+    error = _npz_error(tmp_path, _fixed_batch_model(4), x=np.zeros((6, 4), np.float32))
+    assert any("batch axis is fixed at 4" in p and "6 samples" in p for p in error.problems)

@@ -397,7 +397,7 @@ def test_config_file_and_policies(models_dir, tmp_path):
         ({"config": "balancd"}, ConfigError, r"neither a strategy .*did you mean 'balanced'"),
         ({"output": "missing/dir/o.onnx"}, ConfigError, "output folder missing/dir does not exist"),
         ({"memory_budget": 1000}, ValidationError, r"memory-budget\] model: layers store .* over the budget"),
-        ({"inputs": "nothing.npz"}, ConfigError, "cannot read sample inputs nothing.npz"),
+        ({"inputs": "nothing.npz"}, ConfigError, "cannot read calibration inputs nothing.npz"),
         ({"log": "no/such/dir/log.jsonl"}, ConfigError, "cannot write the pass log no/such/dir/log.jsonl"),
     ],
 )

@@ -103,7 +103,7 @@ def test_analyze_reads_calibration_batches_from_an_npz(capsys, model, tmp_path):
     code, stdout, _ = _run(capsys, "analyze", model, "--inputs", npz, "--json")
     assert code == EXIT_OK
     data = json.loads(stdout)
-    assert data["accuracy_inputs"] == "calibration batch 1 of 2 (input_ids [1, 8])"
+    assert data["accuracy_inputs"] == f"1 held-out batch of {npz} (input_ids [1, 8])"
     assert all(layer["sensitivity"] is not None for layer in data["layers"])
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -11,6 +13,7 @@ from bitnet_onnx.passes.p70_validate import ValidatePass, _readback
 from onnx import TensorProto, helper, numpy_helper
 
 from bitnet_onnx import runtime
+from bitnet_onnx.calibration import Calibration
 from bitnet_onnx.config import MixedPrecisionConfig
 from bitnet_onnx.dtypes import DType, TernaryPacking, WeightLayout
 from bitnet_onnx.errors import ConfigError
@@ -18,7 +21,7 @@ from bitnet_onnx.layers import ComponentType, Layer, LayerType
 from bitnet_onnx.packing import int_row_bytes, pack_int, pack_ternary
 from bitnet_onnx.plan import LayerPlan
 from bitnet_onnx.policy import Decision
-from bitnet_onnx.report import THRESHOLDS, compare_outputs
+from bitnet_onnx.report import THRESHOLDS, Thresholds, compare_outputs
 
 K, N = 16, 8
 W_, A_, O_ = ComponentType.WEIGHTS, ComponentType.ACTIVATIONS, ComponentType.OUTPUTS
@@ -94,7 +97,19 @@ def _annotations(node="fc/BitLinear", layer="fc", **dtypes) -> dict[str, dict[st
     return {node: props}
 
 
-def _validate(graph, original, plan=None, annotations=None, *, strategy="balanced", strict=True, **ctx_args):
+def _validate(
+    graph,
+    original,
+    plan=None,
+    annotations=None,
+    *,
+    strategy="balanced",
+    strict=True,
+    thresholds=None,
+    **ctx_args,
+):
+    if isinstance(ctx_args.get("calibration"), dict):  # one feed dict, as compile() wraps it
+        ctx_args["calibration"] = Calibration((ctx_args["calibration"],), source="the given inputs")
     ctx = PassContext(
         config=MixedPrecisionConfig.new(strategy),
         plan=plan if plan is not None else _layer_plan(),
@@ -102,7 +117,7 @@ def _validate(graph, original, plan=None, annotations=None, *, strategy="balance
         original=original,
         **ctx_args,
     )
-    result = ValidatePass(strict=strict).run(graph, ctx)
+    result = ValidatePass(strict=strict, thresholds=thresholds).run(graph, ctx)
     return ctx.report, result
 
 
@@ -133,9 +148,37 @@ def test_metrics_are_those_of_compare_outputs_on_the_given_inputs():
     y_int8 = (xq @ t.T.astype(np.float32)) * (s / np.float32(127.0)) * scale[0]
     expected = compare_outputs("y", y_float, y_int8)
     (metrics,) = report.outputs
-    assert report.inputs == "the given inputs"
+    assert report.inputs == f"the given inputs (x {[2, 3, K]})"
     assert metrics.cosine == pytest.approx(expected.cosine, abs=1e-7)
     assert metrics.max_abs_error == pytest.approx(expected.max_abs_error, rel=1e-3)
+
+
+@pytest.mark.parametrize("rows", [(1, 3), (2, 2, 1)])
+def test_every_batch_is_compared_against_the_thresholds_given(rows):
+    t, scale = _ternary()
+    rng = np.random.default_rng(7)
+    batches = tuple({"x": rng.standard_normal((r, 3, K)).astype(np.float32)} for r in rows)
+    cosine = 0.0
+    for strict_floor in (0.5, 0.9999999):
+        report, _ = _validate(
+            _bitlinear_graph(t, scale),
+            _original(t * scale),
+            calibration=Calibration(batches, source="held out"),
+            thresholds=("objective accuracy:x", Thresholds(min_cosine=strict_floor, max_rel_error=math.inf)),
+            strict=False,
+        )
+        x = np.concatenate([b["x"] for b in batches])
+        s = np.abs(x).max(axis=-1, keepdims=True)
+        xq = np.clip(np.rint(x * (np.float32(127.0) / s)), -127, 127)
+        y_int8 = (xq @ t.T.astype(np.float32)) * (s / np.float32(127.0)) * scale[0]
+        expected = compare_outputs("y", x @ (t * scale).T.astype(np.float32), y_int8)
+        (metrics,) = report.outputs
+        assert metrics.shape == (sum(rows), 3, N)
+        assert metrics.cosine == pytest.approx(expected.cosine, abs=1e-7)
+        assert report.strategy == "objective accuracy:x" and report.inputs.startswith("held out in ")
+        cosine = metrics.cosine
+        assert report.goal_met is (cosine >= strict_floor)
+    assert 0.5 < cosine < 0.9999999  # one floor met, the other missed
 
 
 def test_numeric_miss_is_an_error_when_strict_and_a_warning_otherwise():
