@@ -32,6 +32,7 @@ from bitnet_onnx.compile import CompileResult, compile
 from bitnet_onnx.config import MixedPrecisionConfig, MixedPrecisionStrategy
 from bitnet_onnx.dtypes import DType
 from bitnet_onnx.errors import (
+    ConfigError,
     ConversionError,
     KernelLibraryError,
     MixedPrecisionError,
@@ -199,6 +200,20 @@ CATALOGUE: dict[str, Entry] = {
         UnsupportedModelError,
         "as an unnamed dim",
         r"input 'x' axis 0 has an unknown size without a name, so no dim can set it; pass the inputs",
+    ),
+    "inputs_unknown_array": Entry(
+        "an `--inputs` .npz with an array for an input the model lacks",
+        ConfigError,
+        "names the array and the model's inputs with their specs",
+        r"calibration inputs .*in\.npz: 'mask' is not an input of the model \(its inputs: "
+        r"x float32 \[batch, 64\], shift float32 \[batch, 32\]\)",
+    ),
+    "inputs_sample_counts_differ": Entry(
+        "an `--inputs` .npz whose arrays hold different numbers of samples (leading axis)",
+        ConfigError,
+        "names each array with its shape; stack the same samples in every array",
+        r"the arrays hold different numbers of samples along their leading \(batch\) axis "
+        r"\(x \[4, 64\], shift \[3, 32\]\): stack the same samples in every array",
     ),
     "control_flow": Entry(
         "If / Loop / Scan subgraphs",
@@ -558,6 +573,24 @@ def _with(model: onnx.ModelProto, edit: Callable[[onnx.ModelProto], Any]) -> onn
     return model
 
 
+def _two_inputs() -> onnx.ModelProto:
+    """`_mlp` whose fc1 output is shifted by a second input, `shift` [batch, 32]."""
+
+    def edit(model: onnx.ModelProto) -> None:
+        model.graph.input.append(helper.make_tensor_value_info("shift", TensorProto.FLOAT, ["batch", 32]))
+        model.graph.node.insert(2, helper.make_node("Add", ["a", "shift"], ["a2"], name="/fc1/Shift"))
+        model.graph.node[3].input[0] = "a2"
+
+    return _with(_mlp(), edit)
+
+
+def _with_npz(folder: Path, **arrays: np.ndarray) -> Refused:
+    """`_two_inputs` with `arrays` as its --inputs."""
+    model = _save(_two_inputs(), folder)
+    np.savez(folder / "in.npz", **arrays)
+    return Refused(model, kwargs={"inputs": folder / "in.npz"}, argv=("--inputs", str(folder / "in.npz")))
+
+
 def _empty_graph() -> onnx.ModelProto:
     return _with(_mlp(), lambda m: m.graph.ClearField("node"))
 
@@ -692,6 +725,12 @@ REFUSED: dict[str, Callable[[Path], Refused]] = {
     "unknown_op": _model(lambda: _with(_mlp(), lambda m: setattr(m.graph.node[2], "op_type", "Rleu"))),
     "input_without_shape": _model(lambda: _mlp(x_shape=None)),
     "symbolic_dim_without_value": _model(lambda: _mlp(x_shape=("batch", "width"))),
+    "inputs_unknown_array": lambda folder: _with_npz(
+        folder, x=_feeds(4)["x"], shift=np.zeros((4, 32), np.float32), mask=np.ones((4, 64), np.int64)
+    ),
+    "inputs_sample_counts_differ": lambda folder: _with_npz(
+        folder, x=_feeds(4)["x"], shift=np.zeros((3, 32), np.float32)
+    ),
     "unnamed_dim_without_inputs": _model(lambda: _mlp(x_shape=(None, 64))),
     "negative_dim_without_inputs": _model(lambda: _mlp(x_shape=(-1, 64), y_shape=(-1, 16))),
     "custom_op_without_library": _model(_custom_op_model),

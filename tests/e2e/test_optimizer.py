@@ -18,6 +18,8 @@ from bitnet_onnx.cli import EXIT_GOAL_MISSED, EXIT_OK, EXIT_USER_ERROR, main
 from bitnet_onnx.compile import compile
 from bitnet_onnx.config_file import load_config
 from bitnet_onnx.inspection import read_layers
+from bitnet_onnx.objectives import Speed
+from bitnet_onnx.precision_manager import PrecisionManager
 from models import llama
 from models._onnx import save_model
 from models.weights import WeightInit
@@ -165,3 +167,65 @@ def test_objective_strings_are_checked_with_clear_errors(capsys, model, objectiv
     assert exit_.value.code == EXIT_USER_ERROR
     err = capsys.readouterr().err
     assert "--objective" in err and all(w in err for w in words), err
+
+
+def test_an_unreachable_speed_exits_3_with_the_limiting_layers_in_cli_and_api_alike(capsys, model, tmp_path):
+    out = tmp_path / "fast.onnx"
+    code, _, stderr = _run(capsys, "compile", model, "-o", out, "--objective", "speed:50")
+    assert code == EXIT_GOAL_MISSED and out.exists()
+    message = stderr.splitlines()[-1]
+    assert "objective speed:50,0.99 is NOT met" in message and "limiting layers: " in message
+    assert message.split("limiting layers: ")[1].split(";")[0] != "none"
+
+    manager = PrecisionManager.from_model(model)
+    result = manager.optimize_precision(Speed(50.0))
+    assert result.feasible is False and result.limiting_layers and result.shortfall > 0
+    analysis = manager.analyze_configuration()
+    assert analysis.feasible is False and analysis.limiting_layers == result.limiting_layers
+
+
+def _samples_npz(model: Path, path: Path, rows: int) -> Path:
+    """`rows` samples stacked along the leading axis, as numpy.savez writes a user's batch."""
+    np.savez(path, **Calibration.generated(model, n=1, seed=3, dims={"batch": rows}).batches[0])
+    return path
+
+
+def test_objective_compile_is_validated_on_the_held_out_samples_against_its_threshold(
+    capsys, model, tmp_path
+):
+    npz = _samples_npz(model, tmp_path / "calib.npz", 8)
+    out = tmp_path / "acc.onnx"
+    code, stdout, stderr = _run(
+        capsys, "compile", model, "-o", out, "--objective", "accuracy:0.95", "--inputs", npz, "--holdout", "2"
+    )
+    held = f"2 held-out samples of {npz} (input_ids [2, 8])"
+    assert (
+        f"validation vs original on {held} (thresholds for objective accuracy:0.95: cosine ≥ 0.95" in stdout
+    )
+    (cosine,) = re.findall(r"logits \[2, 8, 256\]: cosine ([0-9.]+)", stdout)
+    assert (code == EXIT_OK) is (float(cosine) >= 0.95), stderr
+    if code == EXIT_OK:
+        assert f"objective accuracy:0.95: met on {held}" in stdout
+
+
+def test_too_few_samples_to_hold_out_names_the_arrays_and_the_cli_fix(capsys, model, tmp_path):
+    npz = _samples_npz(model, tmp_path / "one.npz", 1)
+    code, _, stderr = _run(capsys, "compile", model, "-o", tmp_path / "o.onnx", "--objective", "memory:0.5",
+                           "--inputs", npz)  # fmt: skip
+    assert code == EXIT_USER_ERROR and not (tmp_path / "o.onnx").exists()
+    assert f"{npz} (input_ids [1, 8]): 1 sample; holding some out" in stderr
+    assert "omit --inputs" in stderr and "Calibration." not in stderr and "holdout=" not in stderr
+
+
+def test_holdout_without_an_objective_is_refused_on_compile(capsys, model, tmp_path):
+    code, _, stderr = _run(capsys, "compile", model, "-o", tmp_path / "o.onnx", "--holdout", "2")
+    assert code == EXIT_USER_ERROR and "drop --holdout or add --objective" in stderr
+
+
+def test_memory_saves_at_least_and_about_the_fraction_asked(capsys, model, tmp_path):
+    out = tmp_path / "quarter.onnx"
+    code, stdout, stderr = _run(capsys, "compile", model, "-o", out, "--objective", "memory:0.25")
+    assert code == EXIT_OK, stderr
+    (before, after) = re.findall(r"weights: ([0-9.]+) MiB → ([0-9.]+) MiB", stdout)[0]
+    saved = 1.0 - float(after) / float(before)
+    assert 0.25 <= saved < 0.5, saved  # the most accurate plan that saves a quarter, not the smallest
