@@ -325,11 +325,12 @@ def _add_custom_ops(cmd: argparse.ArgumentParser) -> None:
 def _add_objective(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument(
         "--objective", type=_objective, metavar="OBJ",
-        help="search the per-layer plan for an objective: memory:0.5 (save half the stored bytes), speed:2 "
-        "(twice as fast, output cosine ≥ 0.99; speed:2,0.98 sets the floor), accuracy:0.99 (output cosine "
-        "≥ 0.99, smallest model), balanced:0.4,0.3,0.3 (weights of memory, speed, accuracy). The search "
-        "starts from --config/--strategy when given, else from the model as it is (all F32), measures each "
-        "layer's sensitivity on the calibration inputs and checks the plan on held-out ones",
+        help="search the per-layer plan for an objective: memory:0.5 (save at least half the stored bytes, "
+        "most accurate such plan), speed:2 (twice as fast by the cost model, every output's cosine ≥ 0.99; "
+        "speed:2,0.98 sets the floor), accuracy:0.99 (every output's cosine ≥ 0.99, smallest model), "
+        "balanced:0.4,0.3,0.3 (weights of memory, speed, accuracy; no target). The search starts from "
+        "--config/--strategy when given, else from the model as it is (all F32), measures each layer's "
+        "sensitivity on the calibration samples and judges the plan on the --holdout ones",
     )  # fmt: skip
     cmd.add_argument(
         "--workers", type=_workers, default=1, metavar="N",

@@ -41,7 +41,9 @@ int8 activations, the one case with an integer kernel (BitLinear).
 `OptimizationObjective` is one of four frozen dataclasses, checked on construction (every problem
 in one ConfigError):
 
-- `Memory(target_reduction)`: save at least this fraction of the stored bytes, 0 < t < 1;
+- `Memory(target_reduction)`: save at least this fraction of the stored bytes, 0 < t < 1: the
+  compiled model's constants take at most (1 − t) of the original's; among such plans the search
+  takes the most accurate, which (errors growing as bytes shrink) saves about t, not more;
 - `Speed(target_speedup, min_accuracy=0.99)`: predicted latency at most 1/target_speedup of the
   base's, target_speedup > 1, keeping the output cosine ≥ min_accuracy (the default floor: a plan
   that is fast but wrong meets no speed objective);
@@ -297,7 +299,8 @@ class OptimizationObjective(ABC):
 
 @dataclass(frozen=True)
 class Memory(OptimizationObjective):
-    """Save at least `target_reduction` of the stored bytes with the least accuracy loss."""
+    """Save at least `target_reduction` of the stored bytes (module docstring) with the least
+    accuracy loss."""
 
     target_reduction: float
     kind: ClassVar[str] = "memory"

@@ -18,6 +18,8 @@ from bitnet_onnx.compile import compile
 from bitnet_onnx.dtypes import DType, TernaryPacking, WeightLayout, storage_bytes
 from bitnet_onnx.errors import ConfigError, UnsupportedModelError
 from bitnet_onnx.layers import ComponentType, LayerType
+from bitnet_onnx.objectives import Accuracy, Balanced, Memory, Speed
+from bitnet_onnx.report import OutputMetrics
 from models import llama
 
 FIXTURES = Path(__file__).resolve().parents[2] / "models" / "fixtures"
@@ -326,3 +328,31 @@ def test_summary_lists_every_layer_and_the_headline_figures(tiny_path):
     assert "measured speedup (whole model, batch 1): 3.00x" in text
     assert f"y [1, 16]: cosine {result.accuracy[0].cosine:.6f}" in text
     assert "objective memory:0.99: NOT met. short by 0.1" in text and "limiting layers: fc2, fc1" in text
+
+
+def _judged(bytes_after: int, cosines: tuple[float, ...], estimated: float | None, measured: float | None):
+    outputs = tuple(OutputMetrics(f"y{i}", (1,), 0.0, 0.0, c) for i, c in enumerate(cosines))
+    timing = Timing(original_us=measured * 100.0, compiled_us=100.0, runs=1, threads=1) if measured else None
+    return Analysis("m", "custom", 1000, bytes_after, (), {}, {}, outputs, "held out", estimated, timing)
+
+
+@pytest.mark.parametrize(
+    ("objective", "bytes_after", "cosines", "estimated", "measured", "met"),
+    [
+        (Memory(0.25), 750, (0.5,), None, None, True),  # exactly a quarter saved
+        (Memory(0.25), 751, (1.0,), None, None, False),
+        (Accuracy(0.99), 1000, (0.999, 0.99), None, None, True),
+        (Accuracy(0.99), 100, (0.999, 0.989), None, None, False),  # the lowest output decides
+        (Accuracy(0.99), 100, (math.nan,), None, None, False),
+        (Speed(2.0), 1000, (0.995,), 3.0, 1.5, False),  # measured beats estimated
+        (Speed(2.0), 1000, (0.995,), 1.5, 2.5, True),
+        (Speed(2.0), 1000, (0.995,), 2.5, None, True),  # not timed: the estimate
+        (Speed(2.0, 0.999), 1000, (0.995,), 9.0, 9.0, False),  # fast but below the floor
+        (Speed(2.0), 1000, (0.995,), None, None, False),
+        (Balanced(1, 1, 1), 1000, (0.1,), None, None, True),
+    ],
+)
+def test_meets_judges_an_objective_on_the_measured_numbers(
+    objective, bytes_after, cosines, estimated, measured, met
+):
+    assert _judged(bytes_after, cosines, estimated, measured).meets(objective) is met

@@ -13,9 +13,18 @@ import pytest
 from bitnet_onnx import ComponentType, ConfigError, LayerType, MixedPrecisionConfig
 from bitnet_onnx.config_file import load_config, save_config
 from bitnet_onnx.cost_model import CostModel, LatencyTable
-from bitnet_onnx.layers import Layer
+from bitnet_onnx.layers import Layer, SupportMatrix
 from bitnet_onnx.objectives import Accuracy, Balanced, Memory, PrecisionChoice, Speed
-from bitnet_onnx.search import base_plan, estimate_plan, plan_to_config, search
+from bitnet_onnx.search import (
+    PlanEstimate,
+    VerifiedPlan,
+    _measured_limiting,
+    _meets,
+    base_plan,
+    estimate_plan,
+    plan_to_config,
+    search,
+)
 from bitnet_onnx.sensitivity import SensitivityEntry, SensitivityTable
 
 P = PrecisionChoice.parse
@@ -296,3 +305,35 @@ def test_plan_to_config_round_trip(tmp_path: Path) -> None:
     over_balanced = plan_to_config(result.plan, MixedPrecisionConfig.balanced())
     assert over_balanced.strategy is MixedPrecisionConfig.balanced().strategy
     assert over_balanced.layers["b"].layer_type is None  # untyped without layers
+
+
+def _verified(plan: dict[str, PrecisionChoice], error: float) -> VerifiedPlan:
+    predicted = estimate_plan(LAYERS, plan, TABLE, COST)
+    return VerifiedPlan(plan, predicted, PlanEstimate(predicted.bytes, predicted.latency_us, error), False)
+
+
+@pytest.mark.parametrize(
+    ("objective", "error", "limiting"),
+    [
+        (Accuracy(0.99), 0.07, ("a", "b")),  # needs 0.06 of error back: a's 0.05, then b's 0.01
+        (Accuracy(0.94), 0.07, ("a",)),
+        (Speed(2.0, 0.99), 0.07, ("a", "b")),  # below the floor: the error holds it back
+        (Memory(0.9), 0.0, ("c",)),  # c is the only layer with bytes above its cheapest choice
+    ],
+)
+def test_a_measured_miss_names_the_layers_holding_it_back(objective, error, limiting) -> None:
+    plan = {"a": T, "b": T, "c": I8}
+    base = estimate_plan(LAYERS, base_plan(LAYERS), TABLE, COST)
+    best = _verified(plan, error)
+    found = _measured_limiting(
+        objective, best, base, 3 * F32_BYTES, base_plan(LAYERS), LAYERS, TABLE, COST, ONLY, SupportMatrix()
+    )
+    assert found == limiting
+
+
+def test_a_speed_plan_meets_only_when_fast_enough_and_above_the_floor() -> None:
+    base = PlanEstimate(1000, 300.0, 0.0)
+    assert _meets(Speed(2.0), PlanEstimate(10, 150.0, 0.005), 1000, base)
+    assert not _meets(Speed(2.0), PlanEstimate(10, 151.0, 0.005), 1000, base)  # 1.99x
+    assert not _meets(Speed(2.0), PlanEstimate(10, 100.0, 0.02), 1000, base)  # cosine 0.98 < 0.99
+    assert _meets(Balanced(1, 1, 1), PlanEstimate(1000, 300.0, 0.5), 1000, base)
