@@ -66,6 +66,7 @@ __all__ = [
     "analyze",
     "bytes_by_layer",
     "measure_latency",
+    "time_models",
     "with_sensitivity",
 ]
 
@@ -562,7 +563,7 @@ def analyze(
         graph_after, records = _compiled(compiled_path)
         owners_after = {node: r.name for r in records for node in r.nodes}
         totals_after = bytes_by_layer(graph_after, owners_after, [r.name for r in records])
-        timing = _timing(model, compiled_path, feeds) if measure_speed else None
+        timing = time_models(model, compiled_path, feeds) if measure_speed else None
     by_name = {r.name: r for r in records}
     choices: dict[str, PrecisionChoice] = {}
     entries: list[LayerAnalysis] = []
@@ -608,9 +609,11 @@ def _compiled(path: Path) -> tuple[gs.Graph, tuple[Any, ...]]:
     return import_graph(loaded), read_layers(loaded.proto)
 
 
-def _timing(
+def time_models(
     model: str | os.PathLike[str] | onnx.ModelProto, compiled: Path, feeds: Mapping[str, np.ndarray] | None
 ) -> Timing:
+    """`model` and its `compiled` file timed as the measured speedup is (module docstring), on the
+    first row of `feeds` (None: generated inputs)."""
     from bitnet_onnx import runtime
     from bitnet_onnx.model_file import session_for
     from bitnet_onnx.passes._graph import load_model

@@ -326,7 +326,7 @@ def _add_objective(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument(
         "--objective", type=_objective, metavar="OBJ",
         help="search the per-layer plan for an objective: memory:0.5 (save at least half the stored bytes, "
-        "most accurate such plan), speed:2 (twice as fast by the cost model, every output's cosine ≥ 0.99; "
+        "most accurate such plan), speed:2 (measured twice as fast at batch 1, every output's cosine ≥ 0.99; "
         "speed:2,0.98 sets the floor), accuracy:0.99 (every output's cosine ≥ 0.99, smallest model), "
         "balanced:0.4,0.3,0.3 (weights of memory, speed, accuracy; no target). The search starts from "
         "--config/--strategy when given, else from the model as it is (all F32), measures each layer's "

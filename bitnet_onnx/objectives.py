@@ -44,8 +44,9 @@ in one ConfigError):
 - `Memory(target_reduction)`: save at least this fraction of the stored bytes, 0 < t < 1: the
   compiled model's constants take at most (1 − t) of the original's; among such plans the search
   takes the most accurate, which (errors growing as bytes shrink) saves about t, not more;
-- `Speed(target_speedup, min_accuracy=0.99)`: predicted latency at most 1/target_speedup of the
-  base's, target_speedup > 1, keeping the output cosine ≥ min_accuracy (the default floor: a plan
+- `Speed(target_speedup, min_accuracy=0.99)`: latency at most 1/target_speedup of the base's
+  (predicted by the search, measured by `search.verify`), target_speedup > 1, keeping the output
+  cosine ≥ min_accuracy (the default floor: a plan
   that is fast but wrong meets no speed objective);
 - `Accuracy(min_accuracy)`: keep the output cosine ≥ min_accuracy, 0 < m ≤ 1, compressing as much
   as possible;
