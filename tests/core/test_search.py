@@ -337,3 +337,19 @@ def test_a_speed_plan_meets_only_when_fast_enough_and_above_the_floor() -> None:
     assert not _meets(Speed(2.0), PlanEstimate(10, 151.0, 0.005), 1000, base)  # 1.99x
     assert not _meets(Speed(2.0), PlanEstimate(10, 100.0, 0.02), 1000, base)  # cosine 0.98 < 0.99
     assert _meets(Balanced(1, 1, 1), PlanEstimate(1000, 300.0, 0.5), 1000, base)
+
+
+def test_a_thinned_frontier_keeps_the_most_accurate_plan_at_every_size(monkeypatch) -> None:
+    # Twelve layers whose ternary errors span 1e-6 .. 1: the error range is wide, the accurate end
+    # (every layer at I8) narrow; a frontier thinned by error alone merges that end into one bucket.
+    names = [f"l{i}" for i in range(12)]
+    layers = [_linear(name, i) for i, name in enumerate(names)]
+    errors = {name: (1e-7 * (i + 1), 10.0 ** (-6 + i / 2)) for i, name in enumerate(names)}
+    table, only = _table(errors), {name: CHOICES for name in names}
+    exact = search(layers, table, COST, Memory(0.25), choices=only)
+    monkeypatch.setattr("bitnet_onnx.search.FRONTIER_CAP", 16)
+    thinned = search(layers, table, COST, Memory(0.25), choices=only)
+    assert thinned.feasible and exact.feasible
+    # within one resource bucket (1/16 of the range) of the exact plan, and as accurate
+    assert thinned.reduction - exact.reduction <= 1 / 16 + 1e-9
+    assert thinned.predicted.error <= exact.predicted.error + 1e-6
