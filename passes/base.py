@@ -23,8 +23,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnx import helper
 
-from bitnet_onnx.errors import MixedPrecisionError
-from bitnet_onnx.log import Change, PassRecord
+from bitnet_onnx.core.errors import MixedPrecisionError
+from bitnet_onnx.core.log import Change, PassRecord
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -55,7 +55,8 @@ class PassContext:
 
     config: Any  # MixedPrecisionConfig, frozen; set by compile()
     policy: Any = None  # PolicyEngine or None; set by compile()
-    calibration: Any = None  # Calibration: the sample inputs validate runs on; set by compile()
+    # (batches, what they are): the sample inputs validate runs on; set by compile()
+    calibration: tuple[tuple[Mapping[str, np.ndarray], ...], str] | None = None
     model_dir: Path | None = None  # where external data of the input lives; set by compile()
     custom_op_libraries: tuple[Path, ...] = ()  # the user's libraries for other custom ops; compile()
     seed: int = 0

@@ -7,10 +7,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from bitnet_onnx.calibration import Calibration, input_specs
-from bitnet_onnx.errors import ConfigError
-from bitnet_onnx.interface import Interface, speaking_to
-from bitnet_onnx.sample_inputs import sample_inputs
+from bitnet_onnx.core.errors import ConfigError
+from bitnet_onnx.core.interface import Interface, speaking_to
+from bitnet_onnx.optimize.calibration import Calibration, input_specs
+from bitnet_onnx.runtime.sample_inputs import sample_inputs
 from models import bert, convnet, llama
 
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from bitnet_onnx import ComponentType, ConfigError, LayerType, MixedPrecisionConfig
-from bitnet_onnx.config_file import load_config, save_config
-from bitnet_onnx.cost_model import CostModel, LatencyTable
-from bitnet_onnx.layers import Layer, SupportMatrix
-from bitnet_onnx.objectives import Accuracy, Balanced, Memory, PrecisionChoice, Speed
-from bitnet_onnx.search import (
+from bitnet_onnx.config.config_file import load_config, save_config
+from bitnet_onnx.core.layers import Layer, SupportMatrix
+from bitnet_onnx.optimize.cost_model import CostModel, LatencyTable
+from bitnet_onnx.optimize.objectives import Accuracy, Balanced, Memory, PrecisionChoice, Speed
+from bitnet_onnx.optimize.search import (
     PlanEstimate,
     VerifiedPlan,
     _measured_limiting,
@@ -25,7 +25,7 @@ from bitnet_onnx.search import (
     plan_to_config,
     search,
 )
-from bitnet_onnx.sensitivity import SensitivityEntry, SensitivityTable
+from bitnet_onnx.optimize.sensitivity import SensitivityEntry, SensitivityTable
 
 P = PrecisionChoice.parse
 F32, I8, T = P("F32"), P("I8/I8"), P("BITNET158/I8")
@@ -347,7 +347,7 @@ def test_a_thinned_frontier_keeps_the_most_accurate_plan_at_every_size(monkeypat
     errors = {name: (1e-7 * (i + 1), 10.0 ** (-6 + i / 2)) for i, name in enumerate(names)}
     table, only = _table(errors), {name: CHOICES for name in names}
     exact = search(layers, table, COST, Memory(0.25), choices=only)
-    monkeypatch.setattr("bitnet_onnx.search.FRONTIER_CAP", 16)
+    monkeypatch.setattr("bitnet_onnx.optimize.search.FRONTIER_CAP", 16)
     thinned = search(layers, table, COST, Memory(0.25), choices=only)
     assert thinned.feasible and exact.feasible
     # within one resource bucket (1/16 of the range) of the exact plan, and as accurate

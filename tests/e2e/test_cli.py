@@ -15,10 +15,10 @@ import pytest
 
 from bitnet_onnx import runtime
 from bitnet_onnx.cli import EXIT_GOAL_MISSED, EXIT_OK, EXIT_USER_ERROR, main
-from bitnet_onnx.config import LayerPrecisionConfig, MixedPrecisionConfig
-from bitnet_onnx.config_file import save_config
-from bitnet_onnx.dtypes import DType
-from bitnet_onnx.layers import LayerType
+from bitnet_onnx.config.config import LayerPrecisionConfig, MixedPrecisionConfig
+from bitnet_onnx.config.config_file import save_config
+from bitnet_onnx.core.dtypes import DType
+from bitnet_onnx.core.layers import LayerType
 
 FIXTURES = Path(__file__).resolve().parents[2] / "models" / "fixtures"
 LLAMA = FIXTURES / "llama_tiny.onnx"
@@ -60,7 +60,10 @@ def test_compile_prints_layers_sizes_and_validation(capsys, tmp_path):
     assert code == EXIT_OK and out.exists() and (tmp_path / "l.jsonl").exists()
     assert "model.layers.0.self_attn.q_proj" in stdout and "w:BITNET158 a:I8 o:F16  BitLinear" in stdout
     assert f"smaller) → {out}" in stdout
-    assert "validation vs original on " + str(FIXTURES / "llama_tiny.inputs.npz") in stdout and "logits [2, 8, 256]: cosine" in stdout
+    assert (
+        "validation vs original on " + str(FIXTURES / "llama_tiny.inputs.npz") in stdout
+        and "logits [2, 8, 256]: cosine" in stdout
+    )
 
 
 def test_compile_with_dims_budget_and_dump(capsys, tmp_path):

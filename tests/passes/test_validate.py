@@ -8,20 +8,19 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import pytest
-from bitnet_onnx.passes.base import PassContext
-from bitnet_onnx.passes.p70_validate import ValidatePass, _readback
 from onnx import TensorProto, helper, numpy_helper
 
 from bitnet_onnx import runtime
-from bitnet_onnx.calibration import Calibration
-from bitnet_onnx.config import MixedPrecisionConfig
-from bitnet_onnx.dtypes import DType, TernaryPacking, WeightLayout
-from bitnet_onnx.errors import ConfigError
-from bitnet_onnx.layers import ComponentType, Layer, LayerType
-from bitnet_onnx.packing import int_row_bytes, pack_int, pack_ternary
-from bitnet_onnx.plan import LayerPlan
-from bitnet_onnx.policy import Decision
-from bitnet_onnx.report import THRESHOLDS, Thresholds, compare_outputs
+from bitnet_onnx.config.config import MixedPrecisionConfig
+from bitnet_onnx.config.plan import LayerPlan
+from bitnet_onnx.config.policy import Decision
+from bitnet_onnx.config.report import THRESHOLDS, Thresholds, compare_outputs
+from bitnet_onnx.core.dtypes import DType, TernaryPacking, WeightLayout
+from bitnet_onnx.core.errors import ConfigError
+from bitnet_onnx.core.layers import ComponentType, Layer, LayerType
+from bitnet_onnx.numerics.packing import int_row_bytes, pack_int, pack_ternary
+from bitnet_onnx.passes.base import PassContext
+from bitnet_onnx.passes.p70_validate import ValidatePass, _readback
 
 K, N = 16, 8
 W_, A_, O_ = ComponentType.WEIGHTS, ComponentType.ACTIVATIONS, ComponentType.OUTPUTS
@@ -108,8 +107,10 @@ def _validate(
     thresholds=None,
     **ctx_args,
 ):
-    if isinstance(ctx_args.get("calibration"), dict):  # one feed dict, as compile() wraps it
-        ctx_args["calibration"] = Calibration((ctx_args["calibration"],), source="the given inputs")
+    if isinstance(ctx_args.get("calibration"), dict):  # one feed dict, as compile() passes it
+        feeds = ctx_args["calibration"]
+        shapes = ", ".join(f"{name} {list(np.shape(array))}" for name, array in feeds.items())
+        ctx_args["calibration"] = ((feeds,), f"the given inputs ({shapes})")
     ctx = PassContext(
         config=MixedPrecisionConfig.new(strategy),
         plan=plan if plan is not None else _layer_plan(),
@@ -163,7 +164,7 @@ def test_every_batch_is_compared_against_the_thresholds_given(rows):
         report, _ = _validate(
             _bitlinear_graph(t, scale),
             _original(t * scale),
-            calibration=Calibration(batches, source="held out"),
+            calibration=(batches, "held out"),
             thresholds=("objective accuracy:x", Thresholds(min_cosine=strict_floor, max_rel_error=math.inf)),
             strict=False,
         )
@@ -175,7 +176,7 @@ def test_every_batch_is_compared_against_the_thresholds_given(rows):
         (metrics,) = report.outputs
         assert metrics.shape == (sum(rows), 3, N)
         assert metrics.cosine == pytest.approx(expected.cosine, abs=1e-7)
-        assert report.strategy == "objective accuracy:x" and report.inputs.startswith("held out in ")
+        assert report.strategy == "objective accuracy:x" and report.inputs == "held out"
         cosine = metrics.cosine
         assert report.goal_met is (cosine >= strict_floor)
     assert 0.5 < cosine < 0.9999999  # one floor met, the other missed
