@@ -35,7 +35,7 @@ finding naming its rule:
    `ctx.seed`); every output, over all batches (stacked along the leading axis, or flattened when
    the batches differ in shape), is compared (`report.compare_outputs`: max abs error, max
    relative error, cosine) against `thresholds` (default: the strategy's, `report.THRESHOLDS`;
-   `compile(objective=...)` passes the objective's). A miss is an error with `strict`, a
+   `compile(thresholds=...)` passes an objective's). A miss is an error with `strict`, a
    warning without. An output the compiled model lacks, or with another shape, is an error.
    Sample inputs that do not fit the model (a missing or unknown name, another element type) are
    the user's to fix: ConfigError.
