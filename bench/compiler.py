@@ -19,7 +19,7 @@
    count take turns in rounds of 5 runs, so a noisy neighbour slows them alike; each figure is the
    median of --runs runs after --warmup. ×faster = the fp32 time / the compiled time.
 4. Accuracy. Cosine and max abs error of each compiled model's outputs against its original's on
-   one batch-1 input of the longest --seqs length (`bitnet_onnx.report.compare_outputs`).
+   one batch-1 input of the longest --seqs length (`bitnet_onnx.config.report.compare_outputs`).
 5. --profile: kernel time per layer type of each compiled fp32 model (onnxruntime's profiler, one
    thread, --runs runs of which the first is dropped), as ms per run and share of the total.
 

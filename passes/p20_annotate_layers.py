@@ -66,17 +66,14 @@ import onnx_graphsurgeon as gs
 from bitnet_onnx.core.errors import UnsupportedModelError
 from bitnet_onnx.core.layers import Layer, LayerType
 from bitnet_onnx.core.log import Change
+from bitnet_onnx.core.metadata import LAYER_KEY, LAYER_TYPE_KEY, RULE_KEY
 from bitnet_onnx.passes._match import GraphView, MatchResult, label
 from bitnet_onnx.passes.base import PassContext, PassResult
 from bitnet_onnx.passes.layer_patterns import RULES, LayerMatch, LayerRule
 
-__all__ = ["LAYER_KEY", "LAYER_TYPE_KEY", "RULE_KEY", "AnnotateLayersPass", "explain"]
+__all__ = ["AnnotateLayersPass", "explain"]
 
 logger = logging.getLogger(__name__)
-
-LAYER_KEY = "bitnet.layer"
-LAYER_TYPE_KEY = "bitnet.layer_type"
-RULE_KEY = "bitnet.rule"
 
 _WEIGHT_TYPES = frozenset(
     {LayerType.LINEAR, LayerType.OUTPUT, LayerType.EMBEDDING, LayerType.CONVOLUTION, LayerType.ATTENTION}

@@ -30,25 +30,17 @@ import onnx_graphsurgeon as gs
 from bitnet_onnx.config.plan import LayerPlan
 from bitnet_onnx.core.layers import ComponentType, LayerType
 from bitnet_onnx.core.log import Change
+from bitnet_onnx.core.metadata import LAYER_KEY, LAYER_TYPE_KEY, OP_KEY, RULE_KEY, dtype_key
 
 from .base import PassContext, PassResult
 from .rewrite import REWRITERS, LayerEditor, LayerRewrite, RewriteEnv
 
-__all__ = ["LAYER_KEY", "LAYER_TYPE_KEY", "OP_KEY", "RULE_KEY", "RewritePass", "dtype_key"]
+__all__ = ["RewritePass"]
 
 logger = logging.getLogger(__name__)
 
-LAYER_KEY = "bitnet.layer"
-LAYER_TYPE_KEY = "bitnet.layer_type"
-OP_KEY = "bitnet.op"
-RULE_KEY = "bitnet.rule"
 
 _DECIDING = (ComponentType.WEIGHTS, ComponentType.ACTIVATIONS, ComponentType.OUTPUTS, ComponentType.BIAS)
-
-
-def dtype_key(component: ComponentType) -> str:
-    """The annotation key holding a component's precision, e.g. `bitnet.dtype.weights`."""
-    return f"bitnet.dtype.{component.value}"
 
 
 @dataclass(frozen=True)

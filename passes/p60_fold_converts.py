@@ -55,6 +55,7 @@ import onnx_graphsurgeon as gs
 from onnx import helper
 
 from bitnet_onnx.core.log import Change
+from bitnet_onnx.core.metadata import LAYER_KEY
 from bitnet_onnx.passes.base import PassContext, PassResult
 from bitnet_onnx.runtime import DOMAIN
 
@@ -88,7 +89,6 @@ _VALUE_PRESERVING = frozenset(
 )
 _FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64), np.dtype(ml_dtypes.bfloat16))
 _FLOAT32 = np.dtype(np.float32)
-_LAYER_KEY = "bitnet.layer"
 
 
 def _np_dtype(dtype: object) -> np.dtype | None:
@@ -297,7 +297,7 @@ def _casts_before_transposes(graph: gs.Graph, ctx: PassContext, changes: list[Ch
         cast.inputs[0], cast.outputs[0] = x, converted
         copy = gs.Node("Transpose", f"{cast.name}/Transpose", dict(transpose.attrs), [converted], [out])
         graph.nodes.append(copy)
-        layer = ctx.annotations.get(cast.name, {}).get(_LAYER_KEY)
+        layer = ctx.annotations.get(cast.name, {}).get(LAYER_KEY)
         changes.append(
             Change(layer, "reorder", node=cast.name, source="cast_before_transpose", detail=transpose.name)
         )
@@ -365,7 +365,7 @@ class FoldConvertsPass:
                 node.outputs.clear()
                 node.inputs.clear()
                 removed[case] += 1
-                layer = ctx.annotations.get(node.name, {}).get(_LAYER_KEY)
+                layer = ctx.annotations.get(node.name, {}).get(LAYER_KEY)
                 changes.append(Change(layer, "remove", node=node.name, source=case, detail=why))
                 found = True
                 break

@@ -15,7 +15,7 @@ estimated and measured speedup, the outputs' error against the original, per-lay
   relative error over all elements), on the first calibration batch.
 - estimated speedup: Σ predicted latency of every layer at F32 / Σ at its chosen precision, for one
   token (M = 1, decoding), from the cost model's latency table measured on this CPU
-  (`bitnet_onnx.cost_model`, which models the matmul kernels); None without a cost model.
+  (`bitnet_onnx.optimize.cost_model`, which models the matmul kernels); None without a cost model.
 - measured speedup (`measure_speed=True`): median latency of the original over that of the
   compiled model in onnxruntime, one thread, batch 1 (the first row of the first calibration
   batch), the two runs interleaved so that a change of machine load hits both, `SPEED_RUNS` runs

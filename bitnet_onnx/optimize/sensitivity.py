@@ -214,7 +214,8 @@ def measure_sensitivity(
         raise ConfigError(f"workers={workers!r} must be a positive number of processes (1: no parallelism)")
     if not isinstance(calibration, Calibration):
         raise ConfigError(
-            f"calibration must be a bitnet_onnx.calibration.Calibration, not {type(calibration).__name__}; "
+            "calibration must be a bitnet_onnx.optimize.calibration.Calibration, "
+            f"not {type(calibration).__name__}; "
             "use Calibration.from_npz(path, model) or Calibration.generated(model)"
         )
     if metric is not None and workers > 1:

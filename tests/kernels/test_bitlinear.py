@@ -1,4 +1,4 @@
-"""BitLinear through onnxruntime against bitnet_onnx.quantization.bitlinear_reference.
+"""BitLinear through onnxruntime against bitnet_onnx.numerics.quantization.bitlinear_reference.
 
 The kernels evaluate the README's formulas in the reference's order (exact int32 accumulation,
 the same float32 roundings, no FMA contraction), so outputs are compared for exact equality, on

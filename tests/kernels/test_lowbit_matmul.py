@@ -1,4 +1,4 @@
-"""LowBitMatMul through onnxruntime against bitnet_onnx.quantization.lowbit_matmul_reference.
+"""LowBitMatMul through onnxruntime against bitnet_onnx.numerics.quantization.lowbit_matmul_reference.
 
 act_quant = 1 (int8 activations, exact integer accumulation per group, float32 epilogue in the
 README's order) is compared for exact equality; act_quant = 0 (float activations) with a tolerance
