@@ -41,6 +41,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,7 @@ from bitnet_onnx.core.errors import ConfigError, MixedPrecisionError
 from bitnet_onnx.passes._graph import load_model
 from bitnet_onnx.runtime.profiling import NO_LAYER, layer_times
 from bitnet_onnx.runtime.sample_inputs import sample_inputs
+from bitnet_onnx.runtime.timing import run_times
 from models import llama
 
 __all__ = ["Compiled", "Latency", "main"]
@@ -247,12 +249,7 @@ def _feeds(path: Path, seq: int) -> dict[str, np.ndarray]:
 
 
 def _timed(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray], runs: int) -> list[float]:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, dict(feeds))
-        times.append(time.perf_counter() - start)
-    return times
+    return run_times(partial(session.run, None, dict(feeds)), runs=runs)
 
 
 def _latencies(

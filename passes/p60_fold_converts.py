@@ -44,7 +44,6 @@ removed, casts moved before a transpose.
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from collections.abc import Callable
 from typing import ClassVar
@@ -56,12 +55,10 @@ from onnx import helper
 
 from bitnet_onnx.core.log import Change
 from bitnet_onnx.core.metadata import LAYER_KEY
-from bitnet_onnx.passes.base import PassContext, PassResult
+from bitnet_onnx.passes.base import Condition, PassContext, PassResult
 from bitnet_onnx.runtime import DOMAIN
 
 __all__ = ["CONVERSION_OPS", "FoldConvertsPass", "count_conversions", "holds"]
-
-logger = logging.getLogger(__name__)
 
 CONVERSION_OPS: tuple[tuple[str, str], ...] = (
     ("", "Cast"),
@@ -310,6 +307,7 @@ class FoldConvertsPass:
 
     name: ClassVar[str] = "fold_converts"
     requires: ClassVar[tuple[str, ...]] = ()
+    ensures: ClassVar[tuple[Condition, ...]] = ()
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         before = count_conversions(graph)
@@ -336,10 +334,6 @@ class FoldConvertsPass:
         for op in sorted(set(before) | set(after)):
             stats[f"before.{op}"] = before[op]
             stats[f"after.{op}"] = after[op]
-        logger.debug(
-            "fold_converts: conversions %d → %d, %d initializers removed",
-            stats["conversions_before"], stats["conversions_after"], dead,
-        )  # fmt: skip
         return PassResult(modified=bool(changes) or dead > 0, changes=tuple(changes), stats=stats)
 
     @staticmethod
