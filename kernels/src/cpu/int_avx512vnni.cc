@@ -16,6 +16,7 @@
 #include <limits>
 
 #include "avx512.h"
+#include "dispatch.h"
 #include "int.h"
 #include "int_scalar.h"
 
@@ -247,45 +248,22 @@ struct Tiles {
     if (b < block_end) TileFloat<BITS, MR, 1>(p, m, b);
   }
 
-  static void Int8(const IntProblem& p, int64_t m_begin, int64_t m_end, int64_t block_begin, int64_t block_end) {
-    for (int64_t m = m_begin; m < m_end;) {
-      switch (std::min<int64_t>(m_end - m, 4)) {
-        case 1: Int8Rows<1>(p, m, block_begin, block_end); m += 1; break;
-        case 2: Int8Rows<2>(p, m, block_begin, block_end); m += 2; break;
-        case 3: Int8Rows<3>(p, m, block_begin, block_end); m += 3; break;
-        default: Int8Rows<4>(p, m, block_begin, block_end); m += 4; break;
+  // Tiles of up to 4 rows over blocks [block_begin, block_end).
+  template <bool kInt8>
+  static void Rows(const IntProblem& p, int64_t m_begin, int64_t m_end, int64_t block_begin, int64_t block_end) {
+    ForEachTile<4>(m_begin, m_end, [&](int64_t m, auto rows) {
+      if constexpr (kInt8) {
+        Int8Rows<rows>(p, m, block_begin, block_end);
+      } else {
+        FloatRows<rows>(p, m, block_begin, block_end);
       }
-    }
-  }
-
-  static void Float(const IntProblem& p, int64_t m_begin, int64_t m_end, int64_t block_begin, int64_t block_end) {
-    for (int64_t m = m_begin; m < m_end;) {
-      switch (std::min<int64_t>(m_end - m, 4)) {
-        case 1: FloatRows<1>(p, m, block_begin, block_end); m += 1; break;
-        case 2: FloatRows<2>(p, m, block_begin, block_end); m += 2; break;
-        case 3: FloatRows<3>(p, m, block_begin, block_end); m += 3; break;
-        default: FloatRows<4>(p, m, block_begin, block_end); m += 4; break;
-      }
-    }
+    });
   }
 };
 
-void MatmulInt8(const IntProblem& p, int64_t m_begin, int64_t m_end, int64_t block_begin, int64_t block_end) {
-  switch (p.w.bits) {
-    case 8: Tiles<8>::Int8(p, m_begin, m_end, block_begin, block_end); break;
-    case 4: Tiles<4>::Int8(p, m_begin, m_end, block_begin, block_end); break;
-    case 2: Tiles<2>::Int8(p, m_begin, m_end, block_begin, block_end); break;
-    default: Tiles<1>::Int8(p, m_begin, m_end, block_begin, block_end); break;
-  }
-}
-
-void MatmulFloat(const IntProblem& p, int64_t m_begin, int64_t m_end, int64_t block_begin, int64_t block_end) {
-  switch (p.w.bits) {
-    case 8: Tiles<8>::Float(p, m_begin, m_end, block_begin, block_end); break;
-    case 4: Tiles<4>::Float(p, m_begin, m_end, block_begin, block_end); break;
-    case 2: Tiles<2>::Float(p, m_begin, m_end, block_begin, block_end); break;
-    default: Tiles<1>::Float(p, m_begin, m_end, block_begin, block_end); break;
-  }
+template <bool kInt8>
+void Matmul(const IntProblem& p, int64_t m_begin, int64_t m_end, int64_t block_begin, int64_t block_end) {
+  WithBits(p.w.bits, [&](auto bits) { Tiles<bits>::template Rows<kInt8>(p, m_begin, m_end, block_begin, block_end); });
 }
 
 // ---- dequantization of packed rows at rest ----
@@ -329,16 +307,11 @@ void DequantizeRow(const PackedRow& row, void* out, bool f16) {
 }
 
 void Dequantize(const PackedRow& row, void* out, bool f16) {
-  switch (row.bits) {
-    case 8: DequantizeRow<8>(row, out, f16); break;
-    case 4: DequantizeRow<4>(row, out, f16); break;
-    case 2: DequantizeRow<2>(row, out, f16); break;
-    default: DequantizeRow<1>(row, out, f16); break;
-  }
+  WithBits(row.bits, [&](auto bits) { DequantizeRow<bits>(row, out, f16); });
 }
 
 }  // namespace
 
-const IntKernels kIntAvx512Vnni = {MatmulInt8, MatmulFloat, Dequantize};
+const IntKernels kIntAvx512Vnni = {Matmul<true>, Matmul<false>, Dequantize};
 
 }  // namespace bitnet::cpu

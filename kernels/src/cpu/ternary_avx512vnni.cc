@@ -14,6 +14,7 @@
 #include <cstring>
 
 #include "aligned_buffer.h"
+#include "dispatch.h"
 #include "scalar.h"
 #include "ternary.h"
 #include "ternary_avx512.h"
@@ -177,18 +178,7 @@ void Stream(const TernaryProblem& p, int64_t m_begin, int64_t m_end, int64_t blo
     return;
   }
   for (int64_t b = block_begin; b < block_end; ++b) {
-    for (int64_t m = m_begin; m < m_end; m += kStreamTileRows) {
-      switch (std::min<int64_t>(m_end - m, kStreamTileRows)) {
-        case 1: StreamTile<1>(p, m, b); break;
-        case 2: StreamTile<2>(p, m, b); break;
-        case 3: StreamTile<3>(p, m, b); break;
-        case 4: StreamTile<4>(p, m, b); break;
-        case 5: StreamTile<5>(p, m, b); break;
-        case 6: StreamTile<6>(p, m, b); break;
-        case 7: StreamTile<7>(p, m, b); break;
-        default: StreamTile<8>(p, m, b); break;
-      }
-    }
+    ForEachTile<kStreamTileRows>(m_begin, m_end, [&](int64_t m, auto rows) { StreamTile<rows>(p, m, b); });
   }
 }
 
@@ -226,17 +216,9 @@ void Tile(const TernaryProblem& p, const uint8_t* panel, int64_t steps, int64_t 
 template <int NB>
 void PanelRows(const TernaryProblem& p, const uint8_t* panel, int64_t steps, int64_t k0, int64_t m_begin,
                int64_t m_end, int64_t n0, int32_t* partial, bool first, bool last) {
-  for (int64_t m = m_begin; m < m_end; m += kTileRows) {
-    int32_t* tile_partial = partial + (m - m_begin) * NB * 16;
-    switch (std::min<int64_t>(m_end - m, kTileRows)) {
-      case 1: Tile<1, NB>(p, panel, steps, k0, m, n0, tile_partial, first, last); break;
-      case 2: Tile<2, NB>(p, panel, steps, k0, m, n0, tile_partial, first, last); break;
-      case 3: Tile<3, NB>(p, panel, steps, k0, m, n0, tile_partial, first, last); break;
-      case 4: Tile<4, NB>(p, panel, steps, k0, m, n0, tile_partial, first, last); break;
-      case 5: Tile<5, NB>(p, panel, steps, k0, m, n0, tile_partial, first, last); break;
-      default: Tile<6, NB>(p, panel, steps, k0, m, n0, tile_partial, first, last); break;
-    }
-  }
+  ForEachTile<kTileRows>(m_begin, m_end, [&](int64_t m, auto rows) {
+    Tile<rows, NB>(p, panel, steps, k0, m, n0, partial + (m - m_begin) * NB * 16, first, last);
+  });
 }
 
 void Gemm(const TernaryProblem& p, int64_t m_begin, int64_t m_end, int64_t block_begin, int64_t block_end) {
@@ -255,12 +237,9 @@ void Gemm(const TernaryProblem& p, int64_t m_begin, int64_t m_end, int64_t block
       UnpackPanel(p.w, b, nb, pk0, packets, nb, panel);
       const bool first = pk0 == 0, last = pk0 + packets == kp;
       const int64_t steps = 4 * packets, k0 = pk0 * kPacketK, n0 = b * kBlockRows;
-      switch (nb) {
-        case 1: PanelRows<1>(p, panel, steps, k0, m_begin, m_end, n0, partial, first, last); break;
-        case 2: PanelRows<2>(p, panel, steps, k0, m_begin, m_end, n0, partial, first, last); break;
-        case 3: PanelRows<3>(p, panel, steps, k0, m_begin, m_end, n0, partial, first, last); break;
-        default: PanelRows<4>(p, panel, steps, k0, m_begin, m_end, n0, partial, first, last); break;
-      }
+      WithCount<kPanelBlocks>(nb, [&](auto blocks) {
+        PanelRows<blocks>(p, panel, steps, k0, m_begin, m_end, n0, partial, first, last);
+      });
     }
   }
 }
