@@ -132,26 +132,10 @@ class BitLinear {
   }
 
   void Multiply(OrtKernelContext* ctx, const cpu::TernaryProblem& p, int64_t m) const {
-    const int64_t blocks = p.w.blocks;
-    int64_t task_blocks, task_rows;
-    if (m <= cpu::kStreamingMaxRows) {
-      task_blocks = std::max<int64_t>(1, kStreamingTaskBytes / (p.w.k_packets * cpu::kPacketBytes));
-      task_rows = m;
-    } else {
-      task_blocks = kGemmTaskBlocks;
-      const int64_t block_tasks = cpu::CeilDiv(blocks, task_blocks);
-      const int64_t row_tasks = std::clamp<int64_t>(cpu::CeilDiv(kGemmMinTasks, block_tasks), 1,
-                                                    std::max<int64_t>(1, m / kGemmMinTaskRows));
-      task_rows = cpu::CeilDiv(m, row_tasks);
-    }
-    const int64_t block_tasks = cpu::CeilDiv(blocks, task_blocks);
-    const int64_t row_tasks = cpu::CeilDiv(m, task_rows);
-    auto task = [&](size_t i) {
-      const int64_t bt = static_cast<int64_t>(i) % block_tasks, rt = static_cast<int64_t>(i) / block_tasks;
-      kernels_->matmul(p, rt * task_rows, std::min(m, (rt + 1) * task_rows), bt * task_blocks,
-                       std::min(blocks, (bt + 1) * task_blocks));
-    };
-    ParallelFor(ctx, static_cast<size_t>(block_tasks * row_tasks), task);
+    const TaskPlan plan = m <= cpu::kStreamingMaxRows
+                              ? StreamingPlan(m, p.w.blocks, p.w.k_packets * cpu::kPacketBytes, kStreamingTaskBytes)
+                              : TiledPlan(m, p.w.blocks, kGemmTaskBlocks, kGemmMinTaskRows, kGemmMinTasks);
+    RunPlan(ctx, plan, [&](int64_t m0, int64_t m1, int64_t b0, int64_t b1) { kernels_->matmul(p, m0, m1, b0, b1); });
   }
 
   int64_t k_ = 0;

@@ -211,27 +211,14 @@ class LowBitMatMul {
   }
 
   void Multiply(OrtKernelContext* ctx, const cpu::IntProblem& p, int64_t m) const {
-    const int64_t blocks = p.w.blocks;
-    int64_t task_blocks, task_rows;
-    if (m <= cpu::kIntStreamingMaxRows) {
-      task_blocks = std::max<int64_t>(1, kStreamingTaskBytes / p.w.block_bytes());
-      task_rows = m;
-    } else {
-      task_blocks = std::max<int64_t>(1, kTiledTaskBytes / p.w.block_bytes());
-      const int64_t block_tasks = cpu::CeilDiv(blocks, task_blocks);
-      const int64_t row_tasks = std::clamp<int64_t>(cpu::CeilDiv(kTiledMinTasks, block_tasks), 1,
-                                                    std::max<int64_t>(1, m / kTiledMinTaskRows));
-      task_rows = cpu::CeilDiv(m, row_tasks);
-    }
-    const int64_t block_tasks = cpu::CeilDiv(blocks, task_blocks);
-    const int64_t row_tasks = cpu::CeilDiv(m, task_rows);
+    const int64_t block_bytes = p.w.block_bytes();
+    const TaskPlan plan =
+        m <= cpu::kIntStreamingMaxRows
+            ? StreamingPlan(m, p.w.blocks, block_bytes, kStreamingTaskBytes)
+            : TiledPlan(m, p.w.blocks, std::max<int64_t>(1, kTiledTaskBytes / block_bytes), kTiledMinTaskRows,
+                        kTiledMinTasks);
     auto matmul = act_quant_ == 1 ? kernels_->matmul_int8 : kernels_->matmul_float;
-    auto task = [&](size_t i) {
-      const int64_t bt = static_cast<int64_t>(i) % block_tasks, rt = static_cast<int64_t>(i) / block_tasks;
-      matmul(p, rt * task_rows, std::min(m, (rt + 1) * task_rows), bt * task_blocks,
-             std::min(blocks, (bt + 1) * task_blocks));
-    };
-    ParallelFor(ctx, static_cast<size_t>(block_tasks * row_tasks), task);
+    RunPlan(ctx, plan, [&](int64_t m0, int64_t m1, int64_t b0, int64_t b1) { matmul(p, m0, m1, b0, b1); });
   }
 
   int64_t k_ = 0;
