@@ -105,7 +105,7 @@ void TileInt8(const IntProblem& p, int64_t m0, int64_t b) {
 #pragma GCC unroll 2
           for (int j = 0; j < NB; ++j) {
             const __m512i c = Field<BITS>(v[j], f);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
             for (int r = 0; r < MR; ++r) {
               acc[r][j][a] = _mm512_dpbusd_epi32(acc[r][j][a], c, Broadcast4(xg + r * ld + pk * kSlots + 4 * f));
             }
@@ -229,6 +229,12 @@ void TileFloat(const IntProblem& p, int64_t m0, int64_t b) {
 
 // ---- tiling over rows and blocks ----
 
+// int8 tiles of up to 8 rows × 2 blocks: 16 VPDPBUSD per field share 2 unpacked code vectors
+// (TileInt8's row loop is unrolled 8 times so the 16 accumulators stay in registers). Measured on
+// an EPYC (Zen 5) core, K = N = 4096: ~10 % faster than 4-row tiles at M = 32 and 128, where 4-row
+// tiles had been slower than onnxruntime's int8 GEMM.
+constexpr int kInt8TileRows = 8;
+
 template <int BITS>
 struct Tiles {
   // MR rows starting at m over blocks [block_begin, block_end).
@@ -248,10 +254,10 @@ struct Tiles {
     if (b < block_end) TileFloat<BITS, MR, 1>(p, m, b);
   }
 
-  // Tiles of up to 4 rows over blocks [block_begin, block_end).
+  // Tiles of up to kInt8TileRows (int8) or 4 (float) rows over blocks [block_begin, block_end).
   template <bool kInt8>
   static void Rows(const IntProblem& p, int64_t m_begin, int64_t m_end, int64_t block_begin, int64_t block_end) {
-    ForEachTile<4>(m_begin, m_end, [&](int64_t m, auto rows) {
+    ForEachTile<kInt8 ? kInt8TileRows : 4>(m_begin, m_end, [&](int64_t m, auto rows) {
       if constexpr (kInt8) {
         Int8Rows<rows>(p, m, block_begin, block_end);
       } else {
