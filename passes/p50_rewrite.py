@@ -11,8 +11,9 @@ component is stored and computed in its planned precision. Then:
 2. The graph is cleaned up once (dead nodes, tensors and initializers dropped) and sorted.
 3. Every node a layer kept or gained is annotated (`ctx.annotations[node]`): `bitnet.layer`,
    `bitnet.layer_type`, `bitnet.dtype.<component>` for each planned component, `bitnet.op` (what
-   computes the layer now) and `bitnet.rule` (the source of the layer's deciding decision: weights
-   when it has them, else activations). Annotations of the layer's nodes that are gone are dropped.
+   computes the layer now), `bitnet.rule` (the source of the layer's deciding decision: weights
+   when it has them, else activations) and, for BITNET158 weights, `bitnet.ternary_scale` (the
+   layout's scale rule). Annotations of the layer's nodes that are gone are dropped.
 4. One `Change(action="rewrite")` per layer: the op, the layer's constant bytes before → after,
    and a line of detail (e.g. the I8 kernel choice and its timings). Stats count layers per op,
    the bytes, and the I8 kernels measured.
@@ -27,6 +28,7 @@ from typing import ClassVar
 
 import onnx_graphsurgeon as gs
 
+from bitnet_onnx.dtypes import DType
 from bitnet_onnx.layers import ComponentType, LayerType
 from bitnet_onnx.log import Change
 from bitnet_onnx.plan import LayerPlan
@@ -34,7 +36,15 @@ from bitnet_onnx.plan import LayerPlan
 from .base import PassContext, PassResult
 from .rewrite import REWRITERS, LayerEditor, LayerRewrite, RewriteEnv
 
-__all__ = ["LAYER_KEY", "LAYER_TYPE_KEY", "OP_KEY", "RULE_KEY", "RewritePass", "dtype_key"]
+__all__ = [
+    "LAYER_KEY",
+    "LAYER_TYPE_KEY",
+    "OP_KEY",
+    "RULE_KEY",
+    "TERNARY_SCALE_KEY",
+    "RewritePass",
+    "dtype_key",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +52,7 @@ LAYER_KEY = "bitnet.layer"
 LAYER_TYPE_KEY = "bitnet.layer_type"
 OP_KEY = "bitnet.op"
 RULE_KEY = "bitnet.rule"
+TERNARY_SCALE_KEY = "bitnet.ternary_scale"
 
 _DECIDING = (ComponentType.WEIGHTS, ComponentType.ACTIVATIONS, ComponentType.OUTPUTS, ComponentType.BIAS)
 
@@ -111,6 +122,9 @@ def _annotate(ctx: PassContext, item: _Done, alive: set[str]) -> None:
         OP_KEY: item.result.op,
         RULE_KEY: _deciding(item.plan),
     }
+    weights = item.plan.decisions.get(ComponentType.WEIGHTS)
+    if weights is not None and weights.dtype is DType.BITNET158:
+        props[TERNARY_SCALE_KEY] = weights.layout.ternary_scale.value
     for name in layer.nodes:
         if name not in alive:
             ctx.annotations.pop(name, None)

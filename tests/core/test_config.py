@@ -13,7 +13,7 @@ from bitnet_onnx.config import (
     fit_layout,
 )
 from bitnet_onnx.converter import ConversionStrategy
-from bitnet_onnx.dtypes import DType, TernaryPacking, WeightLayout
+from bitnet_onnx.dtypes import DType, TernaryPacking, TernaryScale, WeightLayout
 from bitnet_onnx.errors import ConfigError
 from bitnet_onnx.layers import ComponentType, LayerType, SupportMatrix
 from bitnet_onnx.policy import PolicyAction, PolicyRule, PrecisionPolicy
@@ -437,6 +437,13 @@ def test_validate_lists_every_problem_at_once():
             "ternary packing applies to BITNET158 only, not I8",
         ),
         (
+            D.I8,
+            WeightLayout(ternary_scale=TernaryScale.LEAST_SQUARES),
+            None,
+            "ternary_scale: the ternary scale rule applies to BITNET158 only, not I8",
+        ),
+        (D.BITNET158, WeightLayout(ternary_scale="absmean"), None, "ternary_scale: must be a TernaryScale"),
+        (
             D.I4,
             WeightLayout(asymmetric=True),
             ConversionStrategy.DIRECT,
@@ -541,6 +548,16 @@ def test_policy_problems_are_part_of_validation():
             WeightLayout(per_channel=True, packing=TernaryPacking.BASE3),
         ),
         (D.I8, WeightLayout(per_channel=True, packing=TernaryPacking.BASE3), WeightLayout()),
+        (
+            D.BITNET158,
+            WeightLayout(ternary_scale=TernaryScale.LEAST_SQUARES),
+            WeightLayout(ternary_scale=TernaryScale.LEAST_SQUARES),
+        ),
+        (
+            D.I4,
+            WeightLayout(group_size=32, ternary_scale=TernaryScale.LEAST_SQUARES),
+            WeightLayout(group_size=32),
+        ),
     ],
 )
 def test_fit_layout_keeps_only_knobs_that_fit(dtype, layout, expected):
