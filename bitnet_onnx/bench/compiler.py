@@ -22,6 +22,11 @@
    one batch-1 input of the longest --seqs length (`bitnet_onnx.report.compare_outputs`).
 5. --profile: kernel time per layer type of each compiled fp32 model (onnxruntime's profiler, one
    thread, --runs runs of which the first is dropped), as ms per run and share of the total.
+6. Trained BitNet. The committed BitNet b1.58 LM trained with quantization-aware training
+   (models/fixtures/qat, `models.bitnet_fixture`) compiled in this process with each config: the
+   perplexity on its held-out text of what it was trained to compute (the QAT forward's logits),
+   of the exact semantics in float32 onnxruntime, and of the compiled model; the compiled logits'
+   mean |Δ| against the trained ones. tests/e2e/test_trained_bitnet.py holds balanced to 0.1 %.
 
 The run ends with the TARGETS.md "Compiler" rows: each value with its minimum and goal.
 """
@@ -50,7 +55,7 @@ import onnxruntime as ort
 from bitnet_onnx import runtime
 from bitnet_onnx.errors import ConfigError, MixedPrecisionError
 
-__all__ = ["Compiled", "Latency", "main"]
+__all__ = ["Compiled", "Latency", "TrainedPerplexity", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +108,23 @@ class Accuracy:
 
 
 @dataclass(frozen=True)
+class TrainedPerplexity:
+    """The trained BitNet fixture compiled with one config (section 6 of the module docstring)."""
+
+    config: str
+    trained: float
+    exact: float
+    compiled: float
+    mean_abs_diff: float
+    exact_mean_abs_diff: float
+
+    @property
+    def relative(self) -> float:
+        """Compiled perplexity / trained perplexity − 1."""
+        return self.compiled / self.trained - 1
+
+
+@dataclass(frozen=True)
 class LayerTypeTime:
     config: str
     seq: int
@@ -151,10 +173,15 @@ def _model(size: str, kind: str, cache: Path) -> Path:
     return path
 
 
-def _needs_external_data(size: str) -> bool:
-    """Whether the fp32 decoder of `size` is past what one protobuf message holds (2 GB)."""
+def _import_models() -> None:
+    """Make the repository's models/ importable (the benchmark runs from a checkout)."""
     if str(_REPO) not in sys.path:
         sys.path.insert(0, str(_REPO))
+
+
+def _needs_external_data(size: str) -> bool:
+    """Whether the fp32 decoder of `size` is past what one protobuf message holds (2 GB)."""
+    _import_models()
     from models import llama
 
     return llama.LlamaConfig.preset(size).num_parameters * 4 >= 2**31
@@ -293,6 +320,37 @@ def _accuracy(original: Path, compiled: Sequence[Compiled], seq: int) -> list[Ac
         for name, got in zip(names, actual, strict=True):
             m = compare_outputs(name, expected[name], got)
             results.append(Accuracy(c.model, c.config, name, m.cosine, m.max_abs_error))
+    return results
+
+
+def _trained_bitnet(configs: Sequence[str], folder: Path) -> list[TrainedPerplexity]:
+    """Section 6: the trained BitNet fixture compiled with each config."""
+    from bitnet_onnx.compile import compile
+
+    _import_models()
+    from models import bitnet_fixture as fixture
+
+    model, ref = fixture.load()
+
+    def logits(source: onnx.ModelProto | Path) -> np.ndarray:
+        return runtime.session(source, threads=2).run(["logits"], {"input_ids": ref.input_ids})[0]
+
+    exact = logits(fixture.exact_semantics(model))
+    results = []
+    for config in configs:
+        out = folder / f"bitnet_qat.{_label(config)}.onnx"
+        compile(model, config, output=out, strict=False)  # validation compares with the latent weights
+        got = logits(out)
+        results.append(
+            TrainedPerplexity(
+                _label(config),
+                fixture.perplexity(ref.logits, ref.input_ids),
+                fixture.perplexity(exact, ref.input_ids),
+                fixture.perplexity(got, ref.input_ids),
+                fixture.mean_abs_diff(got, ref.logits),
+                fixture.mean_abs_diff(exact, ref.logits),
+            )
+        )
     return results
 
 
@@ -445,6 +503,20 @@ def _report(
     return "\n".join(lines)
 
 
+def _trained_report(results: Sequence[TrainedPerplexity]) -> str:
+    lines = [
+        "trained BitNet b1.58 LM (models/fixtures/qat; held-out text): perplexity trained-as vs compiled",
+        f"  {'config':<14}{'trained':>10}{'exact':>10}{'compiled':>10}{'vs trained':>12}"
+        f"{'mean|Δlogits|':>15}{'exact':>10}",
+    ]
+    for r in results:
+        lines.append(
+            f"  {r.config:<14}{r.trained:>10.4f}{r.exact:>10.4f}{r.compiled:>10.4f}{r.relative:>+12.3%}"
+            f"{r.mean_abs_diff:>15.4g}{r.exact_mean_abs_diff:>10.4g}"
+        )
+    return "\n".join(lines)
+
+
 # -- command line ------------------------------------------------------------------------------------
 
 
@@ -534,10 +606,14 @@ def main(argv: list[str] | None = None) -> int:
     for config in configs:
         resolve_config(config)  # a wrong name or file fails now, not after the models are built
     args.cache_dir.mkdir(parents=True, exist_ok=True)
-    records = {}
+    records: dict[str, object] = {}
     for size in sizes:
         text, records[size] = _run_size(size, configs, args, seqs, threads, runs, warmup)
         print(text)
+    with tempfile.TemporaryDirectory(prefix="bitnet-onnx-bench-") as folder:
+        trained = _trained_bitnet(configs, Path(folder))
+    print(f"\n{_trained_report(trained)}")
+    records["bitnet_qat"] = [{**asdict(t), "relative": t.relative} for t in trained]
     if args.json:
         with open(args.json, "w", encoding="utf-8") as stream:
             json.dump(records, stream, indent=1)

@@ -351,8 +351,7 @@ def test_bad_json_file_reports_lines_too(tmp_path):
             "choose one of 2bit, base3",
         ),
         (
-            "version: 1\nstrategy: custom\nlayers:\n  x:\n    precision: BITNET158\n"
-            "    ternary_scale: foo\n",
+            "version: 1\nstrategy: custom\nlayers:\n  x:\n    precision: BITNET158\n    ternary_scale: foo\n",
             "line 6: layers.x.ternary_scale: unknown ternary_scale 'foo'; "
             "choose one of absmean, least_squares",
         ),
