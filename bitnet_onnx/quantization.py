@@ -391,19 +391,20 @@ def quantize_lowbit_reference(
     asymmetric: bool = False,
     format: str = "2bit",
     per_channel: bool = False,
+    ternary_scale: TernaryScale | str = TernaryScale.ABSMEAN,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The QuantizeLowBit op: float [..., K] → (Q packed uint8, scales float32, zero_points uint8).
 
-    bits = 0: `ternarize` (per tensor, or per row with `per_channel`) with the least-squares scale
-    (the op ternarizes tensors computed at run time, a post-training ternarization), packed in
-    `format`, scales [1] or [rows]. bits ∈ {8, 4, 2, 1}: `quantize_groups` packed with `pack_int`,
-    scales [..., groups] (`group_size` is then required; it is ignored for ternary).
+    bits = 0: `ternarize` (per tensor, or per row with `per_channel`) with the scale rule
+    `ternary_scale` (the op's attribute of that name), packed in `format`, scales [1] or [rows].
+    bits ∈ {8, 4, 2, 1}: `quantize_groups` packed with `pack_int`, scales [..., groups]
+    (`group_size` is then required; it is ignored for ternary).
     zero_points is uint8 [..., groups] when `asymmetric`, else the empty uint8 [0].
     """
     x32 = _float32(x)
     empty = np.zeros((0,), dtype=np.uint8)
     if bits == 0:
-        tw = ternarize(x32, per_channel, TernaryScale.LEAST_SQUARES)
+        tw = ternarize(x32, per_channel, TernaryScale.parse(ternary_scale))
         return pack_ternary(tw.values, _ternary_format(format)), tw.scale, empty
     gw = quantize_groups(x32, bits, group_size, asymmetric)
     packed = pack_int(gw.codes, bits, gw.group_size, gw.zero_points)

@@ -383,7 +383,7 @@ def test_quantize_then_dequantize_lowbit(
     )
     assert out.dtype == (F32 if to == TensorProto.FLOAT else np.float16) and out.shape == x.shape
     if bits == 0:
-        expected = ternarize(x, per_channel, TernaryScale.LEAST_SQUARES).dequantize()
+        expected = ternarize(x, per_channel).dequantize()
     else:
         expected = quantize_groups(x, bits, group_size, asymmetric).dequantize()
     np.testing.assert_array_equal(out, expected.astype(out.dtype))
