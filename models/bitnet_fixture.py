@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from bitnet_onnx.quantization import TernaryWeights, ternarize
+from bitnet_onnx.numerics.quantization import TernaryWeights, ternarize
 
 __all__ = [
     "MODEL",

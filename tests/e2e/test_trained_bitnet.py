@@ -11,10 +11,10 @@ import onnx
 import pytest
 
 from bitnet_onnx import runtime
-from bitnet_onnx.compile import compile
-from bitnet_onnx.config import LayerPrecisionConfig, MixedPrecisionConfig, MixedPrecisionStrategy
-from bitnet_onnx.dtypes import DType, TernaryScale, WeightLayout
-from bitnet_onnx.layers import ComponentType, LayerType
+from bitnet_onnx.compiler.compile import compile
+from bitnet_onnx.config.config import LayerPrecisionConfig, MixedPrecisionConfig, MixedPrecisionStrategy
+from bitnet_onnx.core.dtypes import DType, TernaryScale, WeightLayout
+from bitnet_onnx.core.layers import ComponentType, LayerType
 from models import bitnet_fixture
 from models.bitnet_fixture import Reference, mean_abs_diff, perplexity
 

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from bitnet_onnx import runtime
-from bitnet_onnx.dtypes import TernaryPacking, TernaryScale
-from bitnet_onnx.errors import UnsupportedModelError
-from bitnet_onnx.packing import pack_ternary
-from bitnet_onnx.quantization import bitlinear_reference, ternarize
+from bitnet_onnx.core.dtypes import TernaryPacking, TernaryScale
+from bitnet_onnx.core.errors import UnsupportedModelError
+from bitnet_onnx.numerics.packing import pack_ternary
+from bitnet_onnx.numerics.quantization import bitlinear_reference, ternarize
 
 pytestmark = pytest.mark.kernels
 

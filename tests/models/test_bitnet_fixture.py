@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from bitnet_onnx.quantization import quantize_tokens, ternarize
+from bitnet_onnx.numerics.quantization import quantize_tokens, ternarize
 from models import bitnet_fixture
 from models.bitnet_fixture import QAT_LINEAR, exact_semantics, exact_ternary_twin, mean_abs_diff, perplexity
 
