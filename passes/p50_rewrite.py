@@ -11,8 +11,9 @@ component is stored and computed in its planned precision. Then:
 2. The graph is cleaned up once (dead nodes, tensors and initializers dropped) and sorted.
 3. Every node a layer kept or gained is annotated (`ctx.annotations[node]`): `bitnet.layer`,
    `bitnet.layer_type`, `bitnet.dtype.<component>` for each planned component, `bitnet.op` (what
-   computes the layer now) and `bitnet.rule` (the source of the layer's deciding decision: weights
-   when it has them, else activations). Annotations of the layer's nodes that are gone are dropped.
+   computes the layer now), `bitnet.rule` (the source of the layer's deciding decision: weights
+   when it has them, else activations) and, for BITNET158 weights, `bitnet.ternary_scale` (the
+   layout's scale rule). Annotations of the layer's nodes that are gone are dropped.
 4. One `Change(action="rewrite")` per layer: the op, the layer's constant bytes before → after,
    and a line of detail (e.g. the I8 kernel choice and its timings). Stats count layers per op,
    the bytes, and the I8 kernels measured.
@@ -27,9 +28,17 @@ from typing import ClassVar
 import onnx_graphsurgeon as gs
 
 from bitnet_onnx.config.plan import LayerPlan
+from bitnet_onnx.core.dtypes import DType
 from bitnet_onnx.core.layers import ComponentType, LayerType
 from bitnet_onnx.core.log import Change
-from bitnet_onnx.core.metadata import LAYER_KEY, LAYER_TYPE_KEY, OP_KEY, RULE_KEY, dtype_key
+from bitnet_onnx.core.metadata import (
+    LAYER_KEY,
+    LAYER_TYPE_KEY,
+    OP_KEY,
+    RULE_KEY,
+    TERNARY_SCALE_KEY,
+    dtype_key,
+)
 
 from .base import Condition, PassContext, PassResult
 from .rewrite import REWRITERS, LayerEditor, LayerRewrite, RewriteEnv
@@ -94,6 +103,9 @@ def _annotate(ctx: PassContext, item: _Done, alive: set[str]) -> None:
         OP_KEY: item.result.op,
         RULE_KEY: _deciding(item.plan),
     }
+    weights = item.plan.decisions.get(ComponentType.WEIGHTS)
+    if weights is not None and weights.dtype is DType.BITNET158:
+        props[TERNARY_SCALE_KEY] = weights.layout.ternary_scale.value
     for name in layer.nodes:
         if name not in alive:
             ctx.annotations.pop(name, None)

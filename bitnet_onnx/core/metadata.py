@@ -7,13 +7,22 @@ from __future__ import annotations
 
 from bitnet_onnx.core.layers import ComponentType
 
-__all__ = ["DTYPE_KEY_PREFIX", "LAYER_KEY", "LAYER_TYPE_KEY", "OP_KEY", "RULE_KEY", "dtype_key"]
+__all__ = [
+    "DTYPE_KEY_PREFIX",
+    "LAYER_KEY",
+    "LAYER_TYPE_KEY",
+    "OP_KEY",
+    "RULE_KEY",
+    "TERNARY_SCALE_KEY",
+    "dtype_key",
+]
 
 LAYER_KEY = "bitnet.layer"
 LAYER_TYPE_KEY = "bitnet.layer_type"
 RULE_KEY = "bitnet.rule"
 OP_KEY = "bitnet.op"
 DTYPE_KEY_PREFIX = "bitnet.dtype."
+TERNARY_SCALE_KEY = "bitnet.ternary_scale"  # the BITNET158 scale rule (kernels/README.md)
 
 
 def dtype_key(component: ComponentType) -> str:

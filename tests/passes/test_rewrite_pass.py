@@ -59,6 +59,7 @@ def test_every_node_a_layer_gained_is_annotated_with_its_precisions_op_and_rule(
             dtype_key(ComponentType.ACTIVATIONS): "I8",
             dtype_key(ComponentType.OUTPUTS): "F16",
             "bitnet.op": "BitLinear",
+            "bitnet.ternary_scale": "absmean",
             "bitnet.rule": "test:plan",
         }
     (change,) = result.changes
