@@ -37,7 +37,7 @@ support:                       # replaces rows of the support matrix
   components:
     bias: [F32, F16]
 
-policies:                      # see bitnet_onnx.policy for the evaluation order
+policies:                      # see bitnet_onnx.config.policy for the evaluation order
   - id: memory_critical
     name: Memory critical
     description: Use 4 bits when the model is over budget
@@ -55,6 +55,9 @@ policies:                      # see bitnet_onnx.policy for the evaluation order
 An entry (a value under `layer_types`, `layers`, or `components`) is a precision name, or a mapping
 with `precision` and the knobs `group_size` (integer precisions; elements per scale, whole bytes),
 `asymmetric` (zero points; I8, I4, I2), `per_channel` and `packing` (`2bit` | `base3`; BITNET158),
+`ternary_scale` (`absmean` | `least_squares`; BITNET158: the stored scale is γ = mean|W| as BitNet
+b1.58 trains, the default and the right one for a QAT-trained model, or the least-squares scale of
+the pattern, better for ternarizing a float model after training),
 `conversion_strategy` (direct | scaled | quantization_aware | stochastic_rounding); entries under
 `layer_types` and `layers` also take `components` (component → entry without `components`),
 and those under `layers` take `layer_type`. Precisions are F32, F16, BF16, I8, I4, I2, I1,
@@ -68,7 +71,7 @@ greater_equal, less_than, less_equal, in, not_in (value is a list), matches (glo
 contains, starts_with, ends_with. Actions: `{type: set_precision, precision: P}`,
 `{type: set_component_precision, component: C, precision: P}`, `{type: keep_original}`,
 `{type: raise_precision, steps: N}` and `{type: lower_precision, steps: N}` (steps default 1),
-`{type: set_conversion_strategy, strategy: S}`.
+`{type: set_conversion_strategy, strategy: S}`, `{type: set_ternary_scale, scale: absmean | least_squares}`.
 
 Errors: everything wrong in a file is reported at once in one ConfigError whose `source` is the
 file, each problem with its line, the key path, and the valid choices (unknown keys get a "did you
@@ -99,8 +102,8 @@ from bitnet_onnx.config.config import (
     MixedPrecisionStrategy,
 )
 from bitnet_onnx.config.policy import PrecisionPolicy
-from bitnet_onnx.core._schema import Problems, SchemaPath, describe_value, did_you_mean
-from bitnet_onnx.core.dtypes import ConversionStrategy, DType, TernaryPacking, WeightLayout
+from bitnet_onnx.core._schema import Problems, SchemaPath, describe_value
+from bitnet_onnx.core.dtypes import ConversionStrategy, DType, TernaryPacking, TernaryScale, WeightLayout
 from bitnet_onnx.core.errors import ConfigError
 from bitnet_onnx.core.layers import ComponentType, LayerType, SupportMatrix
 
@@ -119,7 +122,7 @@ _TOP_KEYS = (
     "support",
     "policies",
 )
-_KNOBS = ("group_size", "asymmetric", "per_channel", "packing", "conversion_strategy")
+_KNOBS = ("group_size", "asymmetric", "per_channel", "packing", "ternary_scale", "conversion_strategy")
 _YAML_SUFFIXES = (".yaml", ".yml")
 _JSON_SUFFIXES = (".json",)
 
@@ -253,6 +256,8 @@ def _knobs(layout: WeightLayout, strategy: ConversionStrategy | None) -> dict[st
         out["per_channel"] = layout.per_channel
     if layout.packing != default.packing:
         out["packing"] = layout.packing.value
+    if layout.ternary_scale != default.ternary_scale:
+        out["ternary_scale"] = layout.ternary_scale.value
     if strategy is not None:
         out["conversion_strategy"] = strategy.value
     return out
@@ -284,7 +289,7 @@ def _read_config(data: Any, problems: Problems, origin: str | None) -> MixedPrec
         _choice(problems, top, ("strategy",), MixedPrecisionStrategy.parse) or MixedPrecisionStrategy.CUSTOM
     )
     base = MixedPrecisionConfig.new(strategy)
-    default_precision = _choice(problems, top, ("default_precision",), _parse_dtype)
+    default_precision = _choice(problems, top, ("default_precision",), DType.parse)
 
     layer_types = dict(base.layer_types)
     for key, value in _section(problems, top, "layer_types"):
@@ -357,39 +362,19 @@ def _choice(
     return problems.parse(parse, body[key], path)
 
 
-def _hinted(parse: Callable[[Any], Any], choices: list[str]) -> Callable[[Any], Any]:
-    """`parse`, with a did-you-mean added to its complaint."""
-
-    def hinted(value: Any) -> Any:
-        try:
-            return parse(value)
-        except ConfigError as exc:
-            head, sep, tail = exc.problems[0].partition("; ")
-            raise ConfigError(f"{head}{did_you_mean(str(value).upper(), choices)}{sep}{tail}") from None
-
-    return hinted
-
-
-_parse_dtype = _hinted(DType.parse, [d.name for d in DType])
-_LAYER_TYPE = _hinted(LayerType.parse, [t.value for t in LayerType])
-
-
 def _enum_key(
     problems: Problems, key: str, path: SchemaPath, enum_type: type[LayerType] | type[ComponentType]
 ) -> Any:
-    choices = [m.value for m in enum_type]
-    if key in choices:
-        return enum_type(key)
-    what = "layer type" if enum_type is LayerType else "component"
-    problems.add(
-        path, f"unknown {what} {key!r}{did_you_mean(key, choices)}; choose one of {', '.join(choices)}"
-    )
-    return None
+    try:
+        return enum_type.parse(key)
+    except ConfigError as exc:
+        problems.add(path, exc.problems[0])
+        return None
 
 
 def _read_setting(problems: Problems, value: Any, path: SchemaPath) -> ComponentPrecisionConfig | None:
     if not isinstance(value, Mapping):
-        precision = problems.parse(_parse_dtype, value, path)
+        precision = problems.parse(DType.parse, value, path)
         return ComponentPrecisionConfig(precision) if precision is not None else None
     body = problems.mapping(value, path, "an entry")
     if body is None:
@@ -406,7 +391,7 @@ def _read_layer_entry(
         if value is None and layer_type is None:
             problems.add(path, "a layer entry needs a precision, not null")
             return None
-        precision = problems.parse(_parse_dtype, value, path)
+        precision = problems.parse(DType.parse, value, path)
         return LayerPrecisionConfig(layer_type, precision) if precision is not None else None
     body = problems.mapping(value, path, "an entry")
     if body is None:
@@ -415,7 +400,7 @@ def _read_layer_entry(
     problems.keys(body, path, allowed, required=("precision",))
     type_ok = True
     if layer_type is None and "layer_type" in body:
-        layer_type = problems.parse(_LAYER_TYPE, body["layer_type"], (*path, "layer_type"))
+        layer_type = problems.parse(LayerType.parse, body["layer_type"], (*path, "layer_type"))
         type_ok = layer_type is not None
     read = _read_precision_and_knobs(problems, body, path)
     overrides: dict[ComponentType, ComponentPrecisionConfig] = {}
@@ -434,30 +419,29 @@ def _read_layer_entry(
 def _read_precision_and_knobs(
     problems: Problems, body: Mapping[str, Any], path: SchemaPath
 ) -> tuple[DType, WeightLayout, ConversionStrategy | None] | None:
-    precision = _choice(problems, body, (*path, "precision"), _parse_dtype)
+    precision = _choice(problems, body, (*path, "precision"), DType.parse)
     packing = TernaryPacking.TWO_BIT
     if "packing" in body:
-        packing = problems.parse(_parse_packing, body["packing"], (*path, "packing"))
+        packing = problems.parse(TernaryPacking.parse, body["packing"], (*path, "packing"))
+    ternary_scale = TernaryScale.ABSMEAN
+    if "ternary_scale" in body:
+        ternary_scale = problems.parse(TernaryScale.parse, body["ternary_scale"], (*path, "ternary_scale"))
     strategy = _choice(problems, body, (*path, "conversion_strategy"), ConversionStrategy.parse)
-    if precision is None or packing is None or ("conversion_strategy" in body and strategy is None):
+    if (
+        precision is None
+        or packing is None
+        or ternary_scale is None
+        or ("conversion_strategy" in body and strategy is None)
+    ):
         return None
     layout = WeightLayout(
         group_size=body.get("group_size"),
         asymmetric=body.get("asymmetric", False),
         per_channel=body.get("per_channel", False),
         packing=packing,
+        ternary_scale=ternary_scale,
     )
     return precision, layout, strategy
-
-
-def _parse_packing(value: Any) -> TernaryPacking:
-    choices = [p.value for p in TernaryPacking]
-    for packing in TernaryPacking:
-        if str(value).strip().lower() in (packing.value, packing.name.lower()):
-            return packing
-    raise ConfigError(
-        f"unknown packing {value!r}{did_you_mean(str(value), choices)}; choose one of {', '.join(choices)}"
-    )
 
 
 def _read_support(problems: Problems, data: Any) -> SupportMatrix:
@@ -475,7 +459,7 @@ def _read_support(problems: Problems, data: Any) -> SupportMatrix:
             if not isinstance(row, list) or not row:
                 problems.add(path, f"must be a non-empty list of precisions, not {describe_value(row)}")
                 continue
-            dtypes = [problems.parse(_parse_dtype, d, (*path, i)) for i, d in enumerate(row)]
+            dtypes = [problems.parse(DType.parse, d, (*path, i)) for i, d in enumerate(row)]
             if member is None or any(d is None for d in dtypes):
                 continue
             if isinstance(member, LayerType):

@@ -16,9 +16,9 @@ import ml_dtypes
 import numpy as np
 from onnx import TensorProto
 
-from bitnet_onnx.core.errors import ConfigError
+from bitnet_onnx.core._schema import parse_enum
 
-__all__ = ["ConversionStrategy", "DType", "TernaryPacking", "WeightLayout", "storage_bytes"]
+__all__ = ["ConversionStrategy", "DType", "TernaryPacking", "TernaryScale", "WeightLayout", "storage_bytes"]
 
 _SCALE_BYTES = 4  # scales are float32
 _ZERO_POINT_BYTES = 1  # zero points are uint8
@@ -30,9 +30,32 @@ class TernaryPacking(enum.Enum):
     TWO_BIT = "2bit"  # w+1 in 2 bits, 4 weights per byte: 2.0 bits/weight, 16x vs F32
     BASE3 = "base3"  # sum (w_i+1)*3^i over 5 weights, one byte: 1.6 bits/weight, 20x vs F32
 
+    @classmethod
+    def parse(cls, value: str | TernaryPacking) -> TernaryPacking:
+        return parse_enum(cls, value, "packing")
+
     @property
     def weights_per_byte(self) -> int:
         return 4 if self is TernaryPacking.TWO_BIT else 5
+
+
+class TernaryScale(enum.Enum):
+    """The scale stored with a BITNET158 pattern (kernels/README.md "Ternary (BITNET158) weights").
+
+    ABSMEAN: γ = mean|W|, what BitNet b1.58 computes in training; the right scale for a model
+    trained with BitNet quantization-aware training (QAT), whose float latent weights are meant to
+    compute T·γ. LEAST_SQUARES: α = mean|W| over the non-zero T, which minimises ‖W − αT‖; the
+    better choice for post-training ternarization of a float model. Both keep s for weights that
+    already are exactly ternary × s.
+    """
+
+    ABSMEAN = "absmean"
+    LEAST_SQUARES = "least_squares"
+
+    @classmethod
+    def parse(cls, value: str | TernaryScale) -> TernaryScale:
+        """Accept a TernaryScale or its value in any case (`absmean`, `least_squares`, `least-squares`)."""
+        return parse_enum(cls, value, "ternary_scale", fold=_underscored)
 
 
 @dataclass(frozen=True)
@@ -60,14 +83,7 @@ class DType(enum.Enum):
     @classmethod
     def parse(cls, value: str | DType) -> DType:
         """Accept a DType, its name in any case, or a common alias (fp16, int4, ternary, ...)."""
-        if isinstance(value, DType):
-            return value
-        key = str(value).strip().upper().replace("-", "").replace("_", "").replace(".", "")
-        found = _ALIASES.get(key)
-        if found is None:
-            choices = ", ".join(d.name for d in cls)
-            raise ConfigError(f"unknown precision {value!r}; choose one of {choices}")
-        return found
+        return parse_enum(cls, value, "precision", spellings=_ALIASES, fold=_alias_key)
 
     @property
     def _spec(self) -> _Spec:
@@ -123,12 +139,14 @@ class DType(enum.Enum):
 
 @dataclass(frozen=True)
 class WeightLayout:
-    """How a quantized tensor is laid out: the knobs that change its byte count."""
+    """How a quantized tensor is laid out: the knobs that change its byte count, and the rule of
+    the ternary scale (which changes the scale's value, not its size)."""
 
     group_size: int | None = None  # integer types: elements per scale along the last axis
     asymmetric: bool = False  # integer types: one zero point per group
     per_channel: bool = False  # BITNET158: one scale per row instead of one per tensor
     packing: TernaryPacking = TernaryPacking.TWO_BIT
+    ternary_scale: TernaryScale = TernaryScale.ABSMEAN  # BITNET158: γ (as trained) or least squares
 
 
 def storage_bytes(dtype: DType, shape: Sequence[int], layout: WeightLayout | None = None) -> int:
@@ -198,11 +216,12 @@ class ConversionStrategy(enum.Enum):
 
     @classmethod
     def parse(cls, value: str | ConversionStrategy) -> ConversionStrategy:
-        if isinstance(value, ConversionStrategy):
-            return value
-        key = str(value).strip().lower().replace("-", "_").replace(" ", "_")
-        for strategy in cls:
-            if key in (strategy.value, strategy.name.lower()):
-                return strategy
-        choices = ", ".join(s.value for s in cls)
-        raise ConfigError(f"unknown conversion strategy {value!r}; choose one of {choices}")
+        return parse_enum(cls, value, "conversion strategy", fold=_underscored)
+
+
+def _alias_key(text: str) -> str:
+    return text.upper().replace("-", "").replace("_", "").replace(".", "")
+
+
+def _underscored(text: str) -> str:
+    return text.lower().replace("-", "_").replace(" ", "_")

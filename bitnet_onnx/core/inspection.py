@@ -3,7 +3,8 @@
 The compiler stamps these keys on every node it annotated (Netron shows them):
 `bitnet.layer` (the layer's name), `bitnet.layer_type`, `bitnet.rule` (the pattern that classified
 it) from annotate_layers, and `bitnet.op` (what computes the layer) and `bitnet.dtype.<component>`
-(the precision of each component) from rewrite. `read_layers` groups the nodes by `bitnet.layer`,
+(the precision of each component) and, for ternary weights, `bitnet.ternary_scale` (the scale rule,
+`absmean` or `least_squares`) from rewrite. `read_layers` groups the nodes by `bitnet.layer`,
 in graph order, and takes each other key from the first of the layer's nodes that carries it.
 A model that was never compiled has no layers.
 """
@@ -19,30 +20,29 @@ import onnx
 
 from bitnet_onnx.core._text import table
 from bitnet_onnx.core.layers import ComponentType
+from bitnet_onnx.core.metadata import (
+    DTYPE_KEY_PREFIX,
+    LAYER_KEY,
+    LAYER_TYPE_KEY,
+    OP_KEY,
+    RULE_KEY,
+    TERNARY_SCALE_KEY,
+)
 
 __all__ = [
-    "DTYPE_KEY_PREFIX",
-    "LAYER_KEY",
-    "LAYER_TYPE_KEY",
-    "OP_KEY",
-    "RULE_KEY",
     "LayerRecord",
     "layers_table",
     "read_layers",
 ]
 
-LAYER_KEY = "bitnet.layer"
-LAYER_TYPE_KEY = "bitnet.layer_type"
-RULE_KEY = "bitnet.rule"
-OP_KEY = "bitnet.op"
-DTYPE_KEY_PREFIX = "bitnet.dtype."
 _COMPONENT_ORDER = {c.value: i for i, c in enumerate(ComponentType)}
 
 
 @dataclass(frozen=True)
 class LayerRecord:
     """One layer of a compiled model: its type, the precision of each component (component name →
-    precision name, in ComponentType order), the op that computes it, the deciding rule, its nodes."""
+    precision name, in ComponentType order), the op that computes it, the deciding rule, its nodes,
+    and the scale rule of its ternary weights ("" when they are not ternary)."""
 
     name: str
     layer_type: str
@@ -50,6 +50,7 @@ class LayerRecord:
     op: str = ""
     rule: str = ""
     nodes: tuple[str, ...] = ()
+    ternary_scale: str = ""
 
     def __post_init__(self) -> None:
         ordered = sorted(
@@ -65,6 +66,7 @@ class LayerRecord:
             "op": self.op,
             "rule": self.rule,
             "nodes": list(self.nodes),
+            "ternary_scale": self.ternary_scale,
         }
 
 
@@ -91,7 +93,7 @@ def read_layers(model: onnx.ModelProto) -> tuple[LayerRecord, ...]:
         for key, value in props.items():
             if key.startswith(DTYPE_KEY_PREFIX):
                 entry["precisions"].setdefault(key[len(DTYPE_KEY_PREFIX) :], value)
-            elif key in (LAYER_TYPE_KEY, OP_KEY, RULE_KEY):
+            elif key in (LAYER_TYPE_KEY, OP_KEY, RULE_KEY, TERNARY_SCALE_KEY):
                 entry.setdefault(key, value)
     return tuple(
         LayerRecord(
@@ -101,6 +103,7 @@ def read_layers(model: onnx.ModelProto) -> tuple[LayerRecord, ...]:
             op=entry.get(OP_KEY, ""),
             rule=entry.get(RULE_KEY, ""),
             nodes=tuple(entry["nodes"]),
+            ternary_scale=entry.get(TERNARY_SCALE_KEY, ""),
         )
         for name, entry in found.items()
     )
@@ -108,15 +111,16 @@ def read_layers(model: onnx.ModelProto) -> tuple[LayerRecord, ...]:
 
 def layers_table(records: Iterable[LayerRecord]) -> str:
     """One row per layer: name, type, precision per component (`w`eights, `b`ias, `a`ctivations,
-    `o`utputs), op and rule."""
+    `o`utputs), ternary scale rule, op and rule."""
     rows = [
         [
             r.name,
             r.layer_type,
             " ".join(f"{c[0]}:{d}" for c, d in r.precisions.items()) or "-",
+            r.ternary_scale or "-",
             r.op or "-",
             r.rule or "-",
         ]
         for r in records
     ]
-    return table(["layer", "type", "precision", "op", "rule"], rows)
+    return table(["layer", "type", "precision", "scale", "op", "rule"], rows)

@@ -1,4 +1,4 @@
-"""Fuzzing the kernels through onnxruntime against the numpy reference (bitnet_onnx.quantization).
+"""Fuzzing the kernels through onnxruntime against the numpy reference (bitnet_onnx.numerics.quantization).
 
 Shapes: M from 0 (leading dims of rank 0 to 3), K from 1 (odd, not a multiple of the pack or
 group size, past the vector widths), N from 1. Values, row by row: normal at scales from 1e-3 to
@@ -322,8 +322,16 @@ def test_quantize_lowbit_equals_the_reference(
     assume(x.size)  # the reference cannot pack zero rows; tests/kernels covers them
     if bits == 0:
         format, per_channel = data.draw(st.sampled_from(["2bit", "base3"])), data.draw(st.booleans())
-        attributes: dict[str, object] = {"bits": 0, "format": format, "per_channel": int(per_channel)}
-        expected = quantize_lowbit_reference(x, 0, format=format, per_channel=per_channel)
+        scale = data.draw(st.sampled_from(["absmean", "least_squares"]))
+        attributes: dict[str, object] = {
+            "bits": 0,
+            "format": format,
+            "per_channel": int(per_channel),
+            "ternary_scale": scale,
+        }
+        expected = quantize_lowbit_reference(
+            x, 0, format=format, per_channel=per_channel, ternary_scale=scale
+        )
     else:
         per_byte = 8 // bits
         group_size = data.draw(st.integers(1, 40)) * per_byte

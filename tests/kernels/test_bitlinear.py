@@ -1,4 +1,4 @@
-"""BitLinear through onnxruntime against bitnet_onnx.quantization.bitlinear_reference.
+"""BitLinear through onnxruntime against bitnet_onnx.numerics.quantization.bitlinear_reference.
 
 The kernels evaluate the README's formulas in the reference's order (exact int32 accumulation,
 the same float32 roundings, no FMA contraction), so outputs are compared for exact equality, on
@@ -15,8 +15,10 @@ from hypothesis import strategies as st
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from bitnet_onnx import runtime
+from bitnet_onnx.core.dtypes import TernaryPacking, TernaryScale
 from bitnet_onnx.core.errors import UnsupportedModelError
-from bitnet_onnx.numerics.quantization import bitlinear_reference
+from bitnet_onnx.numerics.packing import pack_ternary
+from bitnet_onnx.numerics.quantization import bitlinear_reference, ternarize
 
 pytestmark = pytest.mark.kernels
 
@@ -24,12 +26,14 @@ DTYPES = [np.float32, np.float16]
 
 # (M, K, N, format, per-row scale, bias): every M in {0, 1, 3, 17, 128}, K in {32, 100, 4096} and
 # N in {1, 7, 4096}, both formats, both scale kinds, with and without bias; M ≤ 4 takes the
-# streaming path, larger M the GEMM path.
+# streaming path, larger M the GEMM path. 1 × 1024 × 1024 (256 KB of weights, a decoder layer) is
+# spread over 4 streaming tasks.
 CASES = [
     (0, 32, 7, "2bit", False, True),
     (1, 32, 1, "base3", True, False),
     (1, 100, 7, "2bit", True, True),
     (1, 4096, 4096, "2bit", True, True),
+    (1, 1024, 1024, "2bit", False, True),
     (3, 100, 4096, "base3", False, True),
     (3, 4096, 7, "2bit", False, False),
     (17, 32, 4096, "2bit", True, False),
@@ -77,6 +81,20 @@ def test_formats_scales_and_bias(
     isa: str, format: str, per_row: bool, bias: bool, rng: np.random.Generator
 ) -> None:
     operands = bitlinear_operands(33, 100, format, per_row=per_row, bias=bias)
+    for m in (2, 9):  # one streaming, one GEMM call
+        x = activations(rng, (m, 100), np.float32)
+        np.testing.assert_array_equal(run(operands, x), reference(operands, x))
+
+
+@pytest.mark.parametrize("scale", list(TernaryScale))
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_either_scale_rule_is_data_to_the_op(
+    isa: str, per_channel: bool, scale: TernaryScale, rng: np.random.Generator
+) -> None:
+    # The op reads whatever scale the converter stored: γ (absmean) or α (least squares).
+    w = rng.standard_normal((33, 100)).astype(np.float32)
+    tw = ternarize(w, per_channel, scale)
+    operands = BitLinearOperands(pack_ternary(tw.values, TernaryPacking.TWO_BIT), tw.scale, None, 100, "2bit")
     for m in (2, 9):  # one streaming, one GEMM call
         x = activations(rng, (m, 100), np.float32)
         np.testing.assert_array_equal(run(operands, x), reference(operands, x))
