@@ -11,11 +11,12 @@ context and writes only the fields it owns.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -29,7 +30,16 @@ from bitnet_onnx.log import Change, PassRecord
 if TYPE_CHECKING:
     from pathlib import Path
 
-__all__ = ["Instrument", "Pass", "PassContext", "PassError", "PassResult", "Pipeline", "graph_bytes"]
+__all__ = [
+    "Instrument",
+    "Pass",
+    "PassContext",
+    "PassError",
+    "PassResult",
+    "Pipeline",
+    "graph_bytes",
+    "warnings_to_debug",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +114,19 @@ def graph_bytes(graph: gs.Graph) -> int:
 def _itemsize(dtype: np.dtype | int) -> int:
     # gs keeps the ONNX element type (an int) of a tensor it has no numpy type for, e.g. bfloat16.
     return np.dtype(helper.tensor_dtype_to_np_dtype(dtype) if isinstance(dtype, int) else dtype).itemsize
+
+
+@contextlib.contextmanager
+def warnings_to_debug() -> Iterator[None]:
+    """Within it, pass warnings are not logged (the records keep them): for compiles
+    a search runs on trial plans, whose warnings would repeat once per plan; the compile of the
+    chosen plan prints them."""
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _shortened(warning: str) -> str:

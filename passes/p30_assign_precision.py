@@ -51,7 +51,7 @@ from bitnet_onnx.layers import ComponentType, Layer
 from bitnet_onnx.log import Change
 from bitnet_onnx.plan import LayerPlan, components_of
 from bitnet_onnx.policy import ConditionType, Decision, LayerFacts, PolicyEngine, weight_statistics
-from bitnet_onnx.validation import PrecisionValidator, ValidationReport
+from bitnet_onnx.validation import PerformanceImpactRule, PrecisionValidator, ValidationReport, default_rules
 
 __all__ = ["AssignPrecisionPass"]
 
@@ -70,6 +70,9 @@ _STORED_DTYPES: Mapping[np.dtype, DType] = {
 }
 _MAX_CONFLICT_LAYERS = 5  # layers named per grouped conflict warning; the count gives the rest
 _CLOSEST = 3
+# The plan's rules, less the guess at conversions from layer order: fold_converts counts the ones
+# the rewrite really inserts, along the graph's edges.
+_PLAN_RULES = [rule for rule in default_rules() if not isinstance(rule, PerformanceImpactRule)]
 
 
 class AssignPrecisionPass:
@@ -137,7 +140,7 @@ class AssignPrecisionPass:
 
         warnings = _unknown_layer_warnings(config, [layer.name for layer in layers])
         warnings += _conflict_warnings(conflicts)
-        report = PrecisionValidator().validate_specs(
+        report = PrecisionValidator(_PLAN_RULES).validate_specs(
             [_spec(p, tensors, config) for p in plan.values()],
             support_matrix=config.support,
             budget_bytes=self.memory_budget,
