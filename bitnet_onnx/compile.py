@@ -213,6 +213,8 @@ def compile(
         model_dir=loaded.base_dir,
         measure_kernels=measure_kernels,
         custom_op_libraries=libraries,
+        source=model,
+        progress=progress,
     )
     with ExitStack() as stack:
         instruments: list[Instrument] = []

@@ -68,6 +68,8 @@ class PassContext:
     calibration: Mapping[str, np.ndarray] | None = None  # sample inputs; set by compile()
     model_dir: Path | None = None  # where external data of the input lives; set by compile()
     custom_op_libraries: tuple[Path, ...] = ()  # the user's libraries for other custom ops; compile()
+    source: Any = None  # the model as compile() was given it (path or ModelProto), to measure on; compile()
+    progress: bool = False  # show progress bars of long measurements; compile()
     seed: int = 0
     # compile(); False: no choice depends on timings taken on this machine (rewrite's I8 kernel
     # takes its fixed preference), so tests and reproducible builds do not depend on the CPU's load.

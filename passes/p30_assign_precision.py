@@ -15,7 +15,14 @@ tensor counted once per precision, so a tied table shared at one precision count
 budget. Weight statistics (`policy.weight_statistics`) cost a pass over the weights, so they are
 computed only when an enabled policy has a `weight_statistic` condition. `original_dtype` is the
 element type of the weight initializer as the model stores it (F32 for a layer without weights).
-Sensitivity is not measured here; conditions on it are false (`LayerFacts.sensitivity` empty).
+Sensitivity is measured only when an enabled policy has a `sensitivity` condition, and only for
+the precisions such conditions name (their `key`, else the precision the config resolves for the
+component being decided): `sensitivity.measure_sensitivity` on the model as compile() was given it
+(`ctx.source`), on the given inputs (else one generated batch), everything else F32, cached on disk
+per model, with a progress bar when `ctx.progress`. The fact is 1 − cosine of the outputs with the
+layer alone at that precision (the most precise candidate of `objectives.candidate_choices` with
+it). Without `ctx.source` (passes run outside compile()) such a policy is refused with a
+ConfigError naming it, never left silently false.
 
 Then the whole plan goes through `PrecisionValidator` (layers in model order, the config's support
 matrix, the memory budget): its errors stop the compile with one ValidationError listing them all;
@@ -49,8 +56,16 @@ from bitnet_onnx.errors import ConfigError
 from bitnet_onnx.layer_precision import LayerPrecisionSpec
 from bitnet_onnx.layers import ComponentType, Layer
 from bitnet_onnx.log import Change
+from bitnet_onnx.objectives import PrecisionChoice, candidate_choices
 from bitnet_onnx.plan import LayerPlan, components_of
-from bitnet_onnx.policy import ConditionType, Decision, LayerFacts, PolicyEngine, weight_statistics
+from bitnet_onnx.policy import (
+    ConditionType,
+    Decision,
+    LayerFacts,
+    PolicyCondition,
+    PolicyEngine,
+    weight_statistics,
+)
 from bitnet_onnx.validation import PerformanceImpactRule, PrecisionValidator, ValidationReport, default_rules
 
 __all__ = ["AssignPrecisionPass"]
@@ -102,7 +117,12 @@ class AssignPrecisionPass:
             for layer in layers
         }
         memory_usage = self._memory_usage(layers, resolutions, tensors)
-        wants_statistics = policy is not None and _asks_for_statistics(policy)
+        wants_statistics = policy is not None and _asks_for(policy, ConditionType.WEIGHT_STATISTIC)
+        sensitivity = (
+            _sensitivity(ctx, layers, resolutions)
+            if policy is not None and _asks_for(policy, ConditionType.SENSITIVITY)
+            else {}
+        )
         statistics: dict[str, Mapping[str, float]] = {}
         changes: list[Change] = []
         conflicts: dict[tuple[str, str], list[str]] = defaultdict(list)
@@ -118,6 +138,7 @@ class AssignPrecisionPass:
                 memory_usage=memory_usage,
                 weight_statistics=self._statistics(layer, tensors, statistics) if wants_statistics else {},
                 original_dtype=_original_dtype(layer, tensors),
+                sensitivity=sensitivity.get(layer.name, {}),
             )
             decisions: dict[ComponentType, Decision] = {}
             for component, resolution in resolutions[layer.name].items():
@@ -198,14 +219,63 @@ class AssignPrecisionPass:
         return cache[tensor.name]
 
 
-def _asks_for_statistics(policy: PolicyEngine) -> bool:
-    return any(
-        condition.condition_type is ConditionType.WEIGHT_STATISTIC
+def _conditions(policy: PolicyEngine, ctype: ConditionType) -> list[tuple[str, PolicyCondition]]:
+    """(`policy/rule`, condition) of every enabled policy's conditions of type `ctype`."""
+    return [
+        (f"{p.id}/{rule.id}", condition)
         for p in policy.policies
         if p.enabled
         for rule in p.rules
         for condition in rule.conditions
+        if condition.condition_type is ctype
+    ]
+
+
+def _asks_for(policy: PolicyEngine, ctype: ConditionType) -> bool:
+    return bool(_conditions(policy, ctype))
+
+
+def _sensitivity(
+    ctx: PassContext, layers: Sequence[Layer], resolutions: Mapping[str, Mapping[ComponentType, Resolution]]
+) -> dict[str, dict[DType, float]]:
+    """Layer → precision → measured 1 − cosine, for the precisions the sensitivity conditions ask."""
+    from bitnet_onnx.calibration import Calibration
+    from bitnet_onnx.sensitivity import measure_sensitivity
+
+    asking = _conditions(ctx.policy, ConditionType.SENSITIVITY)
+    if ctx.source is None:
+        rules = ", ".join(sorted({where for where, _ in asking}))
+        raise ConfigError(
+            f"policy rule(s) {rules} have a sensitivity condition, which needs the model's measured "
+            "sensitivity: compile with bitnet_onnx.compile() / `bitnet-onnx compile` (which measure it), "
+            "or drop the condition; `bitnet-onnx analyze MODEL` prints each layer's sensitivity"
+        )
+    keys = {c.key for _, c in asking}
+    choices: dict[str, list[PrecisionChoice]] = {}
+    for layer in layers:
+        wanted = {k for k in keys if isinstance(k, DType)}
+        if None in keys:
+            wanted |= {r.dtype for r in resolutions[layer.name].values()}
+        candidates = candidate_choices(layer, ctx.config.support)
+        picked = [
+            next((c for c in candidates if c.precision is d), None) for d in sorted(wanted, key=DType.rank)
+        ]
+        if any(c is not None for c in picked):
+            choices[layer.name] = list(dict.fromkeys(c for c in picked if c is not None))
+    if not choices:
+        return {}
+    calibration = (
+        Calibration((ctx.calibration,))
+        if ctx.calibration is not None
+        else Calibration.generated(ctx.source, n=1)
     )
+    table = measure_sensitivity(
+        ctx.source, calibration, layers=list(choices), choices=choices, progress=ctx.progress
+    )
+    measured: dict[str, dict[DType, float]] = defaultdict(dict)
+    for entry in table.entries:
+        measured[entry.layer][entry.choice.precision] = 1.0 - entry.cosine
+    return measured
 
 
 def _change(layer: Layer, component: ComponentType, decision: Decision) -> Change:
