@@ -118,7 +118,12 @@ def test_no_strict_writes_and_exits_3_when_the_goal_is_missed(capsys, tmp_path):
             ["compile", str(CONVNET), "-o", "o.onnx", "--inputs", "nope.npz"],
             "cannot read sample inputs nope.npz",
         ),
-        (["compile", str(CONVNET), "-o", "o.onnx", "--memory-budget", "1KiB"], "over the budget"),
+        (
+            ["compile", str(CONVNET), "-o", "o.onnx", "--memory-budget", "1KiB"],
+            "over the budget of 1024. Fix: lower precisions (CLI: --strategy aggressive, --objective",
+        ),
+        (["run", str(CONVNET), "--save", "out.txt"], "--save out.txt: the outputs are saved as .npz"),
+        (["run", str(CONVNET), "--save", "no/out.npz"], "folder no does not exist"),
         (["run", "missing.onnx"], "missing.onnx: no such file"),
         (["inspect", str(CONVNET)], "has no bitnet.layer annotations: it was not compiled by bitnet-onnx"),
         (["log", "nope.jsonl"], "cannot read pass log nope.jsonl"),
@@ -158,6 +163,39 @@ def test_run_prints_output_shapes_and_statistics(capsys, compiled_llama):
         logits = runtime.session(compiled_llama).run(["logits"], dict(feeds))[0].astype(np.float64)
     assert line.startswith("logits: float32 [2, 8, 256]  min ")
     assert f"max {logits.max():.6g}" in line and f"mean {logits.mean():.6g}" in line
+
+
+def test_run_save_writes_the_outputs_themselves(capsys, compiled_llama, tmp_path):
+    inputs = FIXTURES / "llama_tiny.inputs.npz"
+    out = tmp_path / "outputs.npz"
+    code, stdout, _ = _run(capsys, "run", str(compiled_llama), "--inputs", str(inputs), "--save", str(out))
+    assert code == EXIT_OK and stdout.splitlines()[-1] == f"outputs written to {out}"
+    with np.load(inputs) as feeds:
+        (logits,) = runtime.session(compiled_llama).run(["logits"], dict(feeds))
+    with np.load(out) as saved:
+        assert saved.files == ["logits"]
+        np.testing.assert_array_equal(saved["logits"], logits)
+    assert [p.name for p in tmp_path.iterdir()] == ["outputs.npz"]  # no temporary file left
+
+
+def _commands(parser):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            yield from action.choices.items()
+
+
+def test_every_command_and_option_has_a_description():
+    import argparse
+
+    from bitnet_onnx.cli import _build_parser
+
+    for name, command in _commands(_build_parser()):
+        assert command.description, f"{name} has no description"
+        for action in command._actions:
+            if not isinstance(action, argparse._HelpAction):
+                assert action.help, f"{name} {action.option_strings or action.dest} has no help"
 
 
 def test_run_profile_groups_kernel_time_by_layer(capsys, compiled_llama):
