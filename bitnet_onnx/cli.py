@@ -294,7 +294,7 @@ def _times_table(times: Sequence) -> str:
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from bitnet_onnx.errors import UnsupportedModelError
-    from bitnet_onnx.inspection import layers_table, read_layers
+    from bitnet_onnx.inspection import components_table, read_layers
     from bitnet_onnx.passes._graph import load_model
 
     records = read_layers(load_model(args.model).proto)
@@ -306,7 +306,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([r.to_json() for r in records], indent=2))
     else:
-        print(layers_table(records))
+        print(components_table(records))
     return EXIT_OK
 
 

@@ -236,8 +236,7 @@ def compile(
     compiled.producer_name, compiled.producer_version = "bitnet-onnx", __version__
     stale = stamp_annotations(compiled, ctx.annotations)
     logger.debug("annotations of %d nodes removed by later passes were not stamped", len(stale))
-    order = {name: i for i, name in enumerate(ctx.plan)}
-    layers = tuple(sorted(read_layers(compiled), key=lambda r: order.get(r.name, len(order))))
+    layers = read_layers(compiled)  # in model order, as inspect shows them
     if out is not None:
         write_model(compiled, out, loaded.base_dir)
     return CompileResult(

@@ -10,9 +10,12 @@ component is stored and computed in its planned precision. Then:
    is warned about with the bytes the second copy costs.
 2. The graph is cleaned up once (dead nodes, tensors and initializers dropped) and sorted.
 3. Every node a layer kept or gained is annotated (`ctx.annotations[node]`): `bitnet.layer`,
-   `bitnet.layer_type`, `bitnet.dtype.<component>` for each planned component, `bitnet.op` (what
-   computes the layer now) and `bitnet.rule` (the source of the layer's deciding decision: weights
-   when it has them, else activations). Annotations of the layer's nodes that are gone are dropped.
+   `bitnet.layer_type`, `bitnet.dtype.<component>` for each planned component,
+   `bitnet.component.<component>` (its settings as JSON: precision, layout knobs, conversion
+   strategy, deciding rule; `plan.component_settings`), `bitnet.layer_index` (the layer's position
+   in the model), `bitnet.op` (what computes the layer now) and `bitnet.rule` (the source of the
+   layer's deciding decision: weights when it has them, else activations). Annotations of the
+   layer's nodes that are gone are dropped.
 4. One `Change(action="rewrite")` per layer: the op, the layer's constant bytes before → after,
    and a line of detail (e.g. the I8 kernel choice and its timings). Stats count layers per op,
    the bytes, and the I8 kernels measured.
@@ -20,6 +23,7 @@ component is stored and computed in its planned precision. Then:
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -29,12 +33,21 @@ import onnx_graphsurgeon as gs
 
 from bitnet_onnx.layers import ComponentType, LayerType
 from bitnet_onnx.log import Change
-from bitnet_onnx.plan import LayerPlan
+from bitnet_onnx.plan import LayerPlan, component_settings
 
 from .base import PassContext, PassResult
 from .rewrite import REWRITERS, LayerEditor, LayerRewrite, RewriteEnv
 
-__all__ = ["LAYER_KEY", "LAYER_TYPE_KEY", "OP_KEY", "RULE_KEY", "RewritePass", "dtype_key"]
+__all__ = [
+    "INDEX_KEY",
+    "LAYER_KEY",
+    "LAYER_TYPE_KEY",
+    "OP_KEY",
+    "RULE_KEY",
+    "RewritePass",
+    "component_key",
+    "dtype_key",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +55,7 @@ LAYER_KEY = "bitnet.layer"
 LAYER_TYPE_KEY = "bitnet.layer_type"
 OP_KEY = "bitnet.op"
 RULE_KEY = "bitnet.rule"
+INDEX_KEY = "bitnet.layer_index"
 
 _DECIDING = (ComponentType.WEIGHTS, ComponentType.ACTIVATIONS, ComponentType.OUTPUTS, ComponentType.BIAS)
 
@@ -49,6 +63,12 @@ _DECIDING = (ComponentType.WEIGHTS, ComponentType.ACTIVATIONS, ComponentType.OUT
 def dtype_key(component: ComponentType) -> str:
     """The annotation key holding a component's precision, e.g. `bitnet.dtype.weights`."""
     return f"bitnet.dtype.{component.value}"
+
+
+def component_key(component: ComponentType) -> str:
+    """The annotation key holding a component's settings as JSON (`plan.component_settings`),
+    e.g. `bitnet.component.weights`."""
+    return f"bitnet.component.{component.value}"
 
 
 @dataclass(frozen=True)
@@ -108,8 +128,10 @@ def _annotate(ctx: PassContext, item: _Done, alive: set[str]) -> None:
         LAYER_KEY: layer.name,
         LAYER_TYPE_KEY: layer.layer_type.value,
         **{dtype_key(c): d.dtype.name for c, d in item.plan.decisions.items()},
+        **{component_key(c): json.dumps(component_settings(d)) for c, d in item.plan.decisions.items()},
         OP_KEY: item.result.op,
         RULE_KEY: _deciding(item.plan),
+        INDEX_KEY: str(layer.index),
     }
     for name in layer.nodes:
         if name not in alive:

@@ -238,6 +238,64 @@ def test_inspect_table_and_json(capsys, compiled_llama):
     assert len(records) == 25
 
 
+def test_inspect_shows_every_components_settings_and_rule_in_compile_order(capsys, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        """version: 1
+strategy: balanced
+layer_types:
+  linear: {precision: BITNET158, per_channel: true, packing: base3, components: {activations: I8}}
+layers:
+  "model.layers.*.mlp.*": {layer_type: linear, precision: I4, group_size: 32, asymmetric: true,
+                           conversion_strategy: scaled}
+policies:
+  - id: act16
+    rules:
+      - id: o_proj_activations
+        conditions:
+          - {type: layer_name, operator: matches, value: "*.o_proj"}
+          - {type: component, operator: equal, value: activations}
+        action: {type: set_precision, precision: F16}
+"""
+    )
+    out = tmp_path / "m.onnx"
+    code, compiled_table, _ = _run(
+        capsys, "compile", str(LLAMA), "-o", str(out), "--config", str(config), "--no-kernel-timing"
+    )
+    assert code == EXIT_OK
+    code, stdout, _ = _run(capsys, "inspect", str(out), "--json")
+    records = json.loads(stdout)
+    compile_order = [
+        line.split()[0] for line in compiled_table.splitlines()[2:] if line and not line.startswith(" ")
+    ]
+    assert [r["name"] for r in records] == compile_order[: len(records)]
+    by_name = {r["name"]: r for r in records}
+    q = by_name["model.layers.0.self_attn.q_proj"]["components"]["weights"]
+    assert (q["precision"], q["per_channel"], q["packing"], q["rule"]) == (
+        "BITNET158",
+        True,
+        "base3",
+        "layer_type:linear",
+    )
+    up = by_name["model.layers.0.mlp.up_proj"]["components"]["weights"]
+    assert (up["precision"], up["group_size"], up["asymmetric"], up["conversion_strategy"]) == (
+        "I4",
+        32,
+        True,
+        "scaled",
+    )
+    assert up["rule"] == "glob:model.layers.*.mlp.*"
+    o_proj = by_name["model.layers.1.self_attn.o_proj"]["components"]
+    assert o_proj["activations"]["rule"] == "policy:act16/o_proj_activations"
+    assert o_proj["activations"]["precision"] == "F16" and o_proj["weights"]["rule"] == "layer_type:linear"
+    code, table, _ = _run(capsys, "inspect", str(out))
+    rows = table.splitlines()
+    header = rows[0].split()
+    assert header == ["layer", "type", "component", "precision", "knobs", "conversion", "rule", "op"]
+    up_row = next(i for i, line in enumerate(rows) if line.startswith("model.layers.0.mlp.up_proj "))
+    assert rows[up_row].split()[2:7] == ["weights", "I4", "group_size=32", "asymmetric=true", "scaled"]
+
+
 def test_log_renders_the_pass_table(capsys, tmp_path):
     log = tmp_path / "l.jsonl"
     assert (

@@ -3,6 +3,8 @@ whole models from models/ through normalize → annotate_layers → assign_preci
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -12,11 +14,12 @@ from bitnet_onnx.passes.base import PassContext, PassError, Pipeline
 from bitnet_onnx.passes.p10_normalize import NormalizePass
 from bitnet_onnx.passes.p20_annotate_layers import AnnotateLayersPass
 from bitnet_onnx.passes.p30_assign_precision import AssignPrecisionPass
-from bitnet_onnx.passes.p50_rewrite import RewritePass, dtype_key
+from bitnet_onnx.passes.p50_rewrite import RewritePass, component_key, dtype_key
 
 from bitnet_onnx.config import MixedPrecisionConfig
 from bitnet_onnx.dtypes import DType
 from bitnet_onnx.layers import ComponentType, LayerType
+from bitnet_onnx.plan import component_settings
 from models import inputs, llama
 from models.weights import WeightInit
 from tests.passes.rewrite_graphs import export, linear_case, make_plan, rewrite, run
@@ -57,9 +60,13 @@ def test_every_node_a_layer_gained_is_annotated_with_its_precisions_op_and_rule(
             dtype_key(ComponentType.BIAS): "F16",
             dtype_key(ComponentType.ACTIVATIONS): "I8",
             dtype_key(ComponentType.OUTPUTS): "F16",
+            **{component_key(c): json.dumps(component_settings(d)) for c, d in plan.decisions.items()},
             "bitnet.op": "BitLinear",
             "bitnet.rule": "test:plan",
+            "bitnet.layer_index": str(case.layer.index),
         }
+    weights = json.loads(props[component_key(ComponentType.WEIGHTS)])
+    assert (weights["precision"], weights["rule"]) == ("BITNET158", "test:plan")
     (change,) = result.changes
     assert (change.layer, change.action, change.node, change.dtype) == (
         "model.proj",
