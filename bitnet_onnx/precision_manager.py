@@ -64,7 +64,7 @@ from bitnet_onnx.converter import ConversionConfig, ConversionStrategy, Precisio
 from bitnet_onnx.cost_model import CostModel, LatencyTable, storage_shape
 from bitnet_onnx.dtypes import DType, WeightLayout
 from bitnet_onnx.errors import ConfigError
-from bitnet_onnx.layer_precision import LayerPrecisionManager, LayerPrecisionSpec
+from bitnet_onnx.layer_precision import LayerPrecisionManager, LayerPrecisionSpec, require_weight_shapes
 from bitnet_onnx.layers import ComponentType, Layer, LayerType
 from bitnet_onnx.objectives import OptimizationObjective, PrecisionChoice, candidate_choices
 from bitnet_onnx.policy import Decision, LayerFacts, PolicyEngine, weight_statistics
@@ -401,6 +401,8 @@ class PrecisionManager:
 
     def _plan_inputs(self) -> tuple[list[Layer], dict[str, PrecisionChoice], set[str], dict]:
         specs = self._specs.layers()
+        if self._model is None:  # with a model, its layers give the shapes
+            require_weight_shapes(specs, "the search and the analysis of registered layers")
         layers = [self._layer(spec.name) for spec in specs]
         plan = {spec.name: _choice_of(spec, layer) for spec, layer in zip(specs, layers, strict=True)}
         pinned = {spec.name for spec in specs if not spec.dynamic_adjustment}
