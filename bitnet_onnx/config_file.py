@@ -18,7 +18,7 @@ layer_types:                   # layer-type defaults; each entry replaces the pr
       activations: I8
       bias: {precision: F16}
   attention: F16               # short form: only a precision
-  other: null                  # null removes the preset's entry
+  embedding: null              # null removes the preset's entry
 
 components:                    # component defaults (weights, bias, activations, outputs, gradients)
   weights: {precision: I4, group_size: 64}
