@@ -33,6 +33,7 @@ INPUT = "<graph input>"
 OUTPUT = "<graph output>"
 
 _LAYER_KEY = "bitnet.layer"
+_LAYER_TYPE_KEY = "bitnet.layer_type"
 _MOVING = frozenset(
     ["Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Slice", "Expand", "Split"]
 )
@@ -49,6 +50,7 @@ class BoundaryEdge:
     shapes: tuple[str, ...]  # the converted value's shape per node, e.g. `[batch, seq, 64]`
     round_trip: bool  # the value is converted back to the type it left `source` in
     inserted_by: str  # the layer whose rewrite inserted the first node (its annotation)
+    inserted_by_type: str  # that layer's type
     start: str  # numpy name of the type the value had before the first node
 
     @property
@@ -194,6 +196,7 @@ def boundary_conversions(
             tuple(_shape(n.outputs[0]) for n in chains[key]),
             _round_trip(chains[key]),
             annotations.get(chains[key][0].name, {}).get(_LAYER_KEY, ""),
+            annotations.get(chains[key][0].name, {}).get(_LAYER_TYPE_KEY, ""),
             _type_name(chains[key][0].inputs[0]),
         )
         for (source, key), targets in groups.items()

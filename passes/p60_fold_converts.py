@@ -323,18 +323,20 @@ _FLOAT_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 
 
 def _round_trip_warning(trips: list[BoundaryEdge]) -> str | None:
-    """One warning for every round trip, with the policy that removes them: a layer that rounded
-    its outputs on the way out keeps its outputs in the type the value returns to; a layer that
-    rounded a value on the way in (which others read too) computes in that type altogether."""
+    """One warning for every round trip, the fix first (the pipeline logs the start of a long
+    warning): a policy for the layer types that rounded. A layer that rounded its outputs on the way
+    out keeps its outputs in the type the value returns to; a layer that rounded a value on the way
+    in (which others read too) computes in that type altogether."""
     if not trips:
         return None
     wanted: dict[tuple[str, str], set[str]] = {}
     for e in trips:
         part = "outputs" if e.inserted_by == e.source else "layer"
-        wanted.setdefault((part, _FLOAT_DTYPES.get(e.start, "F32")), set()).add(e.inserted_by)
+        if e.inserted_by_type:  # a conversion no layer inserted has no policy to change it
+            wanted.setdefault((part, _FLOAT_DTYPES.get(e.start, "F32")), set()).add(e.inserted_by_type)
     rules = []
-    for (part, dtype), names in sorted(wanted.items()):
-        conditions = [f"{{type: layer_name, operator: in, value: [{', '.join(sorted(names))}]}}"]
+    for (part, dtype), types in sorted(wanted.items()):
+        conditions = [f"{{type: layer_type, operator: in, value: [{', '.join(sorted(types))}]}}"]
         if part == "outputs":
             conditions.append("{type: component, operator: equal, value: outputs}")
         rules.append(
@@ -344,10 +346,9 @@ def _round_trip_warning(trips: list[BoundaryEdge]) -> str | None:
     nodes = sum(e.count for e in trips)
     return (
         f"{len(trips)} edges between layers convert a value and convert it back ({nodes} conversion "
-        "nodes, each one pass over the value per run; the readers never see the rounded precision): "
+        "nodes, each one pass over the value per run). Fix, in the config: policies: [{id: "
+        f"no_round_trips, priority: 100, rules: [{', '.join(rules)}]}}]. The edges: "
         + "; ".join(_edge_text(e) for e in trips)
-        + ". Fix: keep the value in the type it returns to; in the config: "
-        f"policies: [{{id: no_round_trips, priority: 100, rules: [{', '.join(rules)}]}}]"
     )
 
 

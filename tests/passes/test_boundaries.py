@@ -20,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import bitnet_onnx
 from bitnet_onnx.config_file import config_from_dict
-from bitnet_onnx.layers import ComponentType
+from bitnet_onnx.layers import ComponentType, LayerType
 
 F32, F16 = TensorProto.FLOAT, TensorProto.FLOAT16
 FIXTURES = Path(__file__).resolve().parents[2] / "models" / "fixtures"
@@ -113,12 +113,17 @@ def test_fold_converts_warns_once_about_round_trips_with_a_policy_that_parses():
         helper.make_node("Transpose", ["h"], ["r"], name="between", perm=[0, 1]),  # moves values
         helper.make_node("Cast", ["r"], ["y"], name="back", to=F32),
     ]
-    (warning,) = _fold_warning(_graph(nodes), _layers(a_relu="A", a_out="A"))
+    annotations = {name: {"bitnet.layer": "A", "bitnet.layer_type": "linear"} for name in ("a_relu", "a_out")}
+    (warning,) = _fold_warning(_graph(nodes), annotations)
     assert warning.startswith("1 edges between layers convert a value and convert it back (2 conversion")
-    policy = yaml.safe_load(warning.split("in the config: ", 1)[1])
+    assert warning.index("Fix, in the config: policies:") < warning.index("The edges: A →")
+    policy = yaml.safe_load(warning.split("in the config: ", 1)[1].split(". The edges: ")[0])
     config = config_from_dict({"version": 1, "strategy": "balanced", **policy})
     (rule,) = config.policies[0].rules
-    assert rule.id == "outputs_f32" and [c.value for c in rule.conditions] == [("A",), ComponentType.OUTPUTS]
+    assert rule.id == "outputs_f32" and [c.value for c in rule.conditions] == [
+        (LayerType.LINEAR,),
+        ComponentType.OUTPUTS,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +151,7 @@ def test_the_warnings_fix_removes_the_round_trips_it_names(llama):
     (warning,) = records["fold_converts"].warnings
     trips = records["fold_converts"].stats["round_trips"]
     assert warning.startswith(f"{trips} edges between layers") and "self_attn.q_proj →" in warning
-    policy = yaml.safe_load(warning.split("in the config: ", 1)[1])
+    policy = yaml.safe_load(warning.split("in the config: ", 1)[1].split(". The edges: ")[0])
     (llama / "fix.yaml").write_text(json.dumps({"version": 1, "strategy": "balanced", **policy}))
     fixed = {r.pass_name: r for r in _compile(llama, llama / "fix.yaml", "fixed").records}
     assert fixed["fold_converts"].warnings == ()
