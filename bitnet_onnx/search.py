@@ -664,7 +664,7 @@ def verify(
     """Compile and measure `result`'s plan and alternatives on `holdout` (a Calibration held apart
     from the one the sensitivity was measured on), back off on a missed accuracy (module docstring)."""
     from bitnet_onnx.compile import compile as compile_model
-    from bitnet_onnx.passes.base import warnings_to_debug
+    from bitnet_onnx.passes.base import pass_warnings_silenced
 
     batches = list(holdout.batches)
     source = model if isinstance(model, onnx.ModelProto) else os.fspath(model)
@@ -679,7 +679,7 @@ def verify(
         nonlocal bytes_before
         out = folder / f"plan{len(tried)}.onnx"
         config = plan_to_config(plan, base_config, layers=layers)
-        with warnings_to_debug():
+        with pass_warnings_silenced():
             compiled = compile_model(model, config, output=out, inputs=dict(batches[0]), strict=False)
         bytes_before = compiled.bytes_before
         error = max(0.0, 1.0 - _cosine(reference, _outputs(out, batches)))

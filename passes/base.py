@@ -38,7 +38,7 @@ __all__ = [
     "PassResult",
     "Pipeline",
     "graph_bytes",
-    "warnings_to_debug",
+    "pass_warnings_silenced",
 ]
 
 logger = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def _itemsize(dtype: np.dtype | int) -> int:
 
 
 @contextlib.contextmanager
-def warnings_to_debug() -> Iterator[None]:
+def pass_warnings_silenced() -> Iterator[None]:
     """Within it, pass warnings are not logged (the records keep them): for compiles
     a search runs on trial plans, whose warnings would repeat once per plan; the compile of the
     chosen plan prints them."""

@@ -5,7 +5,14 @@ from typing import ClassVar
 import numpy as np
 import onnx_graphsurgeon as gs
 import pytest
-from bitnet_onnx.passes.base import PassContext, PassError, PassResult, Pipeline, graph_bytes
+from bitnet_onnx.passes.base import (
+    PassContext,
+    PassError,
+    PassResult,
+    Pipeline,
+    graph_bytes,
+    pass_warnings_silenced,
+)
 
 from bitnet_onnx.errors import ConfigError
 from bitnet_onnx.log import Change
@@ -92,3 +99,17 @@ def test_user_errors_pass_through_unchanged():
 def test_duplicate_pass_names_rejected():
     with pytest.raises(ValueError, match="duplicate pass names"):
         Pipeline([_HalveWeights(), _HalveWeights()])
+
+
+def test_warnings_are_logged_once_per_pass_except_in_a_trial_compile(caplog):
+    def warned() -> list[str]:
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            records = Pipeline([_HalveWeights(), _NeedsHalve()]).run(_graph(), PassContext(config=None))
+        assert records[1].warnings == ("nothing to do",)  # the record keeps it either way
+        return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+    assert warned() == ["after: nothing to do"]
+    with pass_warnings_silenced():
+        assert warned() == []
+    assert warned() == ["after: nothing to do"]  # the level is restored
