@@ -1,6 +1,11 @@
 """Instruments: what watches the pipeline without being a pass (TVM's PassInstrument).
 
 Each gets every `PassRecord` and the graph as it stands after that pass:
+- `LogRecords` logs one line per pass (time, nodes, changes, warnings, then its stats at DEBUG) and
+  each of its warnings, cut to 600 characters (the record keeps all of it; a warning's fix comes
+  first), at WARNING level so a user sees them without reading the log (a sweep over candidates
+  lowers both levels; `pass_warnings_silenced()` mutes them for compiles a search runs on trial
+  plans, whose warnings would repeat once per plan);
 - `JsonlLog` writes the record as one JSON line to a stream (flushed, so a failed compile leaves
   the records of the passes that ran);
 - `DumpAfter` writes the model after each named pass to `<folder>/NNN_<pass>.onnx`, NNN its
@@ -11,23 +16,72 @@ Each gets every `PassRecord` and the graph as it stands after that pass:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
 import onnx_graphsurgeon as gs
-from bitnet_onnx.passes._graph import ModelInfo, export_model, stamp_annotations
-from bitnet_onnx.passes.base import PassContext
 from tqdm import tqdm
 
-from bitnet_onnx.log import PassRecord, write_record
-from bitnet_onnx.model_file import write_model
+from bitnet_onnx.core.log import PassRecord, write_record
+from bitnet_onnx.passes._graph import ModelInfo, export_model, stamp_annotations
+from bitnet_onnx.passes.base import PassContext
+from bitnet_onnx.runtime.model_file import write_model
 
-__all__ = ["DumpAfter", "JsonlLog", "ProgressBar"]
+__all__ = ["DumpAfter", "JsonlLog", "LogRecords", "ProgressBar", "pass_warnings_silenced"]
 
 logger = logging.getLogger(__name__)
+
+# A warning logged longer than this is cut; the pass record keeps all of it. Long enough for a
+# warning's fix, which comes first (fold_converts' round trips: a policy of ~350 characters).
+_WARNING_CHARS = 600
+
+
+@contextlib.contextmanager
+def pass_warnings_silenced() -> Iterator[None]:
+    """Within it, `LogRecords` logs no warnings (the records keep them): for the compiles a search
+    runs on trial plans; the compile of the chosen plan prints them once."""
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+class LogRecords:
+    """Logs each pass's record: its summary at `level`, its stats at DEBUG, its warnings at
+    `warning_level`."""
+
+    def __init__(self, level: int = logging.INFO, warning_level: int = logging.WARNING) -> None:
+        self.level = level
+        self.warning_level = warning_level
+
+    def after_pass(self, record: PassRecord, graph: gs.Graph, ctx: PassContext) -> None:
+        logger.log(
+            self.level,
+            "%s: %.3fs, nodes %d→%d, %d changes, %d warnings",
+            record.pass_name,
+            record.seconds,
+            record.nodes_before,
+            record.nodes_after,
+            len(record.changes),
+            len(record.warnings),
+        )
+        if record.stats:
+            stats = ", ".join(f"{key}={value}" for key, value in record.stats.items())
+            logger.debug("%s stats: %s", record.pass_name, stats)
+        for warning in record.warnings:
+            logger.log(self.warning_level, "%s: %s", record.pass_name, _shortened(warning))
+
+
+def _shortened(warning: str) -> str:
+    if len(warning) <= _WARNING_CHARS:
+        return warning
+    return f"{warning[:_WARNING_CHARS]}... (the pass log holds the full text)"
 
 
 class JsonlLog:

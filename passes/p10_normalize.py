@@ -56,7 +56,6 @@ from __future__ import annotations
 import collections
 import functools
 import heapq
-import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import ClassVar
 
@@ -66,22 +65,15 @@ import onnx.defs
 import onnx.shape_inference
 import onnx.version_converter
 import onnx_graphsurgeon as gs
-from bitnet_onnx.passes._contrib_types import TYPING_DOMAINS, register_typing_schemas
-from bitnet_onnx.passes._graph import (
-    adopt_structure,
-    all_graph_protos,
-    apply_value_info,
-    export_model,
-    weightless_model,
-)
-from bitnet_onnx.passes.base import PassContext, PassResult
 
-from bitnet_onnx.errors import UnsupportedModelError
-from bitnet_onnx.log import Change
+from bitnet_onnx.core.errors import UnsupportedModelError
+from bitnet_onnx.core.graphs import all_graph_protos
+from bitnet_onnx.core.log import Change
+from bitnet_onnx.passes._contrib_types import TYPING_DOMAINS, register_typing_schemas
+from bitnet_onnx.passes._graph import adopt_structure, apply_value_info, export_model, weightless_model
+from bitnet_onnx.passes.base import Condition, PassContext, PassResult, context_set
 
 __all__ = ["MIN_OPSET", "NormalizePass"]
-
-logger = logging.getLogger(__name__)
 
 MIN_OPSET = 17
 _INITIALIZERS_NEED_NO_INPUT = 4  # the first ir_version whose initializers need not be graph inputs
@@ -97,6 +89,7 @@ _PRIVATE_DOMAINS = frozenset({_PARKING_DOMAIN, *TYPING_DOMAINS.values()})
 class NormalizePass:
     name: ClassVar[str] = "normalize"
     requires: ClassVar[tuple[str, ...]] = ()
+    ensures: ClassVar[tuple[Condition, ...]] = (context_set("original"),)
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         changes = _unique_names(graph)
@@ -151,13 +144,6 @@ class NormalizePass:
             "unchecked_ops": unchecked,
             "untyped_tensors": untyped,
         }
-        logger.info(
-            "normalize: opset %d → %d, %d renamed, %d value infos inferred",
-            opset_before,
-            graph.opset,
-            stats["renamed"],
-            gained,
-        )
         return PassResult(
             modified=bool(changes or gained), changes=tuple(changes), warnings=tuple(warnings), stats=stats
         )
@@ -427,8 +413,8 @@ def _run_shapes(
     """The shapes of the outputs `names` in one onnxruntime run of the model as it is, on the given
     inputs (`ctx.calibration`, else generated ones), declared on the graph's outputs too; or no
     shapes and why not (appended to the refusal)."""
-    from bitnet_onnx.model_file import session_for
-    from bitnet_onnx.sample_inputs import sample_inputs
+    from bitnet_onnx.runtime.model_file import session_for
+    from bitnet_onnx.runtime.sample_inputs import sample_inputs
 
     try:
         model = export_model(graph)

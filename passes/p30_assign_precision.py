@@ -17,12 +17,10 @@ computed only when an enabled policy has a `weight_statistic` condition. `origin
 element type of the weight initializer as the model stores it (F32 for a layer without weights).
 Sensitivity is measured only when an enabled policy has a `sensitivity` condition, and only for
 the precisions such conditions name (their `key`, else the precision the config resolves for the
-component being decided): `sensitivity.measure_sensitivity` on the model as compile() was given it
-(`ctx.source`), on the given inputs (else one generated batch), everything else F32, cached on disk
-per model, with a progress bar when `ctx.progress`. The fact is 1 − cosine of the outputs with the
-layer alone at that precision (the most precise candidate of `objectives.candidate_choices` with
-it). Without `ctx.source` (passes run outside compile()) such a policy is refused with a
-ConfigError naming it, never left silently false.
+component being decided), by `ctx.sensitivity` (compile()'s `sensitivity` argument; the command
+line passes `optimize.sensitivity.measurer`: measured on the inputs, cached on disk, with a progress
+bar). The fact is 1 − cosine of the outputs with the layer alone at that precision. Without a
+measure such a policy is refused with a ConfigError naming its rules, never left silently false.
 
 Then the whole plan goes through `PrecisionValidator` (layers in model order, the config's support
 matrix, the memory budget): its errors stop the compile with one ValidationError listing them all;
@@ -39,7 +37,6 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
@@ -47,18 +44,11 @@ from typing import ClassVar
 import ml_dtypes
 import numpy as np
 import onnx_graphsurgeon as gs
-from bitnet_onnx.passes._graph import constant_values
-from bitnet_onnx.passes.base import PassContext, PassResult
 
-from bitnet_onnx.config import MixedPrecisionConfig, Resolution
-from bitnet_onnx.dtypes import DType, WeightLayout, storage_bytes
-from bitnet_onnx.errors import ConfigError
-from bitnet_onnx.layer_precision import LayerPrecisionSpec
-from bitnet_onnx.layers import ComponentType, Layer
-from bitnet_onnx.log import Change
-from bitnet_onnx.objectives import PrecisionChoice, candidate_choices
-from bitnet_onnx.plan import LayerPlan, components_of
-from bitnet_onnx.policy import (
+from bitnet_onnx.config.config import MixedPrecisionConfig, Resolution
+from bitnet_onnx.config.layer_precision import LayerPrecisionSpec
+from bitnet_onnx.config.plan import LayerPlan, components_of
+from bitnet_onnx.config.policy import (
     ConditionType,
     Decision,
     LayerFacts,
@@ -66,11 +56,20 @@ from bitnet_onnx.policy import (
     PolicyEngine,
     weight_statistics,
 )
-from bitnet_onnx.validation import PerformanceImpactRule, PrecisionValidator, ValidationReport, default_rules
+from bitnet_onnx.config.validation import (
+    PerformanceImpactRule,
+    PrecisionValidator,
+    ValidationReport,
+    default_rules,
+)
+from bitnet_onnx.core.dtypes import DType, WeightLayout, storage_bytes
+from bitnet_onnx.core.errors import ConfigError
+from bitnet_onnx.core.layers import ComponentType, Layer
+from bitnet_onnx.core.log import Change
+from bitnet_onnx.passes._graph import constant_values
+from bitnet_onnx.passes.base import Condition, PassContext, PassResult
 
 __all__ = ["AssignPrecisionPass"]
-
-logger = logging.getLogger(__name__)
 
 _STORED_DTYPES: Mapping[np.dtype, DType] = {
     np.dtype(np.float32): DType.F32,
@@ -90,6 +89,15 @@ _CLOSEST = 3
 _PLAN_RULES = [rule for rule in default_rules() if not isinstance(rule, PerformanceImpactRule)]
 
 
+def _every_layer_planned(graph: gs.Graph, ctx: PassContext) -> str | None:
+    """Post-condition: the plan holds exactly the annotated layers."""
+    unplanned = [name for name in ctx.layers if name not in ctx.plan]
+    unknown = [name for name in ctx.plan if name not in ctx.layers]
+    if unplanned or unknown:
+        return f"plan and layers differ: unplanned {unplanned[:5]}, not layers {unknown[:5]}"
+    return None
+
+
 class AssignPrecisionPass:
     """Builds ctx.plan from the config and the policies, then validates it (see the module docstring).
 
@@ -99,6 +107,7 @@ class AssignPrecisionPass:
 
     name: ClassVar[str] = "assign_precision"
     requires: ClassVar[tuple[str, ...]] = ("annotate_layers",)
+    ensures: ClassVar[tuple[Condition, ...]] = (_every_layer_planned,)
 
     def __init__(self, memory_budget: int | None = None) -> None:
         if memory_budget is not None and (
@@ -180,10 +189,6 @@ class AssignPrecisionPass:
         }
         if memory_usage is not None:
             stats["memory_usage_percent"] = round(memory_usage, 3)
-        logger.debug(
-            "assign_precision: %d layers, %d components, %d decided by policies, %d warnings",
-            len(plan), len(changes), overridden, len(warnings),
-        )  # fmt: skip
         return PassResult(modified=False, changes=tuple(changes), warnings=tuple(warnings), stats=stats)
 
     def _memory_usage(
@@ -237,45 +242,24 @@ def _asks_for(policy: PolicyEngine, ctype: ConditionType) -> bool:
 
 def _sensitivity(
     ctx: PassContext, layers: Sequence[Layer], resolutions: Mapping[str, Mapping[ComponentType, Resolution]]
-) -> dict[str, dict[DType, float]]:
+) -> Mapping[str, Mapping[DType, float]]:
     """Layer → precision → measured 1 − cosine, for the precisions the sensitivity conditions ask."""
-    from bitnet_onnx.calibration import Calibration
-    from bitnet_onnx.sensitivity import measure_sensitivity
-
     asking = _conditions(ctx.policy, ConditionType.SENSITIVITY)
-    if ctx.source is None:
+    if ctx.sensitivity is None:
         rules = ", ".join(sorted({where for where, _ in asking}))
         raise ConfigError(
             f"policy rule(s) {rules} have a sensitivity condition, which needs the model's measured "
-            "sensitivity: compile with bitnet_onnx.compile() / `bitnet-onnx compile` (which measure it), "
-            "or drop the condition; `bitnet-onnx analyze MODEL` prints each layer's sensitivity"
+            "sensitivity: compile on the command line (`bitnet-onnx compile` measures it), or pass "
+            "compile(..., sensitivity=bitnet_onnx.optimize.sensitivity.measurer(model, calibration)); "
+            "`bitnet-onnx analyze MODEL` prints each layer's sensitivity"
         )
     keys = {c.key for _, c in asking}
-    choices: dict[str, list[PrecisionChoice]] = {}
-    for layer in layers:
-        wanted = {k for k in keys if isinstance(k, DType)}
-        if None in keys:
-            wanted |= {r.dtype for r in resolutions[layer.name].values()}
-        candidates = candidate_choices(layer, ctx.config.support)
-        picked = [
-            next((c for c in candidates if c.precision is d), None) for d in sorted(wanted, key=DType.rank)
-        ]
-        if any(c is not None for c in picked):
-            choices[layer.name] = list(dict.fromkeys(c for c in picked if c is not None))
-    if not choices:
-        return {}
-    calibration = (
-        Calibration((ctx.calibration,))
-        if ctx.calibration is not None
-        else Calibration.generated(ctx.source, n=1)
-    )
-    table = measure_sensitivity(
-        ctx.source, calibration, layers=list(choices), choices=choices, progress=ctx.progress
-    )
-    measured: dict[str, dict[DType, float]] = defaultdict(dict)
-    for entry in table.entries:
-        measured[entry.layer][entry.choice.precision] = 1.0 - entry.cosine
-    return measured
+    wanted = {
+        layer.name: {k for k in keys if isinstance(k, DType)}
+        | ({r.dtype for r in resolutions[layer.name].values()} if None in keys else set())
+        for layer in layers
+    }
+    return ctx.sensitivity(layers, wanted, ctx.config.support)
 
 
 def _change(layer: Layer, component: ComponentType, decision: Decision) -> Change:

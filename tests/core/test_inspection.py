@@ -1,11 +1,11 @@
-"""Layers read back from node metadata_props (bitnet_onnx.inspection)."""
+"""Layers read back from node metadata_props (bitnet_onnx.core.inspection)."""
 
 from __future__ import annotations
 
 import onnx
 from onnx import TensorProto, helper
 
-from bitnet_onnx.inspection import LayerRecord, components_table, layers_table, read_layers
+from bitnet_onnx.core.inspection import LayerRecord, components_table, layers_table, read_layers
 
 
 def _model(nodes) -> onnx.ModelProto:

@@ -25,13 +25,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from bitnet_onnx import runtime
-from bitnet_onnx.compile import compile
-from bitnet_onnx.config import LayerPrecisionConfig, MixedPrecisionConfig
-from bitnet_onnx.dtypes import DType, TernaryPacking, WeightLayout
-from bitnet_onnx.errors import KernelLibraryError
-from bitnet_onnx.layers import LayerType
-from bitnet_onnx.packing import pack_int, pack_ternary
-from bitnet_onnx.sample_inputs import sample_inputs
+from bitnet_onnx.compiler.compile import compile
+from bitnet_onnx.config.config import LayerPrecisionConfig, MixedPrecisionConfig
+from bitnet_onnx.core.dtypes import DType, TernaryPacking, WeightLayout
+from bitnet_onnx.core.errors import KernelLibraryError
+from bitnet_onnx.core.layers import LayerType
+from bitnet_onnx.numerics.packing import pack_int, pack_ternary
+from bitnet_onnx.runtime.sample_inputs import sample_inputs
 
 FIXTURES = Path(__file__).resolve().parents[2] / "models" / "fixtures"
 LLAMA = FIXTURES / "llama_tiny.onnx"
@@ -191,8 +191,8 @@ _WORKER = textwrap.dedent(
     """
     import os, sys, time
     from pathlib import Path
-    from bitnet_onnx import model_file
-    from bitnet_onnx.compile import compile
+    from bitnet_onnx.compiler import compile as compile_module
+    from bitnet_onnx.runtime import model_file
 
     source, config, output, barrier, me, parties, external = sys.argv[1:8]
     if external == "1":
@@ -214,8 +214,8 @@ _WORKER = textwrap.dedent(
         if data:
             time.sleep(0.1 if me == "1" else 0.5)
 
-    model_file.write_model, model_file.os.replace = write_together, replace_in_turn
-    compile(source, config, output=output, measure_kernels=False, strict=False)
+    compile_module.write_model, model_file.os.replace = write_together, replace_in_turn
+    compile_module.compile(source, config, output=output, measure_kernels=False, strict=False)
     """
 )
 

@@ -6,6 +6,7 @@ italic line right above it (`*Not run ...: why.*`); a block neither runnable nor
 
 from __future__ import annotations
 
+import ast
 import re
 import shlex
 import shutil
@@ -19,7 +20,7 @@ import onnx
 import pytest
 
 import bitnet_onnx
-from bitnet_onnx.config_file import load_config
+from bitnet_onnx.config.config_file import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 DOCUMENTS = ("README.md", "kernels/README.md", "models/README.md")
@@ -158,3 +159,87 @@ def test_example_runs(block: Block, workdir: Path) -> None:
         _config(block, workdir)
     else:
         _check_python(block, _python(block, workdir))
+
+
+# bitnet_onnx.__all__ before the package was split into subpackages (issue 14): none may disappear.
+_PUBLIC_NAMES = [
+    "Accuracy",
+    "Balanced",
+    "CompileReport",
+    "CompileResult",
+    "CompileValidationError",
+    "ComponentPrecisionConfig",
+    "ComponentType",
+    "ConditionOperator",
+    "ConditionType",
+    "ConfigError",
+    "ConversionConfig",
+    "ConversionError",
+    "ConversionStats",
+    "ConversionStrategy",
+    "DType",
+    "Decision",
+    "Finding",
+    "KernelLibraryError",
+    "LayerFacts",
+    "LayerPrecisionConfig",
+    "LayerPrecisionManager",
+    "LayerPrecisionSpec",
+    "LayerType",
+    "Memory",
+    "MemoryOptimization",
+    "MemoryOptimizationResult",
+    "MixedPrecisionConfig",
+    "MixedPrecisionError",
+    "MixedPrecisionQuantizationConfig",
+    "MixedPrecisionQuantizer",
+    "MixedPrecisionStrategy",
+    "OptimizationObjective",
+    "PolicyAction",
+    "PolicyCondition",
+    "PolicyEngine",
+    "PolicyRule",
+    "PrecisionChoice",
+    "PrecisionConverter",
+    "PrecisionManager",
+    "PrecisionPolicy",
+    "PrecisionValidator",
+    "QuantizedTensor",
+    "Resolution",
+    "Severity",
+    "Speed",
+    "SupportMatrix",
+    "UnsupportedModelError",
+    "ValidationError",
+    "ValidationReport",
+    "ValidationRule",
+    "compile",
+    "default_rules",
+    "load_config",
+    "save_config",
+    "weight_statistics",
+]
+
+
+def _readme_names() -> set[str]:
+    """Every name README's Python section takes from `bitnet_onnx`: `from bitnet_onnx import X` and
+    `bitnet_onnx.X`."""
+    names: set[str] = set()
+    for block in (b for b in BLOCKS if b.document == "README.md" and b.lang == "python"):
+        for node in ast.walk(ast.parse(block.text)):
+            if isinstance(node, ast.ImportFrom) and node.module == "bitnet_onnx":
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.Attribute) and getattr(node.value, "id", None) == "bitnet_onnx":
+                names.add(node.attr)
+    return names
+
+
+def test_every_public_name_is_importable_from_the_package():
+    readme = _readme_names()
+    assert {"compile", "DType", "runtime"} <= readme  # the parser reads README's example
+    for name in sorted(readme | set(_PUBLIC_NAMES)):
+        namespace: dict = {}
+        exec(f"from bitnet_onnx import {name}", namespace)  # what a user's import does
+        assert namespace[name] is getattr(bitnet_onnx, name)
+    assert set(_PUBLIC_NAMES) <= set(bitnet_onnx.__all__)
+    assert callable(bitnet_onnx.compile) and callable(bitnet_onnx.runtime.session)

@@ -9,12 +9,8 @@ import numpy as np
 import pytest
 
 import bitnet_onnx
-from bitnet_onnx.calibration import Calibration
-from bitnet_onnx.config import MixedPrecisionConfig
-from bitnet_onnx.dtypes import DType
-from bitnet_onnx.layers import Layer, LayerType
-from bitnet_onnx.objectives import PrecisionChoice, candidate_choices
-from bitnet_onnx.policy import (
+from bitnet_onnx.config.config import MixedPrecisionConfig
+from bitnet_onnx.config.policy import (
     ConditionOperator,
     ConditionType,
     PolicyAction,
@@ -22,7 +18,12 @@ from bitnet_onnx.policy import (
     PolicyRule,
     PrecisionPolicy,
 )
-from bitnet_onnx.sensitivity import measure_sensitivity
+from bitnet_onnx.core.dtypes import DType
+from bitnet_onnx.core.errors import ConfigError
+from bitnet_onnx.core.layers import Layer, LayerType
+from bitnet_onnx.optimize.calibration import Calibration
+from bitnet_onnx.optimize.objectives import PrecisionChoice, candidate_choices
+from bitnet_onnx.optimize.sensitivity import measure_sensitivity, measurer
 
 FIXTURES = Path(__file__).resolve().parents[2] / "models" / "fixtures"
 MODEL = FIXTURES / "llama_tiny.onnx"
@@ -59,7 +60,18 @@ def test_compile_measures_sensitivity_and_moves_exactly_the_layers_over_the_thre
     errors = {e.layer: 1.0 - e.cosine for e in table.entries}
     threshold = float(np.median(list(errors.values())))
     config = MixedPrecisionConfig.balanced().with_policy(_policy(threshold))
-    compiled = bitnet_onnx.compile(MODEL, config, inputs=feeds, measure_kernels=False)
+    with pytest.raises(ConfigError, match=r"keep_sensitive/too_sensitive have a sensitivity condition"):
+        bitnet_onnx.compile(MODEL, config, inputs=feeds, measure_kernels=False)  # nothing to measure with
+    calls = []
+
+    def calibration() -> Calibration:
+        calls.append(1)
+        return Calibration((feeds,))
+
+    compiled = bitnet_onnx.compile(
+        MODEL, config, inputs=feeds, measure_kernels=False, sensitivity=measurer(MODEL, calibration)
+    )
+    assert calls == [1]
     moved = {r.name for r in compiled.layers if r.rule.startswith("policy:keep_sensitive")}
     expected = {name for name, error in errors.items() if error > threshold}
     assert moved == expected and 0 < len(moved) < len(linear)

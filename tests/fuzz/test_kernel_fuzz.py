@@ -1,4 +1,4 @@
-"""Fuzzing the kernels through onnxruntime against the numpy reference (bitnet_onnx.quantization).
+"""Fuzzing the kernels through onnxruntime against the numpy reference (bitnet_onnx.numerics.quantization).
 
 Shapes: M from 0 (leading dims of rank 0 to 3), K from 1 (odd, not a multiple of the pack or
 group size, past the vector widths), N from 1. Values, row by row: normal at scales from 1e-3 to
@@ -26,10 +26,10 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from bitnet_onnx import runtime
-from bitnet_onnx.dtypes import TernaryPacking
-from bitnet_onnx.errors import KernelLibraryError
-from bitnet_onnx.packing import pack_int, pack_ternary
-from bitnet_onnx.quantization import (
+from bitnet_onnx.core.dtypes import TernaryPacking
+from bitnet_onnx.core.errors import KernelLibraryError
+from bitnet_onnx.numerics.packing import pack_int, pack_ternary
+from bitnet_onnx.numerics.quantization import (
     bitlinear_reference,
     dequantize_lowbit_reference,
     lowbit_matmul_reference,

@@ -1,4 +1,4 @@
-"""DequantizeLowBit through onnxruntime against bitnet_onnx.quantization.dequantize_lowbit_reference.
+"""DequantizeLowBit through onnxruntime against bitnet_onnx.numerics.quantization.dequantize_lowbit_reference.
 
 w = float32(q) · s is one rounding, so outputs (float32 and float16) are compared for exact
 equality, on every ISA path, with 1 and 2 threads.
@@ -13,10 +13,10 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from bitnet_onnx import runtime
-from bitnet_onnx.dtypes import TernaryPacking
-from bitnet_onnx.errors import UnsupportedModelError
-from bitnet_onnx.packing import pack_int, pack_ternary, ternary_row_bytes
-from bitnet_onnx.quantization import dequantize_lowbit_reference
+from bitnet_onnx.core.dtypes import TernaryPacking
+from bitnet_onnx.core.errors import UnsupportedModelError
+from bitnet_onnx.numerics.packing import pack_int, pack_ternary, ternary_row_bytes
+from bitnet_onnx.numerics.quantization import dequantize_lowbit_reference
 
 pytestmark = pytest.mark.kernels
 

@@ -13,14 +13,14 @@ import onnx
 import onnx_graphsurgeon as gs
 import pytest
 import yaml
-from bitnet_onnx.passes._boundaries import INPUT, boundary_conversions
-from bitnet_onnx.passes.base import PassContext
-from bitnet_onnx.passes.p60_fold_converts import CONVERSION_OPS, FoldConvertsPass
 from onnx import TensorProto, helper, numpy_helper
 
 import bitnet_onnx
-from bitnet_onnx.config_file import config_from_dict
-from bitnet_onnx.layers import ComponentType, LayerType
+from bitnet_onnx.config.config_file import config_from_dict
+from bitnet_onnx.core.layers import ComponentType, LayerType
+from bitnet_onnx.passes._boundaries import INPUT, boundary_conversions
+from bitnet_onnx.passes.base import PassContext
+from bitnet_onnx.passes.p60_fold_converts import CONVERSION_OPS, FoldConvertsPass
 
 F32, F16 = TensorProto.FLOAT, TensorProto.FLOAT16
 FIXTURES = Path(__file__).resolve().parents[2] / "models" / "fixtures"

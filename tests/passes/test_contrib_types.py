@@ -8,9 +8,10 @@ from types import SimpleNamespace
 import onnx
 import onnx.defs
 import pytest
+from onnx import TensorProto, helper
+
 from bitnet_onnx.passes import _contrib_types
 from bitnet_onnx.passes._contrib_types import SHAPES, TYPING_DOMAINS, register_typing_schemas
-from onnx import TensorProto, helper
 
 F32, F16, I32, I64, U8, I8 = (
     TensorProto.FLOAT,
