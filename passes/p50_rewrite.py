@@ -13,9 +13,10 @@ component is stored and computed in its planned precision. Then:
    `bitnet.layer_type`, `bitnet.dtype.<component>` for each planned component,
    `bitnet.component.<component>` (its settings as JSON: precision, layout knobs, conversion
    strategy, deciding rule; `plan.component_settings`), `bitnet.layer_index` (the layer's position
-   in the model), `bitnet.op` (what computes the layer now) and `bitnet.rule` (the source of the
-   layer's deciding decision: weights when it has them, else activations). Annotations of the
-   layer's nodes that are gone are dropped.
+   in the model), `bitnet.op` (what computes the layer now), `bitnet.rule` (the source of the
+   layer's deciding decision: weights when it has them, else activations) and, for BITNET158
+   weights, `bitnet.ternary_scale` (the layout's scale rule). Annotations of the layer's nodes that
+   are gone are dropped.
 4. One `Change(action="rewrite")` per layer: the op, the layer's constant bytes before → after,
    and a line of detail (e.g. the I8 kernel choice and its timings). Stats count layers per op,
    the bytes, and the I8 kernels measured.
@@ -31,6 +32,7 @@ from typing import ClassVar
 import onnx_graphsurgeon as gs
 
 from bitnet_onnx.config.plan import LayerPlan, component_settings
+from bitnet_onnx.core.dtypes import DType
 from bitnet_onnx.core.layers import ComponentType, LayerType
 from bitnet_onnx.core.log import Change
 from bitnet_onnx.core.metadata import (
@@ -39,6 +41,7 @@ from bitnet_onnx.core.metadata import (
     LAYER_TYPE_KEY,
     OP_KEY,
     RULE_KEY,
+    TERNARY_SCALE_KEY,
     component_key,
     dtype_key,
 )
@@ -108,6 +111,9 @@ def _annotate(ctx: PassContext, item: _Done, alive: set[str]) -> None:
         RULE_KEY: _deciding(item.plan),
         INDEX_KEY: str(layer.index),
     }
+    weights = item.plan.decisions.get(ComponentType.WEIGHTS)
+    if weights is not None and weights.dtype is DType.BITNET158:
+        props[TERNARY_SCALE_KEY] = weights.layout.ternary_scale.value
     for name in layer.nodes:
         if name not in alive:
             ctx.annotations.pop(name, None)

@@ -4,11 +4,12 @@ The compiler stamps these keys on every node it annotated (Netron shows them):
 `bitnet.layer` (the layer's name), `bitnet.layer_type`, `bitnet.rule` (the pattern that classified
 it) from annotate_layers, and `bitnet.op` (what computes the layer), `bitnet.dtype.<component>`
 (the precision of each component), `bitnet.component.<component>` (the component's settings as
-JSON: precision, every layout knob, conversion strategy and the rule that decided it) and
-`bitnet.layer_index` (the layer's position in the model) from rewrite. `read_layers` groups the
-nodes by `bitnet.layer` and takes each other key from the first of the layer's nodes that carries
-it; layers come in model order (the order of compile's table), graph order where a model predates
-`bitnet.layer_index`. A model that was never compiled has no layers.
+JSON: precision, every layout knob, conversion strategy and the rule that decided it),
+`bitnet.layer_index` (the layer's position in the model) and, for ternary weights,
+`bitnet.ternary_scale` (the scale rule, `absmean` or `least_squares`) from rewrite. `read_layers`
+groups the nodes by `bitnet.layer` and takes each other key from the first of the layer's nodes
+that carries it; layers come in model order (the order of compile's table), graph order where a
+model predates `bitnet.layer_index`. A model that was never compiled has no layers.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from bitnet_onnx.core.metadata import (
     LAYER_TYPE_KEY,
     OP_KEY,
     RULE_KEY,
+    TERNARY_SCALE_KEY,
 )
 
 __all__ = [
@@ -49,7 +51,8 @@ _COMPONENT_ORDER = {c.value: i for i, c in enumerate(ComponentType)}
 class LayerRecord:
     """One layer of a compiled model: its type, the precision of each component (component name →
     precision name, in ComponentType order), each component's settings (component name → setting →
-    value, the same order), the op that computes it, the deciding rule, its nodes, its position."""
+    value, the same order), the op that computes it, the deciding rule, its nodes, its position, and
+    the scale rule of its ternary weights ("" when they are not ternary)."""
 
     name: str
     layer_type: str
@@ -57,6 +60,7 @@ class LayerRecord:
     op: str = ""
     rule: str = ""
     nodes: tuple[str, ...] = ()
+    ternary_scale: str = ""
     components: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
     index: int | None = None
 
@@ -74,6 +78,7 @@ class LayerRecord:
             "op": self.op,
             "rule": self.rule,
             "nodes": list(self.nodes),
+            "ternary_scale": self.ternary_scale,
         }
 
 
@@ -107,7 +112,7 @@ def read_layers(model: onnx.ModelProto) -> tuple[LayerRecord, ...]:
                 entry["precisions"].setdefault(key[len(DTYPE_KEY_PREFIX) :], value)
             elif key.startswith(COMPONENT_KEY_PREFIX):
                 entry["components"].setdefault(key[len(COMPONENT_KEY_PREFIX) :], _settings(value))
-            elif key in (LAYER_TYPE_KEY, OP_KEY, RULE_KEY, INDEX_KEY):
+            elif key in (LAYER_TYPE_KEY, OP_KEY, RULE_KEY, INDEX_KEY, TERNARY_SCALE_KEY):
                 entry.setdefault(key, value)
     records = [
         LayerRecord(
@@ -119,6 +124,7 @@ def read_layers(model: onnx.ModelProto) -> tuple[LayerRecord, ...]:
             nodes=tuple(entry["nodes"]),
             components=entry["components"],
             index=int(entry[INDEX_KEY]) if entry.get(INDEX_KEY, "").isdigit() else None,
+            ternary_scale=entry.get(TERNARY_SCALE_KEY, ""),
         )
         for name, entry in found.items()
     ]
@@ -137,18 +143,19 @@ def _settings(text: str) -> Mapping[str, Any]:
 
 def layers_table(records: Iterable[LayerRecord]) -> str:
     """One row per layer: name, type, precision per component (`w`eights, `b`ias, `a`ctivations,
-    `o`utputs), op and rule."""
+    `o`utputs), ternary scale rule, op and rule."""
     rows = [
         [
             r.name,
             r.layer_type,
             " ".join(f"{c[0]}:{d}" for c, d in r.precisions.items()) or "-",
+            r.ternary_scale or "-",
             r.op or "-",
             r.rule or "-",
         ]
         for r in records
     ]
-    return table(["layer", "type", "precision", "op", "rule"], rows)
+    return table(["layer", "type", "precision", "scale", "op", "rule"], rows)
 
 
 _SHOWN_APART = ("precision", "rule", "conversion_strategy")

@@ -16,6 +16,7 @@ __all__ = [
     "LAYER_TYPE_KEY",
     "OP_KEY",
     "RULE_KEY",
+    "TERNARY_SCALE_KEY",
     "component_key",
     "dtype_key",
 ]
@@ -27,6 +28,7 @@ OP_KEY = "bitnet.op"
 DTYPE_KEY_PREFIX = "bitnet.dtype."
 COMPONENT_KEY_PREFIX = "bitnet.component."
 INDEX_KEY = "bitnet.layer_index"
+TERNARY_SCALE_KEY = "bitnet.ternary_scale"  # the BITNET158 scale rule (kernels/README.md)
 
 
 def dtype_key(component: ComponentType) -> str:

@@ -79,8 +79,8 @@ def test_complete_setup() -> None:
     assert optimal_precision is DType.BITNET158
     converted_tensor = precision_manager.convert_for_operation(WEIGHTS, "linear_0", ComponentType.WEIGHTS)
     assert converted_tensor.dtype is DType.BITNET158
-    # As in test_seed_examples: scale 7/6, 2-bit codes [2,0,1,2] -> 146, [0,1,2,0] -> 36.
-    np.testing.assert_allclose(converted_tensor.scales, [7 / 6], rtol=1e-6)
+    # As in test_seed_examples: scale γ = 0.90625, 2-bit codes [2,0,1,2] -> 146, [0,1,2,0] -> 36.
+    np.testing.assert_array_equal(converted_tensor.scales, [0.90625])
     np.testing.assert_array_equal(converted_tensor.data, [[146], [36]])
 
     # The spec's other components: I8 activations per token, I8 outputs, F32 bias (added in float).
@@ -240,8 +240,8 @@ def test_static_estimate_hand_checked() -> None:
     layer = Layer("l", LayerType.LINEAR, 0, ("l",), "r", weight="w", weight_shape=(2, 4), weight_nk=True)
     table = static_sensitivity([layer], {"l": (P("F32"), P("BITNET158/F32"))}, {"l": WEIGHTS})
     assert table.get("l", P("F32")).cosine == 1.0
-    # Ternary, as in test_complete_setup: W ≈ (7/6)·T with T = [[1,-1,0,1],[-1,0,1,-1]].
-    residual = WEIGHTS - 7 / 6 * np.array([[1, -1, 0, 1], [-1, 0, 1, -1]])
+    # Ternary, as in test_complete_setup: W ≈ γ·T with γ = 0.90625, T = [[1,-1,0,1],[-1,0,1,-1]].
+    residual = WEIGHTS - 0.90625 * np.array([[1, -1, 0, 1], [-1, 0, 1, -1]])
     r_w = np.linalg.norm(residual) / np.linalg.norm(WEIGHTS)
     entry = table.get("l", P("BITNET158/F32"))
     assert entry.rel_error == pytest.approx(r_w, rel=1e-6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import fields
 
 import pytest
@@ -24,11 +25,13 @@ def test_settings_hold_the_precision_every_layout_knob_the_strategy_and_the_rule
     settings = component_settings(decision)
     expected = {
         "precision": dtype.name,
-        **{f.name: getattr(layout, f.name) for f in fields(layout)},
+        **{
+            f.name: v.value if isinstance(v := getattr(layout, f.name), enum.Enum) else v
+            for f in fields(layout)
+        },
         "conversion_strategy": strategy.value if strategy else None,
         "rule": "policy:p/r",
     }
-    expected["packing"] = layout.packing.value
     assert settings == expected
     keys = list(settings)
     assert keys[0] == "precision" and keys[-1] == "rule"

@@ -36,6 +36,7 @@ def test_layers_in_graph_order_with_first_value_winning():
                 "bitnet.dtype.weights": "BITNET158",
                 "bitnet.dtype.activations": "I8",
                 "bitnet.dtype.outputs": "F32",
+                "bitnet.ternary_scale": "least_squares",
             },
         ),
         _annotated("plain", {"other": "x"}),
@@ -46,6 +47,7 @@ def test_layers_in_graph_order_with_first_value_winning():
     assert b.layer_type == "linear" and b.op == "BitLinear" and b.rule == "layer_type:linear"
     assert list(b.precisions.items()) == [("weights", "BITNET158"), ("activations", "I8"), ("outputs", "F16")]
     assert b.nodes == ("b/Cast", "b/BitLinear")
+    assert b.ternary_scale == "least_squares"
     assert records[1] == LayerRecord("a", "output", {}, "MatMul", "", ("a/MatMul",))
 
 
@@ -75,12 +77,16 @@ def test_table_and_json():
         "op": "LowBitMatMul",
         "rule": "r",
         "nodes": ["n"],
+        "ternary_scale": "",
     }
-    assert layers_table([record, LayerRecord("e", "embedding")]).splitlines() == [
-        "layer  type       precision   op            rule",
-        "-----  ---------  ----------  ------------  ----",
-        "l      linear     w:I4 o:F16  LowBitMatMul  r",
-        "e      embedding  -           -             -",
+    ternary = LayerRecord("t", "linear", {"weights": "BITNET158"}, "BitLinear", "r", ("m",), "absmean")
+    assert ternary.to_json()["ternary_scale"] == "absmean"
+    assert layers_table([record, LayerRecord("e", "embedding"), ternary]).splitlines() == [
+        "layer  type       precision    scale    op            rule",
+        "-----  ---------  -----------  -------  ------------  ----",
+        "l      linear     w:I4 o:F16   -        LowBitMatMul  r",
+        "e      embedding  -            -        -             -",
+        "t      linear     w:BITNET158  absmean  BitLinear     r",
     ]
 
 

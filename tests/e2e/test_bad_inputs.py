@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +39,14 @@ from bitnet_onnx.config.policy import (
     PrecisionPolicy,
 )
 from bitnet_onnx.config.report import THRESHOLDS, compare_outputs
-from bitnet_onnx.core.dtypes import DType
+from bitnet_onnx.core.dtypes import DType, TernaryScale, WeightLayout
 from bitnet_onnx.core.errors import (
     ConversionError,
     KernelLibraryError,
     MixedPrecisionError,
     UnsupportedModelError,
 )
+from bitnet_onnx.core.layers import LayerType
 from bitnet_onnx.runtime import model_file
 from models import llama
 
@@ -1125,9 +1126,17 @@ def _bitlinear_scale(path: Path) -> np.ndarray:
     return numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == node.input[2]))
 
 
-def test_zero_weights_give_scale_zero_and_the_bias(tmp_path: Path) -> None:
+def _scale_rule(scale: TernaryScale, per_channel: bool = False) -> MixedPrecisionConfig:
+    """balanced with the linear layers' ternary scale rule (and granularity) set."""
+    linear = MixedPrecisionConfig.balanced().layer_types[LayerType.LINEAR]
+    layout = WeightLayout(per_channel=per_channel, ternary_scale=scale)
+    return MixedPrecisionConfig.balanced().with_layer_type_config(replace(linear, layout=layout))
+
+
+@pytest.mark.parametrize("scale", list(TernaryScale))
+def test_zero_weights_give_scale_zero_and_the_bias(scale: TernaryScale, tmp_path: Path) -> None:
     source = _mlp(fc1=np.zeros((64, 32), np.float32))
-    result = _compile(source, tmp_path)
+    result = _compile(source, tmp_path, config=_scale_rule(scale))
     assert _bitlinear_scale(result.output_path).tolist() == [0.0]
     # relu(0 + bias) · fc2, fc2 the I8 head: rows of fc2ᵀ in int8 with s = max|row| / 127; the
     # activations (all 0.5) quantize exactly to 127 with factor 0.5 / 127 (kernels/README.md order)
@@ -1141,9 +1150,31 @@ def test_zero_weights_give_scale_zero_and_the_bias(tmp_path: Path) -> None:
     assert result.report.goal_met
 
 
-def test_constant_weights_are_exactly_ternary(tmp_path: Path) -> None:
+@pytest.mark.parametrize("scale", list(TernaryScale))
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_weights_are_refused_under_both_scale_rules(
+    scale: TernaryScale, value: float, tmp_path: Path
+) -> None:
+    words = "1 NaN and 0 infinite" if np.isnan(value) else "0 NaN and 1 infinite"
+    with pytest.raises(ConversionError, match=rf"layer 'fc1': tensor 'fc1\.weight' holds {words} values"):
+        _compile(_nan(value), tmp_path, config=_scale_rule(scale))
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("scale", list(TernaryScale))
+def test_per_channel_zero_rows_get_scale_zero(scale: TernaryScale, tmp_path: Path) -> None:
+    fc1 = _weights(1, (64, 32))
+    fc1[:, [0, 5]] = 0.0  # output rows 0 and 5 of W[N, K] = fc1ᵀ are all zero
+    result = _compile(_mlp(fc1=fc1), tmp_path, config=_scale_rule(scale, per_channel=True))
+    scales = _bitlinear_scale(result.output_path)
+    assert scales.shape == (32,) and scales[[0, 5]].tolist() == [0.0, 0.0]
+    assert (np.delete(scales, [0, 5]) > 0).all() and result.report.ok
+
+
+@pytest.mark.parametrize("scale", list(TernaryScale))
+def test_constant_weights_are_exactly_ternary(scale: TernaryScale, tmp_path: Path) -> None:
     source = _mlp(fc1=np.full((64, 32), 0.3, np.float32))
-    result = _compile(source, tmp_path)
+    result = _compile(source, tmp_path, config=_scale_rule(scale))
     np.testing.assert_allclose(_bitlinear_scale(result.output_path), [0.3], rtol=1e-6)
     feeds = _feeds()
     (want,), (got,) = _run(source, feeds), _run(result.output_path, feeds)

@@ -63,6 +63,7 @@ def test_every_node_a_layer_gained_is_annotated_with_its_precisions_op_and_rule(
             dtype_key(ComponentType.OUTPUTS): "F16",
             **{component_key(c): json.dumps(component_settings(d)) for c, d in plan.decisions.items()},
             "bitnet.op": "BitLinear",
+            "bitnet.ternary_scale": "absmean",
             "bitnet.rule": "test:plan",
             "bitnet.layer_index": str(case.layer.index),
         }
