@@ -26,10 +26,10 @@ from typing import ClassVar
 
 import onnx_graphsurgeon as gs
 
-from bitnet_onnx.config.plan import LayerPlan
 from bitnet_onnx.core.layers import ComponentType, LayerType
 from bitnet_onnx.core.log import Change
 from bitnet_onnx.core.metadata import LAYER_KEY, LAYER_TYPE_KEY, OP_KEY, RULE_KEY, dtype_key
+from bitnet_onnx.core.plan import LayerPlan
 
 from .base import Condition, PassContext, PassResult
 from .rewrite import REWRITERS, LayerEditor, LayerRewrite, RewriteEnv
