@@ -26,13 +26,13 @@ import onnx_graphsurgeon as gs
 from onnx import helper
 
 from bitnet_onnx.config.config import MixedPrecisionConfig
-from bitnet_onnx.config.plan import LayerPlan
 from bitnet_onnx.config.policy import PolicyEngine
 from bitnet_onnx.config.report import CompileReport
 from bitnet_onnx.core.dtypes import DType
 from bitnet_onnx.core.errors import MixedPrecisionError
 from bitnet_onnx.core.layers import Layer, SupportMatrix
 from bitnet_onnx.core.log import Change, PassRecord
+from bitnet_onnx.core.plan import LayerPlan
 
 __all__ = [
     "Condition",

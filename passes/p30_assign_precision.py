@@ -45,12 +45,10 @@ import ml_dtypes
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from bitnet_onnx.config.config import MixedPrecisionConfig, Resolution
+from bitnet_onnx.config.config import MixedPrecisionConfig
 from bitnet_onnx.config.layer_precision import LayerPrecisionSpec
-from bitnet_onnx.config.plan import LayerPlan, components_of
 from bitnet_onnx.config.policy import (
     ConditionType,
-    Decision,
     LayerFacts,
     PolicyCondition,
     PolicyEngine,
@@ -66,6 +64,7 @@ from bitnet_onnx.core.dtypes import DType, WeightLayout, storage_bytes
 from bitnet_onnx.core.errors import ConfigError
 from bitnet_onnx.core.layers import ComponentType, Layer
 from bitnet_onnx.core.log import Change
+from bitnet_onnx.core.plan import Decision, LayerPlan, Resolution, components_of
 from bitnet_onnx.passes._graph import constant_values
 from bitnet_onnx.passes.base import Condition, PassContext, PassResult
 

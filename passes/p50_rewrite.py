@@ -31,7 +31,6 @@ from typing import ClassVar
 
 import onnx_graphsurgeon as gs
 
-from bitnet_onnx.config.plan import LayerPlan, component_settings
 from bitnet_onnx.core.dtypes import DType
 from bitnet_onnx.core.layers import ComponentType, LayerType
 from bitnet_onnx.core.log import Change
@@ -45,6 +44,7 @@ from bitnet_onnx.core.metadata import (
     component_key,
     dtype_key,
 )
+from bitnet_onnx.core.plan import LayerPlan, component_settings
 
 from .base import Condition, PassContext, PassResult
 from .rewrite import REWRITERS, LayerEditor, LayerRewrite, RewriteEnv

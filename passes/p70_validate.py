@@ -58,13 +58,13 @@ import onnx_graphsurgeon as gs
 from onnx import helper
 
 from bitnet_onnx.config.config import MixedPrecisionConfig
-from bitnet_onnx.config.plan import LayerPlan
 from bitnet_onnx.config.report import CompileReport, OutputMetrics, Thresholds, compare_outputs
 from bitnet_onnx.config.validation import Finding, Severity
 from bitnet_onnx.core.dtypes import DType
 from bitnet_onnx.core.errors import ConfigError, KernelLibraryError, MixedPrecisionError
 from bitnet_onnx.core.inspection import LayerRecord, read_layers
 from bitnet_onnx.core.layers import ComponentType, Layer
+from bitnet_onnx.core.plan import LayerPlan
 from bitnet_onnx.numerics.packing import int_row_bytes, ternary_row_bytes
 from bitnet_onnx.passes._graph import export_model, stamp_annotations, weightless_model
 from bitnet_onnx.passes.base import Condition, PassContext, PassResult, context_set

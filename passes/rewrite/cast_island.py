@@ -49,10 +49,10 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnx import helper
 
-from bitnet_onnx.config.plan import LayerPlan
 from bitnet_onnx.core.dtypes import DType
 from bitnet_onnx.core.errors import UnsupportedModelError
 from bitnet_onnx.core.layers import ComponentType
+from bitnet_onnx.core.plan import LayerPlan
 from bitnet_onnx.passes._match import resolve_constant
 
 from ._base import LayerRewrite, RewriteEnv, component_dtype, constant_bytes

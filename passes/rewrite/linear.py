@@ -47,10 +47,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from bitnet_onnx.config.plan import LayerPlan
 from bitnet_onnx.core.dtypes import DType
 from bitnet_onnx.core.errors import UnsupportedModelError
 from bitnet_onnx.core.layers import ComponentType, Layer
+from bitnet_onnx.core.plan import LayerPlan
 from bitnet_onnx.passes._match import linear_weight, resolve_constant
 from bitnet_onnx.runtime import BITLINEAR, DEQUANTIZE_LOWBIT, DOMAIN, LOWBIT_MATMUL
 

@@ -13,11 +13,10 @@ import pytest
 from onnx import numpy_helper
 
 from bitnet_onnx import runtime
-from bitnet_onnx.config.plan import LayerPlan, components_of
-from bitnet_onnx.config.policy import Decision
 from bitnet_onnx.core.dtypes import ConversionStrategy, DType, WeightLayout
 from bitnet_onnx.core.errors import KernelLibraryError
 from bitnet_onnx.core.layers import Layer, LayerType
+from bitnet_onnx.core.plan import Decision, LayerPlan, components_of
 from bitnet_onnx.passes.base import PassContext, PassResult
 from bitnet_onnx.passes.p50_rewrite import RewritePass
 

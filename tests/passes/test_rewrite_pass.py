@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from bitnet_onnx.config.config import MixedPrecisionConfig
-from bitnet_onnx.config.plan import component_settings
+from bitnet_onnx.core.plan import component_settings
 from bitnet_onnx.core.dtypes import DType
 from bitnet_onnx.core.layers import ComponentType, LayerType
 from bitnet_onnx.core.metadata import component_key, dtype_key
