@@ -7,9 +7,9 @@ from dataclasses import fields
 
 import pytest
 
-from bitnet_onnx.core.plan import component_settings
 from bitnet_onnx.config.policy import Decision
 from bitnet_onnx.core.dtypes import ConversionStrategy, DType, TernaryPacking, WeightLayout
+from bitnet_onnx.core.plan import component_settings
 
 
 @pytest.mark.parametrize(

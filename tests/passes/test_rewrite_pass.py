@@ -11,10 +11,10 @@ import onnxruntime as ort
 import pytest
 
 from bitnet_onnx.config.config import MixedPrecisionConfig
-from bitnet_onnx.core.plan import component_settings
 from bitnet_onnx.core.dtypes import DType
 from bitnet_onnx.core.layers import ComponentType, LayerType
 from bitnet_onnx.core.metadata import component_key, dtype_key
+from bitnet_onnx.core.plan import component_settings
 from bitnet_onnx.passes._graph import export_model, import_graph, load_model
 from bitnet_onnx.passes.base import PassContext, PassError, Pipeline
 from bitnet_onnx.passes.p10_normalize import NormalizePass
