@@ -63,6 +63,7 @@ from bitnet_onnx.config import MixedPrecisionConfig
 from bitnet_onnx.dtypes import DType
 from bitnet_onnx.errors import ConfigError, KernelLibraryError, MixedPrecisionError
 from bitnet_onnx.inspection import LayerRecord, read_layers
+from bitnet_onnx.kv_cache import cache_pairs
 from bitnet_onnx.layers import ComponentType, Layer
 from bitnet_onnx.model_file import session_for, write_model
 from bitnet_onnx.packing import int_row_bytes, ternary_row_bytes
@@ -421,7 +422,8 @@ class ValidatePass:
         if ctx.calibration is not None:
             return dict(ctx.calibration), "the given inputs"
         dims = {**DEFAULT_DIMS, **self.dims}
-        shown = ", ".join(f"{k}={v}" for k, v in dims.items())
+        cached = bool(cache_pairs(ctx.original))  # the past length means something only then
+        shown = ", ".join(f"{k}={v}" for k, v in dims.items() if cached or k != "past" or k in self.dims)
         return sample_inputs(
             ctx.original, dims=dims, seed=ctx.seed
         ), f"generated inputs ({shown}, seed {ctx.seed})"
