@@ -33,7 +33,8 @@ What a Layer holds, by type (`nodes[0]` is always the anchor; the other nodes fo
 - LINEAR, OUTPUT: the MatMul, Gemm or com.microsoft MatMulNBits; then a MatMul's bias Add (when its
   other operand is a constant of N elements) and the weight/bias chain nodes. `weight` is the
   initializer the anchor's weight input reaches through `weight_nodes` (Identity, Cast, Transpose,
-  DequantizeLinear, Reshape; anchor side first), `weight_shape` its stored shape, `weight_nk` its
+  DequantizeLinear, Reshape; anchor side first), `weight_shape` its stored shape (MatMulNBits:
+  the logical [N, K] of its packed blocks, so parameter counts and sizes are the matrix's), `weight_nk` its
   orientation (see Layer); `bias` the initializer of Gemm's C or of the Add's constant (through
   Identity/Cast/DequantizeLinear), or None. `block` names the attention block of a q/k/v/o
   projection. `_match.linear_weight(view, anchor)` gives the same chain, and `matrix_nk` W [N, K].
@@ -286,13 +287,19 @@ def _layer(view: GraphView, cand: _Candidate, index: int, tied_with: str | None)
         nodes=tuple(n.name for n in nodes),
         rule=cand.rule.name,
         weight=weight.constant.name if weight is not None else None,
-        weight_shape=tuple(int(d) for d in weight.constant.shape) if weight is not None else None,
+        weight_shape=_weight_shape(cand) if weight is not None else None,
         bias=match.bias.constant.name if match.bias is not None else None,
         block=cand.attention.name if cand.attention is not None else None,
         tied_with=tied_with,
         weight_nodes=tuple(n.name for n in weight.nodes) if weight is not None else (),
         weight_nk=match.weight_nk,
     )
+
+
+def _weight_shape(cand: _Candidate) -> tuple[int, ...]:
+    if cand.anchor.op == "MatMulNBits":  # packed blocks: the logical [N, K] they hold
+        return tuple(int(d) for d in cand.match.weight.shape)
+    return tuple(int(d) for d in cand.match.weight.constant.shape)
 
 
 def _change(layer: Layer) -> Change:

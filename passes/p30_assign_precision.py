@@ -17,6 +17,14 @@ computed only when an enabled policy has a `weight_statistic` condition. `origin
 element type of the weight initializer as the model stores it (F32 for a layer without weights).
 Sensitivity is not measured here; conditions on it are false (`LayerFacts.sensitivity` empty).
 
+A linear layer onnxruntime quantized already (a com.microsoft MatMulNBits anchor) keeps the
+precision it is stored in (I4 with group size block_size for a 4-bit node, asymmetric when it has
+zero points) unless the decision asks for fewer bits per weight: quantization cannot be undone,
+so a wider precision would only store the same values larger. Its source (`model:MatMulNBits`)
+and explanation say so and name what was asked; the validator does not judge it (an output layer
+stored in 4 bits is the model's, not the config's choice). `rewrite.linear` case 0 then
+keeps the node, or re-quantizes it.
+
 Then the whole plan goes through `PrecisionValidator` (layers in model order, the config's support
 matrix, the memory budget): its errors stop the compile with one ValidationError listing them all;
 its warnings go into the pass record. A component a layer does not have (weights of an attention
@@ -35,6 +43,7 @@ import fnmatch
 import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import ClassVar
 
 import ml_dtypes
@@ -42,6 +51,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from bitnet_onnx.passes._graph import constant_values
 from bitnet_onnx.passes.base import PassContext, PassResult
+from bitnet_onnx.passes.rewrite._nbits import needs_requantize, stored_dtype
 
 from bitnet_onnx.config import MixedPrecisionConfig, Resolution
 from bitnet_onnx.dtypes import DType, WeightLayout, storage_bytes
@@ -68,6 +78,7 @@ _STORED_DTYPES: Mapping[np.dtype, DType] = {
     np.dtype(ml_dtypes.int2): DType.I2,
     np.dtype(ml_dtypes.uint2): DType.I2,
 }
+_KEPT = "model:MatMulNBits"  # the source of a decision keeping onnxruntime's quantization
 _MAX_CONFLICT_LAYERS = 5  # layers named per grouped conflict warning; the count gives the rest
 _CLOSEST = 3
 
@@ -105,7 +116,9 @@ class AssignPrecisionPass:
         conflicts: dict[tuple[str, str], list[str]] = defaultdict(list)
         plan: dict[str, LayerPlan] = {}
         overridden = 0
+        nodes = {node.name: node for node in graph.nodes}
         for layer in layers:
+            anchor = nodes.get(layer.nodes[0]) if layer.nodes else None
             facts = LayerFacts(
                 name=layer.name,
                 layer_type=layer.layer_type,
@@ -123,6 +136,8 @@ class AssignPrecisionPass:
                     if policy is None
                     else policy.decide(facts, component, resolution)
                 )
+                if component is ComponentType.WEIGHTS and anchor is not None and anchor.op == "MatMulNBits":
+                    decision = _kept_quantized(anchor, decision)
                 decisions[component] = decision
                 overridden += decision.overrode is not None
                 for conflict in decision.conflicts:
@@ -143,7 +158,13 @@ class AssignPrecisionPass:
             budget_bytes=self.memory_budget,
         )
         present = {f"{p.layer.name}/{c.value}" for p in plan.values() for c in p.decisions} | {"model"}
-        report = ValidationReport(tuple(f for f in report.findings if f.subject in present))
+        kept = {  # the model's own precision is not the config's choice: the validator does not judge it
+            f"{p.layer.name}/{c.value}"
+            for p in plan.values()
+            for c, d in p.decisions.items()
+            if d.source == _KEPT
+        }
+        report = ValidationReport(tuple(f for f in report.findings if f.subject in present - kept))
         report.raise_if_errors()
         warnings += [str(f) for f in report.warnings]
         stats: dict[str, int | float | str] = {
@@ -193,6 +214,26 @@ class AssignPrecisionPass:
         if tensor.name not in cache:
             cache[tensor.name] = weight_statistics(constant_values(tensor))
         return cache[tensor.name]
+
+
+def _kept_quantized(anchor: gs.Node, decision: Decision) -> Decision:
+    """The stored precision of a MatMulNBits layer, unless `decision` asks for fewer bits."""
+    stored = stored_dtype(anchor)
+    if stored is None or needs_requantize(anchor, decision.dtype):
+        return decision
+    has_zero_points = len(anchor.inputs) > 3 and bool(anchor.inputs[3].name)
+    block = int(anchor.attrs["block_size"])
+    return replace(
+        decision,
+        dtype=stored,
+        layout=WeightLayout(group_size=block, asymmetric=has_zero_points),
+        source=_KEPT,
+        conversion_strategy=None,
+        explanation=(
+            f"stored as {stored.name} (block {block}) by onnxruntime and kept: {decision.source} asked for "
+            f"{decision.dtype.name}, which stores no fewer bits, and quantization cannot be undone"
+        ),
+    )
 
 
 def _asks_for_statistics(policy: PolicyEngine) -> bool:
