@@ -31,6 +31,7 @@ def annotate(loaded: LoadedModel, ctx: PassContext | None = None) -> tuple[gs.Gr
 
     if ctx is None:
         ctx = PassContext(config=MixedPrecisionConfig.new(MixedPrecisionStrategy.CUSTOM))
+    ctx.node_metadata = loaded.info.node_metadata
     graph = import_graph(loaded)
     Pipeline((NormalizePass(), AnnotateLayersPass())).run(graph, ctx)
     return graph, ctx

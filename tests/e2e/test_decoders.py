@@ -69,3 +69,23 @@ def test_int4_layers_are_kept_or_re_quantized_by_the_bits_the_plan_asks(
         assert record.op == (output_op if record.layer_type == "output" else linear_op), record
         if record.op == "MatMulNBits":
             assert record.precisions["weights"] == "I4" and record.rule == "model:MatMulNBits"
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("preset", PRESETS)
+def test_bitnet_b158_compiles_under_every_preset(tmp_path, preset):
+    """transformers' BitNetForCausalLM with ternary weights (as trained): its linear layers, the
+    sub-norms and the squared ReLU are layers like any others, and ternary plans lose nothing but
+    the int8 activations."""
+    name = "bitnet_tiny_dynamo"
+    out = tmp_path / f"{name}.{preset}.onnx"
+    result = compile(DECODERS / f"{name}.onnx", preset, output=out, measure_kernels=False)
+    assert result.report.ok
+    ops = {r.name: r.op for r in result.layers}
+    decoder_linear = [n for n in ops if n.startswith("model.layers.") and n.endswith("_proj")]
+    assert len(decoder_linear) == 14
+    if preset != "conservative":
+        assert {ops[n] for n in decoder_linear} == {"BitLinear"}
+    with np.load(DECODERS / f"{name}.inputs.npz") as feeds, np.load(DECODERS / f"{name}.outputs.npz") as want:
+        (logits,) = runtime.session(str(out)).run(["logits"], dict(feeds))
+        assert _cosine(logits, want["logits"]) >= (0.999 if preset == "conservative" else 0.95)
