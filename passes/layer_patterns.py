@@ -139,6 +139,7 @@ _FIRST_INPUT_OPS = frozenset(
         "Split",
         "Neg",
         "Flatten",
+        "RotaryEmbedding",  # com.microsoft, onnxruntime's fusion: input 0 is the projected q or k
     }
 )
 _HEAD_MERGE_OPS = frozenset({"Reshape", "Transpose", "Cast", "Identity", "Flatten", "Squeeze"})
