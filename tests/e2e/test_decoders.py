@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from bitnet_onnx.passes import annotate
-from bitnet_onnx.passes._graph import load_model
 
 from bitnet_onnx import runtime
-from bitnet_onnx.compile import compile
-from bitnet_onnx.config import MixedPrecisionStrategy
-from bitnet_onnx.kv_cache import cache_pairs
-from bitnet_onnx.report import THRESHOLDS
+from bitnet_onnx.compiler.compile import compile
+from bitnet_onnx.config.config import MixedPrecisionStrategy
+from bitnet_onnx.config.report import THRESHOLDS
+from bitnet_onnx.passes import annotate
+from bitnet_onnx.passes._graph import load_model
+from bitnet_onnx.runtime.kv_cache import cache_pairs
 
 DECODERS = Path(__file__).resolve().parents[2] / "models" / "fixtures" / "decoders"
 PRESETS = ("conservative", "balanced", "aggressive")
