@@ -24,8 +24,9 @@ finding naming its rule:
      the planned one when the plan sets one), with zero points exactly when asymmetric (an empty
      [0] zero-point tensor, which a symmetric op passes before its bias, is none); for I8
      also `com.microsoft.DynamicQuantizeMatMul` reading N·K int8 (or uint8) codes; for a layer
-     kept as onnxruntime quantized it, a `com.microsoft.MatMulNBits` with those bits and
-     block_size the planned group size;
+     kept as the model quantized it, a `com.microsoft.MatMulNBits` with those bits and
+     block_size the planned group size, or a DequantizeLinear of the layer reading N·K integer
+     codes of that width (QDQ);
    - F16, BF16, F32: the layer reads an initializer of that type holding N·K values.
    Initializers are followed back through Identity, Transpose, Reshape, Flatten, Squeeze,
    Unsqueeze and the data input of Gather (an embedding gathers rows of its packed table).
@@ -90,6 +91,12 @@ _FLOAT_TYPES = {
     DType.BF16: onnx.TensorProto.BFLOAT16,
 }
 _INT8_CODES = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+_CODE_BITS = {
+    onnx.TensorProto.INT8: 8,
+    onnx.TensorProto.UINT8: 8,
+    onnx.TensorProto.INT4: 4,
+    onnx.TensorProto.UINT4: 4,
+}  # integer codes a kept QDQ weight holds
 _INT8_ACCURACY = 4  # MatMulNBits computes with int8 activations (quantized per block at run time)
 _QUANTIZING = ((DOMAIN, BITLINEAR), (_MS_DOMAIN, "DynamicQuantizeMatMul"), ("", "DynamicQuantizeLinear"))
 
@@ -218,6 +225,15 @@ def _integer_problem(
 ) -> str | None:
     problems = []
     for node in nodes:
+        if _is(node, "", "DequantizeLinear"):  # QDQ weights kept as the model quantized them
+            codes = model.initializer_behind(node.input[0])
+            if (
+                codes is not None
+                and _CODE_BITS.get(codes.data_type) == dtype.bits
+                and _elements(codes) == geometry.elements
+            ):
+                return None
+            continue
         if _is(node, _MS_DOMAIN, "MatMulNBits"):  # kept as onnxruntime quantized it
             bits, block = _attr(node, "bits"), _attr(node, "block_size")
             if bits == dtype.bits and block == layout.group_size:

@@ -184,3 +184,48 @@ def test_cli_compiles_a_decode_step_with_the_cache_length_given(tmp_path, capsys
     assert shown in out
     past, seq = (3, 1) if dims else (8, 8)
     assert f"present.0.key [1, 2, {past + seq}, 16]" in out and f"logits [1, {seq}, 256]" in out
+
+
+@pytest.fixture(scope="module")
+def qdq_llama(tmp_path_factory) -> Path:
+    """The LLaMA fixture as onnxruntime's static quantizer writes it: QDQ, int8 per-channel weights."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            rng = np.random.default_rng(0)
+            ones = np.ones((1, 8), np.int64)
+            self.batches = iter(
+                [{"input_ids": rng.integers(0, 256, (1, 8)), "attention_mask": ones} for _ in range(4)]
+            )
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    out = tmp_path_factory.mktemp("qdq") / "llama_qdq.onnx"
+    source = DECODERS.parent / "llama_tiny.onnx"
+    quantize_static(
+        str(source), str(out), Batches(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
+        per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+    )  # fmt: skip
+    return out
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize(("preset", "kept"), [("conservative", True), ("aggressive", False)])
+def test_qdq_weights_are_kept_or_re_quantized(tmp_path, qdq_llama, preset, kept):
+    result = compile(qdq_llama, preset, output=tmp_path / "out.onnx", measure_kernels=False)
+    assert result.report.ok
+    decoder = [r for r in result.layers if r.name.startswith("model.layers.") and r.name.endswith("_proj")]
+    assert len(decoder) == 14
+    for record in decoder:
+        if kept:  # F16 asked: more bits than the int8 codes hold
+            assert (record.op, record.rule, record.precisions["weights"]) == (
+                "MatMul",
+                "model:DequantizeLinear",
+                "I8",
+            )
+        else:
+            assert record.op == "BitLinear"
+    if kept:
+        assert result.bytes_after < result.bytes_before
