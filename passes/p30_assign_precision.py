@@ -14,7 +14,8 @@ take at the precisions the *config* resolves (before the policies, which may act
 tensor counted once per precision, so a tied table shared at one precision counts once); None without a
 budget. Weight statistics (`policy.weight_statistics`) cost a pass over the weights, so they are
 computed only when an enabled policy has a `weight_statistic` condition. `original_dtype` is the
-element type of the weight initializer as the model stores it (F32 for a layer without weights).
+element type of the weight initializer as the model stores it (F32 for a layer without weights;
+I4 for a 4-bit MatMulNBits, whose packed blocks are uint8).
 Sensitivity is not measured here; conditions on it are false (`LayerFacts.sensitivity` empty).
 
 A linear layer the model quantized already keeps the precision it is stored in unless the
@@ -121,6 +122,7 @@ class AssignPrecisionPass:
         nodes = {node.name: node for node in graph.nodes}
         for layer in layers:
             anchor = nodes.get(layer.nodes[0]) if layer.nodes else None
+            stored = _stored_quantization(anchor, layer, nodes, tensors)
             facts = LayerFacts(
                 name=layer.name,
                 layer_type=layer.layer_type,
@@ -129,7 +131,7 @@ class AssignPrecisionPass:
                 parameter_count=layer.parameter_count,
                 memory_usage=memory_usage,
                 weight_statistics=self._statistics(layer, tensors, statistics) if wants_statistics else {},
-                original_dtype=_original_dtype(layer, tensors),
+                original_dtype=stored.dtype if stored is not None else _original_dtype(layer, tensors),
             )
             decisions: dict[ComponentType, Decision] = {}
             for component, resolution in resolutions[layer.name].items():
@@ -138,7 +140,6 @@ class AssignPrecisionPass:
                     if policy is None
                     else policy.decide(facts, component, resolution)
                 )
-                stored = _stored_quantization(anchor, layer, nodes, tensors)
                 if component is ComponentType.WEIGHTS and stored is not None:
                     decision = _kept_quantized(stored, decision)
                 decisions[component] = decision
