@@ -1,8 +1,8 @@
 """Exports the decoder fixtures in models/fixtures/decoders/: KV-cache decoders and dynamo exports of
 tiny random-weight transformers models, as today's exporters write them, and records their provenance.
 
-Run from the repository root (needs torch==2.13.0, transformers, onnxscript and onnxruntime-genai;
-CI never runs this):
+Run from the repository root in the project's environment with torch==2.13.0, transformers,
+onnxscript and onnxruntime-genai added (CI never runs this):
     HF_HUB_OFFLINE=1 python -m models.export_decoders
 
 Fixtures (configs as in models/export_fixtures.py, random initialization, nothing downloaded):
