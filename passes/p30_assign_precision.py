@@ -23,7 +23,8 @@ decision asks for fewer bits per weight: a com.microsoft MatMulNBits anchor (I4 
 block_size for a 4-bit node, asymmetric when it has zero points), or a weight read through a
 DequantizeLinear of integer codes (QDQ: I8 for int8/uint8, I4 for int4/uint4; the whole row or
 its block_size per scale; asymmetric when a zero point is not 0). Quantization cannot be undone,
-so a wider precision would only store the same values larger. Its source (`model:<op>`)
+so a wider precision would only store the same values larger; a MatMulNBits whose blocks g_idx
+reorders is kept whatever the plan asks (its weights are not read back). Its source (`model:<op>`)
 and explanation say so and name what was asked; the validator does not judge it (an output layer
 stored in 4 bits is the model's, not the config's choice). `rewrite.linear` case 0 then
 keeps the node, or re-quantizes it.
@@ -232,6 +233,7 @@ class _Stored:
     bits: int
     source: str  # `model:<op>`
     what: str  # for the explanation
+    readable: bool = True  # False: its weights cannot be read back (kept whatever the plan asks)
 
 
 def _stored_quantization(
@@ -246,7 +248,9 @@ def _stored_quantization(
         zero_points = len(anchor.inputs) > 3 and bool(anchor.inputs[3].name)
         layout = WeightLayout(group_size=block, asymmetric=zero_points)
         bits = int(anchor.attrs["bits"])
-        return _Stored(dtype, layout, bits, f"model:{anchor.op}", f"MatMulNBits block {block}")
+        reordered = len(anchor.inputs) > 4 and bool(anchor.inputs[4].name)  # g_idx
+        what = f"MatMulNBits block {block}" + (" with reordered blocks (g_idx)" if reordered else "")
+        return _Stored(dtype, layout, bits, f"model:{anchor.op}", what, readable=not reordered)
     if layer.layer_type not in (LayerType.LINEAR, LayerType.OUTPUT):
         return None
     chain = [nodes[n] for n in layer.weight_nodes if n in nodes]
@@ -264,7 +268,7 @@ def _stored_quantization(
 
 def _kept_quantized(stored: _Stored, decision: Decision) -> Decision:
     """The model's own quantization of a layer, unless `decision` asks for fewer bits."""
-    if fewer_bits(stored.bits, decision.dtype):
+    if stored.readable and fewer_bits(stored.bits, decision.dtype):
         return decision
     return replace(
         decision,

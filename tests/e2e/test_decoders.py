@@ -238,3 +238,39 @@ def test_qdq_weights_are_kept_or_re_quantized(tmp_path, qdq_llama, preset, kept)
             assert record.op == "BitLinear"
     if kept:
         assert result.bytes_after < result.bytes_before
+
+
+@pytest.mark.kernels
+def test_a_matmul_nbits_with_reordered_blocks_is_kept_under_a_ternary_plan(tmp_path):
+    """g_idx reorders the blocks: its weights are not read back, so even balanced's ternary plan
+    keeps the layer (and the model compiles) instead of refusing it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(6)
+    k, n, block = 32, 16, 16
+    packed = rng.integers(0, 256, (n, k // block, block // 2)).astype(np.uint8)
+    inits = [
+        numpy_helper.from_array(packed, "proj.B"),
+        numpy_helper.from_array(rng.uniform(0.01, 0.05, n * k // block).astype(np.float32), "proj.scales"),
+        numpy_helper.from_array((np.arange(k) // block).astype(np.int32), "proj.g_idx"),
+        numpy_helper.from_array((rng.standard_normal((n, 4)) * 0.1).astype(np.float32), "head.weight"),
+    ]
+    nodes = [
+        helper.make_node(
+            "MatMulNBits", ["x", "proj.B", "proj.scales", "", "proj.g_idx"], ["h"], name="/proj/MatMulNBits",
+            domain="com.microsoft", K=k, N=n, bits=4, block_size=block,
+        ),
+        helper.make_node("Relu", ["h"], ["r"], name="/act/Relu"),
+        helper.make_node("MatMul", ["r", "head.weight"], ["y"], name="/head/MatMul"),
+    ]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], initializer=inits,
+    )  # fmt: skip
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
+    result = compile(model, "balanced", output=tmp_path / "out.onnx", measure_kernels=False)
+    record = next(r for r in result.layers if r.name == "proj")
+    assert (record.layer_type, record.op, record.rule) == ("linear", "MatMulNBits", "model:MatMulNBits")
+    assert record.precisions["weights"] == "I4"
