@@ -56,6 +56,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from onnx import helper
 
 from bitnet_onnx.config.plan import LayerPlan
 from bitnet_onnx.core.dtypes import DType
@@ -366,9 +367,13 @@ def _dequantized(
 def _keeps_dequantized(site: _Site, weights: DType) -> bool:
     """Whether the weight comes through a DequantizeLinear of integer codes that `weights` would
     store in no fewer bits."""
-    bits = _CODE_BITS.get(np.dtype(site.operand.initializer.dtype).name)
-    dequantized = any(n.op == "DequantizeLinear" for n in site.operand.value_chain.nodes)
-    return dequantized and bits is not None and not fewer_bits(bits, weights)
+    if not any(n.op == "DequantizeLinear" for n in site.operand.value_chain.nodes):
+        return False
+    dtype = site.operand.initializer.dtype  # an ONNX type number where gs knows no numpy type
+    bits = _CODE_BITS.get(
+        np.dtype(helper.tensor_dtype_to_np_dtype(dtype) if isinstance(dtype, int) else dtype).name
+    )
+    return bits is not None and not fewer_bits(bits, weights)
 
 
 def _floating(
