@@ -26,14 +26,14 @@ from bitnet_onnx.config.config_file import save_config
 from bitnet_onnx.config.report import CompileValidationError
 from bitnet_onnx.core._text import table
 from bitnet_onnx.core.errors import MixedPrecisionError, UnsupportedModelError
-from bitnet_onnx.core.inspection import layers_table, read_layers
+from bitnet_onnx.core.inspection import components_table, read_layers
 from bitnet_onnx.core.log import read_log, render_table
 from bitnet_onnx.optimize.analysis import analyze, with_sensitivity
 from bitnet_onnx.optimize.analysis_report import write_report
 from bitnet_onnx.optimize.calibration import Calibration
 from bitnet_onnx.optimize.cost_model import CostModel, LatencyTable
 from bitnet_onnx.optimize.objectives import OptimizationObjective
-from bitnet_onnx.optimize.sensitivity import measure_sensitivity
+from bitnet_onnx.optimize.sensitivity import measure_sensitivity, measurer
 from bitnet_onnx.passes._graph import load_model
 from bitnet_onnx.runtime import profiling
 from bitnet_onnx.runtime.info import describe, gather
@@ -121,6 +121,10 @@ def _cmd_compile(args: argparse.Namespace) -> int:
             memory_budget=args.memory_budget,
             measure_kernels=not args.no_kernel_timing,
             custom_op_libraries=args.custom_ops,
+            # measured only if a policy has a sensitivity condition
+            sensitivity=measurer(
+                args.model, lambda: _calibration(args.model, args.inputs, args.dim), progress=progress
+            ),
         )
     except CompileValidationError as exc:
         print(exc.report.summary(), file=sys.stderr)
@@ -241,10 +245,33 @@ def _cmd_run(args: argparse.Namespace) -> int:
         outputs, times = dict(zip(names, session.run(names, feeds), strict=True)), []
     for name, value in outputs.items():
         print(_describe(name, value))
+    if args.save is not None:
+        _save_outputs(args.save, outputs)
+        print(f"outputs written to {args.save}")
     if args.profile:
         print()
         print(_times_table(times))
     return EXIT_OK
+
+
+def _save_outputs(path: Path, outputs: dict[str, np.ndarray]) -> None:
+    """One array per output name in an .npz, written atomically (temporary file, then rename)."""
+    import tempfile
+
+    from bitnet_onnx.core.errors import ConfigError
+
+    if path.suffix != ".npz":
+        raise ConfigError(f"--save {path}: the outputs are saved as .npz; name the file e.g. {path.stem}.npz")
+    if not path.parent.is_dir():
+        raise ConfigError(f"--save {path}: folder {path.parent} does not exist; create it first")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            np.savez(stream, **outputs)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 def _times_table(times: Sequence) -> str:
@@ -274,7 +301,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([r.to_json() for r in records], indent=2))
     else:
-        print(layers_table(records))
+        print(components_table(records))
     return EXIT_OK
 
 
@@ -287,6 +314,13 @@ def _add_custom_ops(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument(
         "--custom-ops", type=Path, action="append", default=[], metavar="LIB",
         help="a shared library implementing ops of another custom domain the model uses; repeatable",
+    )  # fmt: skip
+
+
+def _add_dim(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument(
+        "--dim", type=_dim, action="append", default=[], metavar="NAME=N",
+        help="a symbolic dim of generated inputs (default batch=1, seq=8); repeatable",
     )  # fmt: skip
 
 
@@ -331,10 +365,7 @@ def _add_compile(sub: argparse._SubParsersAction) -> None:
         "--inputs", type=Path, metavar="NPZ",
         help="sample inputs for validation, and the calibration batches of --objective (default: generated)",
     )  # fmt: skip
-    cmd.add_argument(
-        "--dim", type=_dim, action="append", default=[], metavar="NAME=N",
-        help="a symbolic dim of generated inputs (default batch=1, seq=8); repeatable",
-    )  # fmt: skip
+    _add_dim(cmd)
     cmd.add_argument(
         "--dump-after", action="append", default=[], metavar="PASS",
         help="write the model after PASS to OUT's stem + .dump/NNN_PASS.onnx; repeatable",
@@ -389,10 +420,7 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
         help="calibration inputs: one batch per model input name, or <input>__<i> keys for several "
         "(default: 4 generated batches)",
     )  # fmt: skip
-    cmd.add_argument(
-        "--dim", type=_dim, action="append", default=[], metavar="NAME=N",
-        help="a symbolic dim of generated inputs (default batch=1, seq=8); repeatable",
-    )  # fmt: skip
+    _add_dim(cmd)
     cmd.add_argument(
         "--report", type=Path, metavar="DIR", help="write the HTML report and its PNG charts into DIR"
     )
@@ -402,30 +430,58 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
-    cmd = sub.add_parser("run", help="run a (compiled) model in onnxruntime and print its outputs")
-    cmd.add_argument("model", type=Path, metavar="MODEL")
-    cmd.add_argument(
-        "--inputs", type=Path, metavar="NPZ", help="inputs (default: generated from the input specs)"
+    cmd = sub.add_parser(
+        "run",
+        help="run a (compiled) model in onnxruntime and print its outputs",
+        description="Run MODEL in onnxruntime with the bitnet ops registered and print each output's type, "
+        "shape and statistics (min, max, mean, std); --save writes the outputs themselves. The inputs are "
+        "checked against the model first (every missing, unknown or mistyped array is named).",
     )
+    cmd.add_argument("model", type=Path, metavar="MODEL", help="the ONNX model to run (compiled or not)")
     cmd.add_argument(
-        "--dim", type=_dim, action="append", default=[], metavar="NAME=N", help="dims of generated inputs"
-    )
+        "--inputs", type=Path, metavar="NPZ",
+        help="one array per model input, by input name (default: generated from the input specs)",
+    )  # fmt: skip
+    _add_dim(cmd)
     cmd.add_argument("--threads", type=int, metavar="N", help="intra-op threads (default: onnxruntime's)")
-    cmd.add_argument("--profile", action="store_true", help="time per layer from onnxruntime's profiler")
+    cmd.add_argument(
+        "--profile", action="store_true",
+        help="time each layer with onnxruntime's profiler and print the table",
+    )  # fmt: skip
+    cmd.add_argument(
+        "--save", type=Path, metavar="OUT.npz",
+        help="write the outputs to OUT.npz, one array per output name (numpy.load reads it)",
+    )  # fmt: skip
     _add_custom_ops(cmd)
     cmd.set_defaults(run=_cmd_run)
 
 
 def _add_inspect(sub: argparse._SubParsersAction) -> None:
-    cmd = sub.add_parser("inspect", help="per-layer precisions, ops and rules of a compiled model")
-    cmd.add_argument("model", type=Path, metavar="MODEL")
-    cmd.add_argument("--json", action="store_true", help="one JSON record per layer")
+    cmd = sub.add_parser(
+        "inspect",
+        help="per-layer precisions, ops and rules of a compiled model",
+        description="Read what the compiler stamped on a compiled model's nodes and print, for each layer "
+        "in model order (the order of compile's table) and each of its components, the precision, the "
+        "layout knobs (group size, zero points, per-channel scale, ternary packing, ...), the conversion "
+        "strategy and the rule that decided it, with the op that computes the layer.",
+    )
+    cmd.add_argument("model", type=Path, metavar="MODEL", help="a model written by bitnet-onnx compile")
+    cmd.add_argument(
+        "--json", action="store_true",
+        help="print a JSON list, one record per layer with one entry per component",
+    )  # fmt: skip
     cmd.set_defaults(run=_cmd_inspect)
 
 
 def _add_log(sub: argparse._SubParsersAction) -> None:
-    cmd = sub.add_parser("log", help="a pass log as a readable table")
-    cmd.add_argument("file", type=Path, metavar="FILE")
+    cmd = sub.add_parser(
+        "log",
+        help="a pass log as a readable table",
+        description="Print a pass log (compile --log FILE: one JSON line per pass) as a table: per pass its "
+        "time, node counts, bytes, changes and warnings, then each pass's changes (layer, action, "
+        "component, precision, source) and its warnings in full.",
+    )
+    cmd.add_argument("file", type=Path, metavar="FILE", help="the JSON-lines log written by compile --log")
     cmd.add_argument("--summary", action="store_true", help="one row per pass, without the changes")
     cmd.set_defaults(run=_cmd_log)
 
@@ -439,11 +495,23 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log one line per pass")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    info = sub.add_parser("info", help="op library, onnxruntime version, CPU features and kernel paths")
+    info = sub.add_parser(
+        "info",
+        help="op library, onnxruntime version, CPU features and kernel paths",
+        description="Print the path of the bitnet op library (for other onnxruntime bindings), whether it "
+        "loads, the onnxruntime version, this CPU's features and the kernel path each op takes here. "
+        "Exit status 2 when the library does not load.",
+    )
     info.set_defaults(run=_cmd_info)
 
-    bench = sub.add_parser("bench", help="benchmarks (bench kernels|compiler --help for options)")
-    bench.add_argument("suite", choices=["kernels", "compiler"])
+    bench = sub.add_parser(
+        "bench",
+        help="benchmarks (bench kernels|compiler --help for options)",
+        description="Run a benchmark suite and print its table: kernels (our ops against onnxruntime's own "
+        "matmuls) or compiler (compile time, peak memory, size and latency of a ~100M-parameter decoder). "
+        "`bitnet-onnx bench SUITE --help` lists the suite's options.",
+    )
+    bench.add_argument("suite", choices=["kernels", "compiler"], help="the suite to run")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="options passed to the suite")
     bench.set_defaults(run=_cmd_bench)
 

@@ -16,7 +16,12 @@ budget. Weight statistics (`policy.weight_statistics`) cost a pass over the weig
 computed only when an enabled policy has a `weight_statistic` condition. `original_dtype` is the
 element type of the weight initializer as the model stores it (F32 for a layer without weights;
 I4 for a 4-bit MatMulNBits, whose packed blocks are uint8).
-Sensitivity is not measured here; conditions on it are false (`LayerFacts.sensitivity` empty).
+Sensitivity is measured only when an enabled policy has a `sensitivity` condition, and only for
+the precisions such conditions name (their `key`, else the precision the config resolves for the
+component being decided), by `ctx.sensitivity` (compile()'s `sensitivity` argument; the command
+line passes `optimize.sensitivity.measurer`: measured on the inputs, cached on disk, with a progress
+bar). The fact is 1 − cosine of the outputs with the layer alone at that precision. Without a
+measure such a policy is refused with a ConfigError naming its rules, never left silently false.
 
 A linear layer the model quantized already keeps the precision it is stored in unless the
 decision asks for fewer bits per weight: a com.microsoft MatMulNBits anchor (I4 with group size
@@ -56,8 +61,20 @@ import onnx_graphsurgeon as gs
 from bitnet_onnx.config.config import MixedPrecisionConfig, Resolution
 from bitnet_onnx.config.layer_precision import LayerPrecisionSpec
 from bitnet_onnx.config.plan import LayerPlan, components_of
-from bitnet_onnx.config.policy import ConditionType, Decision, LayerFacts, PolicyEngine, weight_statistics
-from bitnet_onnx.config.validation import PrecisionValidator, ValidationReport
+from bitnet_onnx.config.policy import (
+    ConditionType,
+    Decision,
+    LayerFacts,
+    PolicyCondition,
+    PolicyEngine,
+    weight_statistics,
+)
+from bitnet_onnx.config.validation import (
+    PerformanceImpactRule,
+    PrecisionValidator,
+    ValidationReport,
+    default_rules,
+)
 from bitnet_onnx.core.dtypes import DType, WeightLayout, storage_bytes
 from bitnet_onnx.core.errors import ConfigError
 from bitnet_onnx.core.layers import ComponentType, Layer, LayerType
@@ -82,6 +99,9 @@ _STORED_DTYPES: Mapping[np.dtype, DType] = {
 _KEPT = "model:"  # the source prefix of a decision keeping the model's own quantization
 _MAX_CONFLICT_LAYERS = 5  # layers named per grouped conflict warning; the count gives the rest
 _CLOSEST = 3
+# The plan's rules, less the guess at conversions from layer order: fold_converts counts the ones
+# the rewrite really inserts, along the graph's edges.
+_PLAN_RULES = [rule for rule in default_rules() if not isinstance(rule, PerformanceImpactRule)]
 
 
 def _every_layer_planned(graph: gs.Graph, ctx: PassContext) -> str | None:
@@ -121,7 +141,12 @@ class AssignPrecisionPass:
             for layer in layers
         }
         memory_usage = self._memory_usage(layers, resolutions, tensors)
-        wants_statistics = policy is not None and _asks_for_statistics(policy)
+        wants_statistics = policy is not None and _asks_for(policy, ConditionType.WEIGHT_STATISTIC)
+        sensitivity = (
+            _sensitivity(ctx, layers, resolutions)
+            if policy is not None and _asks_for(policy, ConditionType.SENSITIVITY)
+            else {}
+        )
         statistics: dict[str, Mapping[str, float]] = {}
         changes: list[Change] = []
         conflicts: dict[tuple[str, str], list[str]] = defaultdict(list)
@@ -140,6 +165,7 @@ class AssignPrecisionPass:
                 memory_usage=memory_usage,
                 weight_statistics=self._statistics(layer, tensors, statistics) if wants_statistics else {},
                 original_dtype=stored.dtype if stored is not None else _original_dtype(layer, tensors),
+                sensitivity=sensitivity.get(layer.name, {}),
             )
             decisions: dict[ComponentType, Decision] = {}
             for component, resolution in resolutions[layer.name].items():
@@ -164,7 +190,7 @@ class AssignPrecisionPass:
 
         warnings = _unknown_layer_warnings(config, [layer.name for layer in layers])
         warnings += _conflict_warnings(conflicts)
-        report = PrecisionValidator().validate_specs(
+        report = PrecisionValidator(_PLAN_RULES).validate_specs(
             [_spec(p, tensors, config) for p in plan.values()],
             support_matrix=config.support,
             budget_bytes=self.memory_budget,
@@ -283,14 +309,42 @@ def _kept_quantized(stored: _Stored, decision: Decision) -> Decision:
     )
 
 
-def _asks_for_statistics(policy: PolicyEngine) -> bool:
-    return any(
-        condition.condition_type is ConditionType.WEIGHT_STATISTIC
+def _conditions(policy: PolicyEngine, ctype: ConditionType) -> list[tuple[str, PolicyCondition]]:
+    """(`policy/rule`, condition) of every enabled policy's conditions of type `ctype`."""
+    return [
+        (f"{p.id}/{rule.id}", condition)
         for p in policy.policies
         if p.enabled
         for rule in p.rules
         for condition in rule.conditions
-    )
+        if condition.condition_type is ctype
+    ]
+
+
+def _asks_for(policy: PolicyEngine, ctype: ConditionType) -> bool:
+    return bool(_conditions(policy, ctype))
+
+
+def _sensitivity(
+    ctx: PassContext, layers: Sequence[Layer], resolutions: Mapping[str, Mapping[ComponentType, Resolution]]
+) -> Mapping[str, Mapping[DType, float]]:
+    """Layer → precision → measured 1 − cosine, for the precisions the sensitivity conditions ask."""
+    asking = _conditions(ctx.policy, ConditionType.SENSITIVITY)
+    if ctx.sensitivity is None:
+        rules = ", ".join(sorted({where for where, _ in asking}))
+        raise ConfigError(
+            f"policy rule(s) {rules} have a sensitivity condition, which needs the model's measured "
+            "sensitivity: compile on the command line (`bitnet-onnx compile` measures it), or pass "
+            "compile(..., sensitivity=bitnet_onnx.optimize.sensitivity.measurer(model, calibration)); "
+            "`bitnet-onnx analyze MODEL` prints each layer's sensitivity"
+        )
+    keys = {c.key for _, c in asking}
+    wanted = {
+        layer.name: {k for k in keys if isinstance(k, DType)}
+        | ({r.dtype for r in resolutions[layer.name].values()} if None in keys else set())
+        for layer in layers
+    }
+    return ctx.sensitivity(layers, wanted, ctx.config.support)
 
 
 def _change(layer: Layer, component: ComponentType, decision: Decision) -> Change:

@@ -36,14 +36,15 @@ finding naming its rule:
    Any mismatch is an error.
 4. `numerics`: the compiled model and the original (`ctx.original`) run on the sample inputs
    (`ctx.calibration`, else `sample_inputs` from the input specs with `dims` and `ctx.seed`);
-   every output is compared (`report.compare_outputs`: max abs error, max relative error, cosine)
-   against the strategy's thresholds (`report.THRESHOLDS`). A miss is an error with `strict`, a
-   warning without. An output the compiled model lacks, or with another shape, is an error.
-   Sample inputs that do not fit the model (a missing or unknown name, another element type) are
-   the user's to fix: ConfigError.
+   every output is compared (`report.compare_outputs`: max abs error, max and 99.9th-percentile
+   relative error, cosine) against the strategy's thresholds (`report.THRESHOLDS`). A miss is an
+   error with `strict`, a warning without. An output the compiled model lacks, or with another
+   shape, is an error. Sample inputs that do not fit the model (a missing or unknown name, another
+   element type) are the user's to fix: ConfigError.
 
 The record carries the findings (errors and warnings as its warnings) and, per output, its
-metrics in the stats (`<output>.cosine`, `<output>.max_abs_error`, `<output>.max_rel_error`).
+metrics in the stats (`<output>.cosine`, `<output>.max_abs_error`, `<output>.max_rel_error`,
+`<output>.rel_error_q999`).
 """
 
 from __future__ import annotations
@@ -416,6 +417,7 @@ class ValidatePass:
             stats[f"{m.name}.cosine"] = round(m.cosine, 6) if math.isfinite(m.cosine) else str(m.cosine)
             stats[f"{m.name}.max_abs_error"] = _stat(m.max_abs_error)
             stats[f"{m.name}.max_rel_error"] = _stat(m.max_rel_error)
+            stats[f"{m.name}.rel_error_q999"] = _stat(m.rel_error_q999)
         messages = tuple(f"{f.severity.value}: {f}" for f in (*report.errors, *report.warnings))
         return PassResult(modified=False, warnings=messages, stats=stats)
 

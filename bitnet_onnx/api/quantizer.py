@@ -71,7 +71,7 @@ class MixedPrecisionQuantizationConfig:
 
     @classmethod
     def bitnet(cls) -> MixedPrecisionQuantizationConfig:
-        """BitNet b1.58: BITNET158 weights (absmean pattern, least-squares scale per tensor, 2-bit
+        """BitNet b1.58: BITNET158 weights (absmean pattern and scale γ = mean|W| per tensor, 2-bit
         packing), I8 per-token activations."""
         return cls(DType.BITNET158, DType.I8)
 

@@ -2,7 +2,7 @@
 
 A `MixedPrecisionConfig` answers one question, `resolve(layer_name, layer_type, component)`, with a
 `Resolution`: the precision, the knobs that shape its conversion (group size, zero points, ternary
-scale granularity and packing, conversion strategy) and the `source` naming the level that decided.
+scale granularity, rule and packing, conversion strategy) and the `source` naming the level that decided.
 
 Resolution order; the first level that applies wins:
 
@@ -48,7 +48,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from bitnet_onnx.core._schema import Problems, SchemaPath, parse_enum
-from bitnet_onnx.core.dtypes import ConversionStrategy, DType, TernaryPacking, WeightLayout
+from bitnet_onnx.core.dtypes import ConversionStrategy, DType, TernaryPacking, TernaryScale, WeightLayout
 from bitnet_onnx.core.errors import ConfigError
 from bitnet_onnx.core.layers import ComponentType, LayerType, SupportMatrix
 
@@ -104,7 +104,8 @@ class ComponentPrecisionConfig:
 
     `layout.group_size` (integer precisions; None is one group per row), `layout.asymmetric`
     (zero points; I8, I4, I2), `layout.per_channel` (BITNET158: one scale per output row) and
-    `layout.packing` (BITNET158 at rest) are those of `dtypes.WeightLayout`; `conversion_strategy`
+    `layout.packing` (BITNET158 at rest) and `layout.ternary_scale` (BITNET158's scale rule: γ as
+    trained, or least squares) are those of `dtypes.WeightLayout`; `conversion_strategy`
     None leaves the choice to the converter.
     """
 
@@ -456,6 +457,12 @@ def _check_knobs(problems: Problems, path: SchemaPath, setting: ComponentPrecisi
         problems.add((*path, "packing"), f"must be a TernaryPacking, not {layout.packing!r}")
     elif layout.packing is not TernaryPacking.TWO_BIT and dtype is not DType.BITNET158:
         problems.add((*path, "packing"), f"ternary packing applies to BITNET158 only, not {dtype.name}")
+    if not isinstance(layout.ternary_scale, TernaryScale):
+        problems.add((*path, "ternary_scale"), f"must be a TernaryScale, not {layout.ternary_scale!r}")
+    elif layout.ternary_scale is not TernaryScale.ABSMEAN and dtype is not DType.BITNET158:
+        problems.add(
+            (*path, "ternary_scale"), f"the ternary scale rule applies to BITNET158 only, not {dtype.name}"
+        )
 
 
 def fit_layout(dtype: DType, layout: WeightLayout) -> WeightLayout:
@@ -469,6 +476,7 @@ def fit_layout(dtype: DType, layout: WeightLayout) -> WeightLayout:
         asymmetric=layout.asymmetric and dtype in _ZERO_POINT,
         per_channel=layout.per_channel and ternary,
         packing=layout.packing if ternary else TernaryPacking.TWO_BIT,
+        ternary_scale=layout.ternary_scale if ternary else TernaryScale.ABSMEAN,
     )
 
 

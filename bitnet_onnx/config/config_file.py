@@ -18,7 +18,7 @@ layer_types:                   # layer-type defaults; each entry replaces the pr
       activations: I8
       bias: {precision: F16}
   attention: F16               # short form: only a precision
-  other: null                  # null removes the preset's entry
+  embedding: null              # null removes the preset's entry
 
 components:                    # component defaults (weights, bias, activations, outputs, gradients)
   weights: {precision: I4, group_size: 64}
@@ -55,6 +55,9 @@ policies:                      # see bitnet_onnx.config.policy for the evaluatio
 An entry (a value under `layer_types`, `layers`, or `components`) is a precision name, or a mapping
 with `precision` and the knobs `group_size` (integer precisions; elements per scale, whole bytes),
 `asymmetric` (zero points; I8, I4, I2), `per_channel` and `packing` (`2bit` | `base3`; BITNET158),
+`ternary_scale` (`absmean` | `least_squares`; BITNET158: the stored scale is γ = mean|W| as BitNet
+b1.58 trains, the default and the right one for a QAT-trained model, or the least-squares scale of
+the pattern, better for ternarizing a float model after training),
 `conversion_strategy` (direct | scaled | quantization_aware | stochastic_rounding); entries under
 `layer_types` and `layers` also take `components` (component → entry without `components`),
 and those under `layers` take `layer_type`. Precisions are F32, F16, BF16, I8, I4, I2, I1,
@@ -63,12 +66,13 @@ BITNET158 (aliases such as fp16, int4, ternary are accepted and saved canonical)
 Condition types: layer_type, component, layer_name, layer_index (an integer, negative from the
 end, `first` or `last`), parameter_count, memory_usage (percent of the budget), weight_statistic
 (`key`: absmax, absmean, mean, std, kurtosis, outlier_ratio, zero_fraction), sensitivity (`key`:
-a precision, default the one being decided). Operators: equal, not_equal, greater_than,
+a precision, default the one being decided; compile measures it, see passes/p30_assign_precision).
+Operators: equal, not_equal, greater_than,
 greater_equal, less_than, less_equal, in, not_in (value is a list), matches (glob), matches_regex,
 contains, starts_with, ends_with. Actions: `{type: set_precision, precision: P}`,
 `{type: set_component_precision, component: C, precision: P}`, `{type: keep_original}`,
 `{type: raise_precision, steps: N}` and `{type: lower_precision, steps: N}` (steps default 1),
-`{type: set_conversion_strategy, strategy: S}`.
+`{type: set_conversion_strategy, strategy: S}`, `{type: set_ternary_scale, scale: absmean | least_squares}`.
 
 Errors: everything wrong in a file is reported at once in one ConfigError whose `source` is the
 file, each problem with its line, the key path, and the valid choices (unknown keys get a "did you
@@ -100,7 +104,7 @@ from bitnet_onnx.config.config import (
 )
 from bitnet_onnx.config.policy import PrecisionPolicy
 from bitnet_onnx.core._schema import Problems, SchemaPath, describe_value
-from bitnet_onnx.core.dtypes import ConversionStrategy, DType, TernaryPacking, WeightLayout
+from bitnet_onnx.core.dtypes import ConversionStrategy, DType, TernaryPacking, TernaryScale, WeightLayout
 from bitnet_onnx.core.errors import ConfigError
 from bitnet_onnx.core.layers import ComponentType, LayerType, SupportMatrix
 
@@ -119,7 +123,7 @@ _TOP_KEYS = (
     "support",
     "policies",
 )
-_KNOBS = ("group_size", "asymmetric", "per_channel", "packing", "conversion_strategy")
+_KNOBS = ("group_size", "asymmetric", "per_channel", "packing", "ternary_scale", "conversion_strategy")
 _YAML_SUFFIXES = (".yaml", ".yml")
 _JSON_SUFFIXES = (".json",)
 
@@ -253,6 +257,8 @@ def _knobs(layout: WeightLayout, strategy: ConversionStrategy | None) -> dict[st
         out["per_channel"] = layout.per_channel
     if layout.packing != default.packing:
         out["packing"] = layout.packing.value
+    if layout.ternary_scale != default.ternary_scale:
+        out["ternary_scale"] = layout.ternary_scale.value
     if strategy is not None:
         out["conversion_strategy"] = strategy.value
     return out
@@ -418,14 +424,23 @@ def _read_precision_and_knobs(
     packing = TernaryPacking.TWO_BIT
     if "packing" in body:
         packing = problems.parse(TernaryPacking.parse, body["packing"], (*path, "packing"))
+    ternary_scale = TernaryScale.ABSMEAN
+    if "ternary_scale" in body:
+        ternary_scale = problems.parse(TernaryScale.parse, body["ternary_scale"], (*path, "ternary_scale"))
     strategy = _choice(problems, body, (*path, "conversion_strategy"), ConversionStrategy.parse)
-    if precision is None or packing is None or ("conversion_strategy" in body and strategy is None):
+    if (
+        precision is None
+        or packing is None
+        or ternary_scale is None
+        or ("conversion_strategy" in body and strategy is None)
+    ):
         return None
     layout = WeightLayout(
         group_size=body.get("group_size"),
         asymmetric=body.get("asymmetric", False),
         per_channel=body.get("per_channel", False),
         packing=packing,
+        ternary_scale=ternary_scale,
     )
     return precision, layout, strategy
 

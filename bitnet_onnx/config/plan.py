@@ -6,15 +6,20 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from types import MappingProxyType
 
 from bitnet_onnx.config.policy import Decision
 from bitnet_onnx.core.dtypes import DType
 from bitnet_onnx.core.layers import ComponentType, Layer, LayerType
 
-__all__ = ["LayerPlan", "components_of"]
+__all__ = ["LayerPlan", "component_settings", "components_of"]
+
+# Decision fields that say why, not how: every other field (and every field of a dataclass-valued
+# one, such as the layout) is a setting of the component, so a knob added to them is shown as is.
+_WHY = frozenset(["dtype", "source", "overrode", "explanation", "conflicts", "origin"])
 
 _WEIGHTED = (ComponentType.WEIGHTS, ComponentType.BIAS, ComponentType.ACTIVATIONS, ComponentType.OUTPUTS)
 _COMPUTE_ONLY = (ComponentType.ACTIVATIONS, ComponentType.OUTPUTS)
@@ -53,3 +58,24 @@ class LayerPlan:
     def dtype(self, component: ComponentType) -> DType | None:
         decision = self.decisions.get(component)
         return decision.dtype if decision else None
+
+
+def _plain(value: object) -> str | int | float | bool | None:
+    return value.value if isinstance(value, enum.Enum) else value  # type: ignore[return-value]
+
+
+def component_settings(decision: Decision) -> dict[str, str | int | float | bool | None]:
+    """How one component is realised, as plain values: `precision`, each knob of the decision
+    (the layout's fields flattened, the conversion strategy; None where the converter picks), and
+    `rule`, the source that decided it."""
+    settings: dict[str, str | int | float | bool | None] = {"precision": decision.dtype.name}
+    for f in fields(decision):
+        if f.name in _WHY:
+            continue
+        value = getattr(decision, f.name)
+        if is_dataclass(value) and not isinstance(value, type):
+            settings.update({g.name: _plain(getattr(value, g.name)) for g in fields(value)})
+        else:
+            settings[f.name] = _plain(value)
+    settings["rule"] = decision.source
+    return settings

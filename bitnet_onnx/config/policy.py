@@ -34,6 +34,9 @@ Actions (`PolicyAction.set_precision(...)` etc.) and when they apply:
   counting only precisions the support matrix allows here (the others are skipped), clamped at
   the ends.
 - SET_CONVERSION_STRATEGY(s): keeps the precision, sets the conversion strategy.
+- SET_TERNARY_SCALE(r): keeps the precision, sets the ternary scale rule (`TernaryScale`: absmean,
+  the γ BitNet b1.58 trains with, or least_squares, for ternarizing float weights after training);
+  only when the current precision is BITNET158.
 When an action changes the precision, the knobs of the current resolution come along, except
 those that do not fit the new precision, which fall back to their defaults (`config.fit_layout`).
 
@@ -57,7 +60,7 @@ import numpy as np
 
 from bitnet_onnx.config.config import Resolution, fit_layout
 from bitnet_onnx.core._schema import Problems, SchemaPath, describe_value, did_you_mean, parse_enum
-from bitnet_onnx.core.dtypes import ConversionStrategy, DType, WeightLayout
+from bitnet_onnx.core.dtypes import ConversionStrategy, DType, TernaryScale, WeightLayout
 from bitnet_onnx.core.layers import ComponentType, LayerType, SupportMatrix
 
 if TYPE_CHECKING:
@@ -135,6 +138,7 @@ class ActionKind(_ParsedEnum):
     RAISE_PRECISION = "raise_precision"
     LOWER_PRECISION = "lower_precision"
     SET_CONVERSION_STRATEGY = "set_conversion_strategy"
+    SET_TERNARY_SCALE = "set_ternary_scale"
 
 
 _ENUM_NOUNS = {
@@ -384,9 +388,12 @@ class PolicyAction:
     component: ComponentType | None = None
     steps: int | None = None
     conversion_strategy: ConversionStrategy | None = None
+    ternary_scale: TernaryScale | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", ActionKind.parse(self.kind))
+        if self.ternary_scale is not None:
+            object.__setattr__(self, "ternary_scale", TernaryScale.parse(self.ternary_scale))
         if self.precision is not None:
             object.__setattr__(self, "precision", DType.parse(self.precision))
         if self.component is not None:
@@ -420,12 +427,17 @@ class PolicyAction:
     def set_conversion_strategy(cls, strategy: ConversionStrategy | str) -> PolicyAction:
         return cls(ActionKind.SET_CONVERSION_STRATEGY, conversion_strategy=strategy)
 
+    @classmethod
+    def set_ternary_scale(cls, scale: TernaryScale | str) -> PolicyAction:
+        return cls(ActionKind.SET_TERNARY_SCALE, ternary_scale=scale)
+
     def _fields(self) -> dict[str, Any]:
         return {
             "precision": self.precision,
             "component": self.component,
             "steps": self.steps,
             "strategy": self.conversion_strategy,
+            "scale": self.ternary_scale,
         }
 
     def collect_problems(self, problems: Problems, path: SchemaPath, support: SupportMatrix | None) -> None:
@@ -462,6 +474,8 @@ class PolicyAction:
             parts.append(f"by {self.steps}")
         if self.conversion_strategy is not None:
             parts.append(str(self.conversion_strategy.value))
+        if self.ternary_scale is not None:
+            parts.append(self.ternary_scale.value)
         return " ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -470,6 +484,7 @@ class PolicyAction:
         return out
 
 
+_ACTION_KEYS = ("precision", "component", "steps", "strategy", "scale")
 _ACTION_FIELDS: dict[ActionKind, tuple[str, ...]] = {
     ActionKind.SET_PRECISION: ("precision",),
     ActionKind.SET_COMPONENT_PRECISION: ("component", "precision"),
@@ -477,6 +492,7 @@ _ACTION_FIELDS: dict[ActionKind, tuple[str, ...]] = {
     ActionKind.RAISE_PRECISION: ("steps",),
     ActionKind.LOWER_PRECISION: ("steps",),
     ActionKind.SET_CONVERSION_STRATEGY: ("strategy",),
+    ActionKind.SET_TERNARY_SCALE: ("scale",),
 }
 
 
@@ -656,7 +672,7 @@ def _read_action(data: Any, problems: Problems, path: SchemaPath) -> PolicyActio
         return None
     kind = problems.parse(ActionKind.parse, body["type"], (*path, "type")) if "type" in body else None
     if kind is None:
-        problems.keys(body, path, ("type", "precision", "component", "steps", "strategy"), required=("type",))
+        problems.keys(body, path, ("type", *_ACTION_KEYS), required=("type",))
         return None
     needed = _ACTION_FIELDS[kind]
     problems.keys(body, path, ("type", *needed), required=[n for n in needed if n != "steps"])
@@ -664,6 +680,7 @@ def _read_action(data: Any, problems: Problems, path: SchemaPath) -> PolicyActio
         "precision": DType.parse,
         "component": ComponentType.parse,
         "strategy": ConversionStrategy.parse,
+        "scale": TernaryScale.parse,
     }
     read = {
         name: problems.parse(parsers[name], body[name], (*path, name))
@@ -679,6 +696,7 @@ def _read_action(data: Any, problems: Problems, path: SchemaPath) -> PolicyActio
         component=read.get("component"),
         steps=steps,
         conversion_strategy=read.get("strategy"),
+        ternary_scale=read.get("scale"),
     )
 
 
@@ -826,23 +844,27 @@ class PolicyEngine:
                 if applied:
                     notes.append(f"policy {policy.id!r} rule {rule.id!r} passed over: {applied}")
                 continue
-            dtype, strategy = applied
-            layout = fit_layout(dtype, current.layout) if dtype is not current.dtype else current.layout
-            return _Outcome(policy, rule, tuple(evaluated), dtype, layout, strategy)
+            return _Outcome(policy, rule, tuple(evaluated), *applied)
         return None
 
     def _apply(
         self, action: PolicyAction, facts: LayerFacts, component: ComponentType, current: Resolution
-    ) -> tuple[DType, ConversionStrategy | None] | str:
-        """The action's (precision, conversion strategy), or why it does not apply ("" when it is
-        simply not about this component)."""
+    ) -> tuple[DType, WeightLayout, ConversionStrategy | None] | str:
+        """The action's (precision, layout, conversion strategy), or why it does not apply ("" when
+        it is simply not about this component). A new precision takes the knobs that fit it."""
         allowed = self.support.allowed(facts.layer_type, component)
         kind = action.kind
         if kind is ActionKind.SET_CONVERSION_STRATEGY:
-            return current.dtype, action.conversion_strategy
+            return current.dtype, current.layout, action.conversion_strategy
+        if kind is ActionKind.SET_TERNARY_SCALE:
+            if current.dtype is not DType.BITNET158:
+                return f"set_ternary_scale applies to BITNET158, not {current.dtype.name}"
+            layout = replace(current.layout, ternary_scale=action.ternary_scale)
+            return current.dtype, layout, current.conversion_strategy
         if kind in (ActionKind.RAISE_PRECISION, ActionKind.LOWER_PRECISION):
             sign = 1 if kind is ActionKind.RAISE_PRECISION else -1
-            return _move(current.dtype, sign * (action.steps or 1), allowed), current.conversion_strategy
+            target = _move(current.dtype, sign * (action.steps or 1), allowed)
+            return target, _carried_layout(target, current), current.conversion_strategy
         if kind is ActionKind.SET_COMPONENT_PRECISION and action.component is not component:
             return ""
         target = facts.original_dtype if kind is ActionKind.KEEP_ORIGINAL else action.precision
@@ -852,7 +874,11 @@ class PolicyEngine:
             return (
                 f"{target.name} is not allowed for the {component.value} of {facts.layer_type.value} layers"
             )
-        return target, current.conversion_strategy
+        return target, _carried_layout(target, current), current.conversion_strategy
+
+
+def _carried_layout(dtype: DType, current: Resolution) -> WeightLayout:
+    return fit_layout(dtype, current.layout) if dtype is not current.dtype else current.layout
 
 
 def _move(dtype: DType, delta: int, allowed: frozenset[DType]) -> DType:

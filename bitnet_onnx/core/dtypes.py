@@ -18,7 +18,7 @@ from onnx import TensorProto
 
 from bitnet_onnx.core._schema import parse_enum
 
-__all__ = ["ConversionStrategy", "DType", "TernaryPacking", "WeightLayout", "storage_bytes"]
+__all__ = ["ConversionStrategy", "DType", "TernaryPacking", "TernaryScale", "WeightLayout", "storage_bytes"]
 
 _SCALE_BYTES = 4  # scales are float32
 _ZERO_POINT_BYTES = 1  # zero points are uint8
@@ -37,6 +37,25 @@ class TernaryPacking(enum.Enum):
     @property
     def weights_per_byte(self) -> int:
         return 4 if self is TernaryPacking.TWO_BIT else 5
+
+
+class TernaryScale(enum.Enum):
+    """The scale stored with a BITNET158 pattern (kernels/README.md "Ternary (BITNET158) weights").
+
+    ABSMEAN: γ = mean|W|, what BitNet b1.58 computes in training; the right scale for a model
+    trained with BitNet quantization-aware training (QAT), whose float latent weights are meant to
+    compute T·γ. LEAST_SQUARES: α = mean|W| over the non-zero T, which minimises ‖W − αT‖; the
+    better choice for post-training ternarization of a float model. Both keep s for weights that
+    already are exactly ternary × s.
+    """
+
+    ABSMEAN = "absmean"
+    LEAST_SQUARES = "least_squares"
+
+    @classmethod
+    def parse(cls, value: str | TernaryScale) -> TernaryScale:
+        """Accept a TernaryScale or its value in any case (`absmean`, `least_squares`, `least-squares`)."""
+        return parse_enum(cls, value, "ternary_scale", fold=_underscored)
 
 
 @dataclass(frozen=True)
@@ -120,12 +139,14 @@ class DType(enum.Enum):
 
 @dataclass(frozen=True)
 class WeightLayout:
-    """How a quantized tensor is laid out: the knobs that change its byte count."""
+    """How a quantized tensor is laid out: the knobs that change its byte count, and the rule of
+    the ternary scale (which changes the scale's value, not its size)."""
 
     group_size: int | None = None  # integer types: elements per scale along the last axis
     asymmetric: bool = False  # integer types: one zero point per group
     per_channel: bool = False  # BITNET158: one scale per row instead of one per tensor
     packing: TernaryPacking = TernaryPacking.TWO_BIT
+    ternary_scale: TernaryScale = TernaryScale.ABSMEAN  # BITNET158: γ (as trained) or least squares
 
 
 def storage_bytes(dtype: DType, shape: Sequence[int], layout: WeightLayout | None = None) -> int:

@@ -9,13 +9,16 @@ changes is how scales are chosen and how values are rounded:
    0 → +1; floats get a round-to-nearest cast that saturates values beyond the finite range to ±max.
    The number of saturated values is counted (stats, metadata). DIRECT has no zero point, so
    `asymmetric` with DIRECT is a configuration error.
-2. SCALED: the README formats: absmean ternary with its least-squares scale, absmax (symmetric) or
-   min/max (asymmetric) groups, mean|w| for I1. Float targets: the exact round-to-nearest cast.
+2. SCALED: the README formats: absmean ternary with the scale rule `ternary_scale` (γ = mean|W| by
+   default, as BitNet b1.58 trains; or the least-squares α of the pattern; weights exactly ternary × s
+   keep s under both), absmax (symmetric) or min/max (asymmetric) groups, mean|w| for I1. Float
+   targets: the exact round-to-nearest cast.
 3. QUANTIZATION_AWARE: scales chosen to minimise the squared error, deterministically. Integer
    groups try clipping ratios 1.0, 0.95, ..., 0.5 of the SCALED range and keep, per group, the
    ratio with the smallest error (the first on ties, so 1.0 wins ties). BITNET158 tries threshold
    ratios r of γ (T = clip(rint(W / (r·γ + ε)), −1, 1), 1.0 first, then 0.5 ... 2.0) per tensor or
-   per row and keeps the pattern whose least-squares scale gives the smallest error. I1 is SCALED:
+   per row and keeps the pattern whose least-squares scale gives the smallest error (the scale is
+   that least-squares one whatever `ternary_scale` says: minimising the error is the point). I1 is SCALED:
    for a sign pattern mean|w| already is the least-squares scale. Floats: the exact cast.
 4. STOCHASTIC_ROUNDING: seeded (`ConversionConfig.seed`, one generator per converter, drawn in call
    order) and unbiased, E[dequantized] = w, with scales wide enough that nothing is clipped:
@@ -28,7 +31,7 @@ changes is how scales are chosen and how values are rounded:
 Activations (`convert_activations`) take a float type as above, or I8 per token exactly as the ops
 quantize them at run time (kernels/README.md: s = max|x| per row, xq = clip(rint(x · 127/s))); no
 strategy applies to that. `convert_tensor(..., layout=)` replaces the config's layout knobs for one
-call (a layer's own group size, zero points, ternary scale granularity and packing).
+call (a layer's own group size, zero points, ternary scale granularity, rule and packing).
 
 Failures: NaN or ±Inf in the input is a ConversionError naming the tensor. A float target that
 cannot hold a value (the cast would give ±Inf) is a ConversionError with the count and max|x|,
@@ -51,7 +54,7 @@ from types import MappingProxyType
 import ml_dtypes
 import numpy as np
 
-from bitnet_onnx.core.dtypes import ConversionStrategy, DType, TernaryPacking, WeightLayout
+from bitnet_onnx.core.dtypes import ConversionStrategy, DType, TernaryPacking, TernaryScale, WeightLayout
 from bitnet_onnx.core.errors import ConfigError, ConversionError
 from bitnet_onnx.numerics.packing import (
     pack_int,
@@ -106,9 +109,10 @@ class ConversionConfig:
     """Knobs of a `PrecisionConverter`.
 
     `group_size` (elements per scale along the last axis; None = one group per row), and
-    `asymmetric` apply to integer targets; `per_channel` (one scale per row) and `ternary_packing`
-    to BITNET158. `seed` drives STOCHASTIC_ROUNDING. `preserve_metadata` records provenance
-    (name, source dtype, strategy, seed, saturation, measured error) in `QuantizedTensor.metadata`.
+    `asymmetric` apply to integer targets; `per_channel` (one scale per row), `ternary_packing` and
+    `ternary_scale` (the SCALED scale rule, `TernaryScale`) to BITNET158. `seed` drives
+    STOCHASTIC_ROUNDING. `preserve_metadata` records provenance (name, source dtype, strategy, seed,
+    saturation, measured error) in `QuantizedTensor.metadata`.
     `validate_results` dequantizes every result and checks its relative RMS error against
     `validation_tolerance` (None = `DEFAULT_TOLERANCES[target]`).
     """
@@ -121,6 +125,7 @@ class ConversionConfig:
     asymmetric: bool = False
     per_channel: bool = False
     ternary_packing: TernaryPacking = TernaryPacking.TWO_BIT
+    ternary_scale: TernaryScale = TernaryScale.ABSMEAN
     validation_tolerance: float | None = None
 
     def __post_init__(self) -> None:
@@ -129,6 +134,8 @@ class ConversionConfig:
             problems.append(f"strategy {self.strategy!r} must be a ConversionStrategy")
         if not isinstance(self.ternary_packing, TernaryPacking):
             problems.append(f"ternary_packing {self.ternary_packing!r} must be a TernaryPacking")
+        if not isinstance(self.ternary_scale, TernaryScale):
+            problems.append(f"ternary_scale {self.ternary_scale!r} must be a TernaryScale")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             problems.append(f"seed {self.seed!r} must be a non-negative integer")
         if self.group_size is not None and (
@@ -150,7 +157,9 @@ class ConversionConfig:
     @property
     def layout(self) -> WeightLayout:
         """The layout knobs as a `WeightLayout` (group_size unresolved: None is one group per row)."""
-        return WeightLayout(self.group_size, self.asymmetric, self.per_channel, self.ternary_packing)
+        return WeightLayout(
+            self.group_size, self.asymmetric, self.per_channel, self.ternary_packing, self.ternary_scale
+        )
 
     def with_layout(self, layout: WeightLayout) -> ConversionConfig:
         """A copy whose layout knobs are those of `layout` (validated again)."""
@@ -160,6 +169,7 @@ class ConversionConfig:
             asymmetric=layout.asymmetric,
             per_channel=layout.per_channel,
             ternary_packing=layout.packing,
+            ternary_scale=layout.ternary_scale,
         )
 
     def tolerance(self, dtype: DType) -> float:
@@ -404,7 +414,11 @@ class PrecisionConverter:
         w = np.asarray(source, dtype=np.float32).reshape(shape or (1,))
         if target is DType.BITNET158:
             ternary, saturated = self._ternary(config, w)
-            layout = WeightLayout(per_channel=config.per_channel, packing=config.ternary_packing)
+            layout = WeightLayout(
+                per_channel=config.per_channel,
+                packing=config.ternary_packing,
+                ternary_scale=config.ternary_scale,
+            )
             data = pack_ternary(ternary.values, layout.packing)
             return QuantizedTensor(target, shape, layout, data, ternary.scale), saturated
         groups, saturated = self._groups(config, w, target.bits)
@@ -421,7 +435,7 @@ class PrecisionConverter:
             saturated = int(np.count_nonzero(np.abs(np.rint(w)) > 1))
             return TernaryWeights(values, np.ones(scale_shape, np.float32)), saturated
         if strategy is ConversionStrategy.SCALED:
-            return ternarize(w, per_channel), 0
+            return ternarize(w, per_channel, config.ternary_scale), 0
         if strategy is ConversionStrategy.QUANTIZATION_AWARE:
             return _ternary_threshold_search(rows, per_channel, w.shape), 0
         # STOCHASTIC_ROUNDING: α = max|W|, P(T = sign w) = |w| / α

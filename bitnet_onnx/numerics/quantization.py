@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import TensorProto
 
-from bitnet_onnx.core.dtypes import TernaryPacking
+from bitnet_onnx.core.dtypes import TernaryPacking, TernaryScale
 from bitnet_onnx.core.errors import ConfigError
 from bitnet_onnx.numerics.packing import (
     INTEGER_BITS,
@@ -124,13 +124,18 @@ class TokenActivations:
         return self.values.astype(np.float32) * self.factor[..., None]
 
 
-def ternarize(w: np.ndarray, per_channel: bool = False) -> TernaryWeights:
+def ternarize(
+    w: np.ndarray, per_channel: bool = False, scale: TernaryScale = TernaryScale.ABSMEAN
+) -> TernaryWeights:
     """BitNet b1.58 ternarization (README "Ternary (BITNET158) weights").
 
     γ = mean|W| (over the tensor, or over each row when `per_channel`),
     T = clip(rint(W / (γ + 1e-6f)), −1, 1)  (float32 add, then float32 divide),
     α = mean of |W| over the non-zero T, the least-squares scale of the pattern (0 when T is all 0).
-    Weights that are exactly ternary × α (with α ≫ 1e-6) come back with the same pattern and α.
+    The stored scale is γ (`TernaryScale.ABSMEAN`, what the model was trained with) or α
+    (`LEAST_SQUARES`), except where the weights (the tensor, or the row when `per_channel`) are
+    exactly ternary × s: every |W| is 0 where T = 0 and α where T ≠ 0. There the scale is α = s under
+    both rules (γ would be s times the non-zero fraction), so the pattern and s come back unchanged.
     A non-finite row gets T = 0 and scale NaN (the whole tensor's scale when not `per_channel`).
     """
     w32 = _rows(w)
@@ -149,13 +154,23 @@ def ternarize(w: np.ndarray, per_channel: bool = False) -> TernaryWeights:
     nonzero = t != 0
     np.multiply(a, nonzero, out=a)  # |W| where T ≠ 0, else 0 (faster than a masked sum)
     alpha = _mean32(np.sum(a, axis=axis, dtype=np.float64), np.count_nonzero(nonzero, axis=axis))
-    scale = np.atleast_1d(alpha).astype(np.float32)
+    if scale is TernaryScale.LEAST_SQUARES:
+        chosen = alpha
+    else:
+        # Exactly ternary × α: W is 0 wherever T is (T ≠ 0 implies W ≠ 0, so equal non-zero counts
+        # say it) and every kept |W| is α.
+        kept = np.multiply(nonzero, alpha[:, None] if per_channel else alpha, dtype=np.float32)
+        exact = (np.count_nonzero(w32, axis=axis) == np.count_nonzero(nonzero, axis=axis)) & np.all(
+            a == kept, axis=axis
+        )
+        chosen = np.where(exact, alpha, gamma)
+    out = np.atleast_1d(chosen).astype(np.float32)
     if not finite.all():
         if per_channel:
-            scale[~finite] = np.nan
+            out[~finite] = np.nan
         else:
-            scale[:] = np.nan
-    return TernaryWeights(values=t.reshape(np.shape(w)), scale=scale)
+            out[:] = np.nan
+    return TernaryWeights(values=t.reshape(np.shape(w)), scale=out)
 
 
 def grouped(a: np.ndarray, group_size: int) -> np.ndarray:
@@ -376,18 +391,20 @@ def quantize_lowbit_reference(
     asymmetric: bool = False,
     format: str = "2bit",
     per_channel: bool = False,
+    ternary_scale: TernaryScale | str = TernaryScale.ABSMEAN,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The QuantizeLowBit op: float [..., K] → (Q packed uint8, scales float32, zero_points uint8).
 
-    bits = 0: `ternarize` (per tensor, or per row with `per_channel`) packed in `format`, scales [1]
-    or [rows]. bits ∈ {8, 4, 2, 1}: `quantize_groups` packed with `pack_int`, scales [..., groups]
+    bits = 0: `ternarize` (per tensor, or per row with `per_channel`) with the scale rule
+    `ternary_scale` (the op's attribute of that name), packed in `format`, scales [1] or [rows].
+    bits ∈ {8, 4, 2, 1}: `quantize_groups` packed with `pack_int`, scales [..., groups]
     (`group_size` is then required; it is ignored for ternary).
     zero_points is uint8 [..., groups] when `asymmetric`, else the empty uint8 [0].
     """
     x32 = _float32(x)
     empty = np.zeros((0,), dtype=np.uint8)
     if bits == 0:
-        tw = ternarize(x32, per_channel)
+        tw = ternarize(x32, per_channel, TernaryScale.parse(ternary_scale))
         return pack_ternary(tw.values, _ternary_format(format)), tw.scale, empty
     gw = quantize_groups(x32, bits, group_size, asymmetric)
     packed = pack_int(gw.codes, bits, gw.group_size, gw.zero_points)

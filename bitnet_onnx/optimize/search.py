@@ -90,6 +90,7 @@ from bitnet_onnx.optimize.objectives import (
     Speed,
     candidate_choices,
 )
+from bitnet_onnx.passes.instruments import pass_warnings_silenced
 
 if TYPE_CHECKING:
     from bitnet_onnx.optimize.calibration import Calibration
@@ -675,7 +676,8 @@ def verify(
         nonlocal bytes_before
         out = folder / f"plan{len(tried)}.onnx"
         config = plan_to_config(plan, base_config, layers=layers)
-        compiled = compile_model(model, config, output=out, inputs=dict(batches[0]), strict=False)
+        with pass_warnings_silenced():
+            compiled = compile_model(model, config, output=out, inputs=dict(batches[0]), strict=False)
         bytes_before = compiled.bytes_before
         error = max(0.0, 1.0 - _cosine(reference, _outputs(out, batches)))
         measured = PlanEstimate(compiled.bytes_after, predicted.latency_us, error)

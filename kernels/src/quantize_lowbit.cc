@@ -93,6 +93,11 @@ class QuantizeLowBit {
     if (bits_ == 0) {
       format_ = ParseTernaryFormat(RequiredString(info, kOp, "format"), kOp);
       per_channel_ = Flag(info, "per_channel");
+      const std::string scale = RequiredString(info, kOp, "ternary_scale");
+      if (scale != "absmean" && scale != "least_squares") {
+        Fail(kOp, "ternary_scale='", scale, "' is invalid; use 'absmean' or 'least_squares'");
+      }
+      least_squares_ = scale == "least_squares";
     } else {
       group_size_ = RequiredInt(info, kOp, "group_size");
       CheckIntFormat(bits, group_size_, kOp);
@@ -239,11 +244,14 @@ class QuantizeLowBit {
     PackInt(codes, bits_, q, row_bytes);
   }
 
-  // Ternary (README "Ternary (BITNET158) weights"): γ per tensor or per row, then T and α.
+  // Ternary (README "Ternary (BITNET158) weights"): γ per tensor or per row, then T; the scale is
+  // α (least squares) or γ (absmean), except that exactly ternary weights keep s = α under both:
+  // W is 0 wherever T is (as many non-zero W as non-zero T) and every kept |W| is the same value.
   void Ternary(OrtKernelContext* ctx, const T* x, int64_t rows, int64_t k, uint8_t* q, int64_t row_bytes,
                float* s) const {
     std::vector<double> abs_sum(static_cast<size_t>(rows)), kept_sum(static_cast<size_t>(rows));
-    std::vector<int64_t> kept(static_cast<size_t>(rows));
+    std::vector<int64_t> kept(static_cast<size_t>(rows)), nonzero(static_cast<size_t>(rows));
+    std::vector<float> kept_min(static_cast<size_t>(rows)), kept_max(static_cast<size_t>(rows));
     std::vector<char> finite(static_cast<size_t>(rows));
     const int64_t task_rows = std::max<int64_t>(1, kTaskElements / k);
     const size_t tasks = static_cast<size_t>(cpu::CeilDiv(rows, task_rows));
@@ -255,14 +263,19 @@ class QuantizeLowBit {
       };
       ParallelFor(ctx, tasks, task);
     };
-    // Pass 1: finite flags and Σ|w| per row (a non-finite row counts as zeros).
+    // Pass 1: finite flags, Σ|w| and the non-zero count per row (a non-finite row counts as zeros).
     for_rows([&](int64_t r, const float* w) {
       finite[r] = Finite(w, k);
       double sum = 0.0;
+      int64_t count = 0;
       if (finite[r]) {
-        for (int64_t e = 0; e < k; ++e) sum += std::fabs(w[e]);
+        for (int64_t e = 0; e < k; ++e) {
+          sum += std::fabs(w[e]);
+          count += w[e] != 0.0f;
+        }
       }
       abs_sum[r] = sum;
+      nonzero[r] = count;
     });
     float tensor_denom = 0.0f;
     if (!per_channel_) {
@@ -270,39 +283,59 @@ class QuantizeLowBit {
       for (double v : abs_sum) total += v;
       tensor_denom = Mean32(total, rows * k) + kTernaryEps;
     }
-    // Pass 2: T = clip(rint(w / (γ + ε)), −1, 1), packed; Σ|w| and count over T ≠ 0.
+    // Pass 2: T = clip(rint(w / (γ + ε)), −1, 1), packed; Σ|w|, count, min and max of |w| over T ≠ 0.
     for_rows([&](int64_t r, const float* w) {
       std::vector<int8_t> t(static_cast<size_t>(k), 0);
       double sum = 0.0;
       int64_t count = 0;
+      float lo = std::numeric_limits<float>::infinity(), hi = 0.0f;
       if (finite[r]) {
         const float denom = per_channel_ ? Mean32(abs_sum[r], k) + kTernaryEps : tensor_denom;
         for (int64_t e = 0; e < k; ++e) {
           t[e] = static_cast<int8_t>(Clamp(std::nearbyint(w[e] / denom), -1.0f, 1.0f));
           if (t[e] != 0) {
-            sum += std::fabs(w[e]);
+            const float a = std::fabs(w[e]);
+            sum += a;
             ++count;
+            lo = std::min(lo, a);
+            hi = std::max(hi, a);
           }
         }
       }
       kept_sum[r] = sum;
       kept[r] = count;
+      kept_min[r] = lo;
+      kept_max[r] = hi;
       PackTernary(t.data(), k, format_, q + r * row_bytes, row_bytes);
     });
     const float nan = std::numeric_limits<float>::quiet_NaN();
     if (per_channel_) {
-      for (int64_t r = 0; r < rows; ++r) s[r] = finite[r] ? Mean32(kept_sum[r], kept[r]) : nan;
+      for (int64_t r = 0; r < rows; ++r) {
+        s[r] = finite[r] ? Scale(abs_sum[r], k, kept_sum[r], kept[r], nonzero[r], kept_min[r], kept_max[r]) : nan;
+      }
       return;
     }
-    double total = 0.0;
-    int64_t count = 0;
+    double total_abs = 0.0, total_kept = 0.0;
+    int64_t count = 0, total_nonzero = 0;
+    float lo = std::numeric_limits<float>::infinity(), hi = 0.0f;
     bool all_finite = true;
     for (int64_t r = 0; r < rows; ++r) {
-      total += kept_sum[r];
+      total_abs += abs_sum[r];
+      total_kept += kept_sum[r];
       count += kept[r];
+      total_nonzero += nonzero[r];
+      lo = std::min(lo, kept_min[r]);
+      hi = std::max(hi, kept_max[r]);
       all_finite &= finite[r] != 0;
     }
-    s[0] = all_finite ? Mean32(total, count) : nan;
+    s[0] = all_finite ? Scale(total_abs, rows * k, total_kept, count, total_nonzero, lo, hi) : nan;
+  }
+
+  // The stored scale of a tensor or row from its sums (see Ternary).
+  float Scale(double abs_sum, int64_t elements, double kept_sum, int64_t kept, int64_t nonzero, float kept_min,
+              float kept_max) const {
+    const bool exact = nonzero == kept && (kept == 0 || kept_min == kept_max);
+    return least_squares_ || exact ? Mean32(kept_sum, kept) : Mean32(abs_sum, elements);
   }
 
   int bits_ = 0;
@@ -310,6 +343,7 @@ class QuantizeLowBit {
   bool asymmetric_ = false;
   TernaryFormat format_ = TernaryFormat::kTwoBit;
   bool per_channel_ = false;
+  bool least_squares_ = false;
 };
 
 }  // namespace

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -78,8 +79,8 @@ def test_complete_setup() -> None:
     assert optimal_precision is DType.BITNET158
     converted_tensor = precision_manager.convert_for_operation(WEIGHTS, "linear_0", ComponentType.WEIGHTS)
     assert converted_tensor.dtype is DType.BITNET158
-    # As in test_seed_examples: scale 7/6, 2-bit codes [2,0,1,2] -> 146, [0,1,2,0] -> 36.
-    np.testing.assert_allclose(converted_tensor.scales, [7 / 6], rtol=1e-6)
+    # As in test_seed_examples: scale γ = 0.90625, 2-bit codes [2,0,1,2] -> 146, [0,1,2,0] -> 36.
+    np.testing.assert_array_equal(converted_tensor.scales, [0.90625])
     np.testing.assert_array_equal(converted_tensor.data, [[146], [36]])
 
     # The spec's other components: I8 activations per token, I8 outputs, F32 bias (added in float).
@@ -239,8 +240,8 @@ def test_static_estimate_hand_checked() -> None:
     layer = Layer("l", LayerType.LINEAR, 0, ("l",), "r", weight="w", weight_shape=(2, 4), weight_nk=True)
     table = static_sensitivity([layer], {"l": (P("F32"), P("BITNET158/F32"))}, {"l": WEIGHTS})
     assert table.get("l", P("F32")).cosine == 1.0
-    # Ternary, as in test_complete_setup: W ≈ (7/6)·T with T = [[1,-1,0,1],[-1,0,1,-1]].
-    residual = WEIGHTS - 7 / 6 * np.array([[1, -1, 0, 1], [-1, 0, 1, -1]])
+    # Ternary, as in test_complete_setup: W ≈ γ·T with γ = 0.90625, T = [[1,-1,0,1],[-1,0,1,-1]].
+    residual = WEIGHTS - 0.90625 * np.array([[1, -1, 0, 1], [-1, 0, 1, -1]])
     r_w = np.linalg.norm(residual) / np.linalg.norm(WEIGHTS)
     entry = table.get("l", P("BITNET158/F32"))
     assert entry.rel_error == pytest.approx(r_w, rel=1e-6)
@@ -378,3 +379,17 @@ def test_verify_backs_off_and_reports_a_measured_miss(llama: Llama) -> None:
         assert sum(before[name] != after[name] for name in after) == 1  # one layer per round
     assert not missed.feasible and "NOT met" in missed.message
     assert missed.shortfall == pytest.approx(0.99 - check.best.measured.cosine)
+
+
+def test_registered_layers_without_weight_shapes_are_an_error_not_a_mislabelled_analysis() -> None:
+    manager = PrecisionManager(MixedPrecisionConfig.balanced(), cost_model=CostModel(TABLE))
+    ternary = LayerPrecisionSpec("layer_0", LayerType.LINEAR, DType.I8, DType.I8, DType.BITNET158)
+    manager.register_layer(ternary.with_dynamic_adjustment())
+    with pytest.raises(ConfigError, match=r"needs the weight shapes of 'layer_0'.*weight_shape=\(rows, K\)"):
+        manager.analyze_configuration()
+    with pytest.raises(ConfigError, match=r"needs the weight shapes of 'layer_0'"):
+        manager.optimize_precision(Memory(0.5))
+    shaped = PrecisionManager(MixedPrecisionConfig.balanced(), cost_model=CostModel(TABLE))
+    shaped.register_layer(replace(ternary, weight_shape=(64, 128)))
+    (row,) = shaped.analyze_configuration().layers
+    assert row.choice == "BITNET158/I8" and row.bytes_after == 64 * 32 + 4

@@ -240,8 +240,8 @@ def test_complete_setup() -> None:
     quantizer.register_layer(layer_spec)
     converted_tensor = quantizer.quantize_weights(WEIGHTS, "linear_0")
     assert converted_tensor.dtype is DType.BITNET158
-    # As in test_quantization_integration: scale 7/6, 2-bit codes [2,0,1,2] -> 146, [0,1,2,0] -> 36.
-    np.testing.assert_allclose(converted_tensor.scales, [7 / 6], rtol=1e-6)
+    # As in test_quantization_integration: scale γ = 0.90625, codes [2,0,1,2] -> 146, [0,1,2,0] -> 36.
+    np.testing.assert_array_equal(converted_tensor.scales, [0.90625])
     np.testing.assert_array_equal(converted_tensor.data, [[146], [36]])
 
     report = PrecisionValidator().validate(layer_manager)
@@ -368,11 +368,11 @@ def test_quantization_integration() -> None:
     quantizer.register_layer(layer_spec)
 
     quantized_weights = quantizer.quantize_weights(WEIGHTS, "layer_0")
-    # gamma = mean|W| = 7.25 / 8 = 0.90625; T = clip(rint(W / gamma), -1, 1);
-    # scale = mean |W| over the non-zero T = (1 + .5 + 2 + 1 + .5 + 2) / 6 = 7/6.
+    # gamma = mean|W| = 7.25 / 8 = 0.90625; T = clip(rint(W / gamma), -1, 1); the scale is gamma
+    # (BitNet b1.58's; the least-squares one, mean |W| over the non-zero T, would be 7/6).
     ternary = np.array([[1, -1, 0, 1], [-1, 0, 1, -1]], np.float32)
-    np.testing.assert_allclose(quantized_weights.scales, [7 / 6], rtol=1e-6)
-    np.testing.assert_allclose(quantized_weights.dequantize(), ternary * np.float32(7 / 6), rtol=1e-6)
+    np.testing.assert_array_equal(quantized_weights.scales, [0.90625])
+    np.testing.assert_array_equal(quantized_weights.dequantize(), ternary * np.float32(0.90625))
     # 2-bit codes w+1, first weight in the low bits: [2,0,1,2] -> 146, [0,1,2,0] -> 36.
     np.testing.assert_array_equal(quantized_weights.data, [[146], [36]])
     assert quantized_weights.nbytes == storage_bytes(DType.BITNET158, (2, 4)) == 2 + 4

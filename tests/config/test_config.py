@@ -13,7 +13,7 @@ from bitnet_onnx.config.config import (
     fit_layout,
 )
 from bitnet_onnx.config.policy import PolicyAction, PolicyRule, PrecisionPolicy
-from bitnet_onnx.core.dtypes import ConversionStrategy, DType, TernaryPacking, WeightLayout
+from bitnet_onnx.core.dtypes import ConversionStrategy, DType, TernaryPacking, TernaryScale, WeightLayout
 from bitnet_onnx.core.errors import ConfigError
 from bitnet_onnx.core.layers import ComponentType, LayerType, SupportMatrix
 
@@ -436,6 +436,13 @@ def test_validate_lists_every_problem_at_once():
             "ternary packing applies to BITNET158 only, not I8",
         ),
         (
+            D.I8,
+            WeightLayout(ternary_scale=TernaryScale.LEAST_SQUARES),
+            None,
+            "ternary_scale: the ternary scale rule applies to BITNET158 only, not I8",
+        ),
+        (D.BITNET158, WeightLayout(ternary_scale="absmean"), None, "ternary_scale: must be a TernaryScale"),
+        (
             D.I4,
             WeightLayout(asymmetric=True),
             ConversionStrategy.DIRECT,
@@ -540,6 +547,16 @@ def test_policy_problems_are_part_of_validation():
             WeightLayout(per_channel=True, packing=TernaryPacking.BASE3),
         ),
         (D.I8, WeightLayout(per_channel=True, packing=TernaryPacking.BASE3), WeightLayout()),
+        (
+            D.BITNET158,
+            WeightLayout(ternary_scale=TernaryScale.LEAST_SQUARES),
+            WeightLayout(ternary_scale=TernaryScale.LEAST_SQUARES),
+        ),
+        (
+            D.I4,
+            WeightLayout(group_size=32, ternary_scale=TernaryScale.LEAST_SQUARES),
+            WeightLayout(group_size=32),
+        ),
     ],
 )
 def test_fit_layout_keeps_only_knobs_that_fit(dtype, layout, expected):

@@ -33,7 +33,7 @@ from bitnet_onnx.config.policy import (
     PolicyRule,
     PrecisionPolicy,
 )
-from bitnet_onnx.core.dtypes import ConversionStrategy, DType, TernaryPacking, WeightLayout
+from bitnet_onnx.core.dtypes import ConversionStrategy, DType, TernaryPacking, TernaryScale, WeightLayout
 from bitnet_onnx.core.errors import ConfigError
 from bitnet_onnx.core.layers import ComponentType, LayerType, SupportMatrix
 
@@ -79,7 +79,11 @@ def rich_config() -> MixedPrecisionConfig:
         .with_default_precision(D.F16)
         .with_layer_type_config(
             LayerPrecisionConfig(
-                L.LINEAR, D.BITNET158, WeightLayout(per_channel=True, packing=TernaryPacking.BASE3)
+                L.LINEAR,
+                D.BITNET158,
+                WeightLayout(
+                    per_channel=True, packing=TernaryPacking.BASE3, ternary_scale=TernaryScale.LEAST_SQUARES
+                ),
             )
             .with_component_override(C.ACTIVATIONS, D.F16)
             .with_component_override(C.BIAS, D.F32, conversion_strategy=ConversionStrategy.DIRECT)
@@ -281,8 +285,8 @@ def test_bad_yaml_file_reports_every_problem_with_line_and_choices(tmp_path):
         "line 6: layer_types.attention.precision: I4 is not allowed for attention layers "
         "(allowed: F32, F16, BF16, I8)",
         "line 7: layer_types.attention.presicion: unknown key 'presicion' (did you mean 'precision'?); "
-        "valid keys: precision, group_size, asymmetric, per_channel, packing, conversion_strategy, "
-        "components",
+        "valid keys: precision, group_size, asymmetric, per_channel, packing, ternary_scale, "
+        "conversion_strategy, components",
         "line 9: components.bias.precision: I8 is not allowed for bias in any layer type "
         "(allowed: F32, F16, BF16)",
         'line 14: layers["layers.*.mlp.*"].group_size: 3 × 4 bits is not a whole number of bytes; '
@@ -350,6 +354,16 @@ def test_bad_json_file_reports_lines_too(tmp_path):
             "version: 1\nstrategy: custom\nlayers:\n  x:\n    precision: BITNET158\n    packing: base4\n",
             "line 6: layers.x.packing: unknown packing 'base4' (did you mean 'base3'?); "
             "choose one of 2bit, base3",
+        ),
+        (
+            "version: 1\nstrategy: custom\nlayers:\n  x:\n    precision: BITNET158\n    ternary_scale: foo\n",
+            "line 6: layers.x.ternary_scale: unknown ternary_scale 'foo'; "
+            "choose one of absmean, least_squares",
+        ),
+        (
+            "version: 1\nstrategy: custom\nlayers:\n  x:\n    precision: BITNET158\n"
+            "    ternary_scale: absmaen\n",
+            "line 6: layers.x.ternary_scale: unknown ternary_scale 'absmaen' (did you mean 'absmean'?)",
         ),
         (
             "version: 1\nstrategy: custom\nlayers:\n  x: {precision: F16, layer_type: linea}\n",

@@ -24,7 +24,7 @@ from bitnet_onnx.config.policy import (
     weight_statistics,
 )
 from bitnet_onnx.core._schema import Problems
-from bitnet_onnx.core.dtypes import ConversionStrategy, DType, TernaryPacking, WeightLayout
+from bitnet_onnx.core.dtypes import ConversionStrategy, DType, TernaryPacking, TernaryScale, WeightLayout
 from bitnet_onnx.core.errors import ConfigError
 from bitnet_onnx.core.layers import ComponentType, LayerType, SupportMatrix
 
@@ -332,6 +332,39 @@ def test_set_conversion_strategy_keeps_precision_and_layout():
     assert decision.conversion_strategy is ConversionStrategy.STOCHASTIC_ROUNDING
 
 
+def test_set_ternary_scale_keeps_precision_and_the_other_knobs():
+    current = Resolution(D.BITNET158, "s", WeightLayout(per_channel=True), ConversionStrategy.SCALED)
+    decision = decide(PolicyAction.set_ternary_scale("least_squares"), current=current)
+    assert decision.dtype is D.BITNET158 and decision.conversion_strategy is ConversionStrategy.SCALED
+    assert decision.layout == WeightLayout(per_channel=True, ternary_scale=TernaryScale.LEAST_SQUARES)
+    assert decision.source == "policy:p/r" and "set_ternary_scale least_squares" in decision.explanation
+
+
+def test_set_ternary_scale_on_another_precision_is_passed_over():
+    decision = decide(
+        PolicyAction.set_ternary_scale(TernaryScale.LEAST_SQUARES), current=Resolution(D.I4, "s")
+    )
+    assert (decision.dtype, decision.layout, decision.overrode) == (D.I4, WeightLayout(), None)
+    assert "passed over: set_ternary_scale applies to BITNET158, not I4" in decision.explanation
+
+
+def test_set_ternary_scale_round_trips_and_bad_scales_are_named():
+    policy = PrecisionPolicy("p").add_rule(PolicyRule("r", PolicyAction.set_ternary_scale("least_squares")))
+    data = policy.to_dict()
+    assert data["rules"][0]["action"] == {"type": "set_ternary_scale", "scale": "least_squares"}
+    assert PrecisionPolicy.from_dict(data) == policy
+    bad = {"id": "p", "rules": [{"id": "r", "action": {"type": "set_ternary_scale", "scale": "lsq"}}]}
+    with pytest.raises(
+        ConfigError,
+        match=r"rules\[0\]\.action\.scale: unknown ternary_scale 'lsq'.*"
+        r"choose one of absmean, least_squares",
+    ):
+        PrecisionPolicy.from_dict(bad)
+    missing = {"id": "p", "rules": [{"id": "r", "action": {"type": "set_ternary_scale"}}]}
+    with pytest.raises(ConfigError, match="missing required key 'scale'"):
+        PrecisionPolicy.from_dict(missing)
+
+
 def test_changed_precision_keeps_only_knobs_that_fit():
     ternary = Resolution(
         D.BITNET158,
@@ -365,6 +398,11 @@ def test_changed_precision_keeps_only_knobs_that_fit():
             "I8 is not allowed for bias of any layer type (allowed: F32, F16, BF16)",
         ),
         (PolicyAction(ActionKind.SET_CONVERSION_STRATEGY), "set_conversion_strategy needs strategy"),
+        (PolicyAction(ActionKind.SET_TERNARY_SCALE), "set_ternary_scale needs scale"),
+        (
+            PolicyAction(ActionKind.SET_PRECISION, D.I4, ternary_scale=TernaryScale.ABSMEAN),
+            "action.scale: set_precision takes no scale",
+        ),
     ],
 )
 def test_invalid_actions(action, words):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto
 
-from bitnet_onnx.core.dtypes import DType, TernaryPacking, WeightLayout, storage_bytes
+from bitnet_onnx.core.dtypes import DType, TernaryPacking, TernaryScale, WeightLayout, storage_bytes
 from bitnet_onnx.core.errors import ConfigError
 
 SQUARE = (4096, 4096)
@@ -168,3 +168,32 @@ def test_float_value_range_is_the_types_max(dtype: DType) -> None:
 def test_weights_per_byte() -> None:
     assert TernaryPacking.TWO_BIT.weights_per_byte == 4
     assert TernaryPacking.BASE3.weights_per_byte == 5
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("absmean", TernaryScale.ABSMEAN),
+        (" ABSMEAN ", TernaryScale.ABSMEAN),
+        ("least_squares", TernaryScale.LEAST_SQUARES),
+        ("least-squares", TernaryScale.LEAST_SQUARES),
+        (TernaryScale.LEAST_SQUARES, TernaryScale.LEAST_SQUARES),
+    ],
+)
+def test_ternary_scale_parse(text: str | TernaryScale, expected: TernaryScale) -> None:
+    assert TernaryScale.parse(text) is expected
+
+
+def test_ternary_scale_parse_names_the_choices() -> None:
+    with pytest.raises(
+        ConfigError, match=r"unknown ternary_scale 'foo'; choose one of absmean, least_squares"
+    ):
+        TernaryScale.parse("foo")
+
+
+@pytest.mark.parametrize("scale", list(TernaryScale))
+def test_ternary_scale_does_not_change_storage(scale: TernaryScale) -> None:
+    shape = (7, 45)
+    assert storage_bytes(DType.BITNET158, shape, WeightLayout(ternary_scale=scale)) == storage_bytes(
+        DType.BITNET158, shape
+    )

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +39,14 @@ from bitnet_onnx.config.policy import (
     PrecisionPolicy,
 )
 from bitnet_onnx.config.report import THRESHOLDS, compare_outputs
-from bitnet_onnx.core.dtypes import DType
+from bitnet_onnx.core.dtypes import DType, TernaryScale, WeightLayout
 from bitnet_onnx.core.errors import (
     ConversionError,
     KernelLibraryError,
     MixedPrecisionError,
     UnsupportedModelError,
 )
+from bitnet_onnx.core.layers import LayerType
 from bitnet_onnx.runtime import model_file
 from models import llama
 
@@ -169,6 +170,12 @@ CATALOGUE: dict[str, Entry] = {
     ),
     "output_without_shape": Entry(
         "a graph output declared without a shape", None, "gets the shape inference gives it"
+    ),
+    "output_without_rank": Entry(
+        "... where shape inference finds none (an older exporter's Reshape to a runtime shape)",
+        None,
+        "gets the rank of a run on `--inputs` (dims unknown), with a warning; refused naming the output "
+        "and onnxruntime's reason when the model cannot run on them",
     ),
     "input_without_shape": Entry(
         "a graph input declared without a shape (not even a rank)",
@@ -828,6 +835,35 @@ def test_output_without_shape_gets_the_inferred_one(tmp_path: Path) -> None:
     _assert_matches(result, source, _feeds())
 
 
+def _reshaped_to_runtime_shape() -> onnx.ModelProto:
+    """`_mlp` whose output is reshaped to a shape given as an input of unknown length: no rank."""
+    model = _mlp(y_shape=None)
+    model.graph.node[-1].output[0] = "flat"
+    model.graph.node.append(helper.make_node("Reshape", ["flat", "shape"], ["y"], name="/Reshape"))
+    model.graph.input.append(helper.make_tensor_value_info("shape", TensorProto.INT64, ["n"]))
+    return model
+
+
+def test_output_without_rank_gets_the_rank_of_a_run_on_the_inputs(tmp_path: Path) -> None:
+    source = _reshaped_to_runtime_shape()
+    feeds = {**_feeds(), "shape": np.array([2, 2, 16], np.int64)}
+    result = _compile(source, tmp_path, inputs=feeds)
+    (output,) = onnx.load(result.output_path).graph.output
+    dims = output.type.tensor_type.shape.dim
+    assert len(dims) == 3 and not any(d.HasField("dim_value") or d.HasField("dim_param") for d in dims)
+    (warning,) = _warnings(result, "normalize")
+    assert (
+        "output 'y' declares no shape" in warning
+        and "gives [2, 2, 16], so it is declared with rank 3" in warning
+    )
+    _assert_matches(result, source, feeds)
+    # Generated inputs give the shape input arbitrary values: the run fails and says why.
+    with pytest.raises(
+        UnsupportedModelError, match=r"output 'y' has no shape, not even a rank, .*onnxruntime cannot"
+    ):
+        _compile(source, tmp_path / "generated")
+
+
 def test_symbolic_dims_compile_with_their_values_or_inputs(tmp_path: Path) -> None:
     source = _mlp(x_shape=("rows", "width"), y_shape=("rows", "outputs"))
     result = _compile(source, tmp_path, dims={"rows": 3, "width": 64})
@@ -1090,9 +1126,17 @@ def _bitlinear_scale(path: Path) -> np.ndarray:
     return numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == node.input[2]))
 
 
-def test_zero_weights_give_scale_zero_and_the_bias(tmp_path: Path) -> None:
+def _scale_rule(scale: TernaryScale, per_channel: bool = False) -> MixedPrecisionConfig:
+    """balanced with the linear layers' ternary scale rule (and granularity) set."""
+    linear = MixedPrecisionConfig.balanced().layer_types[LayerType.LINEAR]
+    layout = WeightLayout(per_channel=per_channel, ternary_scale=scale)
+    return MixedPrecisionConfig.balanced().with_layer_type_config(replace(linear, layout=layout))
+
+
+@pytest.mark.parametrize("scale", list(TernaryScale))
+def test_zero_weights_give_scale_zero_and_the_bias(scale: TernaryScale, tmp_path: Path) -> None:
     source = _mlp(fc1=np.zeros((64, 32), np.float32))
-    result = _compile(source, tmp_path)
+    result = _compile(source, tmp_path, config=_scale_rule(scale))
     assert _bitlinear_scale(result.output_path).tolist() == [0.0]
     # relu(0 + bias) · fc2, fc2 the I8 head: rows of fc2ᵀ in int8 with s = max|row| / 127; the
     # activations (all 0.5) quantize exactly to 127 with factor 0.5 / 127 (kernels/README.md order)
@@ -1106,9 +1150,31 @@ def test_zero_weights_give_scale_zero_and_the_bias(tmp_path: Path) -> None:
     assert result.report.goal_met
 
 
-def test_constant_weights_are_exactly_ternary(tmp_path: Path) -> None:
+@pytest.mark.parametrize("scale", list(TernaryScale))
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_weights_are_refused_under_both_scale_rules(
+    scale: TernaryScale, value: float, tmp_path: Path
+) -> None:
+    words = "1 NaN and 0 infinite" if np.isnan(value) else "0 NaN and 1 infinite"
+    with pytest.raises(ConversionError, match=rf"layer 'fc1': tensor 'fc1\.weight' holds {words} values"):
+        _compile(_nan(value), tmp_path, config=_scale_rule(scale))
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("scale", list(TernaryScale))
+def test_per_channel_zero_rows_get_scale_zero(scale: TernaryScale, tmp_path: Path) -> None:
+    fc1 = _weights(1, (64, 32))
+    fc1[:, [0, 5]] = 0.0  # output rows 0 and 5 of W[N, K] = fc1ᵀ are all zero
+    result = _compile(_mlp(fc1=fc1), tmp_path, config=_scale_rule(scale, per_channel=True))
+    scales = _bitlinear_scale(result.output_path)
+    assert scales.shape == (32,) and scales[[0, 5]].tolist() == [0.0, 0.0]
+    assert (np.delete(scales, [0, 5]) > 0).all() and result.report.ok
+
+
+@pytest.mark.parametrize("scale", list(TernaryScale))
+def test_constant_weights_are_exactly_ternary(scale: TernaryScale, tmp_path: Path) -> None:
     source = _mlp(fc1=np.full((64, 32), 0.3, np.float32))
-    result = _compile(source, tmp_path)
+    result = _compile(source, tmp_path, config=_scale_rule(scale))
     np.testing.assert_allclose(_bitlinear_scale(result.output_path), [0.3], rtol=1e-6)
     feeds = _feeds()
     (want,), (got,) = _run(source, feeds), _run(result.output_path, feeds)

@@ -28,7 +28,8 @@ def test_benchmark_measures_every_target_row(tmp_path: Path, capsys: pytest.Capt
     ]
     assert compiler.main(argv) == 0
     printed = capsys.readouterr().out
-    record = json.loads(out.read_text())["tiny"]
+    records = json.loads(out.read_text())
+    record = records["tiny"]
     compiled = {(c["model"], c["config"]): c for c in record["compiled"]}
     assert set(compiled) == {("fp32", "balanced"), ("ternary", "balanced")}
     for c in compiled.values():
@@ -50,6 +51,11 @@ def test_benchmark_measures_every_target_row(tmp_path: Path, capsys: pytest.Capt
         "ternary balanced cosine, logits",
     ):
         assert row in printed
+    ((qat),) = records["bitnet_qat"]  # the trained BitNet fixture, perplexity trained-as vs compiled
+    assert qat["config"] == "balanced" and qat["relative"] == qat["compiled"] / qat["trained"] - 1
+    assert abs(qat["relative"]) < 1e-3 and abs(qat["exact"] / qat["trained"] - 1) < 1e-4
+    assert 0 < qat["exact_mean_abs_diff"] < qat["mean_abs_diff"] < 0.1
+    assert "trained BitNet b1.58 LM" in printed
     built = sorted((tmp_path / "cache").glob("*/model.onnx"))
     assert [p.parent.name.split("_")[:3] for p in built] == [
         ["llama", "tiny", "fp32"],

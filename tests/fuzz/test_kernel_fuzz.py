@@ -322,8 +322,16 @@ def test_quantize_lowbit_equals_the_reference(
     assume(x.size)  # the reference cannot pack zero rows; tests/kernels covers them
     if bits == 0:
         format, per_channel = data.draw(st.sampled_from(["2bit", "base3"])), data.draw(st.booleans())
-        attributes: dict[str, object] = {"bits": 0, "format": format, "per_channel": int(per_channel)}
-        expected = quantize_lowbit_reference(x, 0, format=format, per_channel=per_channel)
+        scale = data.draw(st.sampled_from(["absmean", "least_squares"]))
+        attributes: dict[str, object] = {
+            "bits": 0,
+            "format": format,
+            "per_channel": int(per_channel),
+            "ternary_scale": scale,
+        }
+        expected = quantize_lowbit_reference(
+            x, 0, format=format, per_channel=per_channel, ternary_scale=scale
+        )
     else:
         per_byte = 8 // bits
         group_size = data.draw(st.integers(1, 40)) * per_byte

@@ -15,8 +15,10 @@ from hypothesis import strategies as st
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from bitnet_onnx import runtime
+from bitnet_onnx.core.dtypes import TernaryPacking, TernaryScale
 from bitnet_onnx.core.errors import UnsupportedModelError
-from bitnet_onnx.numerics.quantization import bitlinear_reference
+from bitnet_onnx.numerics.packing import pack_ternary
+from bitnet_onnx.numerics.quantization import bitlinear_reference, ternarize
 
 pytestmark = pytest.mark.kernels
 
@@ -79,6 +81,20 @@ def test_formats_scales_and_bias(
     isa: str, format: str, per_row: bool, bias: bool, rng: np.random.Generator
 ) -> None:
     operands = bitlinear_operands(33, 100, format, per_row=per_row, bias=bias)
+    for m in (2, 9):  # one streaming, one GEMM call
+        x = activations(rng, (m, 100), np.float32)
+        np.testing.assert_array_equal(run(operands, x), reference(operands, x))
+
+
+@pytest.mark.parametrize("scale", list(TernaryScale))
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_either_scale_rule_is_data_to_the_op(
+    isa: str, per_channel: bool, scale: TernaryScale, rng: np.random.Generator
+) -> None:
+    # The op reads whatever scale the converter stored: γ (absmean) or α (least squares).
+    w = rng.standard_normal((33, 100)).astype(np.float32)
+    tw = ternarize(w, per_channel, scale)
+    operands = BitLinearOperands(pack_ternary(tw.values, TernaryPacking.TWO_BIT), tw.scale, None, 100, "2bit")
     for m in (2, 9):  # one streaming, one GEMM call
         x = activations(rng, (m, 100), np.float32)
         np.testing.assert_array_equal(run(operands, x), reference(operands, x))

@@ -37,14 +37,16 @@ INT_CASES = [
     ((4,), 1, 8, 1, True),
 ]
 
-# (leading dims, K, format, per_channel)
+# (leading dims, K, format, per_channel, ternary_scale)
 TERNARY_CASES = [
-    ((0,), 32, "2bit", True),
-    ((1,), 100, "2bit", False),
-    ((17,), 4096, "base3", True),
-    ((2, 3), 7, "2bit", True),
-    ((128,), 32, "base3", False),
-    ((5,), 1, "base3", False),
+    ((0,), 32, "2bit", True, "absmean"),
+    ((1,), 100, "2bit", False, "least_squares"),
+    ((17,), 4096, "base3", True, "least_squares"),
+    ((17,), 4096, "2bit", False, "absmean"),
+    ((2, 3), 7, "2bit", True, "absmean"),
+    ((128,), 32, "base3", False, "least_squares"),
+    ((128,), 32, "base3", True, "absmean"),
+    ((5,), 1, "base3", False, "absmean"),
 ]
 
 
@@ -61,8 +63,8 @@ def int_attributes(bits: int, group_size: int, asymmetric: bool) -> dict[str, in
     return {"bits": bits, "group_size": group_size, "asymmetric": int(asymmetric)}
 
 
-def ternary_attributes(format: str, per_channel: bool) -> dict[str, object]:
-    return {"bits": 0, "format": format, "per_channel": int(per_channel)}
+def ternary_attributes(format: str, per_channel: bool, scale: str = "absmean") -> dict[str, object]:
+    return {"bits": 0, "format": format, "per_channel": int(per_channel), "ternary_scale": scale}
 
 
 def run(x: np.ndarray, attributes: dict[str, object], threads: int = 1) -> list[np.ndarray]:
@@ -79,6 +81,7 @@ def reference(x: np.ndarray, attributes: dict[str, object]) -> tuple[np.ndarray,
         bool(attributes.get("asymmetric", 0)),
         str(attributes.get("format", "2bit")),
         bool(attributes.get("per_channel", 0)),
+        str(attributes.get("ternary_scale", "absmean")),
     )
 
 
@@ -101,23 +104,33 @@ def test_integer_codes_match_reference(
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(("leading", "k", "format", "per_channel"), TERNARY_CASES)
+@pytest.mark.parametrize(("leading", "k", "format", "per_channel", "scale"), TERNARY_CASES)
 def test_ternary_codes_match_reference(
-    threads: int, dtype: type, leading: tuple[int, ...], k: int, format: str, per_channel: bool
+    threads: int, dtype: type, leading: tuple[int, ...], k: int, format: str, per_channel: bool, scale: str
 ) -> None:
     x = values(np.random.default_rng(k), (*leading, k), dtype)
-    attributes = ternary_attributes(format, per_channel)
+    attributes = ternary_attributes(format, per_channel, scale)
     assert_outputs_equal(run(x, attributes, threads), reference(x, attributes))
 
 
+@pytest.mark.parametrize("scale", ["absmean", "least_squares"])
 @pytest.mark.parametrize("format", ["2bit", "base3"])
-def test_exactly_ternary_weights_are_recovered(format: str, rng: np.random.Generator) -> None:
+def test_exactly_ternary_weights_are_recovered(format: str, scale: str, rng: np.random.Generator) -> None:
     t = rng.integers(-1, 2, size=(6, 50), dtype=np.int8)
     alpha = np.float32(0.375)
-    q, scales, zero_points = run(t.astype(np.float32) * alpha, ternary_attributes(format, False))
+    q, scales, zero_points = run(t.astype(np.float32) * alpha, ternary_attributes(format, False, scale))
     np.testing.assert_array_equal(q, pack_ternary(t, TernaryPacking(format)))
     np.testing.assert_array_equal(scales, [alpha])
     assert zero_points.shape == (0,)
+
+
+@pytest.mark.parametrize("scale", ["absmean", "least_squares"])
+def test_scale_rules_by_hand(scale: str) -> None:
+    # row 0 exactly ternary × 2 (kept under both rules); row 1 not: γ = 0.55, α = 1; row 2 all zero
+    x = np.array([[2, 0, -2, 2], [1, -1, 0, 0.2], [0, 0, 0, 0]], np.float32)
+    _, scales, _ = run(x, ternary_attributes("2bit", True, scale))
+    second = np.float32(1.0) if scale == "least_squares" else np.float32(2.2 / 4)
+    np.testing.assert_array_equal(scales, np.array([2.0, second, 0.0], np.float32))
 
 
 @pytest.mark.parametrize(
@@ -227,7 +240,15 @@ def test_output_shapes_are_inferred(attributes: dict[str, object], shapes: list[
         ({"bits": 4, "group_size": 32}, "[QuantizeLowBit] attribute 'asymmetric' (int) is missing"),
         ({"bits": 0, "format": "2bit"}, "[QuantizeLowBit] attribute 'per_channel' (int) is missing"),
         (
-            {"bits": 0, "format": "3bit", "per_channel": 0},
+            {"bits": 0, "format": "2bit", "per_channel": 0},
+            "[QuantizeLowBit] attribute 'ternary_scale' (string) is missing",
+        ),
+        (
+            {"bits": 0, "format": "2bit", "per_channel": 0, "ternary_scale": "absmax"},
+            "[QuantizeLowBit] ternary_scale='absmax' is invalid; use 'absmean' or 'least_squares'",
+        ),
+        (
+            {"bits": 0, "format": "3bit", "per_channel": 0, "ternary_scale": "absmean"},
             "[QuantizeLowBit] format='3bit' is not a ternary format",
         ),
     ],

@@ -8,7 +8,14 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from bitnet_onnx.core.dtypes import ConversionStrategy, DType, TernaryPacking, WeightLayout, storage_bytes
+from bitnet_onnx.core.dtypes import (
+    ConversionStrategy,
+    DType,
+    TernaryPacking,
+    TernaryScale,
+    WeightLayout,
+    storage_bytes,
+)
 from bitnet_onnx.core.errors import ConfigError, ConversionError
 from bitnet_onnx.numerics.converter import (
     DEFAULT_TOLERANCES,
@@ -45,6 +52,7 @@ LAYOUTS = [
     {"group_size": 32},
     {"group_size": 16, "asymmetric": True},
     {"per_channel": True, "ternary_packing": TernaryPacking.BASE3},
+    {"ternary_scale": TernaryScale.LEAST_SQUARES},
 ]
 
 
@@ -78,15 +86,32 @@ def test_ternary_true_compression_ratio_through_converter() -> None:
 # --- SCALED is the README reference -------------------------------------------------------------
 
 
+@pytest.mark.parametrize("scale", list(TernaryScale))
 @pytest.mark.parametrize("per_channel", [False, True])
 @pytest.mark.parametrize("packing", list(TernaryPacking))
-def test_scaled_ternary_is_the_reference(per_channel: bool, packing: TernaryPacking) -> None:
+def test_scaled_ternary_is_the_reference(
+    per_channel: bool, packing: TernaryPacking, scale: TernaryScale
+) -> None:
     w = _weights((6, 33))
-    q = _convert(w, DType.BITNET158, per_channel=per_channel, ternary_packing=packing)
-    ref = ternarize(w, per_channel)
+    q = _convert(w, DType.BITNET158, per_channel=per_channel, ternary_packing=packing, ternary_scale=scale)
+    ref = ternarize(w, per_channel, scale)
     np.testing.assert_array_equal(unpack_ternary(q.data, 33, packing), ref.values)
     np.testing.assert_array_equal(q.scales, ref.scale)
     assert q.zero_points is None and q.layout.packing is packing and q.layout.per_channel is per_channel
+    assert q.layout.ternary_scale is scale
+
+
+def test_ternary_scale_default_is_absmean_and_a_layout_carries_it() -> None:
+    w = _weights((4, 40))
+    assert ConversionConfig().ternary_scale is TernaryScale.ABSMEAN
+    default = _convert(w, DType.BITNET158)
+    np.testing.assert_array_equal(default.scales, [np.float32(np.abs(w.astype(np.float64)).mean())])
+    layout = WeightLayout(ternary_scale=TernaryScale.LEAST_SQUARES)
+    q = PrecisionConverter(ConversionConfig()).convert_tensor(w, DType.BITNET158, layout=layout)
+    np.testing.assert_array_equal(q.scales, ternarize(w, scale=TernaryScale.LEAST_SQUARES).scale)
+    assert ConversionConfig().with_layout(layout).layout == layout
+    with pytest.raises(ConfigError, match="ternary_scale 'absmean' must be a TernaryScale"):
+        ConversionConfig(ternary_scale="absmean")
 
 
 @pytest.mark.parametrize(

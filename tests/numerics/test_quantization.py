@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto
 
-from bitnet_onnx.core.dtypes import TernaryPacking
+from bitnet_onnx.core.dtypes import TernaryPacking, TernaryScale
 from bitnet_onnx.core.errors import ConfigError
 from bitnet_onnx.numerics.packing import pack_int, pack_ternary
 from bitnet_onnx.numerics.quantization import (
@@ -29,49 +29,94 @@ F32 = np.float32
 # --- ternary -------------------------------------------------------------------------------------
 
 
-def test_ternarize_by_hand() -> None:
-    # γ = 3.6/4 = 0.9; W/γ ≈ [0.56, -1.11, 0.11, 2.22] → [1, -1, 0, 1]; α = mean(0.5, 1, 2)
-    tw = ternarize(np.array([[0.5, -1.0, 0.1, 2.0]], F32))
+@pytest.mark.parametrize(
+    ("scale", "expected"),
+    [
+        # γ = mean|W| = (0.5 + 1 + 0.1 + 2)/4 summed in float64 from the float32 values
+        (TernaryScale.ABSMEAN, F32((0.5 + 1.0 + np.float64(F32(0.1)) + 2.0) / 4)),
+        (TernaryScale.LEAST_SQUARES, F32(3.5 / 3)),  # α = mean(0.5, 1, 2) over the kept entries
+    ],
+)
+def test_ternarize_by_hand(scale: TernaryScale, expected: np.float32) -> None:
+    # γ ≈ 0.9; W/γ ≈ [0.56, -1.11, 0.11, 2.22] → [1, -1, 0, 1]
+    tw = ternarize(np.array([[0.5, -1.0, 0.1, 2.0]], F32), scale=scale)
     assert tw.values.tolist() == [[1, -1, 0, 1]]
     assert tw.values.dtype == np.int8
     assert tw.scale.dtype == F32 and tw.scale.shape == (1,)
-    assert tw.scale[0] == F32(3.5 / 3)
+    assert tw.scale[0] == expected
 
 
-def test_ternarize_per_channel_by_hand_with_zero_row() -> None:
-    # row 0: γ = 0.55, W/γ ≈ [1.82, -1.82, 0, 0.36] → [1, -1, 0, 0], α = 1; row 1 all zero → α = 0
-    tw = ternarize(np.array([[1.0, -1.0, 0.0, 0.2], [0, 0, 0, 0]], F32), per_channel=True)
+def test_absmean_is_the_default_scale() -> None:
+    w = np.random.default_rng(2).normal(size=(8, 40)).astype(F32)
+    assert ternarize(w).scale[0] == ternarize(w, scale=TernaryScale.ABSMEAN).scale[0]
+    assert ternarize(w).scale[0] == F32(np.abs(w.astype(np.float64)).mean())
+
+
+@pytest.mark.parametrize(
+    ("scale", "expected"),
+    [(TernaryScale.ABSMEAN, [F32(2.2 / 4), 0.0]), (TernaryScale.LEAST_SQUARES, [1.0, 0.0])],
+)
+def test_ternarize_per_channel_by_hand_with_zero_row(scale: TernaryScale, expected: list[float]) -> None:
+    # row 0: γ = 0.55, W/γ ≈ [1.82, -1.82, 0, 0.36] → [1, -1, 0, 0], α = 1 (0.2 is dropped, so the
+    # row is not exactly ternary and absmean keeps γ); row 1 all zero → scale 0 under both rules
+    w = np.array([[1.0, -1.0, 0.0, 0.2], [0, 0, 0, 0]], F32)
+    tw = ternarize(w, per_channel=True, scale=scale)
     assert tw.values.tolist() == [[1, -1, 0, 0], [0, 0, 0, 0]]
-    assert tw.scale.tolist() == [1.0, 0.0]
+    assert tw.scale.tolist() == expected
 
 
+@pytest.mark.parametrize("scale", list(TernaryScale))
 @pytest.mark.parametrize("alpha", [0.01, 0.3, 7.0])
 @pytest.mark.parametrize("shape", [(1, 5), (16, 33), (3, 4, 20)])
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_exactly_ternary_weights_recovered_losslessly(
-    alpha: float, shape: tuple[int, ...], per_channel: bool
+    alpha: float, shape: tuple[int, ...], per_channel: bool, scale: TernaryScale
 ) -> None:
     t = np.random.default_rng(3).integers(-1, 2, size=shape).astype(np.int8)
     t.reshape(-1, shape[-1])[:, 0] = 1  # no all-zero row
     w = F32(alpha) * t.astype(F32)
-    tw = ternarize(w, per_channel)
+    tw = ternarize(w, per_channel, scale)
     np.testing.assert_array_equal(tw.values, t)
     assert (tw.scale == F32(alpha)).all()
     np.testing.assert_array_equal(tw.dequantize(), w)
 
 
-def test_ternarize_all_zero_tensor() -> None:
-    tw = ternarize(np.zeros((2, 3), F32))
-    assert (tw.values == 0).all() and tw.scale.tolist() == [0.0]
-
-
-def test_ternarize_non_finite_row() -> None:
-    w = np.ones((3, 4), F32)
-    w[1, 2] = np.inf
+def test_exactness_is_judged_per_row_or_per_tensor() -> None:
+    # rows exactly ternary × 2 and × 0.5, and one float row: per row, the exact rows keep their s and
+    # the float row gets its γ; per tensor, three magnitudes are not ternary × one s, so γ of all.
+    w = np.array([[2.0, 0.0, -2.0, 2.0], [0.5, -0.5, 0.0, 0.0], [0.3, -0.7, 0.1, 0.9]], F32)
     per_row = ternarize(w, per_channel=True)
+    assert per_row.scale.tolist() == [2.0, 0.5, F32(2.0 / 4)]
+    assert ternarize(w).scale.tolist() == [F32(np.abs(w.astype(np.float64)).mean())]
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_absmean_is_bitnet_b158_quantization(per_channel: bool) -> None:
+    # T·γ is the weight a BitNet b1.58 model computes with in training: W_q = clip(round(W/γ))·γ.
+    w = np.random.default_rng(4).standard_t(4, size=(12, 64)).astype(F32)
+    tw = ternarize(w, per_channel)
+    gamma = np.abs(w.astype(np.float64)).mean(axis=-1 if per_channel else None, keepdims=per_channel)
+    gamma32 = gamma.astype(F32)
+    expected = np.clip(np.rint(w / (gamma32 + F32(1e-6))), -1, 1) * gamma32
+    np.testing.assert_array_equal(tw.dequantize(), expected.astype(F32))
+
+
+@pytest.mark.parametrize("scale", list(TernaryScale))
+def test_ternarize_all_zero_tensor(scale: TernaryScale) -> None:
+    for per_channel in (False, True):
+        tw = ternarize(np.zeros((2, 3), F32), per_channel, scale)
+        assert (tw.values == 0).all() and (tw.scale == 0).all()
+
+
+@pytest.mark.parametrize("scale", list(TernaryScale))
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_ternarize_non_finite_row(scale: TernaryScale, bad: float) -> None:
+    w = np.ones((3, 4), F32)
+    w[1, 2] = bad
+    per_row = ternarize(w, per_channel=True, scale=scale)
     assert per_row.scale[0] == 1.0 and np.isnan(per_row.scale[1]) and per_row.scale[2] == 1.0
     assert (per_row.values[1] == 0).all() and (per_row.values[0] == 1).all()
-    assert np.isnan(ternarize(w).scale).all()
+    assert np.isnan(ternarize(w, scale=scale).scale).all()
 
 
 def test_ternarize_widens_float16() -> None:
