@@ -84,6 +84,9 @@ class PassContext:
     calibration: Mapping[str, np.ndarray] | None = None  # sample inputs; set by compile()
     model_dir: Path | None = None  # where external data of the input lives; set by compile()
     custom_op_libraries: tuple[Path, ...] = ()  # the user's libraries for other custom ops; compile()
+    # The input's node metadata_props by node name (gs drops them on import), e.g. the dynamo
+    # exporter's module scopes that name layers; compile() and passes.annotate() from the load.
+    node_metadata: Mapping[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
     # measures the sensitivity a policy's condition asks for (None: refused); compile()'s argument
     sensitivity: SensitivityMeasure | None = None
     seed: int = 0

@@ -216,6 +216,7 @@ def compile(
         model_dir=loaded.base_dir,
         measure_kernels=measure_kernels,
         custom_op_libraries=libraries,
+        node_metadata=loaded.info.node_metadata,
         sensitivity=sensitivity,
     )
     with ExitStack() as stack:

@@ -114,6 +114,14 @@ def round_to(values: np.ndarray, dtype: DType) -> np.ndarray:
     return np.asarray(values, F32).astype(dtype.numpy_type).astype(F32)
 
 
+def qdq_per_tensor(x: np.ndarray) -> np.ndarray:
+    """numpy DynamicQuantizeLinear → DequantizeLinear: uint8, zero point, range [min(x, 0), max(x, 0)]."""
+    lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    scale = F32((hi - lo) / 255.0)
+    zero = np.clip(np.rint(-lo / scale), 0, 255)
+    return ((np.clip(np.rint(x / scale) + zero, 0, 255) - zero) * scale).astype(F32)
+
+
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
     """‖a − e‖ / ‖e‖ over all elements, in float64."""
     a, e = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
