@@ -2,40 +2,24 @@
 
 from __future__ import annotations
 
-from bitnet_onnx.compile import CompileResult, compile
-from bitnet_onnx.config import (
+from bitnet_onnx.api.precision_manager import PrecisionManager
+from bitnet_onnx.api.quantizer import MixedPrecisionQuantizationConfig, MixedPrecisionQuantizer
+from bitnet_onnx.compiler.compile import CompileResult, compile
+from bitnet_onnx.config.config import (
     ComponentPrecisionConfig,
     LayerPrecisionConfig,
     MixedPrecisionConfig,
     MixedPrecisionStrategy,
     Resolution,
 )
-from bitnet_onnx.config_file import load_config, save_config
-from bitnet_onnx.converter import (
-    ConversionConfig,
-    ConversionStats,
-    ConversionStrategy,
-    PrecisionConverter,
-    QuantizedTensor,
-)
-from bitnet_onnx.dtypes import DType
-from bitnet_onnx.errors import (
-    ConfigError,
-    ConversionError,
-    KernelLibraryError,
-    MixedPrecisionError,
-    UnsupportedModelError,
-    ValidationError,
-)
-from bitnet_onnx.layer_precision import (
+from bitnet_onnx.config.config_file import load_config, save_config
+from bitnet_onnx.config.layer_precision import (
     LayerPrecisionManager,
     LayerPrecisionSpec,
     MemoryOptimization,
     MemoryOptimizationResult,
 )
-from bitnet_onnx.layers import ComponentType, LayerType, SupportMatrix
-from bitnet_onnx.objectives import Accuracy, Balanced, Memory, OptimizationObjective, PrecisionChoice, Speed
-from bitnet_onnx.policy import (
+from bitnet_onnx.config.policy import (
     ConditionOperator,
     ConditionType,
     Decision,
@@ -47,16 +31,39 @@ from bitnet_onnx.policy import (
     PrecisionPolicy,
     weight_statistics,
 )
-from bitnet_onnx.precision_manager import PrecisionManager
-from bitnet_onnx.quantizer import MixedPrecisionQuantizationConfig, MixedPrecisionQuantizer
-from bitnet_onnx.report import CompileReport, CompileValidationError
-from bitnet_onnx.validation import (
+from bitnet_onnx.config.report import CompileReport, CompileValidationError
+from bitnet_onnx.config.validation import (
     Finding,
     PrecisionValidator,
     Severity,
     ValidationReport,
     ValidationRule,
     default_rules,
+)
+from bitnet_onnx.core.dtypes import ConversionStrategy, DType
+from bitnet_onnx.core.errors import (
+    ConfigError,
+    ConversionError,
+    KernelLibraryError,
+    MixedPrecisionError,
+    UnsupportedModelError,
+    ValidationError,
+)
+from bitnet_onnx.core.layers import ComponentType, LayerType, SupportMatrix
+from bitnet_onnx.core.version import __version__ as __version__  # re-exported
+from bitnet_onnx.numerics.converter import (
+    ConversionConfig,
+    ConversionStats,
+    PrecisionConverter,
+    QuantizedTensor,
+)
+from bitnet_onnx.optimize.objectives import (
+    Accuracy,
+    Balanced,
+    Memory,
+    OptimizationObjective,
+    PrecisionChoice,
+    Speed,
 )
 
 __all__ = [
@@ -116,5 +123,3 @@ __all__ = [
     "save_config",
     "weight_statistics",
 ]
-
-__version__ = "0.1.0"

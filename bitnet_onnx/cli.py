@@ -15,17 +15,29 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bitnet_onnx.errors import MixedPrecisionError
-
-if TYPE_CHECKING:
-    from bitnet_onnx.calibration import Calibration
-    from bitnet_onnx.cost_model import CostModel
-    from bitnet_onnx.objectives import OptimizationObjective
-    from bitnet_onnx.precision_manager import PrecisionManager
+from bitnet_onnx import runtime
+from bitnet_onnx.api.precision_manager import PrecisionManager
+from bitnet_onnx.compiler.compile import compile, read_inputs, resolve_config
+from bitnet_onnx.config.config import MixedPrecisionStrategy
+from bitnet_onnx.config.config_file import save_config
+from bitnet_onnx.config.report import CompileValidationError
+from bitnet_onnx.core._text import table
+from bitnet_onnx.core.errors import MixedPrecisionError, UnsupportedModelError
+from bitnet_onnx.core.inspection import layers_table, read_layers
+from bitnet_onnx.core.log import read_log, render_table
+from bitnet_onnx.optimize.analysis import analyze, with_sensitivity
+from bitnet_onnx.optimize.analysis_report import write_report
+from bitnet_onnx.optimize.calibration import Calibration
+from bitnet_onnx.optimize.cost_model import CostModel, LatencyTable
+from bitnet_onnx.optimize.objectives import OptimizationObjective
+from bitnet_onnx.optimize.sensitivity import measure_sensitivity
+from bitnet_onnx.passes._graph import load_model
+from bitnet_onnx.runtime import profiling
+from bitnet_onnx.runtime.info import describe, gather
+from bitnet_onnx.runtime.sample_inputs import sample_inputs
 
 __all__ = ["main"]
 
@@ -40,15 +52,23 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)(i?b?)\s*$", re.IGNORECASE)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from bitnet_onnx.info import describe, gather
-
     info = gather()
     print(describe(info))
     return EXIT_OK if info.library_loads else EXIT_USER_ERROR
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from bitnet_onnx.bench import compiler, kernels
+    # The benchmarks are not in the installed package: they build their models with the repository's
+    # models/, so they live next to it (bench/) and run from a checkout (an editable install).
+    checkout = Path(__file__).resolve().parents[1]
+    if not (checkout / "bench" / "__init__.py").is_file() or not (checkout / "models").is_dir():
+        raise MixedPrecisionError(
+            f"bitnet-onnx bench runs from a repository checkout (bench/ and models/ next to {checkout}); "
+            "install the package with `pip install -e .` from a clone, or run `python -m bench.<suite>` there"
+        )
+    if str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
+    from bench import compiler, kernels  # importable only once the checkout is on sys.path
 
     return {"kernels": kernels.main, "compiler": compiler.main}[args.suite](args.bench_args)
 
@@ -73,19 +93,11 @@ def _dim(text: str) -> tuple[str, int]:
 
 
 def _feeds(model_path: Path, inputs: Path | None, dims: Sequence[tuple[str, int]]) -> dict[str, np.ndarray]:
-    from bitnet_onnx.compile import read_inputs
-    from bitnet_onnx.passes._graph import load_model
-    from bitnet_onnx.sample_inputs import sample_inputs
-
     given = read_inputs(inputs)
     return given if given is not None else sample_inputs(load_model(model_path).proto, dims=dict(dims))
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
-    from bitnet_onnx.compile import compile
-    from bitnet_onnx.config_file import save_config
-    from bitnet_onnx.report import CompileValidationError
-
     progress = args.progress or sys.stderr.isatty()
     manager = None
     config = args.config if args.config is not None else args.strategy or "balanced"
@@ -132,22 +144,16 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
 
 def _calibration(model: Path, inputs: Path | None, dims: Sequence[tuple[str, int]]) -> Calibration:
-    from bitnet_onnx.calibration import Calibration
-
     if inputs is not None:
         return Calibration.from_npz(inputs, model)
     return Calibration.generated(model, dims=dict(dims))
 
 
 def _cost_model(progress: bool) -> CostModel:
-    from bitnet_onnx.cost_model import CostModel, LatencyTable
-
     return CostModel(LatencyTable.for_this_machine(progress=progress))
 
 
 def _objective(text: str) -> OptimizationObjective:
-    from bitnet_onnx.objectives import OptimizationObjective
-
     try:
         return OptimizationObjective.parse(text)
     except MixedPrecisionError as exc:
@@ -157,9 +163,6 @@ def _objective(text: str) -> OptimizationObjective:
 def _optimized(args: argparse.Namespace, progress: bool) -> PrecisionManager:
     """A PrecisionManager over the model, moved to the plan its search found for args.objective
     (starting from --config/--strategy when given, else from the model as it is, all F32)."""
-    from bitnet_onnx.compile import resolve_config
-    from bitnet_onnx.precision_manager import PrecisionManager
-
     start = args.config if args.config is not None else args.strategy
     manager = PrecisionManager.from_model(
         args.model,
@@ -187,10 +190,6 @@ def _objective_missed(command: str, manager: PrecisionManager, written: str) -> 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from dataclasses import replace
-
-    from bitnet_onnx.analysis import analyze, with_sensitivity
-    from bitnet_onnx.analysis_report import write_report
-    from bitnet_onnx.sensitivity import measure_sensitivity
 
     progress = sys.stderr.isatty()
     met = True
@@ -232,8 +231,6 @@ def _describe(name: str, value: np.ndarray) -> str:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from bitnet_onnx import profiling, runtime
-
     feeds = _feeds(args.model, args.inputs, args.dim)
     if args.profile:
         outputs, times = profiling.profile(args.model, feeds, args.threads, args.custom_ops)
@@ -251,8 +248,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _times_table(times: Sequence) -> str:
-    from bitnet_onnx._text import table
-
     total = sum(t.micros for t in times) or 1
     rows = [
         [
@@ -270,10 +265,6 @@ def _times_table(times: Sequence) -> str:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from bitnet_onnx.errors import UnsupportedModelError
-    from bitnet_onnx.inspection import layers_table, read_layers
-    from bitnet_onnx.passes._graph import load_model
-
     records = read_layers(load_model(args.model).proto)
     if not records:
         raise UnsupportedModelError(
@@ -288,8 +279,6 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_log(args: argparse.Namespace) -> int:
-    from bitnet_onnx.log import read_log, render_table
-
     print(render_table(read_log(args.file), changes=not args.summary))
     return EXIT_OK
 
@@ -317,8 +306,6 @@ def _add_objective(cmd: argparse.ArgumentParser) -> None:
 
 
 def _add_compile(sub: argparse._SubParsersAction) -> None:
-    from bitnet_onnx.config import MixedPrecisionStrategy
-
     cmd = sub.add_parser(
         "compile",
         help="compile an ONNX model to mixed precision",
@@ -379,8 +366,6 @@ def _workers(text: str) -> int:
 
 
 def _add_analyze(sub: argparse._SubParsersAction) -> None:
-    from bitnet_onnx.config import MixedPrecisionStrategy
-
     cmd = sub.add_parser(
         "analyze",
         help="what a precision plan does to a model: bytes, speed, accuracy, per-layer sensitivity",

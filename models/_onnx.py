@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from bitnet_onnx.errors import ConfigError
+from bitnet_onnx.core.errors import ConfigError
 
 __all__ = ["MAX_OPSET", "MIN_OPSET", "GraphBuilder", "check_opset", "require", "save_model"]
 

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from bitnet_onnx.errors import UnsupportedModelError
+from bitnet_onnx.core.errors import UnsupportedModelError
 
 __all__ = ["main", "sample_inputs", "save_npz"]
 

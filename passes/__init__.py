@@ -11,10 +11,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from bitnet_onnx.config.config import MixedPrecisionConfig, MixedPrecisionStrategy
+from bitnet_onnx.passes._graph import import_graph
+from bitnet_onnx.passes.base import PassContext, Pipeline
+from bitnet_onnx.passes.p10_normalize import NormalizePass
+from bitnet_onnx.passes.p20_annotate_layers import AnnotateLayersPass
+from bitnet_onnx.passes.p30_assign_precision import AssignPrecisionPass
+from bitnet_onnx.passes.p50_rewrite import RewritePass
+from bitnet_onnx.passes.p60_fold_converts import FoldConvertsPass
+from bitnet_onnx.passes.p70_validate import ValidatePass
+
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
+
     from bitnet_onnx.passes._graph import LoadedModel
-    from bitnet_onnx.passes.base import Pass, PassContext
+    from bitnet_onnx.passes.base import Pass
 
 __all__ = ["annotate", "compile_passes"]
 
@@ -22,13 +33,6 @@ __all__ = ["annotate", "compile_passes"]
 def annotate(loaded: LoadedModel, ctx: PassContext | None = None) -> tuple[gs.Graph, PassContext]:
     """The normalized graph of `loaded` and the context normalize and annotate_layers leave (its
     `layers`, `annotations` and `original` set). `ctx` defaults to a custom-strategy config."""
-    from bitnet_onnx.passes._graph import import_graph
-    from bitnet_onnx.passes.base import PassContext, Pipeline
-    from bitnet_onnx.passes.p10_normalize import NormalizePass
-    from bitnet_onnx.passes.p20_annotate_layers import AnnotateLayersPass
-
-    from bitnet_onnx.config import MixedPrecisionConfig, MixedPrecisionStrategy
-
     if ctx is None:
         ctx = PassContext(config=MixedPrecisionConfig.new(MixedPrecisionStrategy.CUSTOM))
     graph = import_graph(loaded)
@@ -41,13 +45,6 @@ def compile_passes(
 ) -> tuple[Pass, ...]:
     """The compile pipeline. `memory_budget` (bytes) goes to assign_precision; `strict` and `dims`
     (symbolic dims of generated sample inputs) to validate."""
-    from bitnet_onnx.passes.p10_normalize import NormalizePass
-    from bitnet_onnx.passes.p20_annotate_layers import AnnotateLayersPass
-    from bitnet_onnx.passes.p30_assign_precision import AssignPrecisionPass
-    from bitnet_onnx.passes.p50_rewrite import RewritePass
-    from bitnet_onnx.passes.p60_fold_converts import FoldConvertsPass
-    from bitnet_onnx.passes.p70_validate import ValidatePass
-
     return (
         NormalizePass(),
         AnnotateLayersPass(),

@@ -45,20 +45,20 @@ import numpy as np
 import onnx
 import onnx.numpy_helper
 import onnx_graphsurgeon as gs
-from bitnet_onnx.passes._inplace import DIRECT_TYPES, InPlaceError, read_in_place
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 from onnx import external_data_helper
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
-from bitnet_onnx.errors import UnsupportedModelError
+from bitnet_onnx.core.errors import UnsupportedModelError
+from bitnet_onnx.core.graphs import all_graph_protos
+from bitnet_onnx.passes._inplace import DIRECT_TYPES, InPlaceError, read_in_place
 
 __all__ = [
     "SMALL_CONSTANT",
     "LoadedModel",
     "ModelInfo",
     "adopt_structure",
-    "all_graph_protos",
     "apply_value_info",
     "constant_values",
     "export_model",
@@ -66,7 +66,6 @@ __all__ = [
     "is_lazy",
     "load_model",
     "stamp_annotations",
-    "tensor_protos",
     "weightless_model",
 ]
 
@@ -320,29 +319,6 @@ def _garbled_text(message: Message, path: str) -> Iterator[str]:
 
 
 # -- external data -----------------------------------------------------------------------------
-
-
-def all_graph_protos(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    """`graph` and every subgraph nested in its nodes' attributes (If/Loop/Scan bodies)."""
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                yield from all_graph_protos(attr.g)
-            for sub in attr.graphs:
-                yield from all_graph_protos(sub)
-
-
-def tensor_protos(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
-    """Every initializer and attribute tensor of `model`, subgraphs included: graph by graph
-    (`all_graph_protos` order), each graph's initializers before its nodes' attribute tensors."""
-    for graph in all_graph_protos(model.graph):
-        yield from graph.initializer
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.HasField("t"):
-                    yield attr.t
-                yield from attr.tensors
 
 
 def _all_tensor_protos(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:

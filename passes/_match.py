@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from bitnet_onnx.passes._graph import constant_values
 
-from bitnet_onnx.errors import UnsupportedModelError
+from bitnet_onnx.core.errors import UnsupportedModelError
+from bitnet_onnx.passes._graph import constant_values
 
 __all__ = [
     "CHAIN_OPS",

@@ -23,8 +23,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnx import helper
 
-from bitnet_onnx.errors import MixedPrecisionError
-from bitnet_onnx.log import Change, PassRecord
+from bitnet_onnx.core.errors import MixedPrecisionError
+from bitnet_onnx.core.log import Change, PassRecord
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import IO
 
 import onnx_graphsurgeon as gs
-from bitnet_onnx.passes._graph import ModelInfo, export_model, stamp_annotations
-from bitnet_onnx.passes.base import PassContext
 from tqdm import tqdm
 
-from bitnet_onnx.log import PassRecord, write_record
-from bitnet_onnx.model_file import write_model
+from bitnet_onnx.core.log import PassRecord, write_record
+from bitnet_onnx.passes._graph import ModelInfo, export_model, stamp_annotations
+from bitnet_onnx.passes.base import PassContext
+from bitnet_onnx.runtime.model_file import write_model
 
 __all__ = ["DumpAfter", "JsonlLog", "ProgressBar"]
 

@@ -28,6 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from onnx import TensorProto
+
+from bitnet_onnx.core.layers import LayerType
 from bitnet_onnx.passes._match import (
     CHAIN_OPS,
     ConstantChain,
@@ -39,9 +42,6 @@ from bitnet_onnx.passes._match import (
     resolve_constant,
     split_constant,
 )
-from onnx import TensorProto
-
-from bitnet_onnx.layers import LayerType
 
 __all__ = ["RULES", "LayerMatch", "LayerRule"]
 

@@ -65,18 +65,13 @@ import onnx.defs
 import onnx.shape_inference
 import onnx.version_converter
 import onnx_graphsurgeon as gs
-from bitnet_onnx.passes._contrib_types import TYPING_DOMAINS, register_typing_schemas
-from bitnet_onnx.passes._graph import (
-    adopt_structure,
-    all_graph_protos,
-    apply_value_info,
-    export_model,
-    weightless_model,
-)
-from bitnet_onnx.passes.base import PassContext, PassResult
 
-from bitnet_onnx.errors import UnsupportedModelError
-from bitnet_onnx.log import Change
+from bitnet_onnx.core.errors import UnsupportedModelError
+from bitnet_onnx.core.graphs import all_graph_protos
+from bitnet_onnx.core.log import Change
+from bitnet_onnx.passes._contrib_types import TYPING_DOMAINS, register_typing_schemas
+from bitnet_onnx.passes._graph import adopt_structure, apply_value_info, export_model, weightless_model
+from bitnet_onnx.passes.base import PassContext, PassResult
 
 __all__ = ["MIN_OPSET", "NormalizePass"]
 

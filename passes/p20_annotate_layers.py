@@ -63,13 +63,13 @@ from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import onnx_graphsurgeon as gs
+
+from bitnet_onnx.core.errors import UnsupportedModelError
+from bitnet_onnx.core.layers import Layer, LayerType
+from bitnet_onnx.core.log import Change
 from bitnet_onnx.passes._match import GraphView, MatchResult, label
 from bitnet_onnx.passes.base import PassContext, PassResult
 from bitnet_onnx.passes.layer_patterns import RULES, LayerMatch, LayerRule
-
-from bitnet_onnx.errors import UnsupportedModelError
-from bitnet_onnx.layers import Layer, LayerType
-from bitnet_onnx.log import Change
 
 __all__ = ["LAYER_KEY", "LAYER_TYPE_KEY", "RULE_KEY", "AnnotateLayersPass", "explain"]
 

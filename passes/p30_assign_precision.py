@@ -49,19 +49,19 @@ from typing import ClassVar
 import ml_dtypes
 import numpy as np
 import onnx_graphsurgeon as gs
+
+from bitnet_onnx.config.config import MixedPrecisionConfig, Resolution
+from bitnet_onnx.config.layer_precision import LayerPrecisionSpec
+from bitnet_onnx.config.plan import LayerPlan, components_of
+from bitnet_onnx.config.policy import ConditionType, Decision, LayerFacts, PolicyEngine, weight_statistics
+from bitnet_onnx.config.validation import PrecisionValidator, ValidationReport
+from bitnet_onnx.core.dtypes import DType, WeightLayout, storage_bytes
+from bitnet_onnx.core.errors import ConfigError
+from bitnet_onnx.core.layers import ComponentType, Layer
+from bitnet_onnx.core.log import Change
 from bitnet_onnx.passes._graph import constant_values
 from bitnet_onnx.passes.base import PassContext, PassResult
 from bitnet_onnx.passes.rewrite._nbits import needs_requantize, stored_dtype
-
-from bitnet_onnx.config import MixedPrecisionConfig, Resolution
-from bitnet_onnx.dtypes import DType, WeightLayout, storage_bytes
-from bitnet_onnx.errors import ConfigError
-from bitnet_onnx.layer_precision import LayerPrecisionSpec
-from bitnet_onnx.layers import ComponentType, Layer
-from bitnet_onnx.log import Change
-from bitnet_onnx.plan import LayerPlan, components_of
-from bitnet_onnx.policy import ConditionType, Decision, LayerFacts, PolicyEngine, weight_statistics
-from bitnet_onnx.validation import PrecisionValidator, ValidationReport
 
 __all__ = ["AssignPrecisionPass"]
 

@@ -27,9 +27,9 @@ from typing import ClassVar
 
 import onnx_graphsurgeon as gs
 
-from bitnet_onnx.layers import ComponentType, LayerType
-from bitnet_onnx.log import Change
-from bitnet_onnx.plan import LayerPlan
+from bitnet_onnx.config.plan import LayerPlan
+from bitnet_onnx.core.layers import ComponentType, LayerType
+from bitnet_onnx.core.log import Change
 
 from .base import PassContext, PassResult
 from .rewrite import REWRITERS, LayerEditor, LayerRewrite, RewriteEnv

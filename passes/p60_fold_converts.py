@@ -52,10 +52,10 @@ from typing import ClassVar
 import ml_dtypes
 import numpy as np
 import onnx_graphsurgeon as gs
-from bitnet_onnx.passes.base import PassContext, PassResult
 from onnx import helper
 
-from bitnet_onnx.log import Change
+from bitnet_onnx.core.log import Change
+from bitnet_onnx.passes.base import PassContext, PassResult
 from bitnet_onnx.runtime import DOMAIN
 
 __all__ = ["CONVERSION_OPS", "FoldConvertsPass", "count_conversions", "holds"]

@@ -58,23 +58,23 @@ from typing import ClassVar
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from bitnet_onnx.passes._graph import export_model, stamp_annotations, weightless_model
-from bitnet_onnx.passes.base import PassContext, PassResult
 from onnx import helper
 
-from bitnet_onnx.config import MixedPrecisionConfig
-from bitnet_onnx.dtypes import DType
-from bitnet_onnx.errors import ConfigError, KernelLibraryError, MixedPrecisionError
-from bitnet_onnx.inspection import LayerRecord, read_layers
-from bitnet_onnx.kv_cache import cache_pairs
-from bitnet_onnx.layers import ComponentType, Layer
-from bitnet_onnx.model_file import session_for, write_model
-from bitnet_onnx.packing import int_row_bytes, ternary_row_bytes
-from bitnet_onnx.plan import LayerPlan
-from bitnet_onnx.report import CompileReport, OutputMetrics, Thresholds, compare_outputs
+from bitnet_onnx.config.config import MixedPrecisionConfig
+from bitnet_onnx.config.plan import LayerPlan
+from bitnet_onnx.config.report import CompileReport, OutputMetrics, Thresholds, compare_outputs
+from bitnet_onnx.config.validation import Finding, Severity
+from bitnet_onnx.core.dtypes import DType
+from bitnet_onnx.core.errors import ConfigError, KernelLibraryError, MixedPrecisionError
+from bitnet_onnx.core.inspection import LayerRecord, read_layers
+from bitnet_onnx.core.layers import ComponentType, Layer
+from bitnet_onnx.numerics.packing import int_row_bytes, ternary_row_bytes
+from bitnet_onnx.passes._graph import export_model, stamp_annotations, weightless_model
+from bitnet_onnx.passes.base import PassContext, PassResult
 from bitnet_onnx.runtime import BITLINEAR, DOMAIN, check_feeds
-from bitnet_onnx.sample_inputs import DEFAULT_DIMS, sample_inputs
-from bitnet_onnx.validation import Finding, Severity
+from bitnet_onnx.runtime.kv_cache import cache_pairs
+from bitnet_onnx.runtime.model_file import session_for, write_model
+from bitnet_onnx.runtime.sample_inputs import DEFAULT_DIMS, sample_inputs
 
 __all__ = ["ValidatePass"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from bitnet_onnx import runtime
-from bitnet_onnx.errors import KernelLibraryError
+from bitnet_onnx.core.errors import KernelLibraryError
 
 
 @pytest.fixture(scope="session")

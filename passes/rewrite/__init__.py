@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from bitnet_onnx.layers import LayerType
+from bitnet_onnx.core.layers import LayerType
 
 from ._base import LayerRewrite, RewriteEnv, Rewriter
 from ._edit import LayerEditor

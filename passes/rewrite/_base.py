@@ -16,13 +16,13 @@ from typing import Protocol
 
 import numpy as np
 import onnx_graphsurgeon as gs
-from bitnet_onnx.passes._match import GraphView
 from onnx import helper
 
-from bitnet_onnx.dtypes import DType
-from bitnet_onnx.errors import UnsupportedModelError
-from bitnet_onnx.layers import ComponentType, Layer
-from bitnet_onnx.plan import LayerPlan
+from bitnet_onnx.config.plan import LayerPlan
+from bitnet_onnx.core.dtypes import DType
+from bitnet_onnx.core.errors import UnsupportedModelError
+from bitnet_onnx.core.layers import ComponentType, Layer
+from bitnet_onnx.passes._match import GraphView
 
 from ._edit import LayerEditor, Names
 from ._weights import WeightStore

@@ -23,7 +23,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnx import helper
 
-from bitnet_onnx.layers import Layer
+from bitnet_onnx.core.layers import Layer
 
 __all__ = ["EMPTY", "LayerEditor", "Names", "Shape", "onnx_type"]
 

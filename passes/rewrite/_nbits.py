@@ -21,10 +21,10 @@ import math
 
 import numpy as np
 import onnx_graphsurgeon as gs
-from bitnet_onnx.passes._match import view_constant
 
-from bitnet_onnx.dtypes import DType
-from bitnet_onnx.errors import UnsupportedModelError
+from bitnet_onnx.core.dtypes import DType
+from bitnet_onnx.core.errors import UnsupportedModelError
+from bitnet_onnx.passes._match import view_constant
 
 from ._edit import LayerEditor
 

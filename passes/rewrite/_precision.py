@@ -37,8 +37,8 @@ import ml_dtypes
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from bitnet_onnx.dtypes import DType
-from bitnet_onnx.errors import ConfigError, UnsupportedModelError
+from bitnet_onnx.core.dtypes import DType
+from bitnet_onnx.core.errors import ConfigError, UnsupportedModelError
 
 from ._edit import LayerEditor, onnx_type
 

@@ -50,14 +50,14 @@ from collections.abc import Sequence
 
 import numpy as np
 import onnx_graphsurgeon as gs
-from bitnet_onnx.passes._contrib_types import typed_by_attribute
-from bitnet_onnx.passes._match import resolve_constant
 from onnx import helper
 
-from bitnet_onnx.dtypes import DType
-from bitnet_onnx.errors import UnsupportedModelError
-from bitnet_onnx.layers import ComponentType
-from bitnet_onnx.plan import LayerPlan
+from bitnet_onnx.config.plan import LayerPlan
+from bitnet_onnx.core.dtypes import DType
+from bitnet_onnx.core.errors import UnsupportedModelError
+from bitnet_onnx.core.layers import ComponentType
+from bitnet_onnx.passes._contrib_types import typed_by_attribute
+from bitnet_onnx.passes._match import resolve_constant
 
 from ._base import LayerRewrite, RewriteEnv, component_dtype, constant_bytes
 from ._edit import LayerEditor, onnx_type

@@ -45,8 +45,8 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
 from bitnet_onnx import runtime
-from bitnet_onnx.errors import MixedPrecisionError
-from bitnet_onnx.machine_cache import MachineCache
+from bitnet_onnx.core.errors import MixedPrecisionError
+from bitnet_onnx.runtime.machine_cache import MachineCache
 
 from ._edit import onnx_type
 

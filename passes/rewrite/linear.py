@@ -54,12 +54,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx_graphsurgeon as gs
-from bitnet_onnx.passes._match import linear_weight, resolve_constant
 
-from bitnet_onnx.dtypes import DType
-from bitnet_onnx.errors import UnsupportedModelError
-from bitnet_onnx.layers import ComponentType, Layer
-from bitnet_onnx.plan import LayerPlan
+from bitnet_onnx.config.plan import LayerPlan
+from bitnet_onnx.core.dtypes import DType
+from bitnet_onnx.core.errors import UnsupportedModelError
+from bitnet_onnx.core.layers import ComponentType, Layer
+from bitnet_onnx.passes._match import linear_weight, resolve_constant
 from bitnet_onnx.runtime import BITLINEAR, DEQUANTIZE_LOWBIT, DOMAIN, LOWBIT_MATMUL
 
 from ._base import LayerRewrite, RewriteEnv, component_dtype, constant_bytes, detach

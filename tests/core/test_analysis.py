@@ -12,12 +12,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from bitnet_onnx import analysis as analysis_module
-from bitnet_onnx.analysis import NO_LAYER, Analysis, Timing, analyze, measure_latency
-from bitnet_onnx.compile import compile
-from bitnet_onnx.dtypes import DType, TernaryPacking, WeightLayout, storage_bytes
-from bitnet_onnx.errors import ConfigError, UnsupportedModelError
-from bitnet_onnx.layers import ComponentType, LayerType
+from bitnet_onnx.compiler.compile import compile
+from bitnet_onnx.core.dtypes import DType, TernaryPacking, WeightLayout, storage_bytes
+from bitnet_onnx.core.errors import ConfigError, UnsupportedModelError
+from bitnet_onnx.core.layers import ComponentType, LayerType
+from bitnet_onnx.optimize import analysis as analysis_module
+from bitnet_onnx.optimize.analysis import NO_LAYER, Analysis, Timing, analyze, measure_latency
 from models import llama
 
 FIXTURES = Path(__file__).resolve().parents[2] / "models" / "fixtures"
@@ -239,7 +239,7 @@ def test_measured_speedup_runs_both_models_at_batch_one(tiny_path, monkeypatch):
         return Timing(2.0, 1.0, runs, analysis_module.SPEED_THREADS)
 
     monkeypatch.setattr(analysis_module, "measure_latency", fake)
-    from bitnet_onnx.calibration import Calibration
+    from bitnet_onnx.optimize.calibration import Calibration
 
     calibration = Calibration((({"x": np.ones((4, K), np.float32)}),))
     result = analyze(tiny_path, "balanced", calibration, measure_speed=True)
@@ -266,7 +266,7 @@ def test_json_round_trip(tiny_path):
 
 
 def test_estimated_speedup_sums_the_cost_model_over_the_layers(tiny_path):
-    from bitnet_onnx.cost_model import CostModel, LatencyTable
+    from bitnet_onnx.optimize.cost_model import CostModel, LatencyTable
 
     # one point per kernel, above every size: a constant time
     big = 10**9
@@ -285,9 +285,9 @@ def test_estimated_speedup_sums_the_cost_model_over_the_layers(tiny_path):
 
 
 def test_sensitivity_is_the_table_entry_of_each_layers_choice(tiny_path, tmp_path):
-    from bitnet_onnx.calibration import Calibration
-    from bitnet_onnx.objectives import PrecisionChoice
-    from bitnet_onnx.sensitivity import SensitivityEntry, SensitivityTable, measure_sensitivity
+    from bitnet_onnx.optimize.calibration import Calibration
+    from bitnet_onnx.optimize.objectives import PrecisionChoice
+    from bitnet_onnx.optimize.sensitivity import SensitivityEntry, SensitivityTable, measure_sensitivity
 
     plain = analyze(tiny_path, "balanced")
     calibration = Calibration.generated(tiny_path, 2, seed=0)

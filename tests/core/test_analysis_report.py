@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bitnet_onnx.analysis import NO_LAYER, Analysis, LayerAnalysis, Timing
-from bitnet_onnx.analysis_report import CHART_FILES, DTYPE_COLORS, write_report
-from bitnet_onnx.dtypes import DType
-from bitnet_onnx.errors import ConfigError
-from bitnet_onnx.layers import ComponentType, LayerType
-from bitnet_onnx.report import OutputMetrics
+from bitnet_onnx.config.report import OutputMetrics
+from bitnet_onnx.core.dtypes import DType
+from bitnet_onnx.core.errors import ConfigError
+from bitnet_onnx.core.layers import ComponentType, LayerType
+from bitnet_onnx.optimize.analysis import NO_LAYER, Analysis, LayerAnalysis, Timing
+from bitnet_onnx.optimize.analysis_report import CHART_FILES, DTYPE_COLORS, write_report
 
 W, B, A, OUT = ComponentType.WEIGHTS, ComponentType.BIAS, ComponentType.ACTIVATIONS, ComponentType.OUTPUTS
 F32, I8, T = DType.F32, DType.I8, DType.BITNET158

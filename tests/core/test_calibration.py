@@ -6,9 +6,9 @@ import numpy as np
 import onnx
 import pytest
 
-from bitnet_onnx.calibration import Calibration, input_specs
-from bitnet_onnx.errors import ConfigError
-from bitnet_onnx.sample_inputs import sample_inputs
+from bitnet_onnx.core.errors import ConfigError
+from bitnet_onnx.optimize.calibration import Calibration, input_specs
+from bitnet_onnx.runtime.sample_inputs import sample_inputs
 from models import convnet, llama
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bitnet_onnx.config import (
+from bitnet_onnx.config.config import (
     ComponentPrecisionConfig,
     LayerPrecisionConfig,
     MixedPrecisionConfig,
@@ -12,11 +12,10 @@ from bitnet_onnx.config import (
     Resolution,
     fit_layout,
 )
-from bitnet_onnx.converter import ConversionStrategy
-from bitnet_onnx.dtypes import DType, TernaryPacking, WeightLayout
-from bitnet_onnx.errors import ConfigError
-from bitnet_onnx.layers import ComponentType, LayerType, SupportMatrix
-from bitnet_onnx.policy import PolicyAction, PolicyRule, PrecisionPolicy
+from bitnet_onnx.config.policy import PolicyAction, PolicyRule, PrecisionPolicy
+from bitnet_onnx.core.dtypes import ConversionStrategy, DType, TernaryPacking, WeightLayout
+from bitnet_onnx.core.errors import ConfigError
+from bitnet_onnx.core.layers import ComponentType, LayerType, SupportMatrix
 
 L, C, D = LayerType, ComponentType, DType
 NAME = "layers.0.mlp.up_proj"

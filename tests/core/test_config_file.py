@@ -10,20 +10,22 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bitnet_onnx import config_file
-from bitnet_onnx.config import (
+from bitnet_onnx.config import config_file
+from bitnet_onnx.config.config import (
     ComponentPrecisionConfig,
     LayerPrecisionConfig,
     MixedPrecisionConfig,
     MixedPrecisionStrategy,
     Resolution,
 )
-from bitnet_onnx.config_file import SCHEMA_VERSION, config_from_dict, config_to_dict, load_config, save_config
-from bitnet_onnx.converter import ConversionStrategy
-from bitnet_onnx.dtypes import DType, TernaryPacking, WeightLayout
-from bitnet_onnx.errors import ConfigError
-from bitnet_onnx.layers import ComponentType, LayerType, SupportMatrix
-from bitnet_onnx.policy import (
+from bitnet_onnx.config.config_file import (
+    SCHEMA_VERSION,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    save_config,
+)
+from bitnet_onnx.config.policy import (
     ConditionOperator,
     ConditionType,
     PolicyAction,
@@ -31,6 +33,9 @@ from bitnet_onnx.policy import (
     PolicyRule,
     PrecisionPolicy,
 )
+from bitnet_onnx.core.dtypes import ConversionStrategy, DType, TernaryPacking, WeightLayout
+from bitnet_onnx.core.errors import ConfigError
+from bitnet_onnx.core.layers import ComponentType, LayerType, SupportMatrix
 
 L, C, D = LayerType, ComponentType, DType
 FORMATS = ["yaml", "yml", "json"]

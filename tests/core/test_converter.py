@@ -8,17 +8,16 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from bitnet_onnx.converter import (
+from bitnet_onnx.core.dtypes import ConversionStrategy, DType, TernaryPacking, WeightLayout, storage_bytes
+from bitnet_onnx.core.errors import ConfigError, ConversionError
+from bitnet_onnx.numerics.converter import (
     DEFAULT_TOLERANCES,
     ConversionConfig,
-    ConversionStrategy,
     PrecisionConverter,
     QuantizedTensor,
 )
-from bitnet_onnx.dtypes import DType, TernaryPacking, WeightLayout, storage_bytes
-from bitnet_onnx.errors import ConfigError, ConversionError
-from bitnet_onnx.packing import unpack_int, unpack_ternary
-from bitnet_onnx.quantization import grouped, quantize_groups, quantize_tokens, ternarize
+from bitnet_onnx.numerics.packing import unpack_int, unpack_ternary
+from bitnet_onnx.numerics.quantization import grouped, quantize_groups, quantize_tokens, ternarize
 
 F32 = np.float32
 S = ConversionStrategy

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from bitnet_onnx import ConfigError, DType, LayerType, runtime
-from bitnet_onnx.cost_model import (
+from bitnet_onnx.core.dtypes import TernaryPacking, WeightLayout
+from bitnet_onnx.core.layers import Layer
+from bitnet_onnx.optimize.cost_model import (
     CostModel,
     Kernel,
     LatencyTable,
@@ -18,9 +20,7 @@ from bitnet_onnx.cost_model import (
     kernel_for,
     storage_shape,
 )
-from bitnet_onnx.dtypes import TernaryPacking, WeightLayout
-from bitnet_onnx.layers import Layer
-from bitnet_onnx.objectives import PrecisionChoice
+from bitnet_onnx.optimize.objectives import PrecisionChoice
 
 P = PrecisionChoice.parse
 
@@ -231,7 +231,7 @@ def test_every_kernel_model_runs(kernel: Kernel) -> None:
     times themselves are not checked)."""
     import numpy as np
 
-    from bitnet_onnx import cost_model
+    from bitnet_onnx.optimize import cost_model
 
     times = cost_model._measure_kernel(kernel, 128, 16, np.random.default_rng(0))
     assert sorted(times) == list(cost_model.TOKENS)

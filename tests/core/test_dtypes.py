@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from onnx import TensorProto
 
-from bitnet_onnx.dtypes import DType, TernaryPacking, WeightLayout, storage_bytes
-from bitnet_onnx.errors import ConfigError
+from bitnet_onnx.core.dtypes import DType, TernaryPacking, WeightLayout, storage_bytes
+from bitnet_onnx.core.errors import ConfigError
 
 SQUARE = (4096, 4096)
 F32_SQUARE = 4096 * 4096 * 4

@@ -4,7 +4,7 @@ import pytest
 
 from bitnet_onnx import runtime
 from bitnet_onnx.cli import main
-from bitnet_onnx.info import describe, gather
+from bitnet_onnx.runtime.info import describe, gather
 
 
 def test_info_reports_library_ops_and_dispatch(capsys):

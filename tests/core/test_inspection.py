@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto, helper
 
-from bitnet_onnx.inspection import LayerRecord, layers_table, read_layers
+from bitnet_onnx.core.inspection import LayerRecord, layers_table, read_layers
 
 
 def _model(nodes) -> onnx.ModelProto:

@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from bitnet_onnx.kv_cache import CachePair, cache_pairs, head_size
-from bitnet_onnx.sample_inputs import sample_inputs
+from bitnet_onnx.runtime.kv_cache import CachePair, cache_pairs, head_size
+from bitnet_onnx.runtime.sample_inputs import sample_inputs
 
 DECODERS = Path(__file__).resolve().parents[2] / "models" / "fixtures" / "decoders"
 

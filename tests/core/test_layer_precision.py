@@ -2,14 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-from bitnet_onnx.dtypes import DType, TernaryPacking, WeightLayout
-from bitnet_onnx.errors import ConfigError
-from bitnet_onnx.layer_precision import (
-    LayerPrecisionManager,
-    LayerPrecisionSpec,
-    MemoryOptimization,
-)
-from bitnet_onnx.layers import ComponentType, LayerType, SupportMatrix
+from bitnet_onnx.config.layer_precision import LayerPrecisionManager, LayerPrecisionSpec, MemoryOptimization
+from bitnet_onnx.core.dtypes import DType, TernaryPacking, WeightLayout
+from bitnet_onnx.core.errors import ConfigError
+from bitnet_onnx.core.layers import ComponentType, LayerType, SupportMatrix
 
 W, B, ACT, OUT, GRAD = (
     ComponentType.WEIGHTS,

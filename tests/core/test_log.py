@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from bitnet_onnx.errors import UnsupportedModelError
-from bitnet_onnx.log import Change, PassRecord, read_log, render_table, write_record
+from bitnet_onnx.core.errors import UnsupportedModelError
+from bitnet_onnx.core.log import Change, PassRecord, read_log, render_table, write_record
 
 
 def _record(seq: int = 0) -> PassRecord:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bitnet_onnx.machine_cache import MachineCache
+from bitnet_onnx.runtime.machine_cache import MachineCache
 
 CACHE = MachineCache("numbers.json", version=2, what="the numbers")
 

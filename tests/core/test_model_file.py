@@ -10,9 +10,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from bitnet_onnx import model_file
-from bitnet_onnx.errors import UnsupportedModelError
-from bitnet_onnx.model_file import session_for, write_model
+from bitnet_onnx.core.errors import UnsupportedModelError
+from bitnet_onnx.runtime import model_file
+from bitnet_onnx.runtime.model_file import session_for, write_model
 
 
 def _model(values: np.ndarray | None = None) -> onnx.ModelProto:

@@ -7,9 +7,9 @@ import math
 import pytest
 
 from bitnet_onnx import ComponentType, ConfigError, DType, LayerType, MixedPrecisionConfig, SupportMatrix
-from bitnet_onnx.dtypes import TernaryPacking, WeightLayout
-from bitnet_onnx.layers import Layer
-from bitnet_onnx.objectives import (
+from bitnet_onnx.core.dtypes import TernaryPacking, WeightLayout
+from bitnet_onnx.core.layers import Layer
+from bitnet_onnx.optimize.objectives import (
     DEFAULT_ACCURACY_FLOOR,
     Accuracy,
     Balanced,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bitnet_onnx.dtypes import TernaryPacking
-from bitnet_onnx.errors import ConfigError, ConversionError
-from bitnet_onnx.packing import (
+from bitnet_onnx.core.dtypes import TernaryPacking
+from bitnet_onnx.core.errors import ConfigError, ConversionError
+from bitnet_onnx.numerics.packing import (
     int_row_bytes,
     pack_int,
     pack_ternary,

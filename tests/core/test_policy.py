@@ -7,14 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from bitnet_onnx import policy as policy_module
-from bitnet_onnx._schema import Problems
-from bitnet_onnx.config import MixedPrecisionConfig, Resolution
-from bitnet_onnx.converter import ConversionStrategy
-from bitnet_onnx.dtypes import DType, TernaryPacking, WeightLayout
-from bitnet_onnx.errors import ConfigError
-from bitnet_onnx.layers import ComponentType, LayerType, SupportMatrix
-from bitnet_onnx.policy import (
+from bitnet_onnx.config import policy as policy_module
+from bitnet_onnx.config.config import MixedPrecisionConfig, Resolution
+from bitnet_onnx.config.policy import (
     WEIGHT_STATISTICS,
     ActionKind,
     ConditionOperator,
@@ -28,6 +23,10 @@ from bitnet_onnx.policy import (
     PrecisionPolicy,
     weight_statistics,
 )
+from bitnet_onnx.core._schema import Problems
+from bitnet_onnx.core.dtypes import ConversionStrategy, DType, TernaryPacking, WeightLayout
+from bitnet_onnx.core.errors import ConfigError
+from bitnet_onnx.core.layers import ComponentType, LayerType, SupportMatrix
 
 L, C, D = LayerType, ComponentType, DType
 T, Op = ConditionType, ConditionOperator

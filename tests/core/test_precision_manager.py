@@ -29,10 +29,11 @@ from bitnet_onnx import (
     PolicyRule,
     PrecisionPolicy,
 )
-from bitnet_onnx.calibration import Calibration
-from bitnet_onnx.cost_model import CostModel, LatencyTable, default_kernels
-from bitnet_onnx.layers import Layer
-from bitnet_onnx.objectives import (
+from bitnet_onnx.api.precision_manager import PrecisionManager, static_sensitivity
+from bitnet_onnx.core.layers import Layer
+from bitnet_onnx.optimize.calibration import Calibration
+from bitnet_onnx.optimize.cost_model import CostModel, LatencyTable, default_kernels
+from bitnet_onnx.optimize.objectives import (
     Accuracy,
     Balanced,
     Memory,
@@ -41,8 +42,7 @@ from bitnet_onnx.objectives import (
     Speed,
     candidate_choices,
 )
-from bitnet_onnx.precision_manager import PrecisionManager, static_sensitivity
-from bitnet_onnx.search import estimate_plan
+from bitnet_onnx.optimize.search import estimate_plan
 
 W, B, ACT, OUT = ComponentType.WEIGHTS, ComponentType.BIAS, ComponentType.ACTIVATIONS, ComponentType.OUTPUTS
 WEIGHTS = np.array([[1.0, -0.5, 0.0, 2.0], [-1.0, 0.25, 0.5, -2.0]], np.float32)
@@ -262,7 +262,7 @@ def test_static_analysis() -> None:
 
 
 def test_to_config_reproduces_the_specs(tmp_path: Path) -> None:
-    from bitnet_onnx.config_file import load_config, save_config
+    from bitnet_onnx.config.config_file import load_config, save_config
 
     precision_manager = _manager()
     result = precision_manager.optimize_precision(Accuracy(0.95))
@@ -356,7 +356,7 @@ def test_verify_backs_off_and_reports_a_measured_miss(llama: Llama) -> None:
     Accuracy(0.99) when measured: verify moves the most sensitive moved layer one step up per
     round (at most 3) and says so, and the manager reports the miss (feasible False, the measured
     shortfall) rather than hiding it."""
-    from bitnet_onnx.sensitivity import SensitivityEntry, SensitivityTable
+    from bitnet_onnx.optimize.sensitivity import SensitivityEntry, SensitivityTable
 
     manager = _fresh(llama)
     table = manager.sensitivity()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto, helper
 
-from bitnet_onnx.profiling import NO_LAYER, LayerTime, layer_times
+from bitnet_onnx.runtime.profiling import NO_LAYER, LayerTime, layer_times
 
 
 def _model() -> onnx.ModelProto:

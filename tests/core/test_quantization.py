@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from onnx import TensorProto
 
-from bitnet_onnx.dtypes import TernaryPacking
-from bitnet_onnx.errors import ConfigError
-from bitnet_onnx.packing import pack_int, pack_ternary
-from bitnet_onnx.quantization import (
+from bitnet_onnx.core.dtypes import TernaryPacking
+from bitnet_onnx.core.errors import ConfigError
+from bitnet_onnx.numerics.packing import pack_int, pack_ternary
+from bitnet_onnx.numerics.quantization import (
     GroupWeights,
     bitlinear_reference,
     dequantize_lowbit_reference,

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bitnet_onnx.converter import ConversionConfig, ConversionStrategy
-from bitnet_onnx.dtypes import DType, TernaryPacking, WeightLayout, storage_bytes
-from bitnet_onnx.errors import ConfigError, ConversionError
-from bitnet_onnx.layer_precision import LayerPrecisionSpec
-from bitnet_onnx.layers import ComponentType, LayerType, SupportMatrix
-from bitnet_onnx.quantization import quantize_groups, quantize_tokens, ternarize
-from bitnet_onnx.quantizer import MixedPrecisionQuantizationConfig, MixedPrecisionQuantizer
+from bitnet_onnx.api.quantizer import MixedPrecisionQuantizationConfig, MixedPrecisionQuantizer
+from bitnet_onnx.config.layer_precision import LayerPrecisionSpec
+from bitnet_onnx.core.dtypes import ConversionStrategy, DType, TernaryPacking, WeightLayout, storage_bytes
+from bitnet_onnx.core.errors import ConfigError, ConversionError
+from bitnet_onnx.core.layers import ComponentType, LayerType, SupportMatrix
+from bitnet_onnx.numerics.converter import ConversionConfig
+from bitnet_onnx.numerics.quantization import quantize_groups, quantize_tokens, ternarize
 
 F32 = np.float32
 

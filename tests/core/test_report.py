@@ -8,9 +8,15 @@ import math
 import numpy as np
 import pytest
 
-from bitnet_onnx.config import MixedPrecisionStrategy
-from bitnet_onnx.report import THRESHOLDS, CompileReport, CompileValidationError, Thresholds, compare_outputs
-from bitnet_onnx.validation import Finding, Severity
+from bitnet_onnx.config.config import MixedPrecisionStrategy
+from bitnet_onnx.config.report import (
+    THRESHOLDS,
+    CompileReport,
+    CompileValidationError,
+    Thresholds,
+    compare_outputs,
+)
+from bitnet_onnx.config.validation import Finding, Severity
 
 
 def test_identical_outputs():

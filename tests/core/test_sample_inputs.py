@@ -7,8 +7,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from bitnet_onnx.errors import UnsupportedModelError
-from bitnet_onnx.sample_inputs import DEFAULT_DIMS, sample_inputs
+from bitnet_onnx.core.errors import UnsupportedModelError
+from bitnet_onnx.runtime.sample_inputs import DEFAULT_DIMS, sample_inputs
 
 
 def _model(inputs, nodes=(), initializers=()) -> onnx.ModelProto:

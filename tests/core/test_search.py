@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from bitnet_onnx import ComponentType, ConfigError, LayerType, MixedPrecisionConfig
-from bitnet_onnx.config_file import load_config, save_config
-from bitnet_onnx.cost_model import CostModel, LatencyTable
-from bitnet_onnx.layers import Layer
-from bitnet_onnx.objectives import Accuracy, Balanced, Memory, PrecisionChoice, Speed
-from bitnet_onnx.search import base_plan, estimate_plan, plan_to_config, search
-from bitnet_onnx.sensitivity import SensitivityEntry, SensitivityTable
+from bitnet_onnx.config.config_file import load_config, save_config
+from bitnet_onnx.core.layers import Layer
+from bitnet_onnx.optimize.cost_model import CostModel, LatencyTable
+from bitnet_onnx.optimize.objectives import Accuracy, Balanced, Memory, PrecisionChoice, Speed
+from bitnet_onnx.optimize.search import base_plan, estimate_plan, plan_to_config, search
+from bitnet_onnx.optimize.sensitivity import SensitivityEntry, SensitivityTable
 
 P = PrecisionChoice.parse
 F32, I8, T = P("F32"), P("I8/I8"), P("BITNET158/I8")

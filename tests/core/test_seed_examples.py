@@ -43,7 +43,7 @@ from bitnet_onnx import (
     Severity,
     ValidationError,
 )
-from bitnet_onnx.dtypes import TernaryPacking, storage_bytes
+from bitnet_onnx.core.dtypes import TernaryPacking, storage_bytes
 
 W, B, ACT, OUT = ComponentType.WEIGHTS, ComponentType.BIAS, ComponentType.ACTIVATIONS, ComponentType.OUTPUTS
 

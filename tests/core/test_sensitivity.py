@@ -9,19 +9,24 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+
+from bitnet_onnx.compiler.compile import compile as compile_model
+from bitnet_onnx.config.config import MixedPrecisionConfig
+from bitnet_onnx.core.errors import ConfigError, UnsupportedModelError
+from bitnet_onnx.optimize import sensitivity
+from bitnet_onnx.optimize.calibration import Calibration
+from bitnet_onnx.optimize.objectives import PrecisionChoice, candidate_choices
+from bitnet_onnx.optimize.sensitivity import (
+    SensitivityEntry,
+    SensitivityTable,
+    default_cache_dir,
+    measure_sensitivity,
+)
 from bitnet_onnx.passes._graph import import_graph, load_model
 from bitnet_onnx.passes.base import PassContext, Pipeline
 from bitnet_onnx.passes.p10_normalize import NormalizePass
 from bitnet_onnx.passes.p20_annotate_layers import AnnotateLayersPass
-
-from bitnet_onnx import sensitivity
-from bitnet_onnx.calibration import Calibration
-from bitnet_onnx.compile import compile as compile_model
-from bitnet_onnx.config import MixedPrecisionConfig
-from bitnet_onnx.errors import ConfigError, UnsupportedModelError
-from bitnet_onnx.objectives import PrecisionChoice, candidate_choices
 from bitnet_onnx.runtime import session
-from bitnet_onnx.sensitivity import SensitivityEntry, SensitivityTable, default_cache_dir, measure_sensitivity
 from models import convnet, llama
 from models.weights import WeightInit
 
@@ -287,7 +292,7 @@ def test_a_corrupt_cache_is_ignored_with_a_warning_and_rewritten(
     sha = sensitivity._model_sha256(load_model(plain_llama).proto, None)
     path = tmp_path / f"{sha}.json"
     path.write_text(content.replace("SHA", sha))
-    with caplog.at_level(logging.WARNING, logger="bitnet_onnx.sensitivity"):
+    with caplog.at_level(logging.WARNING, logger="bitnet_onnx.optimize.sensitivity"):
         table = _measure_one_layer(plain_llama, plain_calibration, tmp_path)
     assert table.model_sha256 == sha and len(count_compiles) == 3
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -332,7 +337,7 @@ def test_a_candidate_that_cannot_be_compiled_is_nan_and_not_cached(
         return original(prepared, config)
 
     monkeypatch.setattr(sensitivity, "_compile", failing_for_ternary)
-    with caplog.at_level(logging.WARNING, logger="bitnet_onnx.sensitivity"):
+    with caplog.at_level(logging.WARNING, logger="bitnet_onnx.optimize.sensitivity"):
         table = _measure_one_layer(plain_llama, plain_calibration, tmp_path)
     failed = table.get("model.layers.1.mlp.gate_proj", TERNARY)
     assert failed is not None and failed.failed and math.isnan(failed.cosine) and failed.rel_error == math.inf

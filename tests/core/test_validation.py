@@ -5,11 +5,8 @@ from typing import ClassVar
 
 import pytest
 
-from bitnet_onnx.dtypes import DType
-from bitnet_onnx.errors import ConfigError, ValidationError
-from bitnet_onnx.layer_precision import LayerPrecisionManager, LayerPrecisionSpec
-from bitnet_onnx.layers import ComponentType, LayerType, SupportMatrix
-from bitnet_onnx.validation import (
+from bitnet_onnx.config.layer_precision import LayerPrecisionManager, LayerPrecisionSpec
+from bitnet_onnx.config.validation import (
     AccuracyImpactRule,
     ComponentPrecisionRule,
     Finding,
@@ -23,6 +20,9 @@ from bitnet_onnx.validation import (
     ValidationTarget,
     default_rules,
 )
+from bitnet_onnx.core.dtypes import DType
+from bitnet_onnx.core.errors import ConfigError, ValidationError
+from bitnet_onnx.core.layers import ComponentType, LayerType, SupportMatrix
 
 F32, F16, I8, I4, I2, I1, T = DType.F32, DType.F16, DType.I8, DType.I4, DType.I2, DType.I1, DType.BITNET158
 

@@ -26,18 +26,11 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from bitnet_onnx import model_file, runtime
+from bitnet_onnx import runtime
 from bitnet_onnx.cli import EXIT_OK, EXIT_USER_ERROR, main
-from bitnet_onnx.compile import CompileResult, compile
-from bitnet_onnx.config import MixedPrecisionConfig, MixedPrecisionStrategy
-from bitnet_onnx.dtypes import DType
-from bitnet_onnx.errors import (
-    ConversionError,
-    KernelLibraryError,
-    MixedPrecisionError,
-    UnsupportedModelError,
-)
-from bitnet_onnx.policy import (
+from bitnet_onnx.compiler.compile import CompileResult, compile
+from bitnet_onnx.config.config import MixedPrecisionConfig, MixedPrecisionStrategy
+from bitnet_onnx.config.policy import (
     ConditionOperator,
     ConditionType,
     PolicyAction,
@@ -45,7 +38,15 @@ from bitnet_onnx.policy import (
     PolicyRule,
     PrecisionPolicy,
 )
-from bitnet_onnx.report import THRESHOLDS, compare_outputs
+from bitnet_onnx.config.report import THRESHOLDS, compare_outputs
+from bitnet_onnx.core.dtypes import DType
+from bitnet_onnx.core.errors import (
+    ConversionError,
+    KernelLibraryError,
+    MixedPrecisionError,
+    UnsupportedModelError,
+)
+from bitnet_onnx.runtime import model_file
 from models import llama
 
 HERE = Path(__file__).resolve().parent

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bitnet_onnx.bench import compiler
+from bench import compiler
 from bitnet_onnx.cli import main as cli_main
-from bitnet_onnx.errors import ConfigError
+from bitnet_onnx.core.errors import ConfigError
 
 pytestmark = pytest.mark.kernels
 

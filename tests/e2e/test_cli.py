@@ -15,10 +15,10 @@ import pytest
 
 from bitnet_onnx import runtime
 from bitnet_onnx.cli import EXIT_GOAL_MISSED, EXIT_OK, EXIT_USER_ERROR, main
-from bitnet_onnx.config import LayerPrecisionConfig, MixedPrecisionConfig
-from bitnet_onnx.config_file import save_config
-from bitnet_onnx.dtypes import DType
-from bitnet_onnx.layers import LayerType
+from bitnet_onnx.config.config import LayerPrecisionConfig, MixedPrecisionConfig
+from bitnet_onnx.config.config_file import save_config
+from bitnet_onnx.core.dtypes import DType
+from bitnet_onnx.core.layers import LayerType
 
 FIXTURES = Path(__file__).resolve().parents[2] / "models" / "fixtures"
 LLAMA = FIXTURES / "llama_tiny.onnx"

@@ -16,20 +16,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from bitnet_onnx.passes.base import PassError
-from bitnet_onnx.passes.p60_fold_converts import FoldConvertsPass
-from bitnet_onnx.passes.p70_validate import ValidatePass
 
 from bitnet_onnx import runtime
-from bitnet_onnx.compile import CompileResult, compile
-from bitnet_onnx.config import LayerPrecisionConfig, MixedPrecisionConfig
-from bitnet_onnx.config_file import save_config
-from bitnet_onnx.dtypes import DType
-from bitnet_onnx.errors import ConfigError, ValidationError
-from bitnet_onnx.inspection import read_layers
-from bitnet_onnx.layers import LayerType
-from bitnet_onnx.log import read_log
-from bitnet_onnx.policy import (
+from bitnet_onnx.compiler.compile import CompileResult, compile
+from bitnet_onnx.config.config import LayerPrecisionConfig, MixedPrecisionConfig
+from bitnet_onnx.config.config_file import save_config
+from bitnet_onnx.config.policy import (
     ConditionOperator,
     ConditionType,
     PolicyAction,
@@ -37,7 +29,15 @@ from bitnet_onnx.policy import (
     PolicyRule,
     PrecisionPolicy,
 )
-from bitnet_onnx.report import THRESHOLDS, CompileValidationError, compare_outputs
+from bitnet_onnx.config.report import THRESHOLDS, CompileValidationError, compare_outputs
+from bitnet_onnx.core.dtypes import DType
+from bitnet_onnx.core.errors import ConfigError, ValidationError
+from bitnet_onnx.core.inspection import read_layers
+from bitnet_onnx.core.layers import LayerType
+from bitnet_onnx.core.log import read_log
+from bitnet_onnx.passes.base import PassError
+from bitnet_onnx.passes.p60_fold_converts import FoldConvertsPass
+from bitnet_onnx.passes.p70_validate import ValidatePass
 from models import bert, convnet, llama
 from models._onnx import save_model
 from models.weights import WeightInit
@@ -91,7 +91,7 @@ def _inputs(name: str, model: Path) -> dict[str, np.ndarray]:
     if given.exists():
         with np.load(given) as archive:
             return {k: archive[k] for k in archive.files}
-    from bitnet_onnx.sample_inputs import sample_inputs
+    from bitnet_onnx.runtime.sample_inputs import sample_inputs
 
     # Batch 8: a classifier's few logits per row make the cosine of a small batch a noisy figure.
     return sample_inputs(onnx.load(model), dims={"batch": 8, "seq": 8}, seed=0)

@@ -25,13 +25,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from bitnet_onnx import runtime
-from bitnet_onnx.compile import compile
-from bitnet_onnx.config import LayerPrecisionConfig, MixedPrecisionConfig
-from bitnet_onnx.dtypes import DType, TernaryPacking, WeightLayout
-from bitnet_onnx.errors import KernelLibraryError
-from bitnet_onnx.layers import LayerType
-from bitnet_onnx.packing import pack_int, pack_ternary
-from bitnet_onnx.sample_inputs import sample_inputs
+from bitnet_onnx.compiler.compile import compile
+from bitnet_onnx.config.config import LayerPrecisionConfig, MixedPrecisionConfig
+from bitnet_onnx.core.dtypes import DType, TernaryPacking, WeightLayout
+from bitnet_onnx.core.errors import KernelLibraryError
+from bitnet_onnx.core.layers import LayerType
+from bitnet_onnx.numerics.packing import pack_int, pack_ternary
+from bitnet_onnx.runtime.sample_inputs import sample_inputs
 
 FIXTURES = Path(__file__).resolve().parents[2] / "models" / "fixtures"
 LLAMA = FIXTURES / "llama_tiny.onnx"

@@ -11,10 +11,10 @@ import onnx
 import pytest
 
 from bitnet_onnx import runtime
-from bitnet_onnx.compile import compile
-from bitnet_onnx.config import MixedPrecisionStrategy
-from bitnet_onnx.kv_cache import cache_pairs
-from bitnet_onnx.report import THRESHOLDS
+from bitnet_onnx.compiler.compile import compile
+from bitnet_onnx.config.config import MixedPrecisionStrategy
+from bitnet_onnx.config.report import THRESHOLDS
+from bitnet_onnx.runtime.kv_cache import cache_pairs
 
 DECODERS = Path(__file__).resolve().parents[2] / "models" / "fixtures" / "decoders"
 PRESETS = ("conservative", "balanced", "aggressive")

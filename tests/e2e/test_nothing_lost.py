@@ -14,16 +14,16 @@ import time
 from pathlib import Path
 
 import pytest
+
+from bitnet_onnx.cli import main
+from bitnet_onnx.compiler.compile import compile
+from bitnet_onnx.config.config import LayerPrecisionConfig, MixedPrecisionConfig
+from bitnet_onnx.config.report import CompileValidationError
+from bitnet_onnx.core.dtypes import DType
+from bitnet_onnx.core.layers import LayerType
 from bitnet_onnx.passes import compile_passes
 from bitnet_onnx.passes.base import PassError
-
-from bitnet_onnx import model_file
-from bitnet_onnx.cli import main
-from bitnet_onnx.compile import compile
-from bitnet_onnx.config import LayerPrecisionConfig, MixedPrecisionConfig
-from bitnet_onnx.dtypes import DType
-from bitnet_onnx.layers import LayerType
-from bitnet_onnx.report import CompileValidationError
+from bitnet_onnx.runtime import model_file
 from models import llama
 from models._onnx import save_model
 from models.weights import WeightInit

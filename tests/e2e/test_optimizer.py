@@ -13,11 +13,11 @@ import numpy as np
 import onnx
 import pytest
 
-from bitnet_onnx.calibration import Calibration
 from bitnet_onnx.cli import EXIT_GOAL_MISSED, EXIT_OK, EXIT_USER_ERROR, main
-from bitnet_onnx.compile import compile
-from bitnet_onnx.config_file import load_config
-from bitnet_onnx.inspection import read_layers
+from bitnet_onnx.compiler.compile import compile
+from bitnet_onnx.config.config_file import load_config
+from bitnet_onnx.core.inspection import read_layers
+from bitnet_onnx.optimize.calibration import Calibration
 from models import llama
 from models._onnx import save_model
 from models.weights import WeightInit

@@ -3,6 +3,7 @@ has just done) and the Python example, so the documentation cannot rot."""
 
 from __future__ import annotations
 
+import ast
 import re
 import shlex
 import shutil
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+
+import bitnet_onnx
 
 REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()
@@ -63,3 +66,87 @@ def test_python_example(tmp_path, monkeypatch):
     feeds = dict(np.load(REPO / "models" / "fixtures" / "llama_tiny.inputs.npz"))
     (logits,) = session.run(None, feeds)
     assert logits.shape == (2, 8, 256) and np.isfinite(logits).all()
+
+
+# bitnet_onnx.__all__ before the package was split into subpackages (issue 14): none may disappear.
+_PUBLIC_NAMES = [
+    "Accuracy",
+    "Balanced",
+    "CompileReport",
+    "CompileResult",
+    "CompileValidationError",
+    "ComponentPrecisionConfig",
+    "ComponentType",
+    "ConditionOperator",
+    "ConditionType",
+    "ConfigError",
+    "ConversionConfig",
+    "ConversionError",
+    "ConversionStats",
+    "ConversionStrategy",
+    "DType",
+    "Decision",
+    "Finding",
+    "KernelLibraryError",
+    "LayerFacts",
+    "LayerPrecisionConfig",
+    "LayerPrecisionManager",
+    "LayerPrecisionSpec",
+    "LayerType",
+    "Memory",
+    "MemoryOptimization",
+    "MemoryOptimizationResult",
+    "MixedPrecisionConfig",
+    "MixedPrecisionError",
+    "MixedPrecisionQuantizationConfig",
+    "MixedPrecisionQuantizer",
+    "MixedPrecisionStrategy",
+    "OptimizationObjective",
+    "PolicyAction",
+    "PolicyCondition",
+    "PolicyEngine",
+    "PolicyRule",
+    "PrecisionChoice",
+    "PrecisionConverter",
+    "PrecisionManager",
+    "PrecisionPolicy",
+    "PrecisionValidator",
+    "QuantizedTensor",
+    "Resolution",
+    "Severity",
+    "Speed",
+    "SupportMatrix",
+    "UnsupportedModelError",
+    "ValidationError",
+    "ValidationReport",
+    "ValidationRule",
+    "compile",
+    "default_rules",
+    "load_config",
+    "save_config",
+    "weight_statistics",
+]
+
+
+def _readme_names() -> set[str]:
+    """Every name README's Python section takes from `bitnet_onnx`: `from bitnet_onnx import X` and
+    `bitnet_onnx.X`."""
+    names: set[str] = set()
+    for block in _code_blocks("python"):
+        for node in ast.walk(ast.parse(block)):
+            if isinstance(node, ast.ImportFrom) and node.module == "bitnet_onnx":
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.Attribute) and getattr(node.value, "id", None) == "bitnet_onnx":
+                names.add(node.attr)
+    return names
+
+
+def test_every_public_name_is_importable_from_the_package():
+    readme = _readme_names()
+    assert {"compile", "DType", "runtime"} <= readme  # the parser reads README's example
+    for name in sorted(readme | set(_PUBLIC_NAMES)):
+        namespace: dict = {}
+        exec(f"from bitnet_onnx import {name}", namespace)  # what a user's import does
+        assert namespace[name] is getattr(bitnet_onnx, name)
+    assert set(_PUBLIC_NAMES) <= set(bitnet_onnx.__all__)
+    assert callable(bitnet_onnx.compile) and callable(bitnet_onnx.runtime.session)

@@ -17,21 +17,21 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from bitnet_onnx.passes.base import PassError
 from fuzz_budget import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from random_graphs import DIMS, RandomModel, random_models
 
 from bitnet_onnx import runtime
-from bitnet_onnx.compile import compile
-from bitnet_onnx.config import ComponentPrecisionConfig, LayerPrecisionConfig, MixedPrecisionConfig
-from bitnet_onnx.dtypes import DType, TernaryPacking, WeightLayout
-from bitnet_onnx.errors import KernelLibraryError, MixedPrecisionError
-from bitnet_onnx.layers import ComponentType, LayerType, SupportMatrix
-from bitnet_onnx.policy import PolicyAction, PolicyCondition, PolicyRule, PrecisionPolicy
-from bitnet_onnx.report import CompileValidationError
-from bitnet_onnx.validation import Severity
+from bitnet_onnx.compiler.compile import compile
+from bitnet_onnx.config.config import ComponentPrecisionConfig, LayerPrecisionConfig, MixedPrecisionConfig
+from bitnet_onnx.config.policy import PolicyAction, PolicyCondition, PolicyRule, PrecisionPolicy
+from bitnet_onnx.config.report import CompileValidationError
+from bitnet_onnx.config.validation import Severity
+from bitnet_onnx.core.dtypes import DType, TernaryPacking, WeightLayout
+from bitnet_onnx.core.errors import KernelLibraryError, MixedPrecisionError
+from bitnet_onnx.core.layers import ComponentType, LayerType, SupportMatrix
+from bitnet_onnx.passes.base import PassError
 
 pytestmark = pytest.mark.fuzz
 

@@ -22,13 +22,9 @@ from fuzz_budget import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bitnet_onnx.config import MixedPrecisionConfig
-from bitnet_onnx.config_file import config_from_dict, config_to_dict, load_config, save_config
-from bitnet_onnx.converter import ConversionStrategy
-from bitnet_onnx.dtypes import DType
-from bitnet_onnx.errors import ConfigError, MixedPrecisionError, ValidationError
-from bitnet_onnx.layers import ComponentType, LayerType
-from bitnet_onnx.policy import (
+from bitnet_onnx.config.config import MixedPrecisionConfig
+from bitnet_onnx.config.config_file import config_from_dict, config_to_dict, load_config, save_config
+from bitnet_onnx.config.policy import (
     WEIGHT_STATISTICS,
     ActionKind,
     ConditionOperator,
@@ -36,6 +32,9 @@ from bitnet_onnx.policy import (
     LayerFacts,
     PolicyEngine,
 )
+from bitnet_onnx.core.dtypes import ConversionStrategy, DType
+from bitnet_onnx.core.errors import ConfigError, MixedPrecisionError, ValidationError
+from bitnet_onnx.core.layers import ComponentType, LayerType
 
 pytestmark = pytest.mark.fuzz
 

@@ -26,10 +26,10 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from bitnet_onnx import runtime
-from bitnet_onnx.dtypes import TernaryPacking
-from bitnet_onnx.errors import KernelLibraryError
-from bitnet_onnx.packing import pack_int, pack_ternary
-from bitnet_onnx.quantization import (
+from bitnet_onnx.core.dtypes import TernaryPacking
+from bitnet_onnx.core.errors import KernelLibraryError
+from bitnet_onnx.numerics.packing import pack_int, pack_ternary
+from bitnet_onnx.numerics.quantization import (
     bitlinear_reference,
     dequantize_lowbit_reference,
     lowbit_matmul_reference,

@@ -14,14 +14,14 @@ from functools import cache
 from pathlib import Path
 
 import pytest
-from bitnet_onnx.passes.base import PassError
 from fuzz_budget import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bitnet_onnx import runtime
-from bitnet_onnx.compile import compile
-from bitnet_onnx.errors import KernelLibraryError, MixedPrecisionError
+from bitnet_onnx.compiler.compile import compile
+from bitnet_onnx.core.errors import KernelLibraryError, MixedPrecisionError
+from bitnet_onnx.passes.base import PassError
 
 pytestmark = pytest.mark.fuzz
 

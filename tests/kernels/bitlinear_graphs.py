@@ -11,8 +11,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from bitnet_onnx import runtime
-from bitnet_onnx.dtypes import TernaryPacking
-from bitnet_onnx.packing import pack_ternary
+from bitnet_onnx.core.dtypes import TernaryPacking
+from bitnet_onnx.numerics.packing import pack_ternary
 
 ONNX_TYPE = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): TensorProto.FLOAT16}
 

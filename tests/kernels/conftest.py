@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bitnet_onnx import runtime
-from bitnet_onnx.errors import KernelLibraryError
+from bitnet_onnx.core.errors import KernelLibraryError
 
 
 @pytest.fixture(autouse=True, scope="session")

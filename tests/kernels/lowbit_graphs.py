@@ -12,8 +12,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from bitnet_onnx import runtime
-from bitnet_onnx.packing import pack_int
-from bitnet_onnx.quantization import GroupWeights, lowbit_matmul_reference, quantize_groups
+from bitnet_onnx.numerics.packing import pack_int
+from bitnet_onnx.numerics.quantization import GroupWeights, lowbit_matmul_reference, quantize_groups
 
 ONNX_TYPE = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): TensorProto.FLOAT16}
 OPSETS = [helper.make_opsetid("", 17), helper.make_opsetid(runtime.DOMAIN, runtime.OPSET_VERSION)]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bitnet_onnx.bench import kernels
-from bitnet_onnx.errors import ConfigError
+from bench import kernels
+from bitnet_onnx.core.errors import ConfigError
 
 pytestmark = pytest.mark.kernels
 

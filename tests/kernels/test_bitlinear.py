@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from bitnet_onnx import runtime
-from bitnet_onnx.errors import UnsupportedModelError
-from bitnet_onnx.quantization import bitlinear_reference
+from bitnet_onnx.core.errors import UnsupportedModelError
+from bitnet_onnx.numerics.quantization import bitlinear_reference
 
 pytestmark = pytest.mark.kernels
 

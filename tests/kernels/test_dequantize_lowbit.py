@@ -13,10 +13,10 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from bitnet_onnx import runtime
-from bitnet_onnx.dtypes import TernaryPacking
-from bitnet_onnx.errors import UnsupportedModelError
-from bitnet_onnx.packing import pack_int, pack_ternary, ternary_row_bytes
-from bitnet_onnx.quantization import dequantize_lowbit_reference
+from bitnet_onnx.core.dtypes import TernaryPacking
+from bitnet_onnx.core.errors import UnsupportedModelError
+from bitnet_onnx.numerics.packing import pack_int, pack_ternary, ternary_row_bytes
+from bitnet_onnx.numerics.quantization import dequantize_lowbit_reference
 
 pytestmark = pytest.mark.kernels
 

@@ -16,8 +16,8 @@ from lowbit_graphs import LowBitOperands, lowbit_operands
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from bitnet_onnx import runtime
-from bitnet_onnx.errors import UnsupportedModelError
-from bitnet_onnx.quantization import dequantize_lowbit_reference
+from bitnet_onnx.core.errors import UnsupportedModelError
+from bitnet_onnx.numerics.quantization import dequantize_lowbit_reference
 
 pytestmark = pytest.mark.kernels
 

@@ -13,10 +13,10 @@ from lowbit_graphs import OPSETS, quantize_model
 from onnx import TensorProto, helper
 
 from bitnet_onnx import runtime
-from bitnet_onnx.dtypes import TernaryPacking
-from bitnet_onnx.errors import UnsupportedModelError
-from bitnet_onnx.packing import pack_ternary
-from bitnet_onnx.quantization import dequantize_lowbit_reference, quantize_lowbit_reference
+from bitnet_onnx.core.dtypes import TernaryPacking
+from bitnet_onnx.core.errors import UnsupportedModelError
+from bitnet_onnx.numerics.packing import pack_ternary
+from bitnet_onnx.numerics.quantization import dequantize_lowbit_reference, quantize_lowbit_reference
 
 pytestmark = pytest.mark.kernels
 

@@ -11,7 +11,7 @@ import pytest
 from bitlinear_graphs import bitlinear_operands
 
 from bitnet_onnx import runtime
-from bitnet_onnx.errors import ConfigError, KernelLibraryError, UnsupportedModelError
+from bitnet_onnx.core.errors import ConfigError, KernelLibraryError, UnsupportedModelError
 
 pytestmark = pytest.mark.kernels
 

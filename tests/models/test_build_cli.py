@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 
-from bitnet_onnx.errors import ConfigError
+from bitnet_onnx.core.errors import ConfigError
 from models import bert, llama
 from models.build import main
 from models.weights import WeightInit

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from bitnet_onnx.errors import ConfigError
+from bitnet_onnx.core.errors import ConfigError
 from models import bert, convnet, llama
 from models._onnx import save_model
 from models.inputs import sample_inputs

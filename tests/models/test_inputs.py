@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from bitnet_onnx.errors import UnsupportedModelError
+from bitnet_onnx.core.errors import UnsupportedModelError
 from models import bert, convnet, llama
 from models.inputs import main, sample_inputs, save_npz
 

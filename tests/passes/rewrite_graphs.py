@@ -10,17 +10,16 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import pytest
-from bitnet_onnx.passes.base import PassContext, PassResult
-from bitnet_onnx.passes.p50_rewrite import RewritePass
 from onnx import numpy_helper
 
 from bitnet_onnx import runtime
-from bitnet_onnx.converter import ConversionStrategy
-from bitnet_onnx.dtypes import DType, WeightLayout
-from bitnet_onnx.errors import KernelLibraryError
-from bitnet_onnx.layers import Layer, LayerType
-from bitnet_onnx.plan import LayerPlan, components_of
-from bitnet_onnx.policy import Decision
+from bitnet_onnx.config.plan import LayerPlan, components_of
+from bitnet_onnx.config.policy import Decision
+from bitnet_onnx.core.dtypes import ConversionStrategy, DType, WeightLayout
+from bitnet_onnx.core.errors import KernelLibraryError
+from bitnet_onnx.core.layers import Layer, LayerType
+from bitnet_onnx.passes.base import PassContext, PassResult
+from bitnet_onnx.passes.p50_rewrite import RewritePass
 
 __all__ = [
     "LinearCase",

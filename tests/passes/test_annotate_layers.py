@@ -9,6 +9,10 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from bitnet_onnx.core.errors import UnsupportedModelError
+from bitnet_onnx.core.layers import Layer, LayerType
 from bitnet_onnx.passes._graph import import_graph, load_model
 from bitnet_onnx.passes._match import GraphView
 from bitnet_onnx.passes.base import PassContext, PassError, PassResult, Pipeline
@@ -21,10 +25,6 @@ from bitnet_onnx.passes.p20_annotate_layers import (
     explain,
     scope_name,
 )
-from onnx import TensorProto, helper, numpy_helper
-
-from bitnet_onnx.errors import UnsupportedModelError
-from bitnet_onnx.layers import Layer, LayerType
 from models import bert, convnet, llama
 
 FIXTURES = Path(__file__).resolve().parents[2] / "models" / "fixtures"

@@ -5,15 +5,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 import pytest
-from bitnet_onnx.passes import p30_assign_precision
-from bitnet_onnx.passes.base import PassContext
-from bitnet_onnx.passes.p30_assign_precision import AssignPrecisionPass
 
-from bitnet_onnx.config import LayerPrecisionConfig, MixedPrecisionConfig
-from bitnet_onnx.dtypes import DType, TernaryPacking, WeightLayout, storage_bytes
-from bitnet_onnx.errors import ConfigError, ValidationError
-from bitnet_onnx.layers import ComponentType, Layer, LayerType
-from bitnet_onnx.policy import (
+from bitnet_onnx.config.config import LayerPrecisionConfig, MixedPrecisionConfig
+from bitnet_onnx.config.policy import (
     ConditionOperator,
     ConditionType,
     PolicyAction,
@@ -22,6 +16,12 @@ from bitnet_onnx.policy import (
     PolicyRule,
     PrecisionPolicy,
 )
+from bitnet_onnx.core.dtypes import DType, TernaryPacking, WeightLayout, storage_bytes
+from bitnet_onnx.core.errors import ConfigError, ValidationError
+from bitnet_onnx.core.layers import ComponentType, Layer, LayerType
+from bitnet_onnx.passes import p30_assign_precision
+from bitnet_onnx.passes.base import PassContext
+from bitnet_onnx.passes.p30_assign_precision import AssignPrecisionPass
 
 W, B, A, OUT = ComponentType.WEIGHTS, ComponentType.BIAS, ComponentType.ACTIVATIONS, ComponentType.OUTPUTS
 

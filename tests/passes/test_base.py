@@ -5,10 +5,10 @@ from typing import ClassVar
 import numpy as np
 import onnx_graphsurgeon as gs
 import pytest
-from bitnet_onnx.passes.base import PassContext, PassError, PassResult, Pipeline, graph_bytes
 
-from bitnet_onnx.errors import ConfigError
-from bitnet_onnx.log import Change
+from bitnet_onnx.core.errors import ConfigError
+from bitnet_onnx.core.log import Change
+from bitnet_onnx.passes.base import PassContext, PassError, PassResult, Pipeline, graph_bytes
 
 
 def _graph() -> gs.Graph:

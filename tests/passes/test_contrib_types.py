@@ -8,6 +8,8 @@ from types import SimpleNamespace
 import onnx
 import onnx.defs
 import pytest
+from onnx import TensorProto, helper
+
 from bitnet_onnx.passes import _contrib_types
 from bitnet_onnx.passes._contrib_types import (
     SHAPES,
@@ -15,7 +17,6 @@ from bitnet_onnx.passes._contrib_types import (
     register_typing_schemas,
     typed_by_attribute,
 )
-from onnx import TensorProto, helper
 
 F32, F16, I32, I64, U8, I8 = (
     TensorProto.FLOAT,

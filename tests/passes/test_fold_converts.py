@@ -10,9 +10,10 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper, numpy_helper
+
 from bitnet_onnx.passes.base import PassContext
 from bitnet_onnx.passes.p60_fold_converts import FoldConvertsPass, holds
-from onnx import TensorProto, helper, numpy_helper
 
 F32, F16, BF16 = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16
 I8, I32, U8 = TensorProto.INT8, TensorProto.INT32, TensorProto.UINT8

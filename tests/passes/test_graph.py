@@ -11,6 +11,9 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from bitnet_onnx.core.errors import UnsupportedModelError
 from bitnet_onnx.passes._graph import (
     SMALL_CONSTANT,
     export_model,
@@ -20,9 +23,6 @@ from bitnet_onnx.passes._graph import (
     stamp_annotations,
     weightless_model,
 )
-from onnx import TensorProto, helper, numpy_helper
-
-from bitnet_onnx.errors import UnsupportedModelError
 from models import llama
 
 FIXTURES = Path(__file__).resolve().parents[2] / "models" / "fixtures"

@@ -9,9 +9,10 @@ import ml_dtypes
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
+
 from bitnet_onnx.passes._graph import SMALL_CONSTANT, constant_values, import_graph, is_lazy, load_model
 from bitnet_onnx.passes._inplace import InPlaceError, read_in_place
-from onnx import TensorProto, helper, numpy_helper
 
 FIXTURES = Path(__file__).resolve().parents[2] / "models" / "fixtures"
 
@@ -96,7 +97,7 @@ def test_a_file_the_walk_cannot_follow_is_an_in_place_error(tmp_path: Path, data
 
 
 def test_truncated_model_falls_back_to_the_ordinary_error(tmp_path: Path) -> None:
-    from bitnet_onnx.errors import UnsupportedModelError
+    from bitnet_onnx.core.errors import UnsupportedModelError
 
     data = (FIXTURES / "llama_tiny.onnx").read_bytes()
     path = tmp_path / "cut.onnx"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 import pytest
+
+from bitnet_onnx.core.layers import LayerType
 from bitnet_onnx.passes._match import GraphView, MatchResult
 from bitnet_onnx.passes.layer_patterns import RULES, LayerMatch, LayerRule
-
-from bitnet_onnx.layers import LayerType
 from tests.passes.tiny_graphs import F32, GraphBuilder, gelu_erf, gelu_tanh, layer_norm, rms_norm, sdpa
 
 _BY_NAME = {rule.name: rule for rule in RULES}

@@ -7,6 +7,7 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 import pytest
+
 from bitnet_onnx.passes._match import (
     GraphView,
     MatchResult,
@@ -16,7 +17,6 @@ from bitnet_onnx.passes._match import (
     resolve_constant,
     split_constant,
 )
-
 from tests.passes.tiny_graphs import F32, GraphBuilder
 
 

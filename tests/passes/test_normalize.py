@@ -10,18 +10,18 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from bitnet_onnx.config.config import MixedPrecisionConfig
+from bitnet_onnx.core.errors import UnsupportedModelError
+from bitnet_onnx.core.log import PassRecord
 from bitnet_onnx.passes._graph import SMALL_CONSTANT, import_graph, is_lazy, load_model
 from bitnet_onnx.passes.base import PassContext, PassResult, Pipeline
 from bitnet_onnx.passes.p10_normalize import MIN_OPSET, NormalizePass
 from bitnet_onnx.passes.p20_annotate_layers import AnnotateLayersPass
 from bitnet_onnx.passes.p30_assign_precision import AssignPrecisionPass
 from bitnet_onnx.passes.p50_rewrite import RewritePass
-from onnx import TensorProto, helper, numpy_helper
-
-from bitnet_onnx.config import MixedPrecisionConfig
-from bitnet_onnx.errors import UnsupportedModelError
-from bitnet_onnx.log import PassRecord
-from bitnet_onnx.model_file import session_for
+from bitnet_onnx.runtime.model_file import session_for
 from models import llama
 
 FIXTURES = Path(__file__).resolve().parents[2] / "models" / "fixtures"

@@ -7,8 +7,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 import pytest
 
-from bitnet_onnx.dtypes import DType
-from bitnet_onnx.layers import Layer, LayerType
+from bitnet_onnx.core.dtypes import DType
+from bitnet_onnx.core.layers import Layer, LayerType
 from tests.passes.rewrite_graphs import (
     export,
     initializers,

@@ -6,9 +6,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 import pytest
 
-from bitnet_onnx.converter import PrecisionConverter
-from bitnet_onnx.dtypes import DType, TernaryPacking, WeightLayout, storage_bytes
-from bitnet_onnx.layers import Layer, LayerType
+from bitnet_onnx.core.dtypes import DType, TernaryPacking, WeightLayout, storage_bytes
+from bitnet_onnx.core.layers import Layer, LayerType
+from bitnet_onnx.numerics.converter import PrecisionConverter
 from tests.passes.rewrite_graphs import (
     decision,
     export,

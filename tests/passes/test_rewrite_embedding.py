@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 import pytest
-from bitnet_onnx.passes.rewrite import linear
 
-from bitnet_onnx.converter import PrecisionConverter
-from bitnet_onnx.dtypes import DType, TernaryPacking, WeightLayout, storage_bytes
-from bitnet_onnx.errors import UnsupportedModelError
-from bitnet_onnx.layers import Layer, LayerType
-from bitnet_onnx.quantization import bitlinear_reference
+from bitnet_onnx.core.dtypes import DType, TernaryPacking, WeightLayout, storage_bytes
+from bitnet_onnx.core.errors import UnsupportedModelError
+from bitnet_onnx.core.layers import Layer, LayerType
+from bitnet_onnx.numerics.converter import PrecisionConverter
+from bitnet_onnx.numerics.quantization import bitlinear_reference
+from bitnet_onnx.passes.rewrite import linear
 from tests.passes.rewrite_graphs import (
     decision,
     export,

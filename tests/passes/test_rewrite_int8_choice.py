@@ -8,10 +8,10 @@ import logging
 
 import numpy as np
 import pytest
+
+from bitnet_onnx.core.errors import UnsupportedModelError
 from bitnet_onnx.passes.rewrite import int8_choice
 from bitnet_onnx.passes.rewrite.int8_choice import MARGIN, Int8Kernel, cache_path, choose_int8_kernel
-
-from bitnet_onnx.errors import UnsupportedModelError
 
 OURS, THEIRS = Int8Kernel.LOWBIT_MATMUL.value, Int8Kernel.DYNAMIC_QUANTIZE_MATMUL.value
 

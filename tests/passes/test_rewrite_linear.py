@@ -10,14 +10,19 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
-from bitnet_onnx.passes.rewrite import int8_choice, linear
 
-from bitnet_onnx.converter import ConversionConfig, ConversionStrategy, PrecisionConverter
-from bitnet_onnx.dtypes import DType, TernaryPacking, WeightLayout, storage_bytes
-from bitnet_onnx.errors import ConfigError, ConversionError, UnsupportedModelError
-from bitnet_onnx.layers import LayerType
-from bitnet_onnx.packing import pack_int, pack_ternary, resolve_group_size
-from bitnet_onnx.quantization import bitlinear_reference, lowbit_matmul_reference, quantize_groups, ternarize
+from bitnet_onnx.core.dtypes import ConversionStrategy, DType, TernaryPacking, WeightLayout, storage_bytes
+from bitnet_onnx.core.errors import ConfigError, ConversionError, UnsupportedModelError
+from bitnet_onnx.core.layers import LayerType
+from bitnet_onnx.numerics.converter import ConversionConfig, PrecisionConverter
+from bitnet_onnx.numerics.packing import pack_int, pack_ternary, resolve_group_size
+from bitnet_onnx.numerics.quantization import (
+    bitlinear_reference,
+    lowbit_matmul_reference,
+    quantize_groups,
+    ternarize,
+)
+from bitnet_onnx.passes.rewrite import int8_choice, linear
 from tests.passes.rewrite_graphs import (
     decision,
     export,

@@ -9,11 +9,11 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import pytest
+
+from bitnet_onnx.core.dtypes import DType
+from bitnet_onnx.core.layers import Layer, LayerType
 from bitnet_onnx.passes._match import GraphView
 from bitnet_onnx.passes.rewrite._nbits import dequantize, needs_requantize
-
-from bitnet_onnx.dtypes import DType
-from bitnet_onnx.layers import Layer, LayerType
 from tests.passes.rewrite_graphs import make_plan, ops, rewrite, run
 
 F32 = np.float32

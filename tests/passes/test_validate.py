@@ -6,19 +6,19 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import pytest
-from bitnet_onnx.passes.base import PassContext
-from bitnet_onnx.passes.p70_validate import ValidatePass, _readback
 from onnx import TensorProto, helper, numpy_helper
 
 from bitnet_onnx import runtime
-from bitnet_onnx.config import MixedPrecisionConfig
-from bitnet_onnx.dtypes import DType, TernaryPacking, WeightLayout
-from bitnet_onnx.errors import ConfigError
-from bitnet_onnx.layers import ComponentType, Layer, LayerType
-from bitnet_onnx.packing import int_row_bytes, pack_int, pack_ternary
-from bitnet_onnx.plan import LayerPlan
-from bitnet_onnx.policy import Decision
-from bitnet_onnx.report import THRESHOLDS, compare_outputs
+from bitnet_onnx.config.config import MixedPrecisionConfig
+from bitnet_onnx.config.plan import LayerPlan
+from bitnet_onnx.config.policy import Decision
+from bitnet_onnx.config.report import THRESHOLDS, compare_outputs
+from bitnet_onnx.core.dtypes import DType, TernaryPacking, WeightLayout
+from bitnet_onnx.core.errors import ConfigError
+from bitnet_onnx.core.layers import ComponentType, Layer, LayerType
+from bitnet_onnx.numerics.packing import int_row_bytes, pack_int, pack_ternary
+from bitnet_onnx.passes.base import PassContext
+from bitnet_onnx.passes.p70_validate import ValidatePass, _readback
 
 K, N = 16, 8
 W_, A_, O_ = ComponentType.WEIGHTS, ComponentType.ACTIVATIONS, ComponentType.OUTPUTS

@@ -1,0 +1,381 @@
+"""What the optimizer may choose per layer, and what it is asked to achieve.
+
+A `PrecisionChoice` is one candidate for one layer: the precision of its weights, of its
+activations (the input as the layer computes with it) and the layout knobs of the weights. It
+becomes a config entry through `to_layer_config`, which states every component the choice decides
+so the entry means the same under any base config:
+
+- float weights (F32, F16, BF16): the weights' precision is the entry's precision and decides the
+  bias, activations and outputs too, unless `activations` says otherwise (an override);
+- integer weights (I8 ... I1, BITNET158): the weights take the integer precision, the activations
+  `activations` (F32 when None), and the bias and outputs F32 (overrides): an integer precision
+  must never decide a layer's outputs, which would hand them on quantized;
+- no weights (attention, activation, a normalization without a scale): `activations` is the
+  entry's precision and decides every component.
+
+Labels (`PrecisionChoice.label`, read back by `PrecisionChoice.parse`): the weights' precision
+name, then the layout knobs (`g<group_size>`, `z` for zero points, `pc` for per-channel ternary
+scales, `b3` for base-3 ternary packing), then `/<activations>` when the activations are stated:
+always with integer weights, with float weights only when they differ: `F16`, `I8/I8` (int8
+weights and activations), `I4g128/F32`, `BITNET158/I8`, `BITNET158b3/I8`. A weightless choice is
+its activations' name (`F16`).
+
+`candidate_choices(layer, support)` lists the choices the compiler realises for a layer type, most
+precise first (the order the search breaks ties in), filtered by the support matrix:
+
+| layer type          | candidates                                                                      |
+|---------------------|---------------------------------------------------------------------------------|
+| linear, output      | F32, F16, I8/I8, I8/F32, I4g128/I8, I4g128/F32, I2g64/F32, BITNET158/I8,        |
+|                     | BITNET158b3/I8, I1g64/F32                                                       |
+| convolution         | F32, F16, I8/F32, I4g128/F32, I2g64/F32, BITNET158/F32, BITNET158b3/F32         |
+| embedding           | F32, F16, I8/F32, I4g128/F32, I2g64/F32 (a table has no activations: F32 is    |
+|                     | what its entry states for them)                                                 |
+| normalization       | F32, F16 (with its scale weight, when it has one)                               |
+| attention, activation | F32, F16                                                                      |
+| other               | F32 (an unclassified op may be index or shape arithmetic)                       |
+
+Convolutions get weight-only compression (the compiler unpacks their weights for a float Conv, so
+int8 activations would only add a quantize/dequantize pair); BITNET158 in a linear layer only with
+int8 activations, the one case with an integer kernel (BitLinear).
+
+`OptimizationObjective` is one of four frozen dataclasses, checked on construction (every problem
+in one ConfigError):
+
+- `Memory(target_reduction)`: save at least this fraction of the stored bytes, 0 < t < 1;
+- `Speed(target_speedup, min_accuracy=0.99)`: predicted latency at most 1/target_speedup of the
+  base's, target_speedup > 1, keeping the output cosine ≥ min_accuracy (the default floor: a plan
+  that is fast but wrong meets no speed objective);
+- `Accuracy(min_accuracy)`: keep the output cosine ≥ min_accuracy, 0 < m ≤ 1, compressing as much
+  as possible;
+- `Balanced(memory_weight, speed_weight, accuracy_weight)`: maximise the weighted sum of the
+  normalised scores; weights ≥ 0, finite, summing to more than 0 (they are normalised to sum 1).
+
+`str(objective)` and `OptimizationObjective.parse(text)` use one text form, the CLI's:
+`memory:0.5`, `speed:2`, `speed:2,0.98`, `accuracy:0.99`, `balanced:0.4,0.3,0.3`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from abc import ABC, abstractmethod
+from dataclasses import MISSING, dataclass, field, fields
+from typing import ClassVar
+
+from bitnet_onnx.config.config import LayerPrecisionConfig
+from bitnet_onnx.core.dtypes import DType, TernaryPacking, WeightLayout
+from bitnet_onnx.core.errors import ConfigError
+from bitnet_onnx.core.layers import ComponentType, Layer, LayerType, SupportMatrix
+
+__all__ = [
+    "DEFAULT_ACCURACY_FLOOR",
+    "Accuracy",
+    "Balanced",
+    "Memory",
+    "OptimizationObjective",
+    "PrecisionChoice",
+    "Speed",
+    "candidate_choices",
+]
+
+DEFAULT_ACCURACY_FLOOR = 0.99
+"""The output cosine a Speed objective keeps unless told otherwise."""
+
+_F32, _F16 = DType.F32, DType.F16
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """One candidate for one layer: weights, activations and the weights' layout knobs.
+
+    One spelling per choice: with float weights, `activations` is None when the layer computes in
+    the weights' precision; with integer weights it is always set (None becomes F32); `weights`
+    None is a layer without weights, computing in `activations`.
+    """
+
+    weights: DType | None
+    activations: DType | None = None
+    layout: WeightLayout = field(default_factory=WeightLayout)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        if self.weights is None and self.activations is None:
+            raise ConfigError("a PrecisionChoice needs weights or activations; both are None")
+        if self.weights is not None:
+            set_(self, "weights", DType.parse(self.weights))
+        if self.activations is not None:
+            set_(self, "activations", DType.parse(self.activations))
+        if self.weights is not None and self.weights.is_float and self.activations is self.weights:
+            set_(self, "activations", None)
+        if self.weights is not None and self.weights.is_integer and self.activations is None:
+            set_(self, "activations", _F32)
+
+    @property
+    def precision(self) -> DType:
+        """The entry's precision: the weights', or the activations' on a weightless choice."""
+        return self.weights if self.weights is not None else self.activations  # type: ignore[return-value]
+
+    @property
+    def activation_dtype(self) -> DType:
+        """The precision the layer computes its input in."""
+        return self.activations if self.activations is not None else self.precision
+
+    @property
+    def label(self) -> str:
+        if self.weights is None:
+            return self.activation_dtype.name
+        head = self.weights.name + _layout_suffix(self.layout)
+        return head if self.activations is None else f"{head}/{self.activations.name}"
+
+    def __str__(self) -> str:
+        return self.label
+
+    @classmethod
+    def parse(cls, label: str) -> PrecisionChoice:
+        """Read a label back (`F16`, `I8/I8`, `I4g128/F32`, `BITNET158b3/I8`, ...). A weightless
+        label parses as float weights; `weightless()` turns it into a weightless choice."""
+        match = _LABEL.fullmatch(label.strip()) if isinstance(label, str) else None
+        if match is None:
+            raise ConfigError(
+                f"precision choice {label!r} is not a label like F16, I8/I8, I4g128/F32 or BITNET158/I8"
+            )
+        layout = WeightLayout(
+            group_size=int(match["group"]) if match["group"] else None,
+            asymmetric=bool(match["z"]),
+            per_channel=bool(match["pc"]),
+            packing=TernaryPacking.BASE3 if match["b3"] else TernaryPacking.TWO_BIT,
+        )
+        try:
+            activations = DType.parse(match["acts"]) if match["acts"] else None
+            return cls(DType.parse(match["dtype"]), activations, layout)
+        except ConfigError as exc:
+            raise ConfigError(
+                f"precision choice {label!r} is not a label like F16, I8/I8, I4g128/F32 or "
+                f"BITNET158/I8: {exc}"
+            ) from None
+
+    def weightless(self) -> PrecisionChoice:
+        """The same choice for a layer without weights: only the compute precision is kept."""
+        return PrecisionChoice(None, self.activation_dtype)
+
+    def to_layer_config(self, layer_type: LayerType | str | None) -> LayerPrecisionConfig:
+        """The config entry realising this choice on a layer of `layer_type` (see the module
+        docstring for the components it decides); None writes an entry for any layer type."""
+        layer_type = None if layer_type is None else LayerType.parse(layer_type)
+        entry = LayerPrecisionConfig(layer_type, self.precision, self.layout)
+        if self.precision.is_float:
+            if self.activation_dtype is not self.precision:
+                entry = entry.with_component_override(ComponentType.ACTIVATIONS, self.activation_dtype)
+            return entry
+        return (
+            entry.with_component_override(ComponentType.ACTIVATIONS, self.activation_dtype)
+            .with_component_override(ComponentType.BIAS, _F32)
+            .with_component_override(ComponentType.OUTPUTS, _F32)
+        )
+
+
+_LABEL = re.compile(
+    r"(?P<dtype>[A-Za-z0-9]+?)(?:g(?P<group>\d+))?(?P<z>z)?(?P<pc>pc)?(?P<b3>b3)?(?:/(?P<acts>[A-Za-z0-9]+))?"
+)
+
+
+def _layout_suffix(layout: WeightLayout) -> str:
+    return (
+        (f"g{layout.group_size}" if layout.group_size else "")
+        + ("z" if layout.asymmetric else "")
+        + ("pc" if layout.per_channel else "")
+        + ("b3" if layout.packing is TernaryPacking.BASE3 else "")
+    )
+
+
+def _choices(*labels: str) -> tuple[PrecisionChoice, ...]:
+    return tuple(PrecisionChoice.parse(label) for label in labels)
+
+
+_LINEAR = _choices(
+    "F32",
+    "F16",
+    "I8/I8",
+    "I8/F32",
+    "I4g128/I8",
+    "I4g128/F32",
+    "I2g64/F32",
+    "BITNET158/I8",
+    "BITNET158b3/I8",
+    "I1g64/F32",
+)
+_CONVOLUTION = _choices("F32", "F16", "I8/F32", "I4g128/F32", "I2g64/F32", "BITNET158/F32", "BITNET158b3/F32")
+_EMBEDDING = _choices("F32", "F16", "I8/F32", "I4g128/F32", "I2g64/F32")
+_FLOATS = _choices("F32", "F16")
+
+_CANDIDATES: dict[LayerType, tuple[PrecisionChoice, ...]] = {
+    LayerType.LINEAR: _LINEAR,
+    LayerType.OUTPUT: _LINEAR,
+    LayerType.CONVOLUTION: _CONVOLUTION,
+    LayerType.EMBEDDING: _EMBEDDING,
+    LayerType.NORMALIZATION: _FLOATS,
+    LayerType.ATTENTION: _FLOATS,
+    LayerType.ACTIVATION: _FLOATS,
+    LayerType.OTHER: _choices("F32"),
+}
+
+# Layer types whose activations a choice sets, for the support check.
+_ACTIVATED = frozenset({LayerType.LINEAR, LayerType.OUTPUT, LayerType.CONVOLUTION})
+
+
+def candidate_choices(layer: Layer, support: SupportMatrix | None = None) -> tuple[PrecisionChoice, ...]:
+    """The choices for `layer` (module docstring table), most precise first, keeping those the
+    support matrix allows: the weights for (layer type, WEIGHTS), the activations for (layer type,
+    ACTIVATIONS) on linear, output and convolution layers. A weightless layer gets weightless
+    choices."""
+    support = support or SupportMatrix()
+    kept: list[PrecisionChoice] = []
+    for choice in _CANDIDATES[layer.layer_type]:
+        if layer.weight is None:
+            choice = choice.weightless()
+            allowed = support.allows(layer.layer_type, ComponentType.ACTIVATIONS, choice.activation_dtype)
+        else:
+            allowed = support.allows(layer.layer_type, ComponentType.WEIGHTS, choice.precision) and (
+                layer.layer_type not in _ACTIVATED
+                or support.allows(layer.layer_type, ComponentType.ACTIVATIONS, choice.activation_dtype)
+            )
+        if allowed and choice not in kept:
+            kept.append(choice)
+    return tuple(kept)
+
+
+# -- objectives -----------------------------------------------------------------------------------
+
+
+def _number_problems(name: str, value: object) -> list[str]:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return [f"{name} must be a number, not {value!r}"]
+    if not math.isfinite(value):
+        return [f"{name} must be finite, not {value!r}"]
+    return []
+
+
+class OptimizationObjective(ABC):
+    """What the optimizer is asked to achieve. Subclasses: Memory, Speed, Accuracy, Balanced."""
+
+    kind: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        problems = self._problems()
+        if problems:
+            raise ConfigError(problems, source=f"{type(self).__name__} objective")
+
+    @abstractmethod
+    def _problems(self) -> list[str]: ...
+
+    def __str__(self) -> str:
+        values = ",".join(f"{getattr(self, f.name):g}" for f in fields(self))  # type: ignore[arg-type]
+        return f"{self.kind}:{values}"
+
+    @staticmethod
+    def parse(text: str) -> OptimizationObjective:
+        """Read `memory:0.5`, `speed:2`, `speed:2,0.98`, `accuracy:0.99`, `balanced:0.4,0.3,0.3`."""
+        kind, _, rest = text.strip().partition(":")
+        cls = _KINDS.get(kind.strip().lower())
+        if cls is None or not rest.strip():
+            raise ConfigError(
+                f"objective {text!r} must be KIND:VALUES with KIND one of {', '.join(_KINDS)}, e.g. "
+                "memory:0.5, speed:2, accuracy:0.99 or balanced:0.4,0.3,0.3"
+            )
+        try:
+            values = [float(v) for v in rest.split(",")]
+        except ValueError:
+            raise ConfigError(f"objective {text!r}: {rest!r} must be comma-separated numbers") from None
+        arity = len(fields(cls))  # type: ignore[arg-type]
+        required = sum(1 for f in fields(cls) if f.default is MISSING)  # type: ignore[arg-type]
+        if not required <= len(values) <= arity:
+            raise ConfigError(
+                f"objective {text!r}: {kind} takes {required} to {arity} values, got {len(values)}"
+            )
+        return cls(*values)
+
+
+@dataclass(frozen=True)
+class Memory(OptimizationObjective):
+    """Save at least `target_reduction` of the stored bytes with the least accuracy loss."""
+
+    target_reduction: float
+    kind: ClassVar[str] = "memory"
+
+    def _problems(self) -> list[str]:
+        found = _number_problems("target_reduction", self.target_reduction)
+        if not found and not 0.0 < self.target_reduction < 1.0:
+            found.append(
+                f"target_reduction {self.target_reduction!r} must be a fraction strictly between 0 and 1, "
+                "e.g. 0.5 to halve the stored bytes"
+            )
+        return found
+
+
+@dataclass(frozen=True)
+class Speed(OptimizationObjective):
+    """Run at least `target_speedup` times faster than the base (predicted), keeping the output
+    cosine ≥ `min_accuracy`."""
+
+    target_speedup: float
+    min_accuracy: float = DEFAULT_ACCURACY_FLOOR
+    kind: ClassVar[str] = "speed"
+
+    def _problems(self) -> list[str]:
+        found = _number_problems("target_speedup", self.target_speedup)
+        if not found and not self.target_speedup > 1.0:
+            found.append(f"target_speedup {self.target_speedup!r} must be greater than 1, e.g. 2.0")
+        return found + _accuracy_problems(self.min_accuracy)
+
+
+@dataclass(frozen=True)
+class Accuracy(OptimizationObjective):
+    """Keep the output cosine ≥ `min_accuracy`, compressing as much as possible."""
+
+    min_accuracy: float
+    kind: ClassVar[str] = "accuracy"
+
+    def _problems(self) -> list[str]:
+        return _accuracy_problems(self.min_accuracy)
+
+
+def _accuracy_problems(value: float) -> list[str]:
+    found = _number_problems("min_accuracy", value)
+    if not found and not 0.0 < value <= 1.0:
+        found.append(f"min_accuracy {value!r} is an output cosine: it must be in (0, 1], e.g. 0.99")
+    return found
+
+
+@dataclass(frozen=True)
+class Balanced(OptimizationObjective):
+    """Maximise memory_weight·memory score + speed_weight·speed score + accuracy_weight·accuracy
+    score (each score normalised to [0, 1], see `bitnet_onnx.search`)."""
+
+    memory_weight: float
+    speed_weight: float
+    accuracy_weight: float
+    kind: ClassVar[str] = "balanced"
+
+    def _problems(self) -> list[str]:
+        found: list[str] = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            problems = _number_problems(f.name, value)
+            if not problems and value < 0:
+                problems.append(f"{f.name} {value!r} must be ≥ 0")
+            found += problems
+        if not found and self.memory_weight + self.speed_weight + self.accuracy_weight <= 0:
+            found.append("memory_weight + speed_weight + accuracy_weight must be > 0, e.g. 0.4, 0.3, 0.3")
+        return found
+
+    @property
+    def normalized(self) -> tuple[float, float, float]:
+        """(memory, speed, accuracy) weights scaled to sum 1."""
+        total = self.memory_weight + self.speed_weight + self.accuracy_weight
+        return self.memory_weight / total, self.speed_weight / total, self.accuracy_weight / total
+
+
+_KINDS: dict[str, type[OptimizationObjective]] = {
+    cls.kind: cls
+    for cls in (Memory, Speed, Accuracy, Balanced)  # type: ignore[type-abstract]
+}
