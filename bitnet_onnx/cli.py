@@ -70,9 +70,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         )
     if str(checkout) not in sys.path:
         sys.path.insert(0, str(checkout))
-    from bench import compiler, kernels  # importable only once the checkout is on sys.path
+    from bench import compiler, decode, kernels  # importable only once the checkout is on sys.path
 
-    return {"kernels": kernels.main, "compiler": compiler.main}[args.suite](args.bench_args)
+    return {"kernels": kernels.main, "compiler": compiler.main, "decode": decode.main}[args.suite](
+        args.bench_args
+    )
 
 
 def _byte_size(text: str) -> int:
@@ -517,8 +519,8 @@ def _build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="op library, onnxruntime version, CPU features and kernel paths")
     info.set_defaults(run=_cmd_info)
 
-    bench = sub.add_parser("bench", help="benchmarks (bench kernels|compiler --help for options)")
-    bench.add_argument("suite", choices=["kernels", "compiler"])
+    bench = sub.add_parser("bench", help="benchmarks (bench kernels|compiler|decode --help for options)")
+    bench.add_argument("suite", choices=["kernels", "compiler", "decode"])
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="options passed to the suite")
     bench.set_defaults(run=_cmd_bench)
 

@@ -5,8 +5,8 @@ of torch's dynamo export of a model called with use_cache=True), also inputs att
 [batch, total_sequence_length], position_ids int64 [batch, seq] and past_key_values.i.key/value
 float32 [batch, num_kv_heads, past_sequence_length, head_dim]; outputs present.i.key/value (the past
 with the new tokens' rotated keys / values appended on axis 2); the rotary tables' rows are gathered
-at position_ids, the causal mask's at the cache positions past … total − 1, and a 0 in
-attention_mask masks that key. The graph, per layer i (scope
+at position_ids; a key is masked (float32 min) after the new token's cache position (past …
+total − 1) and where attention_mask is 0. The graph, per layer i (scope
 `/model/layers.i`):
   h = x + o_proj(attention(rope(q_proj(rms(x))), rope(k_proj(rms(x))), v_proj(rms(x))))
   y = h + down_proj(silu(gate_proj(rms(h))) * up_proj(rms(h)))
@@ -231,38 +231,42 @@ class _Decoder:
             out.append(b.node("Unsqueeze", [rows, b.ints(scope, [1])], scope))
         return out[0], out[1]
 
-    def _causal_table(self) -> np.ndarray:
-        n = self.c.max_seq_len
-        return np.triu(np.full((n, n), np.finfo(np.float32).min, dtype=np.float32), k=1)
-
     def _causal_mask(self, seq: str) -> str:
         b, n = self.b, self.c.max_seq_len
-        table = b.initializer("model.causal_mask", self._causal_table().reshape(1, 1, n, n))
+        upper = np.triu(np.full((n, n), np.finfo(np.float32).min, dtype=np.float32), k=1)
+        table = b.initializer("model.causal_mask", upper.reshape(1, 1, n, n))
         ends = b.node("Concat", [seq, seq], "/model", axis=0)
         return b.node("Slice", [table, b.ints("/model", [0, 0]), ends, b.ints("/model", [2, 3])], "/model")
 
     def _cached_mask(self, ids: str, padding: str) -> str:
-        """[1 or batch, 1, seq, total]: the causal table's rows at the new tokens' cache positions
-        (total − seq … total − 1, as HF's cache_position) cut to the total length, plus float32 min
-        where `padding` is 0."""
+        """[batch, 1, seq, total]: 0 where the key is at or before the new token's cache position
+        (total − seq … total − 1, as HF's cache_position) and not padding, else float32 min — a
+        Where, as torch exports HF's mask (no table of float32 min for a compile to narrow)."""
         b, scope = self.b, "/model"
-        table = b.initializer("model.causal_mask", self._causal_table())
-        one = b.constant(scope, np.asarray(1, np.int64))
+        zero, one = b.constant(scope, np.asarray(0, np.int64)), b.constant(scope, np.asarray(1, np.int64))
         total = b.node("Gather", [b.node("Shape", [padding], scope), one], scope, axis=0)
         seq = b.node("Gather", [b.node("Shape", [ids], scope), one], scope, axis=0)
         rows = b.node("Range", [b.node("Sub", [total, seq], scope), total, one], scope)
-        ends = b.node("Unsqueeze", [total, b.ints(scope, [0])], scope)
+        cols = b.node("Range", [zero, total, one], scope)
         causal = b.node(
-            "Slice",
-            [b.node("Gather", [table, rows], scope), b.ints(scope, [0]), ends, b.ints(scope, [1])],
+            "LessOrEqual",
+            [
+                b.node("Unsqueeze", [cols, b.ints(scope, [0])], scope),
+                b.node("Unsqueeze", [rows, b.ints(scope, [1])], scope),
+            ],
             scope,
         )
-        causal = b.node("Unsqueeze", [causal, b.ints(scope, [0, 1])], scope)
-        keep = b.node("Cast", [padding], scope, to=TensorProto.FLOAT)
-        masked = b.node("Sub", [b.constant(scope, 1.0), keep], scope)
-        masked = b.node("Mul", [masked, b.constant(scope, float(np.finfo(np.float32).min))], scope)
-        masked = b.node("Unsqueeze", [masked, b.ints(scope, [1, 2])], scope)
-        return b.node("Add", [causal, masked], scope)
+        keep = b.node("Cast", [padding], scope, to=TensorProto.BOOL)
+        allowed = b.node(
+            "And",
+            [
+                b.node("Unsqueeze", [causal, b.ints(scope, [0, 1])], scope),
+                b.node("Unsqueeze", [keep, b.ints(scope, [1, 2])], scope),
+            ],
+            scope,
+        )
+        lowest = b.constant(scope, np.asarray(np.finfo(np.float32).min, np.float32))
+        return b.node("Where", [allowed, b.constant(scope, np.asarray(0.0, np.float32)), lowest], scope)
 
     # -- one decoder layer ----------------------------------------------------------------------
     def _layer(self, i: int, x: str, cos: str, sin: str, mask: str, past: tuple[str, str] | None) -> str:
