@@ -11,7 +11,8 @@ Fixtures (configs as in models/export_fixtures.py, random initialization, nothin
 - `bert_tiny_dynamo`: BertForSequenceClassification by the dynamo exporter (the TorchScript export
   of the same model is models/fixtures/bert_tiny.onnx).
 - `bitnet_tiny_dynamo`: BitNetForCausalLM (RMSNorm before o_proj and before down_proj, squared ReLU)
-  by the dynamo exporter, prefill (input_ids, attention_mask → logits).
+  by the dynamo exporter, prefill (input_ids, attention_mask → logits); the decoder layers' linear
+  weights are exactly ternary (absmean, as BitNet b1.58 trains them).
 - `genai_llama_fp32`, `genai_llama_int4`: the LLaMA written by onnxruntime-genai's model builder
   (`python -m onnxruntime_genai.models.builder -i CHECKPOINT -p fp32|int4 -e cpu`) from a local
   checkpoint of the same random model and a word-level tokenizer made here: fused
@@ -131,9 +132,22 @@ def _llama_kv(config: dict[str, Any], tmp: Path) -> Export:
     )
 
 
-def _text_dynamo(cls: type, config_cls: type) -> Callable[[dict[str, Any], Path], Export]:
+def _ternarize(model: nn.Module) -> nn.Module:
+    """Every linear layer of the decoder layers as BitNet b1.58 trains it: W = round(clip(W / γ,
+    −1, 1)) · γ with γ = mean |W| per matrix (absmean), so ternary compilation is exact."""
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, nn.Linear) and ".layers." in f".{name}":
+                gamma = module.weight.abs().mean()
+                module.weight.copy_(torch.round(torch.clamp(module.weight / gamma, -1, 1)) * gamma)
+    return model
+
+
+def _text_dynamo(
+    cls: type, config_cls: type, prepare: Callable[[nn.Module], nn.Module] = lambda m: m
+) -> Callable[[dict[str, Any], Path], Export]:
     def export(config: dict[str, Any], tmp: Path) -> Export:
-        model = cls(config_cls(**config)).eval()
+        model = prepare(cls(config_cls(**config)).eval())
         full = model.forward
 
         def forward(input_ids, attention_mask):
@@ -263,10 +277,10 @@ DECODERS: tuple[Decoder, ...] = (
     ),
     Decoder(
         "bitnet_tiny_dynamo",
-        "BitNet b1.58 decoder (sub-norms before o_proj and before down_proj, squared ReLU)",
+        "BitNet b1.58 decoder (sub-norms before o_proj and down_proj, squared ReLU), ternary weights",
         "transformers.BitNetForCausalLM",
         _BITNET,
-        _text_dynamo(transformers.BitNetForCausalLM, transformers.BitNetConfig),
+        _text_dynamo(transformers.BitNetForCausalLM, transformers.BitNetConfig, _ternarize),
     ),
     Decoder(
         "genai_llama_fp32",

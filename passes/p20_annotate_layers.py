@@ -10,10 +10,15 @@ The engine knows no layer names or subgraph shapes; `layer_patterns.RULES` does.
    is never an OUTPUT layer; it becomes LINEAR with `block` set to that attention block's name.
 2. names each layer from the model's own names, in this order: the weight (table, gain) tensor
    as the anchor reads it, minus `.weight`, when it is a parameter name (`model.layers.0.mlp.up_proj
-   .weight`) read by that node alone; else the anchor node's scope (`/model/layers.0/self_attn/q_proj
-   /MatMul` → `model.layers.0.self_attn.q_proj`; torch names MatMul weights `onnx::MatMul_123`, so
-   scopes are the source there; `/layer2/downsample/downsample.0/Conv` → `layer2.downsample.0`);
-   else the weight's name; else the anchor's name. Collisions get `_1`, `_2`, ... in model order.
+   .weight`) read by that node alone; else the innermost module the dynamo exporter recorded in the
+   anchor's metadata (`pkg.torch.onnx.name_scopes` = `['', 'model', …, 'model.layers.0.self_attn
+   .q_proj', 'linear']`: the last entry is the fx node, the one before its module; ctx.node_metadata),
+   since dynamo names nodes `node_linear_3` and weights `val_83`; else the anchor node's scope as
+   the TorchScript exporter writes it (`/model/layers.0/self_attn/q_proj/MatMul` →
+   `model.layers.0.self_attn.q_proj`; it names MatMul weights `onnx::MatMul_123`, so scopes are the
+   source there; `/layer2/downsample/downsample.0/Conv` → `layer2.downsample.0`); else the weight's
+   name; else the anchor's name. Collisions get `_1`, `_2`, ... in model order. A model exported
+   both ways gets the same names.
 3. links tied weights: layers reading the same initializer as a weight (an embedding table and the
    head reading it through Transpose or Gemm transB=1) get `tied_with` set both ways; the
    initializer stays one. With more than two readers, each later one points to the first (warned).
@@ -55,10 +60,11 @@ without being tied; a later pass must not change an initializer in place that ot
 
 from __future__ import annotations
 
+import ast
 import collections
 import difflib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
@@ -67,17 +73,14 @@ import onnx_graphsurgeon as gs
 from bitnet_onnx.core.errors import UnsupportedModelError
 from bitnet_onnx.core.layers import Layer, LayerType
 from bitnet_onnx.core.log import Change
+from bitnet_onnx.core.metadata import LAYER_KEY, LAYER_TYPE_KEY, RULE_KEY
 from bitnet_onnx.passes._match import GraphView, MatchResult, label
-from bitnet_onnx.passes.base import PassContext, PassResult
+from bitnet_onnx.passes.base import Condition, PassContext, PassResult
 from bitnet_onnx.passes.layer_patterns import RULES, LayerMatch, LayerRule
 
-__all__ = ["LAYER_KEY", "LAYER_TYPE_KEY", "RULE_KEY", "AnnotateLayersPass", "explain"]
+__all__ = ["AnnotateLayersPass", "explain", "module_scope"]
 
 logger = logging.getLogger(__name__)
-
-LAYER_KEY = "bitnet.layer"
-LAYER_TYPE_KEY = "bitnet.layer_type"
-RULE_KEY = "bitnet.rule"
 
 _WEIGHT_TYPES = frozenset(
     {LayerType.LINEAR, LayerType.OUTPUT, LayerType.EMBEDDING, LayerType.CONVOLUTION, LayerType.ATTENTION}
@@ -104,16 +107,24 @@ def _ordered_rules() -> list[LayerRule]:
     return sorted(RULES, key=lambda r: -r.priority)  # sorted() is stable: table order within a priority
 
 
+def _every_layer_annotated(graph: gs.Graph, ctx: PassContext) -> str | None:
+    """Post-condition: every layer found has nodes that carry its name."""
+    annotated = {props.get(LAYER_KEY) for props in ctx.annotations.values()}
+    missing = [name for name in ctx.layers if name not in annotated]
+    return f"layers without annotated nodes: {missing[:5]}" if missing else None
+
+
 class AnnotateLayersPass:
     name: ClassVar[str] = "annotate_layers"
     requires: ClassVar[tuple[str, ...]] = ("normalize",)
+    ensures: ClassVar[tuple[Condition, ...]] = (_every_layer_annotated,)
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         view = GraphView(graph)
         candidates, conflicts, empty = _claim(view)
         candidates.sort(key=lambda c: view.position(c.anchor))
         _assign_blocks(candidates)
-        _assign_names(view, candidates)
+        _assign_names(candidates, ctx.node_metadata)
         tied, tie_warnings = _ties(candidates)
         layers: dict[str, Layer] = {}
         changes: list[Change] = []
@@ -137,12 +148,6 @@ class AnnotateLayersPass:
             *_empty_weight_warnings(empty),
         ]
         stats = _stats(view, layers, annotations, conflicts)
-        logger.info(
-            "annotate_layers: %d layers, %d of %d nodes unassigned",
-            len(layers),
-            stats["unassigned"],
-            len(view.nodes),
-        )
         return PassResult(modified=False, changes=tuple(changes), warnings=tuple(warnings), stats=stats)
 
 
@@ -223,10 +228,29 @@ def _is_parameter_name(name: str) -> bool:
     return name.endswith(".weight") and not name.startswith("onnx::") and "/" not in name
 
 
-def _base_name(cand: _Candidate) -> str:
+_NAME_SCOPES = "pkg.torch.onnx.name_scopes"
+
+
+def module_scope(metadata: Iterable[tuple[str, str]]) -> str:
+    """The innermost module of a dynamo-exported node's `pkg.torch.onnx.name_scopes` (a Python list
+    literal whose last entry is the fx node itself); '' when there is none."""
+    value = dict(metadata).get(_NAME_SCOPES)
+    try:
+        scopes = ast.literal_eval(value) if value else []
+    except (ValueError, SyntaxError):  # a value another tool wrote under the same key
+        return ""
+    if not isinstance(scopes, list) or len(scopes) < 2 or not isinstance(scopes[-2], str):
+        return ""
+    return scopes[-2]
+
+
+def _base_name(cand: _Candidate, node_metadata: Mapping[str, tuple[tuple[str, str], ...]]) -> str:
     param = cand.match.param
     if param is not None and _is_parameter_name(param.name) and len(param.outputs) == 1:
         return param.name.removesuffix(".weight")
+    module = module_scope(node_metadata.get(cand.anchor.name, ()))
+    if module:
+        return module
     scope = scope_name(cand.anchor.name)
     if scope:
         return scope
@@ -235,11 +259,13 @@ def _base_name(cand: _Candidate) -> str:
     return cand.anchor.name.strip("/") or f"{cand.layer_type.value}_{cand.anchor.op}"
 
 
-def _assign_names(view: GraphView, candidates: list[_Candidate]) -> None:
+def _assign_names(
+    candidates: list[_Candidate], node_metadata: Mapping[str, tuple[tuple[str, str], ...]]
+) -> None:
     used: collections.Counter[str] = collections.Counter()
     taken: set[str] = set()
     for cand in candidates:
-        base = _base_name(cand)
+        base = _base_name(cand, node_metadata)
         name = base
         while name in taken:
             used[base] += 1

@@ -14,13 +14,16 @@ take at the precisions the *config* resolves (before the policies, which may act
 tensor counted once per precision, so a tied table shared at one precision counts once); None without a
 budget. Weight statistics (`policy.weight_statistics`) cost a pass over the weights, so they are
 computed only when an enabled policy has a `weight_statistic` condition. `original_dtype` is the
-element type of the weight initializer as the model stores it (F32 for a layer without weights).
+element type of the weight initializer as the model stores it (F32 for a layer without weights;
+I4 for a 4-bit MatMulNBits, whose packed blocks are uint8).
 Sensitivity is not measured here; conditions on it are false (`LayerFacts.sensitivity` empty).
 
-A linear layer onnxruntime quantized already (a com.microsoft MatMulNBits anchor) keeps the
-precision it is stored in (I4 with group size block_size for a 4-bit node, asymmetric when it has
-zero points) unless the decision asks for fewer bits per weight: quantization cannot be undone,
-so a wider precision would only store the same values larger. Its source (`model:MatMulNBits`)
+A linear layer the model quantized already keeps the precision it is stored in unless the
+decision asks for fewer bits per weight: a com.microsoft MatMulNBits anchor (I4 with group size
+block_size for a 4-bit node, asymmetric when it has zero points), or a weight read through a
+DequantizeLinear of integer codes (QDQ: I8 for int8/uint8, I4 for int4/uint4; the whole row or
+its block_size per scale; asymmetric when a zero point is not 0). Quantization cannot be undone,
+so a wider precision would only store the same values larger. Its source (`model:<op>`)
 and explanation say so and name what was asked; the validator does not judge it (an output layer
 stored in 4 bits is the model's, not the config's choice). `rewrite.linear` case 0 then
 keeps the node, or re-quantizes it.
@@ -40,10 +43,9 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import ml_dtypes
@@ -57,15 +59,13 @@ from bitnet_onnx.config.policy import ConditionType, Decision, LayerFacts, Polic
 from bitnet_onnx.config.validation import PrecisionValidator, ValidationReport
 from bitnet_onnx.core.dtypes import DType, WeightLayout, storage_bytes
 from bitnet_onnx.core.errors import ConfigError
-from bitnet_onnx.core.layers import ComponentType, Layer
+from bitnet_onnx.core.layers import ComponentType, Layer, LayerType
 from bitnet_onnx.core.log import Change
 from bitnet_onnx.passes._graph import constant_values
-from bitnet_onnx.passes.base import PassContext, PassResult
-from bitnet_onnx.passes.rewrite._nbits import needs_requantize, stored_dtype
+from bitnet_onnx.passes.base import Condition, PassContext, PassResult
+from bitnet_onnx.passes.rewrite._nbits import fewer_bits, stored_dtype
 
 __all__ = ["AssignPrecisionPass"]
-
-logger = logging.getLogger(__name__)
 
 _STORED_DTYPES: Mapping[np.dtype, DType] = {
     np.dtype(np.float32): DType.F32,
@@ -78,9 +78,18 @@ _STORED_DTYPES: Mapping[np.dtype, DType] = {
     np.dtype(ml_dtypes.int2): DType.I2,
     np.dtype(ml_dtypes.uint2): DType.I2,
 }
-_KEPT = "model:MatMulNBits"  # the source of a decision keeping onnxruntime's quantization
+_KEPT = "model:"  # the source prefix of a decision keeping the model's own quantization
 _MAX_CONFLICT_LAYERS = 5  # layers named per grouped conflict warning; the count gives the rest
 _CLOSEST = 3
+
+
+def _every_layer_planned(graph: gs.Graph, ctx: PassContext) -> str | None:
+    """Post-condition: the plan holds exactly the annotated layers."""
+    unplanned = [name for name in ctx.layers if name not in ctx.plan]
+    unknown = [name for name in ctx.plan if name not in ctx.layers]
+    if unplanned or unknown:
+        return f"plan and layers differ: unplanned {unplanned[:5]}, not layers {unknown[:5]}"
+    return None
 
 
 class AssignPrecisionPass:
@@ -92,6 +101,7 @@ class AssignPrecisionPass:
 
     name: ClassVar[str] = "assign_precision"
     requires: ClassVar[tuple[str, ...]] = ("annotate_layers",)
+    ensures: ClassVar[tuple[Condition, ...]] = (_every_layer_planned,)
 
     def __init__(self, memory_budget: int | None = None) -> None:
         if memory_budget is not None and (
@@ -119,6 +129,7 @@ class AssignPrecisionPass:
         nodes = {node.name: node for node in graph.nodes}
         for layer in layers:
             anchor = nodes.get(layer.nodes[0]) if layer.nodes else None
+            stored = _stored_quantization(anchor, layer, nodes, tensors)
             facts = LayerFacts(
                 name=layer.name,
                 layer_type=layer.layer_type,
@@ -127,7 +138,7 @@ class AssignPrecisionPass:
                 parameter_count=layer.parameter_count,
                 memory_usage=memory_usage,
                 weight_statistics=self._statistics(layer, tensors, statistics) if wants_statistics else {},
-                original_dtype=_original_dtype(layer, tensors),
+                original_dtype=stored.dtype if stored is not None else _original_dtype(layer, tensors),
             )
             decisions: dict[ComponentType, Decision] = {}
             for component, resolution in resolutions[layer.name].items():
@@ -136,8 +147,8 @@ class AssignPrecisionPass:
                     if policy is None
                     else policy.decide(facts, component, resolution)
                 )
-                if component is ComponentType.WEIGHTS and anchor is not None and anchor.op == "MatMulNBits":
-                    decision = _kept_quantized(anchor, decision)
+                if component is ComponentType.WEIGHTS and stored is not None:
+                    decision = _kept_quantized(stored, decision)
                 decisions[component] = decision
                 overridden += decision.overrode is not None
                 for conflict in decision.conflicts:
@@ -162,7 +173,7 @@ class AssignPrecisionPass:
             f"{p.layer.name}/{c.value}"
             for p in plan.values()
             for c, d in p.decisions.items()
-            if d.source == _KEPT
+            if d.source.startswith(_KEPT)
         }
         report = ValidationReport(tuple(f for f in report.findings if f.subject in present - kept))
         report.raise_if_errors()
@@ -177,10 +188,6 @@ class AssignPrecisionPass:
         }
         if memory_usage is not None:
             stats["memory_usage_percent"] = round(memory_usage, 3)
-        logger.debug(
-            "assign_precision: %d layers, %d components, %d decided by policies, %d warnings",
-            len(plan), len(changes), overridden, len(warnings),
-        )  # fmt: skip
         return PassResult(modified=False, changes=tuple(changes), warnings=tuple(warnings), stats=stats)
 
     def _memory_usage(
@@ -216,21 +223,57 @@ class AssignPrecisionPass:
         return cache[tensor.name]
 
 
-def _kept_quantized(anchor: gs.Node, decision: Decision) -> Decision:
-    """The stored precision of a MatMulNBits layer, unless `decision` asks for fewer bits."""
-    stored = stored_dtype(anchor)
-    if stored is None or needs_requantize(anchor, decision.dtype):
+@dataclass(frozen=True)
+class _Stored:
+    """How the model itself quantized a linear layer's weights."""
+
+    dtype: DType
+    layout: WeightLayout
+    bits: int
+    source: str  # `model:<op>`
+    what: str  # for the explanation
+
+
+def _stored_quantization(
+    anchor: gs.Node | None, layer: Layer, nodes: Mapping[str, gs.Node], tensors: Mapping[str, gs.Tensor]
+) -> _Stored | None:
+    """A MatMulNBits anchor's precision, or that of integer codes a linear layer's weight reaches it
+    through (QDQ's DequantizeLinear); None for a layer whose weights are float."""
+    if anchor is not None and anchor.op == "MatMulNBits":
+        dtype, block = stored_dtype(anchor), int(anchor.attrs["block_size"])
+        if dtype is None:
+            return None
+        zero_points = len(anchor.inputs) > 3 and bool(anchor.inputs[3].name)
+        layout = WeightLayout(group_size=block, asymmetric=zero_points)
+        bits = int(anchor.attrs["bits"])
+        return _Stored(dtype, layout, bits, f"model:{anchor.op}", f"MatMulNBits block {block}")
+    if layer.layer_type not in (LayerType.LINEAR, LayerType.OUTPUT):
+        return None
+    chain = [nodes[n] for n in layer.weight_nodes if n in nodes]
+    dq = next((n for n in chain if n.op == "DequantizeLinear"), None)
+    dtype = _original_dtype(layer, tensors)
+    if dq is None or dtype.is_float:
+        return None
+    zero = dq.inputs[2] if len(dq.inputs) > 2 else None
+    asymmetric = isinstance(zero, gs.Constant) and bool(np.any(constant_values(zero)))
+    block = int(dq.attrs.get("block_size", 0)) or None
+    layout = WeightLayout(group_size=block, asymmetric=asymmetric)
+    what = f"{dtype.name} codes read through DequantizeLinear"
+    return _Stored(dtype, layout, dtype.bits, f"model:{dq.op}", what)
+
+
+def _kept_quantized(stored: _Stored, decision: Decision) -> Decision:
+    """The model's own quantization of a layer, unless `decision` asks for fewer bits."""
+    if fewer_bits(stored.bits, decision.dtype):
         return decision
-    has_zero_points = len(anchor.inputs) > 3 and bool(anchor.inputs[3].name)
-    block = int(anchor.attrs["block_size"])
     return replace(
         decision,
-        dtype=stored,
-        layout=WeightLayout(group_size=block, asymmetric=has_zero_points),
-        source=_KEPT,
+        dtype=stored.dtype,
+        layout=stored.layout,
+        source=stored.source,
         conversion_strategy=None,
         explanation=(
-            f"stored as {stored.name} (block {block}) by onnxruntime and kept: {decision.source} asked for "
+            f"stored as {stored.what} by the model and kept: {decision.source} asked for "
             f"{decision.dtype.name}, which stores no fewer bits, and quantization cannot be undone"
         ),
     )

@@ -24,8 +24,9 @@ finding naming its rule:
      the planned one when the plan sets one), with zero points exactly when asymmetric (an empty
      [0] zero-point tensor, which a symmetric op passes before its bias, is none); for I8
      also `com.microsoft.DynamicQuantizeMatMul` reading N·K int8 (or uint8) codes; for a layer
-     kept as onnxruntime quantized it, a `com.microsoft.MatMulNBits` with those bits and
-     block_size the planned group size;
+     kept as the model quantized it, a `com.microsoft.MatMulNBits` with those bits and
+     block_size the planned group size, or a DequantizeLinear of the layer reading N·K integer
+     codes of that width (QDQ);
    - F16, BF16, F32: the layer reads an initializer of that type holding N·K values.
    Initializers are followed back through Identity, Transpose, Reshape, Flatten, Squeeze,
    Unsqueeze and the data input of Gather (an embedding gathers rows of its packed table).
@@ -47,7 +48,6 @@ metrics in the stats (`<output>.cosine`, `<output>.max_abs_error`, `<output>.max
 
 from __future__ import annotations
 
-import logging
 import math
 import tempfile
 from collections.abc import Mapping
@@ -70,15 +70,13 @@ from bitnet_onnx.core.inspection import LayerRecord, read_layers
 from bitnet_onnx.core.layers import ComponentType, Layer
 from bitnet_onnx.numerics.packing import int_row_bytes, ternary_row_bytes
 from bitnet_onnx.passes._graph import export_model, stamp_annotations, weightless_model
-from bitnet_onnx.passes.base import PassContext, PassResult
+from bitnet_onnx.passes.base import Condition, PassContext, PassResult, context_set
 from bitnet_onnx.runtime import BITLINEAR, DOMAIN, check_feeds
 from bitnet_onnx.runtime.kv_cache import cache_pairs
 from bitnet_onnx.runtime.model_file import session_for, write_model
 from bitnet_onnx.runtime.sample_inputs import DEFAULT_DIMS, sample_inputs
 
 __all__ = ["ValidatePass"]
-
-logger = logging.getLogger(__name__)
 
 LOWBIT_MATMUL = "LowBitMatMul"
 DEQUANTIZE_LOWBIT = "DequantizeLowBit"
@@ -90,6 +88,12 @@ _FLOAT_TYPES = {
     DType.BF16: onnx.TensorProto.BFLOAT16,
 }
 _INT8_CODES = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+_CODE_BITS = {
+    onnx.TensorProto.INT8: 8,
+    onnx.TensorProto.UINT8: 8,
+    onnx.TensorProto.INT4: 4,
+    onnx.TensorProto.UINT4: 4,
+}  # integer codes a kept QDQ weight holds
 _INT8_ACCURACY = 4  # MatMulNBits computes with int8 activations (quantized per block at run time)
 _QUANTIZING = ((DOMAIN, BITLINEAR), (_MS_DOMAIN, "DynamicQuantizeMatMul"), ("", "DynamicQuantizeLinear"))
 
@@ -218,6 +222,15 @@ def _integer_problem(
 ) -> str | None:
     problems = []
     for node in nodes:
+        if _is(node, "", "DequantizeLinear"):  # QDQ weights kept as the model quantized them
+            codes = model.initializer_behind(node.input[0])
+            if (
+                codes is not None
+                and _CODE_BITS.get(codes.data_type) == dtype.bits
+                and _elements(codes) == geometry.elements
+            ):
+                return None
+            continue
         if _is(node, _MS_DOMAIN, "MatMulNBits"):  # kept as onnxruntime quantized it
             bits, block = _attr(node, "bits"), _attr(node, "block_size")
             if bits == dtype.bits and block == layout.group_size:
@@ -340,6 +353,7 @@ class ValidatePass:
 
     name: ClassVar[str] = "validate"
     requires: ClassVar[tuple[str, ...]] = ("assign_precision",)
+    ensures: ClassVar[tuple[Condition, ...]] = (context_set("report"),)
 
     def __init__(self, *, strict: bool = True, dims: Mapping[str, int] | None = None) -> None:
         self.strict = strict
@@ -402,12 +416,6 @@ class ValidatePass:
             stats[f"{m.name}.cosine"] = round(m.cosine, 6) if math.isfinite(m.cosine) else str(m.cosine)
             stats[f"{m.name}.max_abs_error"] = _stat(m.max_abs_error)
             stats[f"{m.name}.max_rel_error"] = _stat(m.max_rel_error)
-        logger.debug(
-            "validate: %d errors, %d warnings, goal %s",
-            len(report.errors),
-            len(report.warnings),
-            "met" if report.goal_met else "missed",
-        )
         messages = tuple(f"{f.severity.value}: {f}" for f in (*report.errors, *report.warnings))
         return PassResult(modified=False, warnings=messages, stats=stats)
 

@@ -28,7 +28,7 @@ from bitnet_onnx.passes._match import view_constant
 
 from ._edit import LayerEditor
 
-__all__ = ["as_float_matmul", "dequantize", "needs_requantize", "stored_dtype"]
+__all__ = ["as_float_matmul", "dequantize", "fewer_bits", "needs_requantize", "stored_dtype"]
 
 _WIDTHS = {2: DType.I2, 4: DType.I4, 8: DType.I8}
 
@@ -38,10 +38,15 @@ def stored_dtype(node: gs.Node) -> DType | None:
     return _WIDTHS.get(int(node.attrs.get("bits", 4)))
 
 
+def fewer_bits(stored_bits: int, weights: DType) -> bool:
+    """Whether `weights` stores fewer bits per weight than weights quantized to `stored_bits` (the
+    test for re-quantizing any already-quantized layer: MatMulNBits, or QDQ's DequantizeLinear)."""
+    return not weights.is_float and (weights is DType.BITNET158 or weights.bits < stored_bits)
+
+
 def needs_requantize(node: gs.Node, weights: DType) -> bool:
     """Whether the plan's WEIGHTS precision stores fewer bits per weight than the node does."""
-    bits = int(node.attrs.get("bits", 4))
-    return not weights.is_float and (weights is DType.BITNET158 or weights.bits < bits)
+    return fewer_bits(int(node.attrs.get("bits", 4)), weights)
 
 
 def _unpack(packed: np.ndarray, bits: int, count: int) -> np.ndarray:

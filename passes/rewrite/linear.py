@@ -11,8 +11,10 @@ Cases by the WEIGHTS precision:
    assign_precision then plans the node's own precision), with accuracy_level 4 (int8
    activations) when A = I8 and none (its input's float type) otherwise;
    else its weights are read back as float W[N, K] (the node becomes the float MatMul it stands
-   for) and re-quantized by the case below that the plan asks for. Weights behind a
-   DequantizeLinear (QDQ) are read back the same way by the weight chain and re-quantized.
+   for) and re-quantized by the case below that the plan asks for. A weight read through a
+   DequantizeLinear of integer codes (QDQ) is kept the same way (the chain and the float MatMul
+   stay; activations and outputs convert as in case 6), or read back through the chain and
+   re-quantized.
 
 1. BITNET158 with A = I8 → one `bitnet.BitLinear(X, W[N, ceil(K/ppb)], scale, bias?)` with
    attributes K and format (`layout.packing`); the scale is [1], or [N] with `layout.per_channel`.
@@ -64,7 +66,7 @@ from bitnet_onnx.runtime import BITLINEAR, DEQUANTIZE_LOWBIT, DOMAIN, LOWBIT_MAT
 
 from ._base import LayerRewrite, RewriteEnv, component_dtype, constant_bytes, detach
 from ._edit import EMPTY, LayerEditor, onnx_type
-from ._nbits import as_float_matmul, needs_requantize
+from ._nbits import as_float_matmul, fewer_bits, needs_requantize
 from ._precision import (
     FLOAT32,
     KERNEL_INPUT_TYPES,
@@ -81,6 +83,7 @@ __all__ = ["rewrite_linear"]
 
 _NO_ZERO_POINTS = np.zeros((0,), np.uint8)
 _INT8_ACCURACY = 4  # MatMulNBits' accuracy_level computing with int8 activations
+_CODE_BITS = {"int8": 8, "uint8": 8, "int4": 4, "uint4": 4}  # QDQ weight codes
 _W, _B, _A, _O = ComponentType.WEIGHTS, ComponentType.BIAS, ComponentType.ACTIVATIONS, ComponentType.OUTPUTS
 
 
@@ -112,6 +115,8 @@ def rewrite_linear(env: RewriteEnv, edit: LayerEditor, plan: LayerPlan) -> Layer
     site = _find(env, edit.layer)
     activations = component_dtype(plan, _A)
     before = constant_bytes(site.operand.initializer) + _bias_bytes(env, site)
+    if _keeps_dequantized(site, weights):  # case 0, QDQ
+        return _floating(env, edit, plan, site, before, keep=True)
     if weights is DType.BITNET158 and activations is DType.I8:
         return _bitlinear(env, edit, plan, site, before)
     if weights is DType.BITNET158:
@@ -358,11 +363,22 @@ def _dequantized(
     )
 
 
-def _floating(env: RewriteEnv, edit: LayerEditor, plan: LayerPlan, site: _Site, before: int) -> LayerRewrite:
+def _keeps_dequantized(site: _Site, weights: DType) -> bool:
+    """Whether the weight comes through a DequantizeLinear of integer codes that `weights` would
+    store in no fewer bits."""
+    bits = _CODE_BITS.get(np.dtype(site.operand.initializer.dtype).name)
+    dequantized = any(n.op == "DequantizeLinear" for n in site.operand.value_chain.nodes)
+    return dequantized and bits is not None and not fewer_bits(bits, weights)
+
+
+def _floating(
+    env: RewriteEnv, edit: LayerEditor, plan: LayerPlan, site: _Site, before: int, *, keep: bool = False
+) -> LayerRewrite:
+    """Cases 5 and 6; with `keep`, the weight chain stays as the model has it (case 0, QDQ)."""
     weights = component_dtype(plan, _W)
     activations = component_dtype(plan, _A)
     compute = compute_type(activations, weights, plan.dtype(_B))
-    if weights is DType.F32 and site.operand.dtype == np.float32:
+    if keep or (weights is DType.F32 and site.operand.dtype == np.float32):
         operand = site.anchor.inputs[1]
         weight = None if site.operand.dtype == compute else edit.cast(operand, compute)
         stored_bytes, names, note = (

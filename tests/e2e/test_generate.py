@@ -19,7 +19,7 @@ from bitnet_onnx.cli import EXIT_OK, EXIT_USER_ERROR, main
 from bitnet_onnx.compiler.compile import compile
 from bitnet_onnx.core.inspection import read_layers
 from bitnet_onnx.runtime.decoding import generate
-from tests.core.decoding_reference import reference_greedy
+from tests.runtime.decoding_reference import reference_greedy
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "models" / "fixtures"

@@ -1,5 +1,5 @@
-"""rewrite, LINEAR layers onnxruntime quantized already (passes/rewrite/_nbits.py and linear.py case 0):
-MatMulNBits read back as float weights, kept or re-quantized."""
+"""rewrite, LINEAR layers the model quantized already (passes/rewrite/_nbits.py and linear.py case 0):
+MatMulNBits and QDQ weights kept, or read back as float weights and re-quantized."""
 
 from __future__ import annotations
 
@@ -144,3 +144,55 @@ def test_fewer_bits_re_quantize_the_dequantized_weights(weights, bias):
     (got,) = run(model, feeds)
     (want,) = run(gs.export_onnx(float_graph), feeds)
     np.testing.assert_array_equal(got, want)
+
+
+def _qdq():
+    """MatMul(x, DequantizeLinear(W codes [K, N], per-column scales, zero points 0)) as QDQ writes it."""
+    rng = np.random.default_rng(3)
+    k, n = 32, 6
+    codes = rng.integers(-100, 100, (k, n)).astype(np.int8)
+    scales = rng.uniform(0.001, 0.01, n).astype(F32)
+    x = gs.Variable("x", dtype=F32, shape=[M, k])
+    w = gs.Variable("w_dq", dtype=F32, shape=[k, n])
+    y = gs.Variable("y", dtype=F32, shape=[M, n])
+    zero = gs.Constant("w_zero", np.zeros(n, np.int8))
+    dq = gs.Node(
+        "DequantizeLinear", "/proj/DequantizeLinear", {"axis": 1},
+        [gs.Constant("w_codes", codes), gs.Constant("w_scales", scales), zero],
+        [w],
+    )  # fmt: skip
+    matmul = gs.Node("MatMul", "/proj/MatMul", {}, [x, w], [y])
+    graph = gs.Graph(nodes=[dq, matmul], inputs=[x], outputs=[y], opset=17)
+    layer = Layer(
+        "proj", LayerType.LINEAR, 0, (matmul.name, dq.name), "test", weight="w_codes", weight_shape=(k, n),
+        weight_nk=False, weight_nodes=(dq.name,),
+    )  # fmt: skip
+    return graph, layer, codes.astype(F32) * scales
+
+
+@pytest.mark.parametrize(("weights", "activations"), [("I8", "F32"), ("F16", "F16"), ("F32", "I8")])
+def test_qdq_weights_are_kept_for_as_many_bits_or_more(weights, activations):
+    graph, layer, w = _qdq()
+    rewrite(graph, [make_plan(layer, weights=weights, activations=activations)])
+    model = gs.export_onnx(graph)
+    inits = {i.name: i for i in model.graph.initializer}
+    assert inits["w_codes"].data_type == onnx.TensorProto.INT8 and ops(model)["DequantizeLinear"] >= 1
+    assert not any(
+        i.data_type in (onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT) and len(i.dims) == 2
+        for i in inits.values()
+    )
+    x = _x(32)
+    (y,) = run(model, {"x": x})
+    (want,) = run(gs.export_onnx(_qdq()[0]), {"x": x})  # onnxruntime fuses the QDQ pair itself
+    np.testing.assert_allclose(want, x @ w, rtol=0.05, atol=0.02)
+    if activations == "F32":
+        np.testing.assert_array_equal(y, want)
+    else:
+        np.testing.assert_allclose(y, want, rtol=0.05, atol=0.03 * np.abs(want).max())
+
+
+def test_qdq_weights_re_quantize_for_fewer_bits():
+    graph, layer, _ = _qdq()
+    rewrite(graph, [make_plan(layer, weights="BITNET158", activations="I8")])
+    model = gs.export_onnx(graph)
+    assert ops(model)["BitLinear"] == 1 and "w_codes" not in {i.name for i in model.graph.initializer}

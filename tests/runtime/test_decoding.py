@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bitnet_onnx.core.errors import ConfigError, UnsupportedModelError
 from bitnet_onnx.runtime.decoding import Generation, Sampling, decoder_interface, generate
-from tests.core.decoding_reference import reference_greedy
+from tests.runtime.decoding_reference import reference_greedy
 
 FIXTURES = Path(__file__).resolve().parents[2] / "models" / "fixtures"
 DECODERS = FIXTURES / "decoders"

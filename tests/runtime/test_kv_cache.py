@@ -1,4 +1,4 @@
-"""KV-cache recognition (bitnet_onnx.kv_cache) and the sample inputs of KV-cache decoders."""
+"""KV-cache recognition (bitnet_onnx.runtime.kv_cache) and the sample inputs of KV-cache decoders."""
 
 from __future__ import annotations
 
