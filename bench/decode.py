@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import statistics
 import tempfile
 from collections.abc import Callable, Sequence
@@ -39,7 +40,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from bench.compiler import _builder_hash, _ints, suite_parser
+from bench.compiler import _builder_hash, _ints, _needs_external_data, suite_parser
 from bitnet_onnx import runtime
 from bitnet_onnx.compiler.compile import compile
 from bitnet_onnx.core._text import table
@@ -106,7 +107,8 @@ def _int8_dynamic(model: Path, folder: Path) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     out = folder / "int8_dynamic.onnx"
-    quantize_dynamic(model, out, weight_type=QuantType.QInt8)
+    large = model.with_name(f"{model.name}.data").exists()
+    quantize_dynamic(model, out, weight_type=QuantType.QInt8, use_external_data_format=large)
     return out
 
 
@@ -127,15 +129,18 @@ CONTENDERS = (
 
 
 def _model(size: str, weights: str, cache: Path) -> Path:
-    """The KV-cache decoder of `size` with `weights`, built into `cache` unless it is there."""
-    path = cache / f"llama_kv_{size}_{weights}_{_builder_hash()}" / "model.onnx"
+    """The KV-cache decoder of `size` with `weights`, built into `cache` unless it is there (with
+    external data past protobuf's 2 GB, the `1b` preset)."""
+    folder = cache / f"llama_kv_{size}_{weights}_{_builder_hash()}"
+    path = folder / "model.onnx"
     if not path.is_file():
         logger.info("building %s", path)
         config = llama.LlamaConfig.preset(size, kv_cache=True, weights=_WEIGHTS[weights])
-        partial = path.with_name("model.partial.onnx")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_model(llama.build(config), partial)
-        os.replace(partial, path)
+        partial = cache / f"{folder.name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        save_model(llama.build(config), partial / path.name, external_data=_needs_external_data(size))
+        os.replace(partial, folder)  # the model and its data file appear together
     return path
 
 

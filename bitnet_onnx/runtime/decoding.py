@@ -135,7 +135,10 @@ class _Declared:
 
     @property
     def dtype(self) -> np.dtype:
-        return np.dtype(helper.tensor_dtype_to_np_dtype(self.elem_type))
+        try:
+            return np.dtype(helper.tensor_dtype_to_np_dtype(self.elem_type))
+        except KeyError:  # UNDEFINED has no numpy type; the int/float checks refuse it by type_name
+            return np.dtype(object)
 
 
 def _interface_proto(session: ort.InferenceSession) -> onnx.ModelProto:

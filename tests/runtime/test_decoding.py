@@ -211,3 +211,12 @@ def test_a_prompt_longer_than_the_declared_positions_is_refused():
 def test_generation_speed_is_steps_over_decode_time():
     result = Generation((1,), (2, 3, 4), 5.0, (10.0, 30.0))
     assert result.decode_tokens_per_s == pytest.approx(50.0)
+
+
+def test_ids_of_a_type_generate_cannot_feed_are_refused_naming_the_type():
+    model = _toy_decoder()
+    model.graph.input[0].type.tensor_type.elem_type = TensorProto.FLOAT
+    with pytest.raises(
+        UnsupportedModelError, match="input 'input_ids' is float; generate feeds int64 or int32"
+    ):
+        decoder_interface(_session(_toy_decoder()), model)
