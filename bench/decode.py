@@ -40,6 +40,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+# Imported before any compile: onnxruntime.quantization loads onnx.reference, which refuses op names
+# registered in two domains, as compile's typing schemas (bitnet.normalize.typed.*) then are.
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
 from bench.compiler import _builder_hash, _ints, _needs_external_data, suite_parser
 from bitnet_onnx import runtime
 from bitnet_onnx.compiler.compile import compile
@@ -90,8 +95,6 @@ def _fp32(model: Path, folder: Path) -> Path:
 
 def _nbits(bits: int, block: int) -> Callable[[Path, Path], Path]:
     def make(model: Path, folder: Path) -> Path:
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
         quantizer = MatMulNBitsQuantizer(
             onnx.load(model), bits=bits, block_size=block, is_symmetric=True, accuracy_level=4
         )
@@ -104,8 +107,6 @@ def _nbits(bits: int, block: int) -> Callable[[Path, Path], Path]:
 
 
 def _int8_dynamic(model: Path, folder: Path) -> Path:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     out = folder / "int8_dynamic.onnx"
     large = model.with_name(f"{model.name}.data").exists()
     quantize_dynamic(model, out, weight_type=QuantType.QInt8, use_external_data_format=large)
