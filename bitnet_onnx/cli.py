@@ -8,6 +8,7 @@ with a message naming the limiting layers (ANCHORS (c)4: a model and a report ev
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ from bitnet_onnx.config.config import MixedPrecisionStrategy
 from bitnet_onnx.config.config_file import save_config
 from bitnet_onnx.config.report import CompileValidationError
 from bitnet_onnx.core._text import table
-from bitnet_onnx.core.errors import MixedPrecisionError, UnsupportedModelError
+from bitnet_onnx.core.errors import ConfigError, MixedPrecisionError, UnsupportedModelError
 from bitnet_onnx.core.inspection import components_table, read_layers
 from bitnet_onnx.core.log import read_log, render_table
 from bitnet_onnx.optimize.analysis import analyze, with_sensitivity
@@ -36,8 +37,10 @@ from bitnet_onnx.optimize.objectives import OptimizationObjective
 from bitnet_onnx.optimize.sensitivity import measure_sensitivity, measurer
 from bitnet_onnx.passes._graph import load_model
 from bitnet_onnx.runtime import profiling
+from bitnet_onnx.runtime.decoding import Generation, Sampling, generate
 from bitnet_onnx.runtime.info import describe, gather
 from bitnet_onnx.runtime.sample_inputs import sample_inputs
+from bitnet_onnx.runtime.text import TextCodec
 
 __all__ = ["main"]
 
@@ -68,9 +71,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         )
     if str(checkout) not in sys.path:
         sys.path.insert(0, str(checkout))
-    from bench import compiler, kernels  # importable only once the checkout is on sys.path
-
-    return {"kernels": kernels.main, "compiler": compiler.main}[args.suite](args.bench_args)
+    # Importable only once the checkout is on sys.path; only the suite asked for (decode needs
+    # onnxruntime's quantizers, which the others do not).
+    suite = importlib.import_module(f"bench.{args.suite}")
+    return suite.main(args.bench_args)
 
 
 def _byte_size(text: str) -> int:
@@ -291,6 +295,42 @@ def _times_table(times: Sequence) -> str:
     return table(["layer", "type", "op", "kernels", "µs", "%"], rows)
 
 
+def _token_ids(text: str) -> list[int]:
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not comma-separated token ids, e.g. 1,2,3")
+    return [int(p) for p in parts]
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    if args.prompt is not None and args.tokenizer is None:
+        raise ConfigError("--prompt TEXT needs --tokenizer tokenizer.json (or give ids with --prompt-ids)")
+    codec = TextCodec.load(args.tokenizer) if args.tokenizer is not None else None
+    ids = args.prompt_ids if args.prompt_ids is not None else codec.encode(args.prompt)
+    sampling = Sampling(args.temperature, args.top_k, args.seed)
+    model = load_model(args.model).proto  # checked, and read for its interface (external data stays on disk)
+    session = runtime.session(args.model, options=runtime.session_options(args.threads, args.custom_ops))
+    progress = args.progress or sys.stderr.isatty()
+    result = generate(session, ids, args.n, sampling=sampling, model=model, progress=progress)
+    print(_generated(result, codec))
+    return EXIT_OK
+
+
+def _generated(result: Generation, codec: TextCodec | None) -> str:
+    lines = [f"tokens: {' '.join(map(str, result.tokens))}"]
+    if codec is not None:
+        lines.append(f"text: {codec.decode(result.tokens)}")
+    lines.append(f"prefill: {result.prefill_ms:.2f} ms ({len(result.prompt)} tokens)")
+    speed = result.decode_tokens_per_s
+    decode = (
+        f"{speed:.1f} tokens/s ({len(result.step_ms)} steps)"
+        if speed is not None
+        else "no decode step (n = 1)"
+    )
+    lines.append(f"decode: {decode}")
+    return "\n".join(lines)
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     records = read_layers(load_model(args.model).proto)
     if not records:
@@ -308,6 +348,12 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _cmd_log(args: argparse.Namespace) -> int:
     print(render_table(read_log(args.file), changes=not args.summary))
     return EXIT_OK
+
+
+def _add_progress(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument(
+        "--progress", action="store_true", help="show a progress bar even when stderr is not a terminal"
+    )
 
 
 def _add_custom_ops(cmd: argparse.ArgumentParser) -> None:
@@ -334,7 +380,7 @@ def _add_objective(cmd: argparse.ArgumentParser) -> None:
         "layer's sensitivity on the calibration inputs and checks the plan on held-out ones",
     )  # fmt: skip
     cmd.add_argument(
-        "--workers", type=_workers, default=1, metavar="N",
+        "--workers", type=_count, default=1, metavar="N",
         help="processes measuring the per-layer sensitivity (default 1)",
     )  # fmt: skip
 
@@ -383,16 +429,14 @@ def _add_compile(sub: argparse._SubParsersAction) -> None:
         "--no-kernel-timing", action="store_true",
         help="pick kernels by fixed preference instead of timing them on this machine",
     )  # fmt: skip
-    cmd.add_argument(
-        "--progress", action="store_true", help="show a progress bar even when stderr is not a terminal"
-    )
+    _add_progress(cmd)
     _add_custom_ops(cmd)
     cmd.set_defaults(run=_cmd_compile)
 
 
-def _workers(text: str) -> int:
+def _count(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes ≥ 1")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number ≥ 1")
     return int(text)
 
 
@@ -456,6 +500,39 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     cmd.set_defaults(run=_cmd_run)
 
 
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    cmd = sub.add_parser(
+        "generate",
+        help="generate tokens with a decoder's KV cache (fp32 or compiled) and time prefill and decode",
+        description="Generate N tokens after a prompt with MODEL, a decoder with past/present KV-cache "
+        "inputs and outputs (fp32, or compiled by bitnet-onnx): the prompt in one prefill call, then one "
+        "call per token. Prints the tokens (and the text with --tokenizer), the prefill time and the decode "
+        "speed.",
+    )
+    cmd.add_argument("model", type=Path, metavar="MODEL")
+    prompt = cmd.add_mutually_exclusive_group(required=True)
+    prompt.add_argument(
+        "--prompt-ids", type=_token_ids, metavar="IDS", help="the prompt's token ids, e.g. 1,2,3"
+    )
+    prompt.add_argument("--prompt", metavar="TEXT", help="the prompt as text (needs --tokenizer)")
+    cmd.add_argument(
+        "--tokenizer", type=Path, metavar="FILE",
+        help="a tokenizer.json: encodes --prompt and decodes the tokens (needs the text extra: "
+        "pip install 'bitnet-onnx[text]')",
+    )  # fmt: skip
+    cmd.add_argument("-n", type=_count, required=True, metavar="N", help="tokens to generate")
+    cmd.add_argument("--threads", type=int, metavar="T", help="intra-op threads (default: onnxruntime's)")
+    cmd.add_argument(
+        "--temperature", type=float, default=0.0,
+        help="sample from softmax(logits / T); 0 (default) picks the argmax (greedy)",
+    )  # fmt: skip
+    cmd.add_argument("--top-k", type=int, metavar="K", help="sample among the K most likely tokens only")
+    cmd.add_argument("--seed", type=int, help="seed of the sampling (the same seed draws the same tokens)")
+    _add_progress(cmd)
+    _add_custom_ops(cmd)
+    cmd.set_defaults(run=_cmd_generate)
+
+
 def _add_inspect(sub: argparse._SubParsersAction) -> None:
     cmd = sub.add_parser(
         "inspect",
@@ -515,7 +592,7 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="options passed to the suite")
     bench.set_defaults(run=_cmd_bench)
 
-    for add in (_add_compile, _add_analyze, _add_run, _add_inspect, _add_log):
+    for add in (_add_compile, _add_analyze, _add_run, _add_generate, _add_inspect, _add_log):
         add(sub)
     return parser
 

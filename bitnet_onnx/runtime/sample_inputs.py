@@ -32,7 +32,7 @@ from onnx import helper, numpy_helper
 from bitnet_onnx.core.errors import UnsupportedModelError
 from bitnet_onnx.runtime.kv_cache import cache_pairs, head_size
 
-__all__ = ["DEFAULT_DIMS", "sample_inputs"]
+__all__ = ["DEFAULT_DIMS", "sample_inputs", "table_rows"]
 
 DEFAULT_DIMS: Mapping[str, int] = {"batch": 1, "seq": 8, "past": 8}
 _ROLES = (("batch", ("batch",)), ("total", ("total",)), ("past", ("past",)), ("seq", ("seq", "len", "token")))
@@ -52,7 +52,7 @@ def sample_inputs(
             raise UnsupportedModelError(f"dim {name}={value!r} must be {kind} integer, e.g. {name}=8")
     rng = np.random.default_rng(seed)
     graph = model.graph
-    tables = _table_rows(graph)
+    tables = table_rows(graph)
     initializers = {t.name for t in graph.initializer}
     values = [v for v in graph.input if v.name not in initializers]
     pairs = cache_pairs(model)
@@ -164,7 +164,7 @@ def _sample(
     return rng.integers(0, rows, size=shape).astype(dtype)
 
 
-def _table_rows(graph: onnx.GraphProto) -> dict[str, int]:
+def table_rows(graph: onnx.GraphProto) -> dict[str, int]:
     """Graph input name → rows of the constant table the first Gather it indexes reads."""
     tables = {t.name: int(t.dims[0]) for t in graph.initializer if t.dims}
     for node in graph.node:
