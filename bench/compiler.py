@@ -513,13 +513,25 @@ def _trained_report(results: Sequence[TrainedPerplexity]) -> str:
 # -- command line ------------------------------------------------------------------------------------
 
 
-def _parser() -> argparse.ArgumentParser:
+def suite_parser(suite: str, doc: str | None) -> argparse.ArgumentParser:
+    """The options every decoder benchmark takes: the presets (--sizes) and where models are kept."""
     parser = argparse.ArgumentParser(
-        prog="bitnet-onnx bench compiler",
-        description=__doc__,
+        prog=f"bitnet-onnx bench {suite}",
+        description=doc,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--sizes", default="small", help="llama presets, comma-separated (tiny, small, 1b)")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bitnet-onnx" / "bench",
+        help="where the built models are kept (default: %(default)s)",
+    )
+    return parser
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = suite_parser("compiler", __doc__)
     parser.add_argument(
         "--configs",
         default="balanced",
@@ -530,12 +542,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--runs", type=int, default=30, help="timed runs per latency (median)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs first")
     parser.add_argument("--profile", action="store_true", help="also time each compiled model per layer type")
-    parser.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bitnet-onnx" / "bench",
-        help="where the built models are kept (default: %(default)s)",
-    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 5 runs, 1 warm-up, seq 1, 1 thread")
     parser.add_argument("--json", metavar="FILE", help="also write every measurement as JSON")
     return parser

@@ -10,7 +10,6 @@ from bitnet_onnx.config.config import (
     LayerPrecisionConfig,
     MixedPrecisionConfig,
     MixedPrecisionStrategy,
-    Resolution,
 )
 from bitnet_onnx.config.config_file import load_config, save_config
 from bitnet_onnx.config.layer_precision import (
@@ -22,7 +21,6 @@ from bitnet_onnx.config.layer_precision import (
 from bitnet_onnx.config.policy import (
     ConditionOperator,
     ConditionType,
-    Decision,
     LayerFacts,
     PolicyAction,
     PolicyCondition,
@@ -50,6 +48,7 @@ from bitnet_onnx.core.errors import (
     ValidationError,
 )
 from bitnet_onnx.core.layers import ComponentType, LayerType, SupportMatrix
+from bitnet_onnx.core.plan import Decision, Resolution
 from bitnet_onnx.core.version import __version__ as __version__  # re-exported
 from bitnet_onnx.numerics.converter import (
     ConversionConfig,

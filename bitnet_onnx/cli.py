@@ -9,6 +9,7 @@ name CLI flags, not Python names (`interface.speaking_to`)."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from bitnet_onnx.config.config_file import save_config
 from bitnet_onnx.config.report import CompileValidationError
 from bitnet_onnx.core._text import table
 from bitnet_onnx.core.errors import ConfigError, MixedPrecisionError, UnsupportedModelError
-from bitnet_onnx.core.inspection import layers_table, read_layers
+from bitnet_onnx.core.inspection import components_table, read_layers
 from bitnet_onnx.core.interface import Interface, speaking_to
 from bitnet_onnx.core.log import read_log, render_table
 from bitnet_onnx.optimize.analysis import analyze, with_sensitivity
@@ -35,11 +36,13 @@ from bitnet_onnx.optimize.analysis_report import write_report
 from bitnet_onnx.optimize.calibration import Calibration
 from bitnet_onnx.optimize.cost_model import CostModel, LatencyTable
 from bitnet_onnx.optimize.objectives import OptimizationObjective, validation_thresholds
-from bitnet_onnx.optimize.sensitivity import measure_sensitivity
+from bitnet_onnx.optimize.sensitivity import measure_sensitivity, measurer
 from bitnet_onnx.passes._graph import load_model
 from bitnet_onnx.runtime import profiling
+from bitnet_onnx.runtime.decoding import Generation, Sampling, generate
 from bitnet_onnx.runtime.info import describe, gather
 from bitnet_onnx.runtime.sample_inputs import sample_inputs
+from bitnet_onnx.runtime.text import TextCodec
 
 __all__ = ["main"]
 
@@ -70,9 +73,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         )
     if str(checkout) not in sys.path:
         sys.path.insert(0, str(checkout))
-    from bench import compiler, kernels  # importable only once the checkout is on sys.path
-
-    return {"kernels": kernels.main, "compiler": compiler.main}[args.suite](args.bench_args)
+    # Importable only once the checkout is on sys.path; only the suite asked for (decode needs
+    # onnxruntime's quantizers, which the others do not).
+    suite = importlib.import_module(f"bench.{args.suite}")
+    return suite.main(args.bench_args)
 
 
 def _byte_size(text: str) -> int:
@@ -133,6 +137,10 @@ def _cmd_compile(args: argparse.Namespace) -> int:
             measure_kernels=not args.no_kernel_timing,
             custom_op_libraries=args.custom_ops,
             thresholds=thresholds,
+            # measured only if a policy has a sensitivity condition
+            sensitivity=measurer(
+                args.model, lambda: _calibration(args.model, args.inputs, args.dim), progress=progress
+            ),
         )
     except CompileValidationError as exc:
         print(exc.report.summary(), file=sys.stderr)
@@ -265,10 +273,33 @@ def _cmd_run(args: argparse.Namespace) -> int:
         outputs, times = dict(zip(names, session.run(names, feeds), strict=True)), []
     for name, value in outputs.items():
         print(_describe(name, value))
+    if args.save is not None:
+        _save_outputs(args.save, outputs)
+        print(f"outputs written to {args.save}")
     if args.profile:
         print()
         print(_times_table(times))
     return EXIT_OK
+
+
+def _save_outputs(path: Path, outputs: dict[str, np.ndarray]) -> None:
+    """One array per output name in an .npz, written atomically (temporary file, then rename)."""
+    import tempfile
+
+    from bitnet_onnx.core.errors import ConfigError
+
+    if path.suffix != ".npz":
+        raise ConfigError(f"--save {path}: the outputs are saved as .npz; name the file e.g. {path.stem}.npz")
+    if not path.parent.is_dir():
+        raise ConfigError(f"--save {path}: folder {path.parent} does not exist; create it first")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            np.savez(stream, **outputs)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 def _times_table(times: Sequence) -> str:
@@ -288,6 +319,42 @@ def _times_table(times: Sequence) -> str:
     return table(["layer", "type", "op", "kernels", "µs", "%"], rows)
 
 
+def _token_ids(text: str) -> list[int]:
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not comma-separated token ids, e.g. 1,2,3")
+    return [int(p) for p in parts]
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    if args.prompt is not None and args.tokenizer is None:
+        raise ConfigError("--prompt TEXT needs --tokenizer tokenizer.json (or give ids with --prompt-ids)")
+    codec = TextCodec.load(args.tokenizer) if args.tokenizer is not None else None
+    ids = args.prompt_ids if args.prompt_ids is not None else codec.encode(args.prompt)
+    sampling = Sampling(args.temperature, args.top_k, args.seed)
+    model = load_model(args.model).proto  # checked, and read for its interface (external data stays on disk)
+    session = runtime.session(args.model, options=runtime.session_options(args.threads, args.custom_ops))
+    progress = args.progress or sys.stderr.isatty()
+    result = generate(session, ids, args.n, sampling=sampling, model=model, progress=progress)
+    print(_generated(result, codec))
+    return EXIT_OK
+
+
+def _generated(result: Generation, codec: TextCodec | None) -> str:
+    lines = [f"tokens: {' '.join(map(str, result.tokens))}"]
+    if codec is not None:
+        lines.append(f"text: {codec.decode(result.tokens)}")
+    lines.append(f"prefill: {result.prefill_ms:.2f} ms ({len(result.prompt)} tokens)")
+    speed = result.decode_tokens_per_s
+    decode = (
+        f"{speed:.1f} tokens/s ({len(result.step_ms)} steps)"
+        if speed is not None
+        else "no decode step (n = 1)"
+    )
+    lines.append(f"decode: {decode}")
+    return "\n".join(lines)
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     records = read_layers(load_model(args.model).proto)
     if not records:
@@ -298,7 +365,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([r.to_json() for r in records], indent=2))
     else:
-        print(layers_table(records))
+        print(components_table(records))
     return EXIT_OK
 
 
@@ -307,10 +374,23 @@ def _cmd_log(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_progress(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument(
+        "--progress", action="store_true", help="show a progress bar even when stderr is not a terminal"
+    )
+
+
 def _add_custom_ops(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument(
         "--custom-ops", type=Path, action="append", default=[], metavar="LIB",
         help="a shared library implementing ops of another custom domain the model uses; repeatable",
+    )  # fmt: skip
+
+
+def _add_dim(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument(
+        "--dim", type=_dim, action="append", default=[], metavar="NAME=N",
+        help="a symbolic dim of generated inputs (default batch=1, seq=8); repeatable",
     )  # fmt: skip
 
 
@@ -325,7 +405,7 @@ def _add_objective(cmd: argparse.ArgumentParser) -> None:
         "sensitivity on the calibration samples and judges the plan on the --holdout ones",
     )  # fmt: skip
     cmd.add_argument(
-        "--workers", type=_workers, default=1, metavar="N",
+        "--workers", type=_count, default=1, metavar="N",
         help="processes measuring the per-layer sensitivity (default 1)",
     )  # fmt: skip
 
@@ -372,10 +452,7 @@ def _add_compile(sub: argparse._SubParsersAction) -> None:
         "calibrates on all but the --holdout samples, and the compile is validated on those against the "
         "objective's own threshold",
     )
-    cmd.add_argument(
-        "--dim", type=_dim, action="append", default=[], metavar="NAME=N",
-        help="a symbolic dim of generated inputs (default batch=1, seq=8); repeatable",
-    )  # fmt: skip
+    _add_dim(cmd)
     cmd.add_argument(
         "--dump-after", action="append", default=[], metavar="PASS",
         help="write the model after PASS to OUT's stem + .dump/NNN_PASS.onnx; repeatable",
@@ -393,16 +470,14 @@ def _add_compile(sub: argparse._SubParsersAction) -> None:
         "--no-kernel-timing", action="store_true",
         help="pick kernels by fixed preference instead of timing them on this machine",
     )  # fmt: skip
-    cmd.add_argument(
-        "--progress", action="store_true", help="show a progress bar even when stderr is not a terminal"
-    )
+    _add_progress(cmd)
     _add_custom_ops(cmd)
     cmd.set_defaults(run=_cmd_compile)
 
 
-def _workers(text: str) -> int:
+def _count(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes ≥ 1")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number ≥ 1")
     return int(text)
 
 
@@ -430,10 +505,7 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
         validation="The sensitivity is measured on all but the --holdout samples, the outputs compared on "
         "those",
     )
-    cmd.add_argument(
-        "--dim", type=_dim, action="append", default=[], metavar="NAME=N",
-        help="a symbolic dim of generated inputs (default batch=1, seq=8); repeatable",
-    )  # fmt: skip
+    _add_dim(cmd)
     cmd.add_argument(
         "--report", type=Path, metavar="DIR", help="write the HTML report and its PNG charts into DIR"
     )
@@ -443,30 +515,91 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
-    cmd = sub.add_parser("run", help="run a (compiled) model in onnxruntime and print its outputs")
-    cmd.add_argument("model", type=Path, metavar="MODEL")
-    cmd.add_argument(
-        "--inputs", type=Path, metavar="NPZ", help="inputs (default: generated from the input specs)"
+    cmd = sub.add_parser(
+        "run",
+        help="run a (compiled) model in onnxruntime and print its outputs",
+        description="Run MODEL in onnxruntime with the bitnet ops registered and print each output's type, "
+        "shape and statistics (min, max, mean, std); --save writes the outputs themselves. The inputs are "
+        "checked against the model first (every missing, unknown or mistyped array is named).",
     )
+    cmd.add_argument("model", type=Path, metavar="MODEL", help="the ONNX model to run (compiled or not)")
     cmd.add_argument(
-        "--dim", type=_dim, action="append", default=[], metavar="NAME=N", help="dims of generated inputs"
-    )
+        "--inputs", type=Path, metavar="NPZ",
+        help="one array per model input, by input name (default: generated from the input specs)",
+    )  # fmt: skip
+    _add_dim(cmd)
     cmd.add_argument("--threads", type=int, metavar="N", help="intra-op threads (default: onnxruntime's)")
-    cmd.add_argument("--profile", action="store_true", help="time per layer from onnxruntime's profiler")
+    cmd.add_argument(
+        "--profile", action="store_true",
+        help="time each layer with onnxruntime's profiler and print the table",
+    )  # fmt: skip
+    cmd.add_argument(
+        "--save", type=Path, metavar="OUT.npz",
+        help="write the outputs to OUT.npz, one array per output name (numpy.load reads it)",
+    )  # fmt: skip
     _add_custom_ops(cmd)
     cmd.set_defaults(run=_cmd_run)
 
 
-def _add_inspect(sub: argparse._SubParsersAction) -> None:
-    cmd = sub.add_parser("inspect", help="per-layer precisions, ops and rules of a compiled model")
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    cmd = sub.add_parser(
+        "generate",
+        help="generate tokens with a decoder's KV cache (fp32 or compiled) and time prefill and decode",
+        description="Generate N tokens after a prompt with MODEL, a decoder with past/present KV-cache "
+        "inputs and outputs (fp32, or compiled by bitnet-onnx): the prompt in one prefill call, then one "
+        "call per token. Prints the tokens (and the text with --tokenizer), the prefill time and the decode "
+        "speed.",
+    )
     cmd.add_argument("model", type=Path, metavar="MODEL")
-    cmd.add_argument("--json", action="store_true", help="one JSON record per layer")
+    prompt = cmd.add_mutually_exclusive_group(required=True)
+    prompt.add_argument(
+        "--prompt-ids", type=_token_ids, metavar="IDS", help="the prompt's token ids, e.g. 1,2,3"
+    )
+    prompt.add_argument("--prompt", metavar="TEXT", help="the prompt as text (needs --tokenizer)")
+    cmd.add_argument(
+        "--tokenizer", type=Path, metavar="FILE",
+        help="a tokenizer.json: encodes --prompt and decodes the tokens (needs the text extra: "
+        "pip install 'bitnet-onnx[text]')",
+    )  # fmt: skip
+    cmd.add_argument("-n", type=_count, required=True, metavar="N", help="tokens to generate")
+    cmd.add_argument("--threads", type=int, metavar="T", help="intra-op threads (default: onnxruntime's)")
+    cmd.add_argument(
+        "--temperature", type=float, default=0.0,
+        help="sample from softmax(logits / T); 0 (default) picks the argmax (greedy)",
+    )  # fmt: skip
+    cmd.add_argument("--top-k", type=int, metavar="K", help="sample among the K most likely tokens only")
+    cmd.add_argument("--seed", type=int, help="seed of the sampling (the same seed draws the same tokens)")
+    _add_progress(cmd)
+    _add_custom_ops(cmd)
+    cmd.set_defaults(run=_cmd_generate)
+
+
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
+    cmd = sub.add_parser(
+        "inspect",
+        help="per-layer precisions, ops and rules of a compiled model",
+        description="Read what the compiler stamped on a compiled model's nodes and print, for each layer "
+        "in model order (the order of compile's table) and each of its components, the precision, the "
+        "layout knobs (group size, zero points, per-channel scale, ternary packing, ...), the conversion "
+        "strategy and the rule that decided it, with the op that computes the layer.",
+    )
+    cmd.add_argument("model", type=Path, metavar="MODEL", help="a model written by bitnet-onnx compile")
+    cmd.add_argument(
+        "--json", action="store_true",
+        help="print a JSON list, one record per layer with one entry per component",
+    )  # fmt: skip
     cmd.set_defaults(run=_cmd_inspect)
 
 
 def _add_log(sub: argparse._SubParsersAction) -> None:
-    cmd = sub.add_parser("log", help="a pass log as a readable table")
-    cmd.add_argument("file", type=Path, metavar="FILE")
+    cmd = sub.add_parser(
+        "log",
+        help="a pass log as a readable table",
+        description="Print a pass log (compile --log FILE: one JSON line per pass) as a table: per pass its "
+        "time, node counts, bytes, changes and warnings, then each pass's changes (layer, action, "
+        "component, precision, source) and its warnings in full.",
+    )
+    cmd.add_argument("file", type=Path, metavar="FILE", help="the JSON-lines log written by compile --log")
     cmd.add_argument("--summary", action="store_true", help="one row per pass, without the changes")
     cmd.set_defaults(run=_cmd_log)
 
@@ -480,15 +613,27 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log one line per pass")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    info = sub.add_parser("info", help="op library, onnxruntime version, CPU features and kernel paths")
+    info = sub.add_parser(
+        "info",
+        help="op library, onnxruntime version, CPU features and kernel paths",
+        description="Print the path of the bitnet op library (for other onnxruntime bindings), whether it "
+        "loads, the onnxruntime version, this CPU's features and the kernel path each op takes here. "
+        "Exit status 2 when the library does not load.",
+    )
     info.set_defaults(run=_cmd_info)
 
-    bench = sub.add_parser("bench", help="benchmarks (bench kernels|compiler --help for options)")
-    bench.add_argument("suite", choices=["kernels", "compiler"])
+    bench = sub.add_parser(
+        "bench",
+        help="benchmarks (bench kernels|compiler --help for options)",
+        description="Run a benchmark suite and print its table: kernels (our ops against onnxruntime's own "
+        "matmuls) or compiler (compile time, peak memory, size and latency of a ~100M-parameter decoder). "
+        "`bitnet-onnx bench SUITE --help` lists the suite's options.",
+    )
+    bench.add_argument("suite", choices=["kernels", "compiler"], help="the suite to run")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="options passed to the suite")
     bench.set_defaults(run=_cmd_bench)
 
-    for add in (_add_compile, _add_analyze, _add_run, _add_inspect, _add_log):
+    for add in (_add_compile, _add_analyze, _add_run, _add_generate, _add_inspect, _add_log):
         add(sub)
     return parser
 

@@ -35,7 +35,7 @@ from torch import nn
 
 from models.inputs import sample_inputs, save_npz
 
-__all__ = ["FIXTURES", "Fixture", "main"]
+__all__ = ["FIXTURES", "Fixture", "main", "record"]
 
 FIXTURE_DIR = Path(__file__).parent / "fixtures"
 README = Path(__file__).parent / "README.md"
@@ -144,6 +144,15 @@ _LLAMA = {
     "num_key_value_heads": 2,
     "max_position_embeddings": 128,
 }
+_BERT = {
+    "vocab_size": 256,
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 128,
+    "max_position_embeddings": 128,
+    "num_labels": 3,
+}
 _GPT2 = {
     "vocab_size": 256,
     "n_embd": 64,
@@ -169,15 +178,7 @@ FIXTURES: tuple[Fixture, ...] = (
         name="bert_tiny",
         description="BERT encoder with sequence-classification head (3 labels)",
         source="transformers.BertForSequenceClassification",
-        config={
-            "vocab_size": 256,
-            "hidden_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "intermediate_size": 128,
-            "max_position_embeddings": 128,
-            "num_labels": 3,
-        },
+        config=_BERT,
         make=_text_model(transformers.BertForSequenceClassification, transformers.BertConfig),
         input_names=("input_ids", "attention_mask"),
         output_names=("logits",),
@@ -294,26 +295,32 @@ def _readme_table(entries: Sequence[dict[str, Any]]) -> str:
             f"| `{e['file']}` | {e['description']} (`{e['source']}`).{notes} | {config} | {e['opset']} "
             f"| `{e['exporter']}` | {e['bytes'] / 1024:.0f} KiB | `{e['sha256']}` |"
         )
+    return "\n".join(rows)
+
+
+def record(
+    directory: Path, entries: Sequence[dict[str, Any]], markers: tuple[str, str], table: str, error_key: str
+) -> None:
+    """Writes `directory`/manifest.json, puts `table` and the versions between the `markers` in
+    models/README.md, and prints one line per entry."""
+    (directory / "manifest.json").write_text(json.dumps(list(entries), indent=2) + "\n")
     versions = entries[0]["versions"]
-    rows.append("")
-    rows.append(
+    footer = (
         f"Exported with torch {versions['torch']}, transformers {versions['transformers']}, "
         f"onnx {versions['onnx']}."
     )
-    return "\n".join(rows)
+    begin, end = markers
+    head, rest = README.read_text().split(begin, 1)
+    _, tail = rest.split(end, 1)
+    README.write_text(f"{head}{begin}\n{table}\n\n{footer}\n{end}{tail}")
+    for e in entries:
+        print(f"{e['file']}: {e['bytes']} bytes, sha256 {e['sha256'][:16]}…, {error_key} {e[error_key]:.2g}")
 
 
 def main() -> None:
     FIXTURE_DIR.mkdir(exist_ok=True)
     entries = [export(f, FIXTURE_DIR) for f in FIXTURES]
-    (FIXTURE_DIR / "manifest.json").write_text(json.dumps(entries, indent=2) + "\n")
-    text = README.read_text()
-    head, rest = text.split(_BEGIN, 1)
-    _, tail = rest.split(_END, 1)
-    README.write_text(f"{head}{_BEGIN}\n{_readme_table(entries)}\n{_END}{tail}")
-    for e in entries:
-        error = e["max_abs_error_vs_torch"]
-        print(f"{e['file']}: {e['bytes']} bytes, sha256 {e['sha256'][:16]}…, |ort − torch| {error:.2g}")
+    record(FIXTURE_DIR, entries, (_BEGIN, _END), _readme_table(entries), "max_abs_error_vs_torch")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,12 @@
-"""LLaMA-style decoder (prefill forward, no KV cache) as torch.onnx exports it.
+"""LLaMA-style decoder as torch.onnx exports it: a prefill forward, or with `kv_cache` a decode step.
 
-input_ids int64 [batch, seq] → logits float32 [batch, seq, vocab]. The graph, per layer i (scope
+input_ids int64 [batch, seq] → logits float32 [batch, seq, vocab]. With `kv_cache` (the interface
+of torch's dynamo export of a model called with use_cache=True), also inputs attention_mask int64
+[batch, total_sequence_length], position_ids int64 [batch, seq] and past_key_values.i.key/value
+float32 [batch, num_kv_heads, past_sequence_length, head_dim]; outputs present.i.key/value (the past
+with the new tokens' rotated keys / values appended on axis 2); the rotary tables' rows are gathered
+at position_ids; a key is masked (float32 min) after the new token's cache position (past …
+total − 1) and where attention_mask is 0. The graph, per layer i (scope
 `/model/layers.i`):
   h = x + o_proj(attention(rope(q_proj(rms(x))), rope(k_proj(rms(x))), v_proj(rms(x))))
   y = h + down_proj(silu(gate_proj(rms(h))) * up_proj(rms(h)))
@@ -80,6 +86,7 @@ class LlamaConfig:
     rope_theta: float = 10000.0
     rms_eps: float = 1e-5
     seed: int = 0
+    kv_cache: bool = False
 
     def __post_init__(self) -> None:
         problems = [f"{k} must be positive, got {getattr(self, k)}" for k in _SIZES if getattr(self, k) <= 0]
@@ -158,33 +165,70 @@ class _Decoder:
     def build(self) -> onnx.ModelProto:
         c, b = self.c, self.b
         ids = b.input("input_ids", TensorProto.INT64, ["batch", "seq"])
+        pasts: list[tuple[str, str] | None] = [None] * c.num_layers
+        if c.kv_cache:
+            padding = b.input("attention_mask", TensorProto.INT64, ["batch", "total_sequence_length"])
+            positions = b.input("position_ids", TensorProto.INT64, ["batch", "seq"])
+            cache_shape = ["batch", c.num_kv_heads, "past_sequence_length", c.head_dim]
+            pasts = [
+                (
+                    b.input(f"past_key_values.{i}.key", TensorProto.FLOAT, cache_shape),
+                    b.input(f"past_key_values.{i}.value", TensorProto.FLOAT, cache_shape),
+                )
+                for i in range(c.num_layers)
+            ]
         table = b.initializer(
             "model.embed_tokens.weight",
             self.w.matrix("model.embed_tokens.weight", (c.vocab_size, c.hidden_size), out_axis=0, depth=0.0),
         )
         x = b.node("Gather", [table, ids], "/model/embed_tokens")
-        seq = b.seq_len(ids, "/model")
-        cos, sin = self._rotary_tables(seq)
-        mask = self._causal_mask(seq)
+        if c.kv_cache:
+            cos, sin = self._rotary_rows(positions)
+            mask = self._cached_mask(ids, padding)
+        else:
+            seq = b.seq_len(ids, "/model")
+            cos, sin = self._rotary_tables(seq)
+            mask = self._causal_mask(seq)
         for i in range(c.num_layers):
-            x = self._layer(i, x, cos, sin, mask)
+            x = self._layer(i, x, cos, sin, mask, pasts[i])
         x = self._rms_norm(x, "model.norm", "/model/norm", depth=1.0)
         self._lm_head(x, table)
         b.output("logits", TensorProto.FLOAT, ["batch", "seq", c.vocab_size])
+        if c.kv_cache:
+            total = ["batch", c.num_kv_heads, "total_sequence_length", c.head_dim]
+            for i in range(c.num_layers):
+                b.output(f"present.{i}.key", TensorProto.FLOAT, total)
+                b.output(f"present.{i}.value", TensorProto.FLOAT, total)
         return b.finish(f"LLaMA-style decoder: {c}")
 
     # -- pieces shared by all layers ------------------------------------------------------------
-    def _rotary_tables(self, seq: str) -> tuple[str, str]:
-        c, b = self.c, self.b
+    def _angle_tables(self) -> list[tuple[str, np.ndarray]]:
+        """(kind, table) of the cos and sin tables [max_seq, head_dim]."""
+        c = self.c
         inv_freq = 1.0 / c.rope_theta ** (np.arange(0, c.head_dim, 2, dtype=np.float64) / c.head_dim)
         freqs = np.outer(np.arange(c.max_seq_len, dtype=np.float64), inv_freq)
         angles = np.concatenate([freqs, freqs], axis=-1)
+        return [("cos", np.cos(angles).astype(np.float32)), ("sin", np.sin(angles).astype(np.float32))]
+
+    def _rotary_tables(self, seq: str) -> tuple[str, str]:
+        b = self.b
         out = []
-        for kind, table in (("cos", np.cos(angles)), ("sin", np.sin(angles))):
-            name = b.initializer(f"model.rotary_emb.{kind}_cached", table.astype(np.float32))
+        for kind, table in self._angle_tables():
+            name = b.initializer(f"model.rotary_emb.{kind}_cached", table)
             zero, axis = b.ints("/model/rotary_emb", [0]), b.ints("/model/rotary_emb", [0])
             rows = b.node("Slice", [name, zero, seq, axis], "/model/rotary_emb")
             out.append(b.node("Unsqueeze", [rows, b.ints("/model/rotary_emb", [0, 1])], "/model/rotary_emb"))
+        return out[0], out[1]
+
+    def _rotary_rows(self, positions: str) -> tuple[str, str]:
+        """The tables' rows at `positions`, [batch, 1, seq, head_dim]."""
+        b, scope = self.b, "/model/rotary_emb"
+        out = []
+        for kind, table in self._angle_tables():
+            rows = b.node(
+                "Gather", [b.initializer(f"model.rotary_emb.{kind}_cached", table), positions], scope
+            )
+            out.append(b.node("Unsqueeze", [rows, b.ints(scope, [1])], scope))
         return out[0], out[1]
 
     def _causal_mask(self, seq: str) -> str:
@@ -194,12 +238,42 @@ class _Decoder:
         ends = b.node("Concat", [seq, seq], "/model", axis=0)
         return b.node("Slice", [table, b.ints("/model", [0, 0]), ends, b.ints("/model", [2, 3])], "/model")
 
+    def _cached_mask(self, ids: str, padding: str) -> str:
+        """[batch, 1, seq, total]: 0 where the key is at or before the new token's cache position
+        (total − seq … total − 1, as HF's cache_position) and not padding, else float32 min — a
+        Where, as torch exports HF's mask (no table of float32 min for a compile to narrow)."""
+        b, scope = self.b, "/model"
+        zero, one = b.constant(scope, np.asarray(0, np.int64)), b.constant(scope, np.asarray(1, np.int64))
+        total = b.node("Gather", [b.node("Shape", [padding], scope), one], scope, axis=0)
+        seq = b.node("Gather", [b.node("Shape", [ids], scope), one], scope, axis=0)
+        rows = b.node("Range", [b.node("Sub", [total, seq], scope), total, one], scope)
+        cols = b.node("Range", [zero, total, one], scope)
+        causal = b.node(
+            "LessOrEqual",
+            [
+                b.node("Unsqueeze", [cols, b.ints(scope, [0])], scope),
+                b.node("Unsqueeze", [rows, b.ints(scope, [1])], scope),
+            ],
+            scope,
+        )
+        keep = b.node("Cast", [padding], scope, to=TensorProto.BOOL)
+        allowed = b.node(
+            "And",
+            [
+                b.node("Unsqueeze", [causal, b.ints(scope, [0, 1])], scope),
+                b.node("Unsqueeze", [keep, b.ints(scope, [1, 2])], scope),
+            ],
+            scope,
+        )
+        lowest = b.constant(scope, np.asarray(np.finfo(np.float32).min, np.float32))
+        return b.node("Where", [allowed, b.constant(scope, np.asarray(0.0, np.float32)), lowest], scope)
+
     # -- one decoder layer ----------------------------------------------------------------------
-    def _layer(self, i: int, x: str, cos: str, sin: str, mask: str) -> str:
+    def _layer(self, i: int, x: str, cos: str, sin: str, mask: str, past: tuple[str, str] | None) -> str:
         depth = i / max(1, self.c.num_layers - 1)
         prefix, scope = f"model.layers.{i}", f"/model/layers.{i}"
         normed = self._rms_norm(x, f"{prefix}.input_layernorm", f"{scope}/input_layernorm", depth)
-        attn = self._attention(normed, prefix, scope, depth, cos, sin, mask)
+        attn = self._attention(normed, i, depth, cos, sin, mask, past)
         h = self.b.node("Add", [x, attn], scope)
         normed = self._rms_norm(
             h, f"{prefix}.post_attention_layernorm", f"{scope}/post_attention_layernorm", depth
@@ -252,9 +326,11 @@ class _Decoder:
         grown = b.node("Expand", [grown, b.ints(scope, [1, 1, n_rep, 1, 1])], scope)
         return b.node("Reshape", [grown, b.ints(scope, [0, c.num_heads, -1, c.head_dim])], scope)
 
-    def _attention(self, x: str, prefix: str, scope: str, depth: float, cos: str, sin: str, mask: str) -> str:
+    def _attention(
+        self, x: str, i: int, depth: float, cos: str, sin: str, mask: str, past: tuple[str, str] | None
+    ) -> str:
         c, b = self.c, self.b
-        p, s = f"{prefix}.self_attn", f"{scope}/self_attn"
+        p, s = f"model.layers.{i}.self_attn", f"/model/layers.{i}/self_attn"
         kv_width = c.num_kv_heads * c.head_dim
         q = self._heads(
             self._linear(x, f"{p}.q_proj", f"{s}/q_proj", c.hidden_size, c.hidden_size, depth), s, c.num_heads
@@ -266,6 +342,9 @@ class _Decoder:
             self._linear(x, f"{p}.v_proj", f"{s}/v_proj", c.hidden_size, kv_width, depth), s, c.num_kv_heads
         )
         q, k = self._rope(q, s, cos, sin), self._rope(k, s, cos, sin)
+        if past is not None:
+            k = b.node("Concat", [past[0], k], s, output=f"present.{i}.key", axis=2)
+            v = b.node("Concat", [past[1], v], s, output=f"present.{i}.value", axis=2)
         k, v = self._repeat_kv(k, s), self._repeat_kv(v, s)
         scores = b.node("MatMul", [q, b.node("Transpose", [k], s, perm=[0, 1, 3, 2])], s)
         scores = b.node("Mul", [scores, b.constant(s, float(c.head_dim**-0.5))], s)

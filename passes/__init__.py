@@ -34,6 +34,7 @@ def annotate(loaded: LoadedModel, ctx: PassContext | None = None) -> tuple[gs.Gr
     `layers`, `annotations` and `original` set). `ctx` defaults to a custom-strategy config."""
     if ctx is None:
         ctx = PassContext(config=MixedPrecisionConfig.new(MixedPrecisionStrategy.CUSTOM))
+    ctx.node_metadata = loaded.info.node_metadata
     graph = import_graph(loaded)
     Pipeline((NormalizePass(), AnnotateLayersPass()), (LogRecords(),)).run(graph, ctx)
     return graph, ctx

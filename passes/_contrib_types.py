@@ -52,6 +52,7 @@ __all__ = [
     "MatMulOf",
     "SameAs",
     "register_typing_schemas",
+    "typed_by_attribute",
 ]
 
 logger = logging.getLogger(__name__)
@@ -251,6 +252,22 @@ def _infer(signature: _Signature, shapes: tuple[ShapeRule | None, ...], ctx: Inf
         ctx.set_output_type(output, typed)
 
 
+def typed_by_attribute(domain: str, op: str, index: int) -> bool:
+    """Whether output `index` of `op` has a type parameter no input of the op is bound to (a stash
+    type, e.g. LayerNormalization's Mean and InvStdDev, typed by `stash_type`), by onnxruntime's
+    signature for its own ops and ONNX's for the others; False for an op neither knows."""
+    schema: Any = None
+    if (domain or "", op) in _onnxruntime_ops():
+        schema = _onnxruntime_ops()[(domain or "", op)]
+        inputs, outputs = [p.typeStr for p in schema.inputs], [p.typeStr for p in schema.outputs]
+    elif onnx.defs.has(op, domain or ""):
+        schema = onnx.defs.get_schema(op, domain or "")
+        inputs, outputs = [p.type_str for p in schema.inputs], [p.type_str for p in schema.outputs]
+    if schema is None or index >= len(outputs):
+        return False
+    return _tensor_element_type(outputs[index]) is None and outputs[index] not in inputs
+
+
 # -- 1./4./5. registration --------------------------------------------------------------------------
 
 
@@ -280,6 +297,7 @@ def _registered() -> frozenset[tuple[str, str]]:
     return frozenset(typed)
 
 
+@functools.cache
 def _onnxruntime_ops() -> dict[tuple[str, str], Any]:
     """(domain, op) → onnxruntime's newest schema of it, for the ops of case 1."""
     from onnxruntime.capi import onnxruntime_pybind11_state as ort_c

@@ -361,14 +361,16 @@ def _apply(view: GraphView, node: gs.Node, value: np.ndarray) -> np.ndarray:
 
 
 def _dequantize(view: GraphView, node: gs.Node, value: np.ndarray) -> np.ndarray:
-    if node.attrs.get("block_size", 0):
-        raise UnsupportedModelError(
-            f"{label(node)}: blocked DequantizeLinear weights are not supported; dequantize the model first"
-        )
     scale = np.asarray(view_constant(view, node.inputs[1]), dtype=np.float32)
     has_zero = len(node.inputs) > 2 and node.inputs[2].name
     zero = np.asarray(view_constant(view, node.inputs[2]), dtype=np.float32) if has_zero else np.float32(0)
-    if scale.ndim == 1 and value.ndim > 1:
+    block = int(node.attrs.get("block_size", 0))
+    if block:  # opset 21 blocked: one scale (and zero point) per `block` values along `axis`
+        axis = int(node.attrs.get("axis", 1)) % value.ndim
+        size = value.shape[axis]
+        scale = np.repeat(scale, block, axis=axis).take(range(size), axis=axis)
+        zero = np.repeat(zero, block, axis=axis).take(range(size), axis=axis) if np.ndim(zero) else zero
+    elif scale.ndim == 1 and value.ndim > 1:
         axis = node.attrs.get("axis", 1) % value.ndim
         shape = [1] * value.ndim
         shape[axis] = -1
@@ -526,8 +528,8 @@ def _nbits_weight(view: GraphView, node: gs.Node) -> MatchResult:
     if len(node.inputs) < 2 or not isinstance(node.inputs[1], gs.Constant):
         return MatchResult.fail(f"input B of {label(node)} is not an initializer", node)
     constant = node.inputs[1]
-    chain = ConstantChain(constant, (), tuple(constant.shape))
     n, k = int(node.attrs.get("N", 0)), int(node.attrs.get("K", 0))
+    chain = ConstantChain(constant, (), (n, k))  # the logical W its packed blocks [N, blocks, blob] hold
     return MatchResult.success(node, (node,), weight=LinearWeight(chain, n, k, True, True))
 
 

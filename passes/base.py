@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Protocol
@@ -26,12 +26,13 @@ import onnx_graphsurgeon as gs
 from onnx import helper
 
 from bitnet_onnx.config.config import MixedPrecisionConfig
-from bitnet_onnx.config.plan import LayerPlan
 from bitnet_onnx.config.policy import PolicyEngine
 from bitnet_onnx.config.report import CompileReport
+from bitnet_onnx.core.dtypes import DType
 from bitnet_onnx.core.errors import MixedPrecisionError
-from bitnet_onnx.core.layers import Layer
+from bitnet_onnx.core.layers import Layer, SupportMatrix
 from bitnet_onnx.core.log import Change, PassRecord
+from bitnet_onnx.core.plan import LayerPlan
 
 __all__ = [
     "Condition",
@@ -41,6 +42,7 @@ __all__ = [
     "PassError",
     "PassResult",
     "Pipeline",
+    "SensitivityMeasure",
     "context_set",
     "graph_bytes",
 ]
@@ -64,6 +66,14 @@ class PassResult:
     stats: Mapping[str, int | float | str] = field(default_factory=dict)
 
 
+SensitivityMeasure = Callable[
+    [Sequence[Layer], Mapping[str, Collection[DType]], SupportMatrix], Mapping[str, Mapping[DType, float]]
+]
+"""(layers, layer name → the precisions wanted, support matrix) → layer name → precision → the
+measured 1 − cosine of the outputs with that layer alone at that precision (a precision with no
+candidate may be missing). `optimize.sensitivity.measurer` makes one."""
+
+
 @dataclass
 class PassContext:
     """What the passes share. Each field is written by one pass (named in its comment) and read by
@@ -75,6 +85,11 @@ class PassContext:
     calibration: tuple[tuple[Mapping[str, np.ndarray], ...], str] | None = None
     model_dir: Path | None = None  # where external data of the input lives; set by compile()
     custom_op_libraries: tuple[Path, ...] = ()  # the user's libraries for other custom ops; compile()
+    # The input's node metadata_props by node name (gs drops them on import), e.g. the dynamo
+    # exporter's module scopes that name layers; compile() and passes.annotate() from the load.
+    node_metadata: Mapping[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    # measures the sensitivity a policy's condition asks for (None: refused); compile()'s argument
+    sensitivity: SensitivityMeasure | None = None
     seed: int = 0
     # compile(); False: no choice depends on timings taken on this machine (rewrite's I8 kernel
     # takes its fixed preference), so tests and reproducible builds do not depend on the CPU's load.

@@ -2,8 +2,10 @@
 
 Each gets every `PassRecord` and the graph as it stands after that pass:
 - `LogRecords` logs one line per pass (time, nodes, changes, warnings, then its stats at DEBUG) and
-  each of its warnings, cut to 300 characters (the record keeps all of it), at WARNING level so a
-  user sees them without reading the log (a sweep over candidates lowers both levels);
+  each of its warnings, cut to 600 characters (the record keeps all of it; a warning's fix comes
+  first), at WARNING level so a user sees them without reading the log (a sweep over candidates
+  lowers both levels; `pass_warnings_silenced()` mutes them for compiles a search runs on trial
+  plans, whose warnings would repeat once per plan);
 - `JsonlLog` writes the record as one JSON line to a stream (flushed, so a failed compile leaves
   the records of the passes that ran);
 - `DumpAfter` writes the model after each named pass to `<folder>/NNN_<pass>.onnx`, NNN its
@@ -14,9 +16,10 @@ Each gets every `PassRecord` and the graph as it stands after that pass:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -28,11 +31,25 @@ from bitnet_onnx.passes._graph import ModelInfo, export_model, stamp_annotations
 from bitnet_onnx.passes.base import PassContext
 from bitnet_onnx.runtime.model_file import write_model
 
-__all__ = ["DumpAfter", "JsonlLog", "LogRecords", "ProgressBar"]
+__all__ = ["DumpAfter", "JsonlLog", "LogRecords", "ProgressBar", "pass_warnings_silenced"]
 
 logger = logging.getLogger(__name__)
 
-_WARNING_CHARS = 300  # a warning logged longer than this is cut; the pass record keeps all of it
+# A warning logged longer than this is cut; the pass record keeps all of it. Long enough for a
+# warning's fix, which comes first (fold_converts' round trips: a policy of ~350 characters).
+_WARNING_CHARS = 600
+
+
+@contextlib.contextmanager
+def pass_warnings_silenced() -> Iterator[None]:
+    """Within it, `LogRecords` logs no warnings (the records keep them): for the compiles a search
+    runs on trial plans; the compile of the chosen plan prints them once."""
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 class LogRecords:

@@ -139,6 +139,7 @@ _FIRST_INPUT_OPS = frozenset(
         "Split",
         "Neg",
         "Flatten",
+        "RotaryEmbedding",  # com.microsoft, onnxruntime's fusion: input 0 is the projected q or k
     }
 )
 _HEAD_MERGE_OPS = frozenset({"Reshape", "Transpose", "Cast", "Identity", "Flatten", "Squeeze"})
@@ -254,8 +255,13 @@ def _upstream_projections(view: GraphView, sources: Iterable[gs.Tensor]) -> list
 
 
 def _output_projection(view: GraphView, tensor: gs.Tensor) -> gs.Node | None:
-    """The linear layer that merges the heads: attention output → Transpose/Reshape → linear."""
+    """The linear layer that merges the heads: attention output → Transpose/Reshape [→ RMSNorm, as
+    BitNet's attention sub-norm] → linear."""
     for _ in range(8):
+        normed = _rms_normed(view, tensor)
+        if normed is not None:
+            tensor = normed
+            continue
         users = [
             u for u in view.consumers(tensor) if u.op != "Shape"
         ]  # exporters read shapes for Reshape targets
@@ -267,6 +273,26 @@ def _output_projection(view: GraphView, tensor: gs.Tensor) -> gs.Node | None:
         if user.op not in _HEAD_MERGE_OPS:
             return None
         tensor = user.outputs[0]
+    return None
+
+
+def _rms_normed(view: GraphView, x: gs.Tensor) -> gs.Tensor | None:
+    """The output of the RMSNorm reading `x` (fused, or decomposed as rule rms_norm matches it);
+    None when no RMSNorm reads it."""
+    for user in view.consumers(x):
+        if user.op in ("RMSNormalization", "SimplifiedLayerNormalization") and user.inputs[0] is x:
+            return user.outputs[0]
+        square = user.op == "Pow" or (user.op == "Mul" and user.inputs[0] is user.inputs[1] is x)
+        mean = _sole_consumer(view, user, "ReduceMean") if square else None
+        add = _sole_consumer(view, mean, "Add") if mean is not None else None
+        sqrt = _sole_consumer(view, add, "Sqrt") if add is not None else None
+        found = match_rms_norm(sqrt, view) if sqrt is not None else None
+        if found:
+            nodes = found.bindings["layer"].nodes
+            inside = {id(n) for n in nodes}
+            for node in nodes:
+                if any(id(c) not in inside for c in view.consumers(node.outputs[0])):
+                    return node.outputs[0]
     return None
 
 
@@ -499,6 +525,20 @@ def match_rms_norm(sqrt: gs.Node, view: GraphView) -> MatchResult:
 # -- activations ---------------------------------------------------------------------------------
 
 
+def match_squared_relu(relu: gs.Node, view: GraphView) -> MatchResult:
+    """Relu(x)² (BitNet b1.58's MLP, Primer): Pow(r, 2) or Mul(r, r) the sole reader of r."""
+    users = list({id(u): u for u in view.consumers(relu.outputs[0])}.values())  # Mul(r, r) reads it twice
+    if len(users) == 1:
+        square = users[0]
+        if (square.op == "Pow" and _near(view.scalar(square.inputs[1]), 2.0)) or (
+            square.op == "Mul" and square.inputs[0] is square.inputs[1]
+        ):
+            return _found(relu, LayerMatch(nodes=(relu, square)))
+    return MatchResult.fail(
+        "the Relu output is not squared (Pow 2 or Mul by itself) by its only reader", relu, (relu,)
+    )
+
+
 def match_silu(sigmoid: gs.Node, view: GraphView) -> MatchResult:
     x = sigmoid.inputs[0]
     for mul in view.consumers(sigmoid.outputs[0]):
@@ -512,10 +552,17 @@ def match_silu(sigmoid: gs.Node, view: GraphView) -> MatchResult:
 
 
 def _times_x(view: GraphView, node: gs.Node, x: gs.Tensor, nodes: list[gs.Node]) -> bool:
-    """`node` reads the bracket (1 + erf/tanh): finishes x·0.5·bracket as Mul(x, ·) → Mul(·, 0.5)
-    or Mul(Mul(x, 0.5), ·). Appends the nodes; False when neither form is there."""
+    """`node` reads the bracket (1 + erf/tanh): finishes x·0.5·bracket as Mul(x, ·) → Mul(·, 0.5),
+    Mul(Mul(x, 0.5), ·) or Mul(x, Mul(·, 0.5)) (torch's dynamo exporter). Appends the nodes; False
+    when none of these forms is there."""
     mul = _sole_consumer(view, node, "Mul")
     if mul is None:
+        return False
+    if _scaled_by(view, mul, "Mul", 0.5) is node.outputs[0]:
+        times = _sole_consumer(view, mul, "Mul")
+        if times is not None and x in times.inputs:
+            nodes += [mul, times]
+            return True
         return False
     other = mul.inputs[1] if mul.inputs[0] is node.outputs[0] else mul.inputs[0]
     if other is x:
@@ -764,9 +811,10 @@ RULES: tuple[LayerRule, ...] = (
     _rule("fused_norm", N, _FUSED_NORMS, match_fused_norm, 90),  # LayerNormalization(x, γ, β) | RMSNormalization / SimplifiedLayerNormalization(x, γ) | Skip*Norm | Batch/Instance/GroupNormalization
     _rule("layer_norm", N, {"Sqrt"}, match_layer_norm, 90),  # d = x − ReduceMean(x); d / Sqrt(ReduceMean(Pow(d, 2)) + ε) [· γ] [+ β]
     _rule("rms_norm", N, {"Sqrt"}, match_rms_norm, 90),  # [Cast] x · Reciprocal|Div(1, ·)(Sqrt(ReduceMean(Pow(x, 2)) + ε)) [→ Cast] [· γ]   or x / Sqrt(…)
-    _rule("gelu_erf", ACT, {"Erf"}, match_gelu_erf, 80),  # x · 0.5 · (1 + Erf(x / √2))
+    _rule("gelu_erf", ACT, {"Erf"}, match_gelu_erf, 80),  # x · 0.5 · (1 + Erf(x / √2)), the three products in any order
     _rule("gelu_tanh", ACT, {"Tanh"}, match_gelu_tanh, 80),  # 0.5·x · (1 + Tanh(√(2/π) · (x + 0.044715 · Pow(x, 3))))
     _rule("silu", ACT, {"Sigmoid"}, match_silu, 80),  # x · Sigmoid(x)
+    _rule("squared_relu", ACT, {"Relu"}, match_squared_relu, 80),  # Relu(x) → Pow(·, 2) | Mul(·, ·) (BitNet b1.58)
     _rule("embedding", LayerType.EMBEDDING, {"Gather"}, match_embedding, 70),  # Gather(table[V, H], ids), axis 0, table through Identity/Cast/DequantizeLinear
     _rule("output_projection", LayerType.OUTPUT, _LINEAR_OPS, match_output_projection, 60),  # linear [+ b] → [Reshape/Flatten/Squeeze/Cast] → graph output
     _rule("linear", LayerType.LINEAR, _LINEAR_OPS, match_linear, 50),  # MatMul(x, W[K, N]) [+ b] | Gemm(x, W, b) | MatMulNBits; W through Identity/Cast/Transpose/DequantizeLinear/Reshape

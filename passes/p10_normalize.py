@@ -56,9 +56,10 @@ from __future__ import annotations
 import collections
 import functools
 import heapq
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import ClassVar
 
+import numpy as np
 import onnx
 import onnx.defs
 import onnx.shape_inference
@@ -110,7 +111,7 @@ class NormalizePass:
         structure, stripped = weightless_model(graph)
         domains, typing = _domains(structure), _typing_domains(structure)
         _relocate(structure, dict.fromkeys(parked, _PARKING_DOMAIN))
-        _check(structure, graph.name)
+        warnings += _check(structure, graph.name, lambda names: _run_shapes(graph, ctx, names))
         opset_before = graph.opset
         declared = len(structure.graph.value_info)
         upgrade = opset_before < MIN_OPSET and any(
@@ -348,8 +349,11 @@ def _relocate(model: onnx.ModelProto, domains: Mapping[str, str]) -> None:
     model.opset_import.extend(onnx.helper.make_opsetid(d, 1) for d in sorted(used & _PRIVATE_DOMAINS))
 
 
-def _check(model: onnx.ModelProto, name: str) -> None:
-    _declare_io_shapes(model, name)
+_RunShapes = Callable[[list[str]], "tuple[dict[str, tuple[int, ...]], str]"]
+
+
+def _check(model: onnx.ModelProto, name: str, run_shapes: _RunShapes) -> list[str]:
+    warnings = _declare_io_shapes(model, name, run_shapes)
     try:
         onnx.checker.check_model(model, full_check=False)
     except onnx.checker.ValidationError as exc:
@@ -357,31 +361,74 @@ def _check(model: onnx.ModelProto, name: str) -> None:
             f"graph {name!r} is not a valid ONNX model: {str(exc).strip()}\nFix what onnx.checker names "
             "(in the model or its exporter) and re-export the model"
         ) from None
+    return warnings
 
 
 def _unshaped(values: Iterable[onnx.ValueInfoProto]) -> list[onnx.ValueInfoProto]:
     return [v for v in values if v.type.HasField("tensor_type") and not v.type.tensor_type.HasField("shape")]
 
 
-def _declare_io_shapes(model: onnx.ModelProto, name: str) -> None:
-    """Main-graph outputs without a shape get the inferred one; what stays shapeless is refused."""
+def _declare_io_shapes(model: onnx.ModelProto, name: str, run_shapes: _RunShapes) -> list[str]:
+    """Main-graph outputs without a shape get the inferred one, else the rank of a run on the sample
+    inputs (dims left unknown: one run's sizes need not hold for other inputs); what stays
+    shapeless is refused."""
     outputs = _unshaped(model.graph.output)
+    warnings = []
+    why_not = ""
     if outputs:
         inferred = {v.name: v for v in _infer(model)[0].graph.output}
         for value in outputs:
             found = inferred.get(value.name)
             if found is not None and found.type.tensor_type.HasField("shape"):
                 value.type.tensor_type.shape.CopyFrom(found.type.tensor_type.shape)
+        still = _unshaped(model.graph.output)
+        if still:
+            shapes, why_not = run_shapes([v.name for v in still])
+            for value in still:
+                if value.name in shapes:
+                    shape = value.type.tensor_type.shape
+                    shape.dim.extend(onnx.TensorShapeProto.Dimension() for _ in shapes[value.name])
+                    warnings.append(
+                        f"output {value.name!r} declares no shape and shape inference finds none; a run on "
+                        f"the sample inputs gives {list(shapes[value.name])}, so it is declared with rank "
+                        f"{len(shapes[value.name])} (dims unknown); declare its shape in the model to "
+                        "silence this"
+                    )
     missing = [f"input {v.name!r}" for v in _unshaped(model.graph.input)]
     missing += [f"output {v.name!r}" for v in _unshaped(model.graph.output)]
     if missing:
         one = len(missing) == 1
         raise UnsupportedModelError(
             f"graph {name!r}: {', '.join(missing)} {'has' if one else 'have'} no shape, not even a rank, "
-            "which ONNX requires of the main graph's inputs and outputs; declare "
+            f"which ONNX requires of the main graph's inputs and outputs{why_not}; declare "
             f"{'it' if one else 'them'} (symbolic dims are fine, e.g. onnx.helper.make_tensor_value_info("
             "'x', onnx.TensorProto.FLOAT, ['batch', 64])) or re-export the model with shapes"
         )
+    return warnings
+
+
+def _run_shapes(
+    graph: gs.Graph, ctx: PassContext, names: list[str]
+) -> tuple[dict[str, tuple[int, ...]], str]:
+    """The shapes of the outputs `names` in one onnxruntime run of the model as it is, on the given
+    inputs (`ctx.calibration`, else generated ones), declared on the graph's outputs too; or no
+    shapes and why not (appended to the refusal)."""
+    from bitnet_onnx.runtime.model_file import session_for
+    from bitnet_onnx.runtime.sample_inputs import sample_inputs
+
+    try:
+        model = export_model(graph)
+        feeds = dict(ctx.calibration) if ctx.calibration is not None else sample_inputs(model)
+        session = session_for(model, ctx.model_dir, custom_op_libraries=ctx.custom_op_libraries)
+        values = session.run(names, feeds)
+    except Exception as exc:  # any failure only means the run cannot tell the shapes
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return {}, f" (and onnxruntime cannot run the model on the sample inputs to find them: {first})"
+    shapes = {name: tuple(int(d) for d in np.shape(v)) for name, v in zip(names, values, strict=True)}
+    for tensor in graph.outputs:
+        if tensor.name in shapes:
+            tensor.shape = [None] * len(shapes[tensor.name])
+    return shapes, ""
 
 
 # -- 5./6. opset and shapes --------------------------------------------------------------------------

@@ -10,10 +10,15 @@ The engine knows no layer names or subgraph shapes; `layer_patterns.RULES` does.
    is never an OUTPUT layer; it becomes LINEAR with `block` set to that attention block's name.
 2. names each layer from the model's own names, in this order: the weight (table, gain) tensor
    as the anchor reads it, minus `.weight`, when it is a parameter name (`model.layers.0.mlp.up_proj
-   .weight`) read by that node alone; else the anchor node's scope (`/model/layers.0/self_attn/q_proj
-   /MatMul` → `model.layers.0.self_attn.q_proj`; torch names MatMul weights `onnx::MatMul_123`, so
-   scopes are the source there; `/layer2/downsample/downsample.0/Conv` → `layer2.downsample.0`);
-   else the weight's name; else the anchor's name. Collisions get `_1`, `_2`, ... in model order.
+   .weight`) read by that node alone; else the innermost module the dynamo exporter recorded in the
+   anchor's metadata (`pkg.torch.onnx.name_scopes` = `['', 'model', …, 'model.layers.0.self_attn
+   .q_proj', 'linear']`: the last entry is the fx node, the one before its module; ctx.node_metadata),
+   since dynamo names nodes `node_linear_3` and weights `val_83`; else the anchor node's scope as
+   the TorchScript exporter writes it (`/model/layers.0/self_attn/q_proj/MatMul` →
+   `model.layers.0.self_attn.q_proj`; it names MatMul weights `onnx::MatMul_123`, so scopes are the
+   source there; `/layer2/downsample/downsample.0/Conv` → `layer2.downsample.0`); else the weight's
+   name; else the anchor's name. Collisions get `_1`, `_2`, ... in model order. A model exported
+   both ways gets the same names.
 3. links tied weights: layers reading the same initializer as a weight (an embedding table and the
    head reading it through Transpose or Gemm transB=1) get `tied_with` set both ways; the
    initializer stays one. With more than two readers, each later one points to the first (warned).
@@ -33,7 +38,8 @@ What a Layer holds, by type (`nodes[0]` is always the anchor; the other nodes fo
 - LINEAR, OUTPUT: the MatMul, Gemm or com.microsoft MatMulNBits; then a MatMul's bias Add (when its
   other operand is a constant of N elements) and the weight/bias chain nodes. `weight` is the
   initializer the anchor's weight input reaches through `weight_nodes` (Identity, Cast, Transpose,
-  DequantizeLinear, Reshape; anchor side first), `weight_shape` its stored shape, `weight_nk` its
+  DequantizeLinear, Reshape; anchor side first), `weight_shape` its stored shape (MatMulNBits:
+  the logical [N, K] of its packed blocks, so parameter counts and sizes are the matrix's), `weight_nk` its
   orientation (see Layer); `bias` the initializer of Gemm's C or of the Add's constant (through
   Identity/Cast/DequantizeLinear), or None. `block` names the attention block of a q/k/v/o
   projection. `_match.linear_weight(view, anchor)` gives the same chain, and `matrix_nk` W [N, K].
@@ -54,10 +60,11 @@ without being tied; a later pass must not change an initializer in place that ot
 
 from __future__ import annotations
 
+import ast
 import collections
 import difflib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
@@ -71,7 +78,7 @@ from bitnet_onnx.passes._match import GraphView, MatchResult, label
 from bitnet_onnx.passes.base import Condition, PassContext, PassResult
 from bitnet_onnx.passes.layer_patterns import RULES, LayerMatch, LayerRule
 
-__all__ = ["AnnotateLayersPass", "explain"]
+__all__ = ["AnnotateLayersPass", "explain", "module_scope"]
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +124,7 @@ class AnnotateLayersPass:
         candidates, conflicts, empty = _claim(view)
         candidates.sort(key=lambda c: view.position(c.anchor))
         _assign_blocks(candidates)
-        _assign_names(view, candidates)
+        _assign_names(candidates, ctx.node_metadata)
         tied, tie_warnings = _ties(candidates)
         layers: dict[str, Layer] = {}
         changes: list[Change] = []
@@ -221,10 +228,29 @@ def _is_parameter_name(name: str) -> bool:
     return name.endswith(".weight") and not name.startswith("onnx::") and "/" not in name
 
 
-def _base_name(cand: _Candidate) -> str:
+_NAME_SCOPES = "pkg.torch.onnx.name_scopes"
+
+
+def module_scope(metadata: Iterable[tuple[str, str]]) -> str:
+    """The innermost module of a dynamo-exported node's `pkg.torch.onnx.name_scopes` (a Python list
+    literal whose last entry is the fx node itself); '' when there is none."""
+    value = dict(metadata).get(_NAME_SCOPES)
+    try:
+        scopes = ast.literal_eval(value) if value else []
+    except (ValueError, SyntaxError):  # a value another tool wrote under the same key
+        return ""
+    if not isinstance(scopes, list) or len(scopes) < 2 or not isinstance(scopes[-2], str):
+        return ""
+    return scopes[-2]
+
+
+def _base_name(cand: _Candidate, node_metadata: Mapping[str, tuple[tuple[str, str], ...]]) -> str:
     param = cand.match.param
     if param is not None and _is_parameter_name(param.name) and len(param.outputs) == 1:
         return param.name.removesuffix(".weight")
+    module = module_scope(node_metadata.get(cand.anchor.name, ()))
+    if module:
+        return module
     scope = scope_name(cand.anchor.name)
     if scope:
         return scope
@@ -233,11 +259,13 @@ def _base_name(cand: _Candidate) -> str:
     return cand.anchor.name.strip("/") or f"{cand.layer_type.value}_{cand.anchor.op}"
 
 
-def _assign_names(view: GraphView, candidates: list[_Candidate]) -> None:
+def _assign_names(
+    candidates: list[_Candidate], node_metadata: Mapping[str, tuple[tuple[str, str], ...]]
+) -> None:
     used: collections.Counter[str] = collections.Counter()
     taken: set[str] = set()
     for cand in candidates:
-        base = _base_name(cand)
+        base = _base_name(cand, node_metadata)
         name = base
         while name in taken:
             used[base] += 1
@@ -285,13 +313,19 @@ def _layer(view: GraphView, cand: _Candidate, index: int, tied_with: str | None)
         nodes=tuple(n.name for n in nodes),
         rule=cand.rule.name,
         weight=weight.constant.name if weight is not None else None,
-        weight_shape=tuple(int(d) for d in weight.constant.shape) if weight is not None else None,
+        weight_shape=_weight_shape(cand) if weight is not None else None,
         bias=match.bias.constant.name if match.bias is not None else None,
         block=cand.attention.name if cand.attention is not None else None,
         tied_with=tied_with,
         weight_nodes=tuple(n.name for n in weight.nodes) if weight is not None else (),
         weight_nk=match.weight_nk,
     )
+
+
+def _weight_shape(cand: _Candidate) -> tuple[int, ...]:
+    if cand.anchor.op == "MatMulNBits":  # packed blocks: the logical [N, K] they hold
+        return tuple(int(d) for d in cand.match.weight.shape)
+    return tuple(int(d) for d in cand.match.weight.constant.shape)
 
 
 def _change(layer: Layer) -> Change:

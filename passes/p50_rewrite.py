@@ -10,10 +10,13 @@ component is stored and computed in its planned precision. Then:
    is warned about with the bytes the second copy costs.
 2. The graph is cleaned up once (dead nodes, tensors and initializers dropped) and sorted.
 3. Every node a layer kept or gained is annotated (`ctx.annotations[node]`): `bitnet.layer`,
-   `bitnet.layer_type`, `bitnet.dtype.<component>` for each planned component, `bitnet.op` (what
-   computes the layer now), `bitnet.rule` (the source of the layer's deciding decision: weights
-   when it has them, else activations) and, for BITNET158 weights, `bitnet.ternary_scale` (the
-   layout's scale rule). Annotations of the layer's nodes that are gone are dropped.
+   `bitnet.layer_type`, `bitnet.dtype.<component>` for each planned component,
+   `bitnet.component.<component>` (its settings as JSON: precision, layout knobs, conversion
+   strategy, deciding rule; `plan.component_settings`), `bitnet.layer_index` (the layer's position
+   in the model), `bitnet.op` (what computes the layer now), `bitnet.rule` (the source of the
+   layer's deciding decision: weights when it has them, else activations) and, for BITNET158
+   weights, `bitnet.ternary_scale` (the layout's scale rule). Annotations of the layer's nodes that
+   are gone are dropped.
 4. One `Change(action="rewrite")` per layer: the op, the layer's constant bytes before → after,
    and a line of detail (e.g. the I8 kernel choice and its timings). Stats count layers per op,
    the bytes, and the I8 kernels measured.
@@ -21,24 +24,27 @@ component is stored and computed in its planned precision. Then:
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass
 from typing import ClassVar
 
 import onnx_graphsurgeon as gs
 
-from bitnet_onnx.config.plan import LayerPlan
 from bitnet_onnx.core.dtypes import DType
 from bitnet_onnx.core.layers import ComponentType, LayerType
 from bitnet_onnx.core.log import Change
 from bitnet_onnx.core.metadata import (
+    INDEX_KEY,
     LAYER_KEY,
     LAYER_TYPE_KEY,
     OP_KEY,
     RULE_KEY,
     TERNARY_SCALE_KEY,
+    component_key,
     dtype_key,
 )
+from bitnet_onnx.core.plan import LayerPlan, component_settings
 
 from .base import Condition, PassContext, PassResult
 from .rewrite import REWRITERS, LayerEditor, LayerRewrite, RewriteEnv
@@ -100,8 +106,10 @@ def _annotate(ctx: PassContext, item: _Done, alive: set[str]) -> None:
         LAYER_KEY: layer.name,
         LAYER_TYPE_KEY: layer.layer_type.value,
         **{dtype_key(c): d.dtype.name for c, d in item.plan.decisions.items()},
+        **{component_key(c): json.dumps(component_settings(d)) for c, d in item.plan.decisions.items()},
         OP_KEY: item.result.op,
         RULE_KEY: _deciding(item.plan),
+        INDEX_KEY: str(layer.index),
     }
     weights = item.plan.decisions.get(ComponentType.WEIGHTS)
     if weights is not None and weights.dtype is DType.BITNET158:

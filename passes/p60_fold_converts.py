@@ -37,6 +37,13 @@ Cases (each removal is a `Change` naming the case, the node and its layer):
 A conversion whose output is a graph output stays, so the model's output names and types never
 change. Cases 1-4 run to a fixpoint (one removal can expose the next), in graph order; case 6 runs
 on what is left.
+What is left between layers is then counted along the graph's edges (`_boundaries`): the
+conversion nodes the rewrite inserted and this pass kept, grouped per edge from one layer to the
+next (stats `boundary_edges`, `boundary_conversions`, `round_trips`). Edges that convert a value and
+convert it back (a layer's float32 output rounded to float16 for the plan, then cast back to float32
+for readers that compute in float32) are one warning naming each edge, its conversions and the
+shapes they convert, with a `policies:` entry for the config that removes them.
+
 Stats: conversions (Cast, QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear, bitnet
 QuantizeLowBit and DequantizeLowBit) before and after, per op, removals per case, initializers
 removed, casts moved before a transpose.
@@ -57,6 +64,8 @@ from bitnet_onnx.core.log import Change
 from bitnet_onnx.core.metadata import LAYER_KEY
 from bitnet_onnx.passes.base import Condition, PassContext, PassResult
 from bitnet_onnx.runtime import DOMAIN
+
+from ._boundaries import BoundaryEdge, boundary_conversions
 
 __all__ = ["CONVERSION_OPS", "FoldConvertsPass", "count_conversions", "holds"]
 
@@ -302,6 +311,44 @@ def _casts_before_transposes(graph: gs.Graph, ctx: PassContext, changes: list[Ch
     return moved
 
 
+def _edge_text(edge: BoundaryEdge) -> str:
+    shapes = " ".join(sorted(set(edge.shapes)))
+    return f"{edge.source} → {', '.join(edge.targets)}: {' → '.join(edge.ops)} of {shapes}"
+
+
+_FLOAT_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+
+
+def _round_trip_warning(trips: list[BoundaryEdge]) -> str | None:
+    """One warning for every round trip, the fix first (the pipeline logs the start of a long
+    warning): a policy for the layer types that rounded. A layer that rounded its outputs on the way
+    out keeps its outputs in the type the value returns to; a layer that rounded a value on the way
+    in (which others read too) computes in that type altogether."""
+    if not trips:
+        return None
+    wanted: dict[tuple[str, str], set[str]] = {}
+    for e in trips:
+        part = "outputs" if e.inserted_by == e.source else "layer"
+        if e.inserted_by_type:  # a conversion no layer inserted has no policy to change it
+            wanted.setdefault((part, _FLOAT_DTYPES.get(e.start, "F32")), set()).add(e.inserted_by_type)
+    rules = []
+    for (part, dtype), types in sorted(wanted.items()):
+        conditions = [f"{{type: layer_type, operator: in, value: [{', '.join(sorted(types))}]}}"]
+        if part == "outputs":
+            conditions.append("{type: component, operator: equal, value: outputs}")
+        rules.append(
+            f"{{id: {part}_{dtype.lower()}, conditions: [{', '.join(conditions)}], "
+            f"action: {{type: set_precision, precision: {dtype}}}}}"
+        )
+    nodes = sum(e.count for e in trips)
+    return (
+        f"{len(trips)} edges between layers convert a value and convert it back ({nodes} conversion "
+        "nodes, each one pass over the value per run). Fix, in the config: policies: [{id: "
+        f"no_round_trips, priority: 100, rules: [{', '.join(rules)}]}}]. The edges: "
+        + "; ".join(_edge_text(e) for e in trips)
+    )
+
+
 class FoldConvertsPass:
     """Removes conversions that cancel and what is left unused (cases in the module docstring)."""
 
@@ -323,6 +370,8 @@ class FoldConvertsPass:
         moved = _casts_before_transposes(graph, ctx, changes)
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
         after = count_conversions(graph)
+        original = set() if ctx.original is None else {n.name for n in ctx.original.graph.node}
+        edges = boundary_conversions(graph, ctx.annotations, original, set(CONVERSION_OPS))
         dead = constants_before - _constants(graph)
         stats: dict[str, int | float | str] = {
             "conversions_before": sum(before.values()),
@@ -330,11 +379,20 @@ class FoldConvertsPass:
             **{f"removed.{case}": removed[case] for case, _ in _CASES},
             "initializers_removed": dead,
             "casts_before_transpose": moved,
+            "boundary_edges": len(edges),
+            "boundary_conversions": sum(e.count for e in edges),
+            "round_trips": sum(e.round_trip for e in edges),
         }
         for op in sorted(set(before) | set(after)):
             stats[f"before.{op}"] = before[op]
             stats[f"after.{op}"] = after[op]
-        return PassResult(modified=bool(changes) or dead > 0, changes=tuple(changes), stats=stats)
+        warning = _round_trip_warning([e for e in edges if e.round_trip])
+        return PassResult(
+            modified=bool(changes) or dead > 0,
+            changes=tuple(changes),
+            warnings=(warning,) if warning else (),
+            stats=stats,
+        )
 
     @staticmethod
     def _fold_once(

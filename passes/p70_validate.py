@@ -23,25 +23,30 @@ finding naming its rule:
      reads a uint8 initializer of N × ceil(K/G)·G·bits/8 bytes (G its `group_size`, which must be
      the planned one when the plan sets one), with zero points exactly when asymmetric (an empty
      [0] zero-point tensor, which a symmetric op passes before its bias, is none); for I8
-     also `com.microsoft.DynamicQuantizeMatMul` reading N·K int8 (or uint8) codes;
+     also `com.microsoft.DynamicQuantizeMatMul` reading N·K int8 (or uint8) codes; for a layer
+     kept as the model quantized it, a `com.microsoft.MatMulNBits` with those bits and
+     block_size the planned group size, or a DequantizeLinear of the layer reading N·K integer
+     codes of that width (QDQ);
    - F16, BF16, F32: the layer reads an initializer of that type holding N·K values.
    Initializers are followed back through Identity, Transpose, Reshape, Flatten, Squeeze,
    Unsqueeze and the data input of Gather (an embedding gathers rows of its packed table).
    I8 activations need a node of the layer that quantizes its input at run time (BitLinear,
-   LowBitMatMul with act_quant=1, DynamicQuantizeMatMul or DynamicQuantizeLinear).
+   LowBitMatMul with act_quant=1, DynamicQuantizeMatMul, DynamicQuantizeLinear, or MatMulNBits
+   with accuracy_level=4).
    Any mismatch is an error.
 4. `numerics`: the compiled model and the original (`ctx.original`) run on the sample inputs
    (every batch of `ctx.calibration`, else `sample_inputs` from the input specs with `dims` and
    `ctx.seed`); every output, over all batches (stacked along the leading axis, or flattened when
-   the batches differ in shape), is compared (`report.compare_outputs`: max abs error, max
-   relative error, cosine) against `thresholds` (default: the strategy's, `report.THRESHOLDS`;
-   `compile(thresholds=...)` passes an objective's). A miss is an error with `strict`, a
-   warning without. An output the compiled model lacks, or with another shape, is an error.
-   Sample inputs that do not fit the model (a missing or unknown name, another element type) are
+   the batches differ in shape), is compared (`report.compare_outputs`: max abs error, max and
+   99.9th-percentile relative error, cosine) against `thresholds` (default: the strategy's,
+   `report.THRESHOLDS`; `compile(thresholds=...)` passes an objective's). A miss is an error with
+   `strict`, a warning without. An output the compiled model lacks, or with another shape, is an
+   error. Sample inputs that do not fit the model (a missing or unknown name, another element type) are
    the user's to fix: ConfigError.
 
 The record carries the findings (errors and warnings as its warnings) and, per output, its
-metrics in the stats (`<output>.cosine`, `<output>.max_abs_error`, `<output>.max_rel_error`).
+metrics in the stats (`<output>.cosine`, `<output>.max_abs_error`, `<output>.max_rel_error`,
+`<output>.rel_error_q999`).
 """
 
 from __future__ import annotations
@@ -59,17 +64,18 @@ import onnx_graphsurgeon as gs
 from onnx import helper
 
 from bitnet_onnx.config.config import MixedPrecisionConfig
-from bitnet_onnx.config.plan import LayerPlan
 from bitnet_onnx.config.report import CompileReport, OutputMetrics, Thresholds, compare_outputs
 from bitnet_onnx.config.validation import Finding, Severity
 from bitnet_onnx.core.dtypes import DType
 from bitnet_onnx.core.errors import ConfigError, KernelLibraryError, MixedPrecisionError
 from bitnet_onnx.core.inspection import LayerRecord, read_layers
 from bitnet_onnx.core.layers import ComponentType, Layer
+from bitnet_onnx.core.plan import LayerPlan
 from bitnet_onnx.numerics.packing import int_row_bytes, ternary_row_bytes
 from bitnet_onnx.passes._graph import export_model, stamp_annotations, weightless_model
 from bitnet_onnx.passes.base import Condition, PassContext, PassResult, context_set
 from bitnet_onnx.runtime import BITLINEAR, DOMAIN, check_feeds
+from bitnet_onnx.runtime.kv_cache import cache_pairs
 from bitnet_onnx.runtime.model_file import session_for, write_model
 from bitnet_onnx.runtime.sample_inputs import DEFAULT_DIMS, sample_inputs
 
@@ -85,6 +91,13 @@ _FLOAT_TYPES = {
     DType.BF16: onnx.TensorProto.BFLOAT16,
 }
 _INT8_CODES = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+_CODE_BITS = {
+    onnx.TensorProto.INT8: 8,
+    onnx.TensorProto.UINT8: 8,
+    onnx.TensorProto.INT4: 4,
+    onnx.TensorProto.UINT4: 4,
+}  # integer codes a kept QDQ weight holds
+_INT8_ACCURACY = 4  # MatMulNBits computes with int8 activations (quantized per block at run time)
 _QUANTIZING = ((DOMAIN, BITLINEAR), (_MS_DOMAIN, "DynamicQuantizeMatMul"), ("", "DynamicQuantizeLinear"))
 
 
@@ -212,6 +225,21 @@ def _integer_problem(
 ) -> str | None:
     problems = []
     for node in nodes:
+        if _is(node, "", "DequantizeLinear"):  # QDQ weights kept as the model quantized them
+            codes = model.initializer_behind(node.input[0])
+            if (
+                codes is not None
+                and _CODE_BITS.get(codes.data_type) == dtype.bits
+                and _elements(codes) == geometry.elements
+            ):
+                return None
+            continue
+        if _is(node, _MS_DOMAIN, "MatMulNBits"):  # kept as onnxruntime quantized it
+            bits, block = _attr(node, "bits"), _attr(node, "block_size")
+            if bits == dtype.bits and block == layout.group_size:
+                return None
+            problems.append(f"MatMulNBits {node.name!r} has bits={bits} block_size={block}")
+            continue
         if dtype is DType.I8 and _is(node, _MS_DOMAIN, "DynamicQuantizeMatMul"):
             b = model.initializer_behind(node.input[1])
             if b is not None and b.data_type in _INT8_CODES and _elements(b) == geometry.elements:
@@ -261,7 +289,9 @@ def _has_zero_points(node: onnx.NodeProto, index: int, model: _Model) -> bool:
 
 def _quantizes_input(nodes: list[onnx.NodeProto]) -> bool:
     return any(any(_is(n, d, op) for d, op in _QUANTIZING) for n in nodes) or any(
-        _is(n, DOMAIN, LOWBIT_MATMUL) and _attr(n, "act_quant") == 1 for n in nodes
+        (_is(n, DOMAIN, LOWBIT_MATMUL) and _attr(n, "act_quant") == 1)
+        or (_is(n, _MS_DOMAIN, "MatMulNBits") and _attr(n, "accuracy_level") == _INT8_ACCURACY)
+        for n in nodes
     )
 
 
@@ -400,6 +430,7 @@ class ValidatePass:
             stats[f"{m.name}.cosine"] = round(m.cosine, 6) if math.isfinite(m.cosine) else str(m.cosine)
             stats[f"{m.name}.max_abs_error"] = _stat(m.max_abs_error)
             stats[f"{m.name}.max_rel_error"] = _stat(m.max_rel_error)
+            stats[f"{m.name}.rel_error_q999"] = _stat(m.rel_error_q999)
         messages = tuple(f"{f.severity.value}: {f}" for f in (*report.errors, *report.warnings))
         return PassResult(modified=False, warnings=messages, stats=stats)
 
@@ -427,7 +458,8 @@ class ValidatePass:
             batches, described = ctx.calibration
             return [dict(batch) for batch in batches], described
         dims = {**DEFAULT_DIMS, **self.dims}
-        shown = ", ".join(f"{k}={v}" for k, v in dims.items())
+        cached = bool(cache_pairs(ctx.original))  # the past length means something only then
+        shown = ", ".join(f"{k}={v}" for k, v in dims.items() if cached or k != "past" or k in self.dims)
         return [
             sample_inputs(ctx.original, dims=dims, seed=ctx.seed)
         ], f"generated inputs ({shown}, seed {ctx.seed})"

@@ -60,13 +60,18 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx
 
-from bitnet_onnx.config.config import MixedPrecisionConfig, MixedPrecisionStrategy, Resolution
-from bitnet_onnx.config.layer_precision import LayerPrecisionManager, LayerPrecisionSpec
-from bitnet_onnx.config.policy import Decision, LayerFacts, PolicyEngine, weight_statistics
+from bitnet_onnx.config.config import MixedPrecisionConfig, MixedPrecisionStrategy
+from bitnet_onnx.config.layer_precision import (
+    LayerPrecisionManager,
+    LayerPrecisionSpec,
+    require_weight_shapes,
+)
+from bitnet_onnx.config.policy import LayerFacts, PolicyEngine, weight_statistics
 from bitnet_onnx.config.validation import PrecisionValidator, ValidationReport
 from bitnet_onnx.core.dtypes import ConversionStrategy, DType, WeightLayout
 from bitnet_onnx.core.errors import ConfigError
 from bitnet_onnx.core.layers import ComponentType, Layer, LayerType
+from bitnet_onnx.core.plan import Decision, Resolution
 from bitnet_onnx.numerics.converter import ConversionConfig, PrecisionConverter, QuantizedTensor
 from bitnet_onnx.optimize.analysis import Analysis, LayerAnalysis, analyze
 from bitnet_onnx.optimize.calibration import DEFAULT_HOLDOUT, Calibration
@@ -403,6 +408,8 @@ class PrecisionManager:
 
     def _plan_inputs(self) -> tuple[list[Layer], dict[str, PrecisionChoice], set[str], dict]:
         specs = self._specs.layers()
+        if self._model is None:  # with a model, its layers give the shapes
+            require_weight_shapes(specs, "the search and the analysis of registered layers")
         layers = [self._layer(spec.name) for spec in specs]
         plan = {spec.name: _choice_of(spec, layer) for spec, layer in zip(specs, layers, strict=True)}
         pinned = {spec.name for spec in specs if not spec.dynamic_adjustment}

@@ -54,7 +54,7 @@ from bitnet_onnx.core.log import PassRecord
 from bitnet_onnx.core.version import __version__
 from bitnet_onnx.passes import compile_passes
 from bitnet_onnx.passes._graph import export_model, import_graph, load_model, stamp_annotations
-from bitnet_onnx.passes.base import Instrument, PassContext, Pipeline
+from bitnet_onnx.passes.base import Instrument, PassContext, Pipeline, SensitivityMeasure
 from bitnet_onnx.passes.instruments import DumpAfter, JsonlLog, LogRecords, ProgressBar
 from bitnet_onnx.runtime.model_file import write_model
 
@@ -208,6 +208,7 @@ def compile(
     measure_kernels: bool = True,
     custom_op_libraries: Sequence[str | os.PathLike[str]] = (),
     thresholds: tuple[str, Thresholds] | None = None,
+    sensitivity: SensitivityMeasure | None = None,
 ) -> CompileResult:
     """Compile `model` (a path or a ModelProto) to mixed precision; see the module docstring.
 
@@ -219,6 +220,8 @@ def compile(
     `policies` are added after the config's own. `memory_budget` (bytes) feeds the policies'
     memory_usage and the plan check.
     `measure_kernels=False` picks kernels by fixed preference instead of timing them here.
+    `sensitivity`: measures what a policy's `sensitivity` condition asks for
+    (`optimize.sensitivity.measurer(model, calibration)`); without it such a policy is refused.
     `custom_op_libraries`: shared libraries implementing ops of other custom domains the model uses
     (passed through by the compiler), registered in the validation sessions; they and the bitnet op
     library are loaded before any pass runs, so a missing one fails at once (KernelLibraryError).
@@ -249,6 +252,8 @@ def compile(
         model_dir=loaded.base_dir,
         measure_kernels=measure_kernels,
         custom_op_libraries=libraries,
+        node_metadata=loaded.info.node_metadata,
+        sensitivity=sensitivity,
     )
     with ExitStack() as stack:
         instruments: list[Instrument] = [LogRecords()]
@@ -270,8 +275,7 @@ def compile(
     compiled.producer_name, compiled.producer_version = "bitnet-onnx", __version__
     stale = stamp_annotations(compiled, ctx.annotations)
     logger.debug("annotations of %d nodes removed by later passes were not stamped", len(stale))
-    order = {name: i for i, name in enumerate(ctx.plan)}
-    layers = tuple(sorted(read_layers(compiled), key=lambda r: order.get(r.name, len(order))))
+    layers = read_layers(compiled)  # in model order, as inspect shows them
     if out is not None:
         write_model(compiled, out, loaded.base_dir)
     return CompileResult(

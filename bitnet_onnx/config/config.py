@@ -51,6 +51,7 @@ from bitnet_onnx.core._schema import Problems, SchemaPath, parse_enum
 from bitnet_onnx.core.dtypes import ConversionStrategy, DType, TernaryPacking, TernaryScale, WeightLayout
 from bitnet_onnx.core.errors import ConfigError
 from bitnet_onnx.core.layers import ComponentType, LayerType, SupportMatrix
+from bitnet_onnx.core.plan import Resolution
 
 if TYPE_CHECKING:
     from bitnet_onnx.config.policy import PrecisionPolicy
@@ -60,7 +61,6 @@ __all__ = [
     "LayerPrecisionConfig",
     "MixedPrecisionConfig",
     "MixedPrecisionStrategy",
-    "Resolution",
     "fit_layout",
 ]
 
@@ -82,20 +82,6 @@ class MixedPrecisionStrategy(enum.Enum):
 
 def _optional_strategy(value: Any) -> ConversionStrategy | None:
     return None if value is None else ConversionStrategy.parse(value)
-
-
-@dataclass(frozen=True)
-class Resolution:
-    """A resolved precision, its knobs and the level that decided it. `str()` gives
-    `layer_type:linear→BITNET158`, the form pass logs use for what a decision overrode."""
-
-    dtype: DType
-    source: str
-    layout: WeightLayout = field(default_factory=WeightLayout)
-    conversion_strategy: ConversionStrategy | None = None  # None: the converter's default
-
-    def __str__(self) -> str:
-        return f"{self.source}→{self.dtype.name}"
 
 
 @dataclass(frozen=True)

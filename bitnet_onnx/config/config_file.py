@@ -18,7 +18,7 @@ layer_types:                   # layer-type defaults; each entry replaces the pr
       activations: I8
       bias: {precision: F16}
   attention: F16               # short form: only a precision
-  other: null                  # null removes the preset's entry
+  embedding: null              # null removes the preset's entry
 
 components:                    # component defaults (weights, bias, activations, outputs, gradients)
   weights: {precision: I4, group_size: 64}
@@ -66,7 +66,8 @@ BITNET158 (aliases such as fp16, int4, ternary are accepted and saved canonical)
 Condition types: layer_type, component, layer_name, layer_index (an integer, negative from the
 end, `first` or `last`), parameter_count, memory_usage (percent of the budget), weight_statistic
 (`key`: absmax, absmean, mean, std, kurtosis, outlier_ratio, zero_fraction), sensitivity (`key`:
-a precision, default the one being decided). Operators: equal, not_equal, greater_than,
+a precision, default the one being decided; compile measures it, see passes/p30_assign_precision).
+Operators: equal, not_equal, greater_than,
 greater_equal, less_than, less_equal, in, not_in (value is a list), matches (glob), matches_regex,
 contains, starts_with, ends_with. Actions: `{type: set_precision, precision: P}`,
 `{type: set_component_precision, component: C, precision: P}`, `{type: keep_original}`,

@@ -20,7 +20,10 @@ offers one move, to the nearest lower allowed precision that stores fewer bytes;
 most bytes per ladder step lost is taken first (ties: fewer steps, then registration order, then
 weights before bias), and the component then offers its next move. It stops as soon as the target is
 reached, so the last move overshoots by at most one rung of one component. When every move is used
-up first, the result says so (`feasible` is False) and still carries the largest saving found.
+up first, the result says so (`feasible` is False, `reason` why) and still carries the largest
+saving found. A movable spec of a type that stores weights (linear, convolution, embedding, output)
+without `weight_shape` is an error naming it: its bytes would count as 0 and the plan come back
+empty.
 """
 
 from __future__ import annotations
@@ -37,7 +40,13 @@ from bitnet_onnx.core.dtypes import DType, WeightLayout, storage_bytes
 from bitnet_onnx.core.errors import ConfigError
 from bitnet_onnx.core.layers import ComponentType, LayerType, SupportMatrix
 
-__all__ = ["LayerPrecisionManager", "LayerPrecisionSpec", "MemoryOptimization", "MemoryOptimizationResult"]
+__all__ = [
+    "LayerPrecisionManager",
+    "LayerPrecisionSpec",
+    "MemoryOptimization",
+    "MemoryOptimizationResult",
+    "require_weight_shapes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +54,21 @@ logger = logging.getLogger(__name__)
 _STORED = (ComponentType.WEIGHTS, ComponentType.BIAS)
 # Components a registered spec must satisfy the support matrix for (gradients are never used).
 _CHECKED = (ComponentType.WEIGHTS, ComponentType.BIAS, ComponentType.ACTIVATIONS, ComponentType.OUTPUTS)
+# Layer types that always store a weight: a spec of one without weight_shape cannot be counted.
+_WEIGHTED = frozenset([LayerType.LINEAR, LayerType.CONVOLUTION, LayerType.EMBEDDING, LayerType.OUTPUT])
+
+
+def require_weight_shapes(specs: Iterable[LayerPrecisionSpec], needed_for: str) -> None:
+    """ConfigError naming every spec of a weighted layer type (linear, convolution, embedding,
+    output) without `weight_shape`: its bytes and its precision choices cannot be known, and
+    `needed_for` (e.g. "optimize_for_memory") would otherwise work on zero bytes without a word."""
+    missing = [spec.name for spec in specs if spec.layer_type in _WEIGHTED and spec.weight_shape is None]
+    if missing:
+        raise ConfigError(
+            f"{needed_for} needs the weight shapes of {', '.join(repr(n) for n in missing)}, "
+            f"{'a layer' if len(missing) == 1 else 'layers'} of a type that stores weights; register "
+            "LayerPrecisionSpec(..., weight_shape=(rows, K), bias_shape=(rows,) when it has a bias)"
+        )
 
 
 def _shape(value: tuple[int, ...] | None, what: str, layer: str) -> tuple[int, ...] | None:
@@ -178,6 +202,7 @@ class MemoryOptimizationResult:
     target_reduction: float
     bytes_before: int
     bytes_after: int
+    reason: str = ""  # why the target is not reached; empty when it is
 
     @property
     def bytes_saved(self) -> int:
@@ -269,6 +294,9 @@ class LayerPrecisionManager:
             raise ConfigError(
                 f"target_reduction {target_reduction!r} must be a fraction between 0 and 1, e.g. 0.5"
             )
+        require_weight_shapes(
+            (spec for spec in self._specs.values() if spec.dynamic_adjustment), "optimize_for_memory"
+        )
         before = self.memory_bytes()
         goal = target_reduction * before
         current: dict[tuple[str, ComponentType], DType] = {}
@@ -303,15 +331,26 @@ class LayerPrecisionManager:
                         spec.component_bytes(component, to_dtype),
                     )
                 )
-        result = MemoryOptimizationResult(tuple(proposals), target_reduction, before, before - saved)
-        if not result.feasible:
-            logger.info(
-                "memory target %.3f not reachable: best saving %.3f of %d bytes",
-                target_reduction,
-                result.achieved_reduction,
-                before,
-            )
-        return result
+        movable = sum(spec.dynamic_adjustment for spec in self._specs.values())
+        reached = (saved / before if before else 0.0) >= target_reduction
+        reason = ""
+        if not reached:
+            if not before:
+                reason = (
+                    f"the {len(self._specs)} registered layer(s) store no bytes (no weight or bias shapes)"
+                )
+            elif not movable:
+                reason = (
+                    f"no layer may move: register specs with_dynamic_adjustment() ({len(self._specs)} "
+                    "registered, all pinned)"
+                )
+            else:
+                reason = (
+                    f"every allowed lower precision of the {movable} movable layer(s) is used: best "
+                    f"saving {saved} of {before} bytes"
+                )
+            logger.info("memory target %.3f not reachable: %s", target_reduction, reason)
+        return MemoryOptimizationResult(tuple(proposals), target_reduction, before, before - saved, reason)
 
     def _push_next_move(
         self,

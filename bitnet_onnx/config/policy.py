@@ -58,10 +58,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bitnet_onnx.config.config import Resolution, fit_layout
+from bitnet_onnx.config.config import fit_layout
 from bitnet_onnx.core._schema import Problems, SchemaPath, describe_value, did_you_mean, parse_enum
 from bitnet_onnx.core.dtypes import ConversionStrategy, DType, TernaryScale, WeightLayout
 from bitnet_onnx.core.layers import ComponentType, LayerType, SupportMatrix
+from bitnet_onnx.core.plan import Conflict, Decision, Resolution
 
 if TYPE_CHECKING:
     from bitnet_onnx.config.config import MixedPrecisionConfig
@@ -72,8 +73,6 @@ __all__ = [
     "ConditionOperator",
     "ConditionType",
     "ConditionValue",
-    "Conflict",
-    "Decision",
     "LayerFacts",
     "PolicyAction",
     "PolicyCondition",
@@ -698,41 +697,6 @@ def _read_action(data: Any, problems: Problems, path: SchemaPath) -> PolicyActio
         conversion_strategy=read.get("strategy"),
         ternary_scale=read.get("scale"),
     )
-
-
-@dataclass(frozen=True)
-class Conflict:
-    """A lower-ranked policy that matched too but wanted a different outcome."""
-
-    policy_id: str
-    rule_id: str
-    priority: int
-    dtype: DType
-    conversion_strategy: ConversionStrategy | None
-
-    def __str__(self) -> str:
-        strategy = f" ({self.conversion_strategy.value})" if self.conversion_strategy is not None else ""
-        who = f"policy {self.policy_id!r} rule {self.rule_id!r} (priority {self.priority})"
-        return f"{who} wanted {self.dtype.name}{strategy}"
-
-
-@dataclass(frozen=True)
-class Decision:
-    """The final precision of one component of one layer, and why.
-
-    `source` is `policy:POLICY/RULE` or, when no policy decided, the config's source. `overrode` is
-    the config resolution a policy replaced (None when none did); `origin` is the deciding rule's
-    file and line when it came from a config file. `explanation` is one line for logs.
-    """
-
-    dtype: DType
-    source: str
-    layout: WeightLayout
-    conversion_strategy: ConversionStrategy | None
-    overrode: Resolution | None
-    explanation: str
-    conflicts: tuple[Conflict, ...] = ()
-    origin: str | None = None
 
 
 @dataclass(frozen=True)

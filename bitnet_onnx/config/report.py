@@ -5,12 +5,17 @@ Metrics, per graph output, computed in float64 over all elements:
 - `max_abs_error` = max |y − r|;
 - `max_rel_error` = max |y − r| / max |r|: relative to the output's range, not element-wise (an
   element-wise ratio explodes wherever r is near 0, as logits and activations often are);
+- `rel_error_q999` = the 99.9th percentile of |y − r| / max |r| (numpy's linear interpolation):
+  the same error without its worst 0.1 % of elements, so no single element decides (on an output of
+  fewer than 1000 elements it lies between the two largest errors);
 - `cosine` = ⟨y, r⟩ / (‖y‖ ‖r‖), 1.0 when both are all zero, 0.0 when only one is.
 A non-finite value where the original is finite (or the reverse) makes `max_abs_error` infinite and
 `cosine` NaN, so it fails every threshold.
 
 Thresholds (`THRESHOLDS`): a compile meets them when every output has cosine ≥ `min_cosine` and
-max_rel_error ≤ `max_rel_error`. They detect a compile that went wrong, with room for the error the
+rel_error_q999 ≤ `max_rel_error` (the maximum is reported beside it, never judged: one element
+0.02036 off against 0.02 refused a conservative compile of an OCR detector whose other elements
+were well within). They detect a compile that went wrong, with room for the error the
 strategy itself costs on a float-trained model. Ternary weights lose information that a model not
 trained for them cannot get back (ANCHORS (c)10), so the balanced and aggressive bounds are loose on
 purpose, and the report always gives the measured figures. Measured on the tiny fixtures of
@@ -80,6 +85,9 @@ THRESHOLDS: Mapping[MixedPrecisionStrategy, Thresholds] = MappingProxyType(
 )
 
 
+_QUANTILE = 0.999
+
+
 @dataclass(frozen=True)
 class OutputMetrics:
     """How far one output of the compiled model is from the original's (see the module docstring)."""
@@ -89,14 +97,18 @@ class OutputMetrics:
     max_abs_error: float
     max_rel_error: float
     cosine: float
+    rel_error_q999: float
 
     def misses(self, thresholds: Thresholds) -> list[str]:
         """What this output misses, e.g. `cosine 0.712 < 0.8`; empty when it meets the thresholds."""
         missed = []
         if not self.cosine >= thresholds.min_cosine:  # NaN misses too
             missed.append(f"cosine {self.cosine:.6g} < {thresholds.min_cosine:g}")
-        if not self.max_rel_error <= thresholds.max_rel_error:
-            missed.append(f"max relative error {self.max_rel_error:.4g} > {thresholds.max_rel_error:g}")
+        if not self.rel_error_q999 <= thresholds.max_rel_error:
+            missed.append(
+                f"99.9th-percentile relative error {self.rel_error_q999:.4g} > {thresholds.max_rel_error:g} "
+                f"(max {self.max_rel_error:.4g})"
+            )
         return missed
 
     def to_json(self) -> dict[str, Any]:
@@ -105,6 +117,7 @@ class OutputMetrics:
             "shape": list(self.shape),
             "max_abs_error": _json_float(self.max_abs_error),
             "max_rel_error": _json_float(self.max_rel_error),
+            "rel_error_q999": _json_float(self.rel_error_q999),
             "cosine": _json_float(self.cosine),
         }
 
@@ -116,21 +129,27 @@ def compare_outputs(name: str, reference: np.ndarray, actual: np.ndarray) -> Out
     shape = tuple(int(d) for d in np.shape(reference))
     finite_ref, finite_out = np.isfinite(ref), np.isfinite(out)
     if not np.array_equal(finite_ref, finite_out):
-        return OutputMetrics(name, shape, math.inf, math.inf, math.nan)
+        return OutputMetrics(name, shape, math.inf, math.inf, math.nan, math.inf)
     # Non-finite values in the same places must be the same values (inf vs -inf, NaN vs NaN).
     same_nonfinite = np.array_equal(ref[~finite_ref], out[~finite_out], equal_nan=True)
     if not same_nonfinite:
-        return OutputMetrics(name, shape, math.inf, math.inf, math.nan)
+        return OutputMetrics(name, shape, math.inf, math.inf, math.nan, math.inf)
     ref, out = ref[finite_ref], out[finite_out]
     if ref.size == 0:
-        return OutputMetrics(name, shape, 0.0, 0.0, 1.0)
-    max_abs = float(np.max(np.abs(out - ref)))
+        return OutputMetrics(name, shape, 0.0, 0.0, 1.0, 0.0)
+    errors = np.abs(out - ref)
+    max_abs = float(np.max(errors))
+    q999_abs = float(np.quantile(errors, _QUANTILE))
     scale = float(np.max(np.abs(ref)))
-    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
+    max_rel, q999_rel = (
+        (max_abs / scale, q999_abs / scale)
+        if scale > 0
+        else tuple(0.0 if e == 0 else math.inf for e in (max_abs, q999_abs))
+    )
     norms = float(np.linalg.norm(ref)) * float(np.linalg.norm(out))
     both_zero = not ref.any() and not out.any()
     cosine = float(np.dot(ref, out)) / norms if norms > 0 else float(both_zero)
-    return OutputMetrics(name, shape, max_abs, max_rel, cosine)
+    return OutputMetrics(name, shape, max_abs, max_rel, cosine, q999_rel)
 
 
 @dataclass(frozen=True)
@@ -180,13 +199,17 @@ class CompileReport(ValidationReport):
         """A few lines for a terminal: one per output, then the findings that matter."""
         lines = []
         t = self.thresholds
-        bound = f" (thresholds for {self.strategy}: cosine ≥ {t.min_cosine:g}, max rel ≤ {t.max_rel_error:g})"
-        lines.append(f"validation vs original on {self.inputs}{bound if t else ''}:")
+        bound = (
+            f" (thresholds for {self.strategy}: cosine ≥ {t.min_cosine:g}, rel p99.9 ≤ {t.max_rel_error:g})"
+            if t
+            else ""
+        )
+        lines.append(f"validation vs original on {self.inputs}{bound}:")
         for m in self.outputs:
             verdict = "ok" if t is not None and not m.misses(t) else "MISSED"
             lines.append(
                 f"  {m.name} {list(m.shape)}: cosine {m.cosine:.6f}, max abs {m.max_abs_error:.4g}, "
-                f"max rel {m.max_rel_error:.4g}  {verdict}"
+                f"rel p99.9 {m.rel_error_q999:.4g} (max {m.max_rel_error:.4g})  {verdict}"
             )
         if not self.outputs:
             lines.append("  outputs not compared (see the errors below)")

@@ -189,7 +189,9 @@ class MemoryBudgetRule:
                     Severity.ERROR,
                     "model",
                     f"layers store {total} bytes, {total - budget} over the budget of {budget}",
-                    "lower precisions (LayerPrecisionManager.optimize_for_memory) or raise the budget",
+                    "lower precisions (CLI: --strategy aggressive, --objective memory:R, or lower config "
+                    "entries; Python: LayerPrecisionManager.optimize_for_memory) or raise the budget "
+                    "(CLI: --memory-budget)",
                 )
             )
         elif total >= self.warn_fraction * budget:

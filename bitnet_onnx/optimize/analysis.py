@@ -337,6 +337,8 @@ def _output_metrics(data: Mapping[str, Any]) -> OutputMetrics:
         max_abs_error=float(data["max_abs_error"]),
         max_rel_error=float(data["max_rel_error"]),
         cosine=float(data["cosine"]),
+        # an analysis written before the quantile: its maximum bounds it
+        rel_error_q999=float(data.get("rel_error_q999", data["max_rel_error"])),
     )
 
 

@@ -107,6 +107,7 @@ from bitnet_onnx.optimize.objectives import (
     Speed,
     candidate_choices,
 )
+from bitnet_onnx.passes.instruments import pass_warnings_silenced
 
 if TYPE_CHECKING:
     from bitnet_onnx.optimize.calibration import Calibration
@@ -710,7 +711,8 @@ def verify(
         nonlocal bytes_before
         out = folder / f"plan{len(tried)}.onnx"
         config = plan_to_config(plan, base_config, layers=layers)
-        compiled = compile_model(model, config, output=out, inputs=holdout, strict=False)
+        with pass_warnings_silenced():
+            compiled = compile_model(model, config, output=out, inputs=holdout, strict=False)
         bytes_before = compiled.bytes_before
         cosine = _cosine(reference, _outputs(out, batches))
         error = max(0.0, 1.0 - cosine) if math.isfinite(cosine) else math.inf

@@ -60,7 +60,7 @@ import pickle
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,22 +77,30 @@ from bitnet_onnx.config.config_file import config_from_dict, config_to_dict
 from bitnet_onnx.config.policy import PolicyEngine
 from bitnet_onnx.config.report import compare_outputs
 from bitnet_onnx.core._schema import did_you_mean
+from bitnet_onnx.core.dtypes import DType
 from bitnet_onnx.core.errors import ConfigError, KernelLibraryError, MixedPrecisionError
 from bitnet_onnx.core.graphs import tensor_protos
-from bitnet_onnx.core.layers import ComponentType, Layer
+from bitnet_onnx.core.layers import ComponentType, Layer, SupportMatrix
 from bitnet_onnx.core.version import __version__
 from bitnet_onnx.optimize.calibration import Calibration
 from bitnet_onnx.optimize.objectives import PrecisionChoice, candidate_choices
 from bitnet_onnx.passes import annotate
 from bitnet_onnx.passes._graph import LoadedModel, ModelInfo, export_model, import_graph, load_model
-from bitnet_onnx.passes.base import PassContext, Pipeline
+from bitnet_onnx.passes.base import PassContext, Pipeline, SensitivityMeasure
 from bitnet_onnx.passes.instruments import LogRecords
 from bitnet_onnx.passes.p30_assign_precision import AssignPrecisionPass
 from bitnet_onnx.passes.p50_rewrite import RewritePass
 from bitnet_onnx.passes.p60_fold_converts import FoldConvertsPass
 from bitnet_onnx.runtime.model_file import session_for
 
-__all__ = ["Metric", "SensitivityEntry", "SensitivityTable", "default_cache_dir", "measure_sensitivity"]
+__all__ = [
+    "Metric",
+    "SensitivityEntry",
+    "SensitivityTable",
+    "default_cache_dir",
+    "measure_sensitivity",
+    "measurer",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -258,6 +266,47 @@ def measure_sensitivity(
             cache.flush()  # what was measured is kept, also after an interrupt
     entries = tuple(results[name, choice].entry(name, choice) for name, choice in targets)
     return SensitivityTable(model_sha256=model_sha, entries=entries)
+
+
+def measurer(
+    model: str | os.PathLike[str] | onnx.ModelProto,
+    calibration: Callable[[], Calibration],
+    *,
+    progress: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> SensitivityMeasure:
+    """What compile() takes as `sensitivity`: for each layer, each wanted precision is measured as
+    its most precise candidate choice with it (`objectives.candidate_choices`; a precision with
+    none is left out) by `measure_sensitivity` against everything F32, and reported as 1 − cosine.
+    `calibration` is called when a policy first asks (so a compile without such a policy reads no
+    inputs); results are cached on disk like any measurement."""
+
+    def measure(
+        layers: Sequence[Layer], wanted: Mapping[str, Collection[DType]], support: SupportMatrix
+    ) -> dict[str, dict[DType, float]]:
+        choices: dict[str, list[PrecisionChoice]] = {}
+        for layer in layers:
+            candidates = candidate_choices(layer, support)
+            for dtype in sorted(wanted.get(layer.name, ()), key=DType.rank):
+                choice = next((c for c in candidates if c.precision is dtype), None)
+                if choice is not None and choice not in choices.get(layer.name, []):
+                    choices.setdefault(layer.name, []).append(choice)
+        if not choices:
+            return {}
+        table = measure_sensitivity(
+            model,
+            calibration(),
+            layers=list(choices),
+            choices=choices,
+            progress=progress,
+            cache_dir=cache_dir,
+        )
+        measured: dict[str, dict[DType, float]] = {}
+        for entry in table.entries:
+            measured.setdefault(entry.layer, {})[entry.choice.precision] = 1.0 - entry.cosine
+        return measured
+
+    return measure
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ answers, from the CPU flags the OS reports and that variable, which path kernels
 the library computes the same from cpuid and xgetbv (the tests check that they agree).
 `machine_key()` names what a timing taken here depends on (CPU model and flags, onnxruntime version,
 the library's content hash, the ISA path): the key of the measured-latency caches.
+
+`generate(session, ids, n)` decodes tokens with a decoder's KV cache (runtime/decoding.py).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import onnx
 import onnxruntime as ort
 
 from bitnet_onnx.core.errors import ConfigError, KernelLibraryError, UnsupportedModelError
+from bitnet_onnx.runtime.decoding import Generation, Sampling, generate
 
 __all__ = [
     "BITLINEAR",
@@ -49,11 +52,14 @@ __all__ = [
     "OPSET_VERSION",
     "OP_NAMES",
     "QUANTIZE_LOWBIT",
+    "Generation",
     "Isa",
+    "Sampling",
     "check_feeds",
     "cpu_flags",
     "cpu_model",
     "dispatch_isa",
+    "generate",
     "library_path",
     "machine_key",
     "session",

@@ -18,10 +18,10 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnx import helper
 
-from bitnet_onnx.config.plan import LayerPlan
 from bitnet_onnx.core.dtypes import DType
 from bitnet_onnx.core.errors import UnsupportedModelError
 from bitnet_onnx.core.layers import ComponentType, Layer
+from bitnet_onnx.core.plan import LayerPlan
 from bitnet_onnx.passes._match import GraphView
 
 from ._edit import LayerEditor, Names

@@ -32,10 +32,10 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnx import helper
 
-from bitnet_onnx.config.policy import Decision
 from bitnet_onnx.core.dtypes import DType, WeightLayout
 from bitnet_onnx.core.errors import ConfigError, ConversionError, UnsupportedModelError
 from bitnet_onnx.core.layers import Layer
+from bitnet_onnx.core.plan import Decision
 from bitnet_onnx.numerics.converter import ConversionConfig, PrecisionConverter, QuantizedTensor
 from bitnet_onnx.numerics.packing import resolve_group_size
 from bitnet_onnx.passes._match import ConstantChain, GraphView, resolve_constant

@@ -17,8 +17,11 @@ WEIGHTS and BIAS precisions of its gain and shift.
    the layer is cast to c.
 4. Inside: every float tensor the layer's nodes produce takes type c. A Cast to a float type casts
    to c (HF's RMSNorm upcast inside an F16 island computes in F16: the island's type is the layer's
-   precision); ConstantOfShape's float value is given in c. The mean and inverse-std outputs of
-   LayerNormalization-like ops (stash type float32) keep their type.
+   precision); ConstantOfShape's float value is given in c. Every output of a multi-output op
+   whose type parameter an input shares takes c too (SkipSimplifiedLayerNormalization's residual
+   sum beside its normalized output; GroupQueryAttention's present key and value beside its
+   output): onnxruntime binds one type per parameter. An output typed by an attribute (the mean
+   and inverse-std of LayerNormalization-like ops, stash type float32) keeps its type.
 5. Outputs: every float tensor the layer produces that is read outside it (or is a graph output)
    leaves through `_precision`'s output conversion (to O, then the type the model had there);
    readers inside the layer keep reading the c value.
@@ -49,10 +52,11 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnx import helper
 
-from bitnet_onnx.config.plan import LayerPlan
 from bitnet_onnx.core.dtypes import DType
 from bitnet_onnx.core.errors import UnsupportedModelError
 from bitnet_onnx.core.layers import ComponentType
+from bitnet_onnx.core.plan import LayerPlan
+from bitnet_onnx.passes._contrib_types import typed_by_attribute
 from bitnet_onnx.passes._match import resolve_constant
 
 from ._base import LayerRewrite, RewriteEnv, component_dtype, constant_bytes
@@ -62,14 +66,6 @@ from ._weights import resolve_operand
 
 __all__ = ["rewrite_island", "run_island"]
 
-_STASH_OUTPUTS = frozenset(
-    {
-        "LayerNormalization",
-        "SimplifiedLayerNormalization",
-        "SkipLayerNormalization",
-        "SkipSimplifiedLayerNormalization",
-    }
-)
 _FLOAT_KINDS = frozenset({"float32", "float16", "bfloat16"})
 _CAST_LIKE_OPSET = 15
 
@@ -146,7 +142,8 @@ def _is_float(tensor: gs.Tensor) -> bool:
 
 
 def _keeps_type(node: gs.Node, index: int) -> bool:
-    return node.op in _STASH_OUTPUTS and index > 0
+    # A single output takes c (a Cast's or ConstantOfShape's target type is retyped by case 4).
+    return len(node.outputs) > 1 and typed_by_attribute(node.domain or "", node.op, index)
 
 
 def _cast_like(edit: LayerEditor, tensor: gs.Tensor, inside: set[int]) -> None:

@@ -22,10 +22,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from bitnet_onnx.config.plan import LayerPlan
 from bitnet_onnx.core.dtypes import DType
 from bitnet_onnx.core.errors import UnsupportedModelError
 from bitnet_onnx.core.layers import ComponentType
+from bitnet_onnx.core.plan import LayerPlan
 from bitnet_onnx.runtime import DEQUANTIZE_LOWBIT, DOMAIN
 
 from ._base import LayerRewrite, RewriteEnv, component_dtype, constant_bytes, detach

@@ -6,6 +6,16 @@ MatMul's output. W[N, K] are the weight's rows, A the ACTIVATIONS precision, O t
 
 Cases by the WEIGHTS precision:
 
+0. An anchor onnxruntime quantized already (com.microsoft MatMulNBits, `_nbits`): kept as it is
+   when the plan's weights store as many bits as the node or more (quantization is not undone;
+   assign_precision then plans the node's own precision), with accuracy_level 4 (int8
+   activations) when A = I8 and none (its input's float type) otherwise;
+   else its weights are read back as float W[N, K] (the node becomes the float MatMul it stands
+   for) and re-quantized by the case below that the plan asks for. A weight read through a
+   DequantizeLinear of integer codes (QDQ) is kept the same way (the chain and the float MatMul
+   stay; activations and outputs convert as in case 6), or read back through the chain and
+   re-quantized.
+
 1. BITNET158 with A = I8 → one `bitnet.BitLinear(X, W[N, ceil(K/ppb)], scale, bias?)` with
    attributes K and format (`layout.packing`); the scale is [1], or [N] with `layout.per_channel`.
    The bias Add is absorbed into the op. X keeps any leading shape; float32 and float16 X go in as
@@ -46,16 +56,18 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from onnx import helper
 
-from bitnet_onnx.config.plan import LayerPlan
 from bitnet_onnx.core.dtypes import DType
 from bitnet_onnx.core.errors import UnsupportedModelError
 from bitnet_onnx.core.layers import ComponentType, Layer
+from bitnet_onnx.core.plan import LayerPlan
 from bitnet_onnx.passes._match import linear_weight, resolve_constant
 from bitnet_onnx.runtime import BITLINEAR, DEQUANTIZE_LOWBIT, DOMAIN, LOWBIT_MATMUL
 
 from ._base import LayerRewrite, RewriteEnv, component_dtype, constant_bytes, detach
 from ._edit import EMPTY, LayerEditor, onnx_type
+from ._nbits import as_float_matmul, fewer_bits, needs_requantize
 from ._precision import (
     FLOAT32,
     KERNEL_INPUT_TYPES,
@@ -71,6 +83,8 @@ from .int8_choice import MS_DOMAIN, Int8Kernel, choose_int8_kernel
 __all__ = ["rewrite_linear"]
 
 _NO_ZERO_POINTS = np.zeros((0,), np.uint8)
+_INT8_ACCURACY = 4  # MatMulNBits' accuracy_level computing with int8 activations
+_CODE_BITS = {"int8": 8, "uint8": 8, "int4": 4, "uint4": 4}  # QDQ weight codes
 _W, _B, _A, _O = ComponentType.WEIGHTS, ComponentType.BIAS, ComponentType.ACTIVATIONS, ComponentType.OUTPUTS
 
 
@@ -93,10 +107,17 @@ class _Site:
 
 
 def rewrite_linear(env: RewriteEnv, edit: LayerEditor, plan: LayerPlan) -> LayerRewrite:
-    site = _find(env, edit.layer)
     weights = component_dtype(plan, _W)
+    anchor = env.layer_nodes(edit.layer)[0]
+    if anchor.op == "MatMulNBits":  # case 0
+        if not needs_requantize(anchor, weights):
+            return _kept_nbits(edit, anchor, plan)
+        as_float_matmul(edit, anchor, env.view)
+    site = _find(env, edit.layer)
     activations = component_dtype(plan, _A)
     before = constant_bytes(site.operand.initializer) + _bias_bytes(env, site)
+    if _keeps_dequantized(site, weights):  # case 0, QDQ
+        return _floating(env, edit, plan, site, before, keep=True)
     if weights is DType.BITNET158 and activations is DType.I8:
         return _bitlinear(env, edit, plan, site, before)
     if weights is DType.BITNET158:
@@ -115,9 +136,8 @@ def _find(env: RewriteEnv, layer: Layer) -> _Site:
     anchor = env.layer_nodes(layer)[0]
     if anchor.op not in ("MatMul", "Gemm"):
         raise UnsupportedModelError(
-            f"layer {layer.name!r}: its anchor {anchor.op} {anchor.name!r} is not a MatMul or Gemm with "
-            "float weights (a model quantized by onnxruntime, e.g. MatMulNBits, cannot be re-quantized); "
-            "compile the float model"
+            f"layer {layer.name!r}: its anchor {anchor.op} {anchor.name!r} is not a MatMul, Gemm or "
+            "MatMulNBits; the graph changed after annotate_layers ran"
         )
     found = linear_weight(env.view, anchor)
     if not found:
@@ -156,6 +176,32 @@ def _bias_bytes(env: RewriteEnv, site: _Site) -> int:
         return 0
     found = resolve_constant(env.view, site.bias)
     return constant_bytes(found.bindings["chain"].constant) if found else 0
+
+
+# -- case 0: kept as onnxruntime quantized it ---------------------------------------------------------
+
+
+def _kept_nbits(edit: LayerEditor, anchor: gs.Node, plan: LayerPlan) -> LayerRewrite:
+    """Case 0, kept: the node as it is, computing on int8 activations (accuracy_level 4, per block
+    at run time) when the plan's are I8 and on its input's float type otherwise; its output is
+    converted to O like any layer's."""
+    weights, activations = component_dtype(plan, _W), component_dtype(plan, _A)
+    boundary = anchor.outputs[0]
+    result = edit.variable("MatMulNBits_output", tensor_type(boundary), boundary.shape)
+    anchor.outputs[0] = result
+    route_output(edit, result, component_dtype(plan, _O), boundary)
+    if activations is DType.I8:
+        anchor.attrs["accuracy_level"] = _INT8_ACCURACY
+    else:
+        anchor.attrs.pop("accuracy_level", None)
+    stored = sum(constant_bytes(t) for t in anchor.inputs[1:])
+    bits, block = int(anchor.attrs["bits"]), int(anchor.attrs["block_size"])
+    computes = "int8 activations" if activations is DType.I8 else "float activations"
+    detail = (
+        f"kept: {bits}-bit MatMulNBits (block {block}) on {computes}; {weights.name} weights would store "
+        "no fewer bits, and quantization is not undone"
+    )
+    return LayerRewrite("MatMulNBits", stored, stored, detail, (anchor.inputs[1].name,))
 
 
 # -- cases 1, 3, 4: our kernels and onnxruntime's ------------------------------------------------------
@@ -318,11 +364,26 @@ def _dequantized(
     )
 
 
-def _floating(env: RewriteEnv, edit: LayerEditor, plan: LayerPlan, site: _Site, before: int) -> LayerRewrite:
+def _keeps_dequantized(site: _Site, weights: DType) -> bool:
+    """Whether the weight comes through a DequantizeLinear of integer codes that `weights` would
+    store in no fewer bits."""
+    if not any(n.op == "DequantizeLinear" for n in site.operand.value_chain.nodes):
+        return False
+    dtype = site.operand.initializer.dtype  # an ONNX type number where gs knows no numpy type
+    bits = _CODE_BITS.get(
+        np.dtype(helper.tensor_dtype_to_np_dtype(dtype) if isinstance(dtype, int) else dtype).name
+    )
+    return bits is not None and not fewer_bits(bits, weights)
+
+
+def _floating(
+    env: RewriteEnv, edit: LayerEditor, plan: LayerPlan, site: _Site, before: int, *, keep: bool = False
+) -> LayerRewrite:
+    """Cases 5 and 6; with `keep`, the weight chain stays as the model has it (case 0, QDQ)."""
     weights = component_dtype(plan, _W)
     activations = component_dtype(plan, _A)
     compute = compute_type(activations, weights, plan.dtype(_B))
-    if weights is DType.F32 and site.operand.dtype == np.float32:
+    if keep or (weights is DType.F32 and site.operand.dtype == np.float32):
         operand = site.anchor.inputs[1]
         weight = None if site.operand.dtype == compute else edit.cast(operand, compute)
         stored_bytes, names, note = (

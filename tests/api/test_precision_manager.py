@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -378,3 +379,17 @@ def test_verify_backs_off_and_reports_a_measured_miss(llama: Llama) -> None:
         assert sum(before[name] != after[name] for name in after) == 1  # one layer per round
     assert not missed.feasible and "NOT met" in missed.message
     assert missed.shortfall == pytest.approx(0.99 - check.best.measured.cosine)
+
+
+def test_registered_layers_without_weight_shapes_are_an_error_not_a_mislabelled_analysis() -> None:
+    manager = PrecisionManager(MixedPrecisionConfig.balanced(), cost_model=CostModel(TABLE))
+    ternary = LayerPrecisionSpec("layer_0", LayerType.LINEAR, DType.I8, DType.I8, DType.BITNET158)
+    manager.register_layer(ternary.with_dynamic_adjustment())
+    with pytest.raises(ConfigError, match=r"needs the weight shapes of 'layer_0'.*weight_shape=\(rows, K\)"):
+        manager.analyze_configuration()
+    with pytest.raises(ConfigError, match=r"needs the weight shapes of 'layer_0'"):
+        manager.optimize_precision(Memory(0.5))
+    shaped = PrecisionManager(MixedPrecisionConfig.balanced(), cost_model=CostModel(TABLE))
+    shaped.register_layer(replace(ternary, weight_shape=(64, 128)))
+    (row,) = shaped.analyze_configuration().layers
+    assert row.choice == "BITNET158/I8" and row.bytes_after == 64 * 32 + 4

@@ -9,13 +9,13 @@ from bitnet_onnx.config.config import (
     LayerPrecisionConfig,
     MixedPrecisionConfig,
     MixedPrecisionStrategy,
-    Resolution,
     fit_layout,
 )
 from bitnet_onnx.config.policy import PolicyAction, PolicyRule, PrecisionPolicy
 from bitnet_onnx.core.dtypes import ConversionStrategy, DType, TernaryPacking, TernaryScale, WeightLayout
 from bitnet_onnx.core.errors import ConfigError
 from bitnet_onnx.core.layers import ComponentType, LayerType, SupportMatrix
+from bitnet_onnx.core.plan import Resolution
 
 L, C, D = LayerType, ComponentType, DType
 NAME = "layers.0.mlp.up_proj"

@@ -16,7 +16,6 @@ from bitnet_onnx.config.config import (
     LayerPrecisionConfig,
     MixedPrecisionConfig,
     MixedPrecisionStrategy,
-    Resolution,
 )
 from bitnet_onnx.config.config_file import (
     SCHEMA_VERSION,
@@ -36,6 +35,7 @@ from bitnet_onnx.config.policy import (
 from bitnet_onnx.core.dtypes import ConversionStrategy, DType, TernaryPacking, TernaryScale, WeightLayout
 from bitnet_onnx.core.errors import ConfigError
 from bitnet_onnx.core.layers import ComponentType, LayerType, SupportMatrix
+from bitnet_onnx.core.plan import Resolution
 
 L, C, D = LayerType, ComponentType, DType
 FORMATS = ["yaml", "yml", "json"]

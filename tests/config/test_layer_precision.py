@@ -360,3 +360,41 @@ def test_proposal_is_stale_when_shape_changed() -> None:
     m.register_layer(spec("a0", LayerType.ATTENTION, weight_shape=(16, 8)).with_dynamic_adjustment())
     with pytest.raises(ConfigError, match=r"'a0'.*stale.*F32 \(512 bytes\)"):
         m.apply_optimizations(r)
+
+
+@pytest.mark.parametrize(
+    "layer_type", [LayerType.LINEAR, LayerType.CONVOLUTION, LayerType.EMBEDDING, LayerType.OUTPUT]
+)
+def test_a_movable_weighted_layer_without_weight_shape_is_an_error_not_an_empty_plan(layer_type) -> None:
+    m = three_layers()
+    m.register_layer(spec("unshaped", layer_type).with_dynamic_adjustment())
+    m.register_layer(spec("pinned_unshaped", layer_type))  # pinned: never moved, not needed
+    with pytest.raises(
+        ConfigError, match=r"optimize_for_memory needs the weight shapes of 'unshaped', a layer"
+    ):
+        m.optimize_for_memory(0.5)
+
+
+def test_weightless_layers_need_no_shape_and_an_unreachable_target_says_why() -> None:
+    m = LayerPrecisionManager()
+    m.register_layer(
+        spec("act", LayerType.ACTIVATION, DType.F16, DType.F16, DType.F16).with_dynamic_adjustment()
+    )
+    result = m.optimize_for_memory(0.5)
+    assert (
+        not result.feasible
+        and result.reason == "the 1 registered layer(s) store no bytes (no weight or bias shapes)"
+    )
+    pinned = three_layers()
+    pinned.unregister("l0")
+    pinned.unregister("a0")
+    result = pinned.optimize_for_memory(0.5)
+    assert result.reason.startswith(
+        "no layer may move: register specs with_dynamic_adjustment() (1 registered"
+    )
+    assert three_layers().optimize_for_memory(0.3).reason == ""
+    short = three_layers().optimize_for_memory(0.9)
+    assert (
+        short.reason == "every allowed lower precision of the 2 movable layer(s) is used: best saving "
+        f"{short.bytes_saved} of 1632 bytes"
+    )

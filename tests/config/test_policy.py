@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 
 from bitnet_onnx.config import policy as policy_module
-from bitnet_onnx.config.config import MixedPrecisionConfig, Resolution
+from bitnet_onnx.config.config import MixedPrecisionConfig
 from bitnet_onnx.config.policy import (
     WEIGHT_STATISTICS,
     ActionKind,
     ConditionOperator,
     ConditionType,
-    Conflict,
     LayerFacts,
     PolicyAction,
     PolicyCondition,
@@ -27,6 +26,7 @@ from bitnet_onnx.core._schema import Problems
 from bitnet_onnx.core.dtypes import ConversionStrategy, DType, TernaryPacking, TernaryScale, WeightLayout
 from bitnet_onnx.core.errors import ConfigError
 from bitnet_onnx.core.layers import ComponentType, LayerType, SupportMatrix
+from bitnet_onnx.core.plan import Conflict, Resolution
 
 L, C, D = LayerType, ComponentType, DType
 T, Op = ConditionType, ConditionOperator

@@ -51,7 +51,7 @@ def test_non_finite_where_the_original_is_finite_fails():
     assert m.max_abs_error == math.inf and math.isnan(m.cosine)
     assert m.misses(THRESHOLDS[MixedPrecisionStrategy.AGGRESSIVE]) == [
         "cosine nan < 0.65",
-        "max relative error inf > 1.5",
+        "99.9th-percentile relative error inf > 1.5 (max inf)",
     ]
 
 
@@ -67,6 +67,29 @@ def test_bool_and_integer_outputs():
     assert m.max_abs_error == 1.0 and m.max_rel_error == pytest.approx(1 / 3)
 
 
+@pytest.mark.parametrize("size", [10, 1000, 20_000])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_the_relative_error_judged_is_a_high_quantile_so_no_single_element_decides(size, dtype):
+    rng = np.random.default_rng(size)
+    ref = rng.standard_normal(size).astype(dtype)
+    out = (ref + rng.standard_normal(size).astype(dtype) * dtype(1e-3)).astype(dtype)
+    out[size // 2] = ref[size // 2] + dtype(0.5)  # one element far off
+    m = compare_outputs("y", ref, out)
+    errors = np.abs(out.astype(np.float64) - ref.astype(np.float64))
+    scale = np.abs(ref.astype(np.float64)).max()
+    assert m.max_rel_error == errors.max() / scale
+    assert m.rel_error_q999 == np.quantile(errors, 0.999) / scale
+    conservative = THRESHOLDS[MixedPrecisionStrategy.CONSERVATIVE]
+    assert m.max_rel_error > conservative.max_rel_error  # the maximum alone would refuse it
+    if size >= 1000:  # one element in a thousand or more: the quantile looks past it
+        assert m.rel_error_q999 < conservative.max_rel_error and not m.misses(conservative)
+    else:  # ten elements: the 99.9th percentile lies between the two largest errors
+        missed = m.misses(conservative)[-1]
+        assert (
+            missed.startswith("99.9th-percentile relative error") and f"(max {m.max_rel_error:.4g})" in missed
+        )
+
+
 def test_thresholds_per_strategy_are_ordered_strict_to_loose():
     c, b, a = (Thresholds.for_strategy(s) for s in ("conservative", "balanced", "aggressive"))
     assert c.min_cosine > b.min_cosine > a.min_cosine
@@ -77,7 +100,10 @@ def test_thresholds_per_strategy_are_ordered_strict_to_loose():
 
 def test_misses_name_each_threshold():
     m = compare_outputs("y", np.array([1.0, 0.0]), np.array([0.0, 1.0]))
-    assert m.misses(Thresholds(0.5, 0.5)) == ["cosine 0 < 0.5", "max relative error 1 > 0.5"]
+    assert m.misses(Thresholds(0.5, 0.5)) == [
+        "cosine 0 < 0.5",
+        "99.9th-percentile relative error 1 > 0.5 (max 1)",
+    ]
     assert m.misses(Thresholds(-1.0, 1.0)) == []
 
 
@@ -115,6 +141,7 @@ def test_json_and_summary():
     report = _report([Finding("numerics", Severity.WARNING, "output z", "missed")], outputs=(far,))
     data = json.loads(json.dumps(report.to_json()))
     assert data["outputs"][0]["max_abs_error"] == "inf" and data["outputs"][0]["cosine"] == "nan"
+    assert data["outputs"][0]["rel_error_q999"] == "inf"
     assert data["goal_met"] is False and data["ok"] is True
     assert data["findings"][0] == {
         "rule": "numerics",
@@ -124,6 +151,7 @@ def test_json_and_summary():
         "suggestion": "",
     }
     summary = report.summary()
-    assert "thresholds for balanced: cosine ≥ 0.75, max rel ≤ 1" in summary
+    assert "thresholds for balanced: cosine ≥ 0.75, rel p99.9 ≤ 1" in summary
+    assert "rel p99.9 inf (max inf)  MISSED" in summary
     assert "z [2]: cosine nan" in summary and "MISSED" in summary
     assert "warning: [numerics] output z: missed" in summary

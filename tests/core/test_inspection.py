@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto, helper
 
-from bitnet_onnx.core.inspection import LayerRecord, layers_table, read_layers
+from bitnet_onnx.core.inspection import LayerRecord, components_table, layers_table, read_layers
 
 
 def _model(nodes) -> onnx.ModelProto:
@@ -71,7 +71,9 @@ def test_table_and_json():
     assert record.to_json() == {
         "name": "l",
         "layer_type": "linear",
+        "index": None,
         "precisions": {"weights": "I4", "outputs": "F16"},
+        "components": {},
         "op": "LowBitMatMul",
         "rule": "r",
         "nodes": ["n"],
@@ -86,3 +88,41 @@ def test_table_and_json():
         "e      embedding  -            -        -             -",
         "t      linear     w:BITNET158  absmean  BitLinear     r",
     ]
+
+
+def test_layers_come_in_model_order_with_each_components_settings():
+    import json
+
+    settings = {"precision": "I4", "group_size": 64, "asymmetric": True, "rule": "layers:x"}
+    nodes = [
+        _annotated("late", {"bitnet.layer": "late", "bitnet.layer_index": "3"}),
+        _annotated("old", {"bitnet.layer": "old"}),  # compiled before layer indices: last
+        _annotated(
+            "early",
+            {
+                "bitnet.layer": "early",
+                "bitnet.layer_index": "1",
+                "bitnet.component.outputs": json.dumps({"precision": "F16", "rule": "component:outputs"}),
+                "bitnet.component.weights": json.dumps(settings),
+                "bitnet.component.bias": "not json",
+            },
+        ),
+    ]
+    records = read_layers(_model(nodes))
+    assert [(r.name, r.index) for r in records] == [("early", 1), ("late", 3), ("old", None)]
+    early = records[0]
+    assert list(early.components) == ["weights", "bias", "outputs"]  # ComponentType order
+    assert dict(early.components["weights"]) == settings and dict(early.components["bias"]) == {}
+    assert early.to_json()["components"]["outputs"] == {"precision": "F16", "rule": "component:outputs"}
+    table = components_table(records).splitlines()
+    row = [
+        "early",
+        "weights",
+        "I4",
+        "group_size=64",
+        "asymmetric=true",
+        "-",
+        "layers:x",
+        "-",
+    ]  # no type, no op
+    assert table[2].split() == row

@@ -172,6 +172,12 @@ CATALOGUE: dict[str, Entry] = {
     "output_without_shape": Entry(
         "a graph output declared without a shape", None, "gets the shape inference gives it"
     ),
+    "output_without_rank": Entry(
+        "... where shape inference finds none (an older exporter's Reshape to a runtime shape)",
+        None,
+        "gets the rank of a run on `--inputs` (dims unknown), with a warning; refused naming the output "
+        "and onnxruntime's reason when the model cannot run on them",
+    ),
     "input_without_shape": Entry(
         "a graph input declared without a shape (not even a rank)",
         UnsupportedModelError,
@@ -855,6 +861,35 @@ def test_output_without_shape_gets_the_inferred_one(tmp_path: Path) -> None:
     dims = output.type.tensor_type.shape.dim
     assert [d.dim_param or d.dim_value for d in dims] == ["batch", 16]
     _assert_matches(result, source, _feeds())
+
+
+def _reshaped_to_runtime_shape() -> onnx.ModelProto:
+    """`_mlp` whose output is reshaped to a shape given as an input of unknown length: no rank."""
+    model = _mlp(y_shape=None)
+    model.graph.node[-1].output[0] = "flat"
+    model.graph.node.append(helper.make_node("Reshape", ["flat", "shape"], ["y"], name="/Reshape"))
+    model.graph.input.append(helper.make_tensor_value_info("shape", TensorProto.INT64, ["n"]))
+    return model
+
+
+def test_output_without_rank_gets_the_rank_of_a_run_on_the_inputs(tmp_path: Path) -> None:
+    source = _reshaped_to_runtime_shape()
+    feeds = {**_feeds(), "shape": np.array([2, 2, 16], np.int64)}
+    result = _compile(source, tmp_path, inputs=feeds)
+    (output,) = onnx.load(result.output_path).graph.output
+    dims = output.type.tensor_type.shape.dim
+    assert len(dims) == 3 and not any(d.HasField("dim_value") or d.HasField("dim_param") for d in dims)
+    (warning,) = _warnings(result, "normalize")
+    assert (
+        "output 'y' declares no shape" in warning
+        and "gives [2, 2, 16], so it is declared with rank 3" in warning
+    )
+    _assert_matches(result, source, feeds)
+    # Generated inputs give the shape input arbitrary values: the run fails and says why.
+    with pytest.raises(
+        UnsupportedModelError, match=r"output 'y' has no shape, not even a rank, .*onnxruntime cannot"
+    ):
+        _compile(source, tmp_path / "generated")
 
 
 def test_symbolic_dims_compile_with_their_values_or_inputs(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench import compiler
+from bitnet_onnx import cli as cli_module
 from bitnet_onnx.cli import main as cli_main
 from bitnet_onnx.core.errors import ConfigError
 
@@ -86,3 +87,15 @@ def test_cli_runs_the_compiler_suite(capsys: pytest.CaptureFixture[str]) -> None
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["bench", "compiler", "--help"])
     assert exit_info.value.code == 0 and "bitnet-onnx bench compiler" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("suite", ["kernels", "compiler"])
+def test_cli_bench_outside_a_checkout_names_what_is_missing(
+    suite: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An installed (not editable) package: no bench/ or models/ next to it.
+    monkeypatch.setattr(cli_module, "__file__", str(tmp_path / "bitnet_onnx" / "cli.py"))
+    assert cli_main(["bench", suite, "--help"]) == cli_module.EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert f"bitnet-onnx bench runs from a repository checkout (bench/ and models/ next to {tmp_path})" in err
+    assert "python -m bench.<suite>" in err

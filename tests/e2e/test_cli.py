@@ -122,7 +122,12 @@ def test_no_strict_writes_and_exits_3_when_the_goal_is_missed(capsys, tmp_path):
             ["compile", str(CONVNET), "-o", "o.onnx", "--inputs", "nope.npz"],
             "cannot read calibration inputs nope.npz",
         ),
-        (["compile", str(CONVNET), "-o", "o.onnx", "--memory-budget", "1KiB"], "over the budget"),
+        (
+            ["compile", str(CONVNET), "-o", "o.onnx", "--memory-budget", "1KiB"],
+            "over the budget of 1024. Fix: lower precisions (CLI: --strategy aggressive, --objective",
+        ),
+        (["run", str(CONVNET), "--save", "out.txt"], "--save out.txt: the outputs are saved as .npz"),
+        (["run", str(CONVNET), "--save", "no/out.npz"], "folder no does not exist"),
         (["run", "missing.onnx"], "missing.onnx: no such file"),
         (["inspect", str(CONVNET)], "has no bitnet.layer annotations: it was not compiled by bitnet-onnx"),
         (["log", "nope.jsonl"], "cannot read pass log nope.jsonl"),
@@ -164,6 +169,39 @@ def test_run_prints_output_shapes_and_statistics(capsys, compiled_llama):
     assert f"max {logits.max():.6g}" in line and f"mean {logits.mean():.6g}" in line
 
 
+def test_run_save_writes_the_outputs_themselves(capsys, compiled_llama, tmp_path):
+    inputs = FIXTURES / "llama_tiny.inputs.npz"
+    out = tmp_path / "outputs.npz"
+    code, stdout, _ = _run(capsys, "run", str(compiled_llama), "--inputs", str(inputs), "--save", str(out))
+    assert code == EXIT_OK and stdout.splitlines()[-1] == f"outputs written to {out}"
+    with np.load(inputs) as feeds:
+        (logits,) = runtime.session(compiled_llama).run(["logits"], dict(feeds))
+    with np.load(out) as saved:
+        assert saved.files == ["logits"]
+        np.testing.assert_array_equal(saved["logits"], logits)
+    assert [p.name for p in tmp_path.iterdir()] == ["outputs.npz"]  # no temporary file left
+
+
+def _commands(parser):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            yield from action.choices.items()
+
+
+def test_every_command_and_option_has_a_description():
+    import argparse
+
+    from bitnet_onnx.cli import _build_parser
+
+    for name, command in _commands(_build_parser()):
+        assert command.description, f"{name} has no description"
+        for action in command._actions:
+            if not isinstance(action, argparse._HelpAction):
+                assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+
+
 def test_run_profile_groups_kernel_time_by_layer(capsys, compiled_llama):
     code, stdout, _ = _run(capsys, "run", str(compiled_llama), "--dim", "seq=4", "--profile")
     assert code == EXIT_OK
@@ -203,6 +241,64 @@ def test_inspect_table_and_json(capsys, compiled_llama):
     assert q["precisions"] == {"weights": "BITNET158", "activations": "I8", "outputs": "F16"}
     assert q["ternary_scale"] == "absmean" and records["lm_head"]["ternary_scale"] == ""
     assert len(records) == 25
+
+
+def test_inspect_shows_every_components_settings_and_rule_in_compile_order(capsys, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        """version: 1
+strategy: balanced
+layer_types:
+  linear: {precision: BITNET158, per_channel: true, packing: base3, components: {activations: I8}}
+layers:
+  "model.layers.*.mlp.*": {layer_type: linear, precision: I4, group_size: 32, asymmetric: true,
+                           conversion_strategy: scaled}
+policies:
+  - id: act16
+    rules:
+      - id: o_proj_activations
+        conditions:
+          - {type: layer_name, operator: matches, value: "*.o_proj"}
+          - {type: component, operator: equal, value: activations}
+        action: {type: set_precision, precision: F16}
+"""
+    )
+    out = tmp_path / "m.onnx"
+    code, compiled_table, _ = _run(
+        capsys, "compile", str(LLAMA), "-o", str(out), "--config", str(config), "--no-kernel-timing"
+    )
+    assert code == EXIT_OK
+    code, stdout, _ = _run(capsys, "inspect", str(out), "--json")
+    records = json.loads(stdout)
+    compile_order = [
+        line.split()[0] for line in compiled_table.splitlines()[2:] if line and not line.startswith(" ")
+    ]
+    assert [r["name"] for r in records] == compile_order[: len(records)]
+    by_name = {r["name"]: r for r in records}
+    q = by_name["model.layers.0.self_attn.q_proj"]["components"]["weights"]
+    assert (q["precision"], q["per_channel"], q["packing"], q["rule"]) == (
+        "BITNET158",
+        True,
+        "base3",
+        "layer_type:linear",
+    )
+    up = by_name["model.layers.0.mlp.up_proj"]["components"]["weights"]
+    assert (up["precision"], up["group_size"], up["asymmetric"], up["conversion_strategy"]) == (
+        "I4",
+        32,
+        True,
+        "scaled",
+    )
+    assert up["rule"] == "glob:model.layers.*.mlp.*"
+    o_proj = by_name["model.layers.1.self_attn.o_proj"]["components"]
+    assert o_proj["activations"]["rule"] == "policy:act16/o_proj_activations"
+    assert o_proj["activations"]["precision"] == "F16" and o_proj["weights"]["rule"] == "layer_type:linear"
+    code, table, _ = _run(capsys, "inspect", str(out))
+    rows = table.splitlines()
+    header = rows[0].split()
+    assert header == ["layer", "type", "component", "precision", "knobs", "conversion", "rule", "op"]
+    up_row = next(i for i, line in enumerate(rows) if line.startswith("model.layers.0.mlp.up_proj "))
+    assert rows[up_row].split()[2:7] == ["weights", "I4", "group_size=32", "asymmetric=true", "scaled"]
 
 
 def test_log_renders_the_pass_table(capsys, tmp_path):

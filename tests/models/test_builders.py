@@ -473,3 +473,50 @@ def test_external_data_save_writes_weights_beside_the_model_and_runs(tmp_path):
     onnx.checker.check_model(str(path), full_check=True)
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("config", ["tiny", "mha_tied_matmul", "rms_normalization_opset23"])
+def test_llama_kv_cache_style_computes_the_prefill_forward_and_decodes_as_recomputing(config):
+    """The KV-cache graph on an empty cache computes the prefill graph's logits; decoding token by
+    token through its presents picks what recomputing the whole sequence with the prefill graph picks."""
+    from bitnet_onnx.runtime.decoding import generate
+
+    plain = LLAMA_CONFIGS[config]
+    prefill = ort.InferenceSession(llama.build(plain).SerializeToString(), providers=["CPUExecutionProvider"])
+    model = llama.build(replace(plain, kv_cache=True))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    ids = np.asarray([[5, 17, 200, 3, 9]], np.int64)
+    empty = np.zeros((1, plain.num_kv_heads, 0, plain.head_dim), np.float32)
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(5)[None]}
+    feeds |= {i.name: empty for i in session.get_inputs() if i.name.startswith("past_key_values")}
+    logits, *presents = session.run(None, feeds)
+    (want,) = prefill.run(None, {"input_ids": ids})
+    np.testing.assert_allclose(logits, want, rtol=1e-4, atol=1e-5)
+    assert len(presents) == 2 * plain.num_layers
+    assert all(p.shape == (1, plain.num_kv_heads, 5, plain.head_dim) for p in presents)
+    result = generate(session, [5, 17, 200], 8, model=model, keep_logits=True)
+    sequence = [5, 17, 200]
+    for token, row in zip(result.tokens, result.logits, strict=True):
+        (full,) = prefill.run(None, {"input_ids": np.asarray([sequence], np.int64)})
+        np.testing.assert_allclose(row, full[0, -1], rtol=1e-4, atol=1e-4)
+        assert token == int(np.argmax(full[0, -1]))
+        sequence.append(token)
+
+
+def test_llama_kv_cache_attention_mask_zero_masks_that_key():
+    """A 0 in attention_mask removes that position's key: the same logits as never having it."""
+    model = llama.build(llama.LlamaConfig(kv_cache=True))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    c = llama.LlamaConfig()
+    empty = {
+        i.name: np.zeros((1, c.num_kv_heads, 0, c.head_dim), np.float32)
+        for i in session.get_inputs()
+        if i.name.startswith("past_key_values")
+    }
+
+    def last(ids, mask, positions):
+        feeds = {"input_ids": np.asarray([ids]), "attention_mask": np.asarray([mask]), **empty}
+        return session.run(["logits"], feeds | {"position_ids": np.asarray([positions])})[0][0, -1]
+
+    masked = last([7, 99, 8], [1, 0, 1], [0, 1, 1])  # 8 at cache position 2, rotary position 1
+    np.testing.assert_allclose(masked, last([7, 8], [1, 1], [0, 1]), rtol=1e-4, atol=1e-5)

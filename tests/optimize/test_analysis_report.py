@@ -76,8 +76,8 @@ def _analysis(**changes) -> Analysis:
             NO_LAYER: 24576,
         },
         accuracy=(
-            OutputMetrics("logits", (1, 8, 256), 0.4375, 0.0812, 0.987654321),
-            OutputMetrics("hidden & <state>", (1, 8, 64), 0.01, 0.00123, 0.99999),
+            OutputMetrics("logits", (1, 8, 256), 0.4375, 0.0812, 0.987654321, 0.0611),
+            OutputMetrics("hidden & <state>", (1, 8, 64), 0.01, 0.00123, 0.99999, 0.00101),
         ),
         accuracy_inputs="generated inputs (batch=1, seq=8, seed 0)",
         estimated_speedup=2.345678,
@@ -363,7 +363,7 @@ def test_failed_measurements_render_as_failed(tmp_path):
 
     layers = list(_analysis().layers)
     layers[1] = dataclasses.replace(layers[1], sensitivity=math.nan)
-    broken = OutputMetrics("logits", (1, 8), math.inf, math.inf, math.nan)
+    broken = OutputMetrics("logits", (1, 8), math.inf, math.inf, math.nan, math.inf)
     analysis = _analysis(layers=tuple(layers), accuracy=(*_analysis().accuracy, broken))
     assert math.isnan(analysis.min_cosine)
     with warnings.catch_warnings():

@@ -13,11 +13,10 @@ import pytest
 from onnx import numpy_helper
 
 from bitnet_onnx import runtime
-from bitnet_onnx.config.plan import LayerPlan, components_of
-from bitnet_onnx.config.policy import Decision
 from bitnet_onnx.core.dtypes import ConversionStrategy, DType, WeightLayout
 from bitnet_onnx.core.errors import KernelLibraryError
 from bitnet_onnx.core.layers import Layer, LayerType
+from bitnet_onnx.core.plan import Decision, LayerPlan, components_of
 from bitnet_onnx.passes.base import PassContext, PassResult
 from bitnet_onnx.passes.p50_rewrite import RewritePass
 
@@ -113,6 +112,14 @@ def needs_op(name: str) -> None:
 def round_to(values: np.ndarray, dtype: DType) -> np.ndarray:
     """float32 values rounded to a float precision and widened back."""
     return np.asarray(values, F32).astype(dtype.numpy_type).astype(F32)
+
+
+def qdq_per_tensor(x: np.ndarray) -> np.ndarray:
+    """numpy DynamicQuantizeLinear → DequantizeLinear: uint8, zero point, range [min(x, 0), max(x, 0)]."""
+    lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    scale = F32((hi - lo) / 255.0)
+    zero = np.clip(np.rint(-lo / scale), 0, 255)
+    return ((np.clip(np.rint(x / scale) + zero, 0, 255) - zero) * scale).astype(F32)
 
 
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:

@@ -18,10 +18,11 @@ from bitnet_onnx.passes._graph import import_graph, load_model
 from bitnet_onnx.passes._match import GraphView
 from bitnet_onnx.passes.base import PassContext, PassError, PassResult, Pipeline
 from bitnet_onnx.passes.p10_normalize import NormalizePass
-from bitnet_onnx.passes.p20_annotate_layers import AnnotateLayersPass, explain, scope_name
+from bitnet_onnx.passes.p20_annotate_layers import AnnotateLayersPass, explain, module_scope, scope_name
 from models import bert, convnet, llama
 
 FIXTURES = Path(__file__).resolve().parents[2] / "models" / "fixtures"
+DECODERS = FIXTURES / "decoders"
 L, A, N, E, OUT, C, ACT = (
     LayerType.LINEAR,
     LayerType.ATTENTION,
@@ -37,7 +38,7 @@ Row = tuple[str, LayerType, str | None]
 def _annotate(model: onnx.ModelProto | Path) -> tuple[gs.Graph, PassContext, PassResult]:
     loaded = load_model(model)
     graph = import_graph(loaded)
-    ctx = PassContext(config=None, model_dir=loaded.base_dir)
+    ctx = PassContext(config=None, model_dir=loaded.base_dir, node_metadata=loaded.info.node_metadata)
     NormalizePass().run(graph, ctx)
     ctx.passes_run.append("normalize")
     return graph, ctx, AnnotateLayersPass().run(graph, ctx)
@@ -369,6 +370,91 @@ def test_the_pass_requires_normalize() -> None:
 
 
 # -- names -----------------------------------------------------------------------------------------------
+
+
+# -- dynamo exports and BitNet ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("torchscript", "dynamo"),
+    [
+        ("llama_tiny.onnx", "decoders/llama_tiny_kv_dynamo.onnx"),
+        ("bert_tiny.onnx", "decoders/bert_tiny_dynamo.onnx"),
+    ],
+)
+def test_both_exporters_of_a_model_give_the_same_layers(torchscript: str, dynamo: str) -> None:
+    """The dynamo export names nodes `node_linear_3` and weights `val_83`; its metadata's module
+    scopes give the names TorchScript's node scopes give."""
+    _, ts_ctx, _ = _annotate(FIXTURES / torchscript)
+    graph, dynamo_ctx, result = _annotate(FIXTURES / dynamo)
+    assert _rows(dynamo_ctx) == _rows(ts_ctx)
+    assert [layer.rule for layer in dynamo_ctx.layers.values()] == [
+        layer.rule for layer in ts_ctx.layers.values()
+    ]
+    assert result.stats["conflicts"] == 0
+    assert any(n.name.startswith("node_") for n in graph.nodes)  # the names come from the metadata
+
+
+def test_without_its_metadata_a_dynamo_export_has_no_module_names() -> None:
+    loaded = load_model(DECODERS / "llama_tiny_kv_dynamo.onnx")
+    graph = import_graph(loaded)
+    ctx = PassContext(config=None)
+    NormalizePass().run(graph, ctx)
+    ctx.passes_run.append("normalize")
+    AnnotateLayersPass().run(graph, ctx)
+    names = list(ctx.layers)
+    assert "model.layers.0.self_attn.q_proj" not in names and any(n.startswith("val_") for n in names)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (
+            "['', 'model', 'model.layers.0', 'model.layers.0.mlp.up_proj', 'linear_5']",
+            "model.layers.0.mlp.up_proj",
+        ),
+        ("['', 'lm_head', 'linear_14']", "lm_head"),
+        ("['', 'linear']", ""),  # a node of the root module: no module name
+        ("['linear']", ""),
+        ("not a list", ""),
+        ("{'a': 1}", ""),
+        (None, ""),
+    ],
+)
+def test_module_scope(value: str | None, expected: str) -> None:
+    metadata = () if value is None else (("pkg.torch.onnx.name_scopes", value), ("other", "x"))
+    assert module_scope(metadata) == expected
+
+
+def _bitnet_rows(layers: int) -> list[Row]:
+    """LLaMA's layers plus BitNet's sub-norms: after the attention (its o_proj stays the block's
+    projection: the norm between the heads and o_proj is crossed) and before down_proj."""
+    rows: list[Row] = []
+    for row in _llama_rows(layers, act_before_up=True):
+        name, layer_type, _ = row
+        if name.endswith(".mlp.down_proj"):
+            rows.append((name.replace("down_proj", "ffn_sub_norm"), N, None))
+        rows.append(row)
+        if layer_type is A:
+            rows.append((f"{name}.attn_sub_norm", N, None))
+    return rows
+
+
+def test_bitnet_b158_layers_sub_norms_and_squared_relu() -> None:
+    graph, ctx, result = _annotate(DECODERS / "bitnet_tiny_dynamo.onnx")
+    assert _rows(ctx) == _bitnet_rows(2)
+    act = ctx.layers["model.layers.0.mlp.act_fn"]
+    assert act.rule == "squared_relu" and [graph_op(graph, n) for n in act.nodes] == ["Relu", "Pow"]
+    assert all(
+        ctx.layers[f"model.layers.{i}.{n}"].rule == "rms_norm"
+        for i in (0, 1)
+        for n in ("self_attn.attn_sub_norm", "mlp.ffn_sub_norm")
+    )
+    assert "unassigned.Pow" not in result.stats and "unassigned.Relu" not in result.stats
+
+
+def graph_op(graph: gs.Graph, name: str) -> str:
+    return next(n.op for n in graph.nodes if n.name == name)
 
 
 @pytest.mark.parametrize(

@@ -332,3 +332,14 @@ def test_memory_counts_rows_of_the_reduction_axis(weight_nk, expected):
     ctx = PassContext(config=MixedPrecisionConfig.balanced(), layers={"l": layer})
     result = AssignPrecisionPass(memory_budget=100).run(graph, ctx)
     assert result.stats["memory_usage_percent"] == expected
+
+
+def test_a_sensitivity_condition_outside_compile_is_refused_naming_the_rule():
+    asks = _policy(
+        "keep_sensitive",
+        PolicyCondition(ConditionType.SENSITIVITY, ConditionOperator.GREATER_THAN, 0.01),
+        action=PolicyAction.keep_original(),
+        rule="over_one_percent",
+    )
+    with pytest.raises(ConfigError, match=r"keep_sensitive/over_one_percent .*bitnet-onnx analyze"):
+        _run(policies=[asks])

@@ -19,7 +19,7 @@ from bitnet_onnx.passes.base import (
     context_set,
     graph_bytes,
 )
-from bitnet_onnx.passes.instruments import LogRecords
+from bitnet_onnx.passes.instruments import LogRecords, pass_warnings_silenced
 
 
 def _graph() -> gs.Graph:
@@ -155,7 +155,7 @@ def test_kept_post_conditions_let_the_pipeline_go_on():
     ("level", "warning_level"), [(logging.INFO, logging.WARNING), (logging.DEBUG, logging.DEBUG)]
 )
 def test_log_records_logs_the_summary_the_stats_and_every_warning_at_its_levels(caplog, level, warning_level):
-    long = "x" * 400
+    long = "x" * 700
     records = Pipeline([_HalveWeights(), _NeedsHalve()]).run(_graph(), PassContext(config=None))
     records[1] = replace(records[1], warnings=("nothing to do", long))
     instrument = LogRecords(level=level, warning_level=warning_level)
@@ -169,5 +169,22 @@ def test_log_records_logs_the_summary_the_stats_and_every_warning_at_its_levels(
         (logging.DEBUG, "halve stats: tensors=1"),
         (level, f"after: {seconds[1]}s, nodes 1→1, 0 changes, 2 warnings"),
         (warning_level, "after: nothing to do"),
-        (warning_level, f"after: {'x' * 300}... (the pass log holds the full text)"),
+        (warning_level, f"after: {'x' * 600}... (the pass log holds the full text)"),
     ]
+
+
+def test_warnings_are_not_logged_in_a_trial_compile_and_the_level_comes_back(caplog):
+    records = Pipeline([_HalveWeights(), _NeedsHalve()]).run(_graph(), PassContext(config=None))
+
+    def warned() -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            for record in records:
+                LogRecords().after_pass(record, _graph(), PassContext(config=None))
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+    assert warned() == ["after: nothing to do"]
+    with pass_warnings_silenced():
+        assert warned() == []
+    assert warned() == ["after: nothing to do"]
+    assert records[1].warnings == ("nothing to do",)  # the record keeps it either way

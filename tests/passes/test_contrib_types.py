@@ -11,7 +11,12 @@ import pytest
 from onnx import TensorProto, helper
 
 from bitnet_onnx.passes import _contrib_types
-from bitnet_onnx.passes._contrib_types import SHAPES, TYPING_DOMAINS, register_typing_schemas
+from bitnet_onnx.passes._contrib_types import (
+    SHAPES,
+    TYPING_DOMAINS,
+    register_typing_schemas,
+    typed_by_attribute,
+)
 
 F32, F16, I32, I64, U8, I8 = (
     TensorProto.FLOAT,
@@ -229,3 +234,22 @@ def test_an_op_whose_signature_onnx_cannot_hold_gets_no_schema(monkeypatch) -> N
     monkeypatch.setattr(_contrib_types, "_registered", _contrib_types._registered.__wrapped__)
     assert register_typing_schemas() == frozenset()
     assert not onnx.defs.has("FromTheFuture", TYPING_DOMAINS[MS])
+
+
+@pytest.mark.parametrize(
+    ("domain", "op", "index", "expected"),
+    [
+        ("com.microsoft", "SkipSimplifiedLayerNormalization", 0, False),
+        ("com.microsoft", "SkipSimplifiedLayerNormalization", 1, True),  # mean: stash type U
+        ("com.microsoft", "SkipSimplifiedLayerNormalization", 2, True),
+        ("com.microsoft", "SkipSimplifiedLayerNormalization", 3, False),  # x + skip: T, like x
+        ("com.microsoft", "GroupQueryAttention", 1, False),  # present_key: T_CACHE, like past_key
+        ("", "LayerNormalization", 1, True),
+        ("", "SimplifiedLayerNormalization", 0, False),  # Y: V, like the scale
+        ("", "SimplifiedLayerNormalization", 1, True),
+        ("", "Relu", 0, False),
+        ("acme", "Unknown", 0, False),
+    ],
+)
+def test_typed_by_attribute_reads_the_signature(domain, op, index, expected):
+    assert typed_by_attribute(domain, op, index) is expected

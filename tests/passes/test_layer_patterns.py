@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx_graphsurgeon as gs
 import pytest
@@ -227,6 +229,41 @@ def test_gelu_erf_match() -> None:
     result = _match("gelu_erf", graph, _first(graph, "Erf"))
     assert result
     assert sorted(_ops(result)) == ["Add", "Div", "Erf", "Mul", "Mul"]
+
+
+def test_gelu_erf_match_dynamo_order() -> None:
+    """torch's dynamo exporter: x · ((1 + erf(x / √2)) · 0.5)."""
+    b = GraphBuilder()
+    x = b.input("x")
+    bracket = b.op("Add", [b.op("Erf", [b.op("Div", [x, b.scalar(math.sqrt(2.0))])]), b.scalar(1.0)])
+    graph = b.graph(b.op("Mul", [x, b.op("Mul", [b.scalar(0.5), bracket])]))
+    result = _match("gelu_erf", graph, _first(graph, "Erf"))
+    assert result
+    assert sorted(_ops(result)) == ["Add", "Div", "Erf", "Mul", "Mul"]
+
+
+@pytest.mark.parametrize("square", ["Pow", "Mul"])
+def test_squared_relu_match(square: str) -> None:
+    b = GraphBuilder()
+    r = b.op("Relu", [b.input("x")])
+    graph = b.graph(b.op("Pow", [r, b.scalar(2.0)]) if square == "Pow" else b.op("Mul", [r, r]))
+    result = _match("squared_relu", graph, _first(graph, "Relu"))
+    assert result and _ops(result) == ["Relu", square]
+
+
+@pytest.mark.parametrize("case", ["cube", "two_readers", "plain"])
+def test_squared_relu_nomatch(case: str) -> None:
+    b = GraphBuilder()
+    r = b.op("Relu", [b.input("x")])
+    if case == "cube":
+        outputs = [b.op("Pow", [r, b.scalar(3.0)])]
+    elif case == "two_readers":
+        outputs = [b.op("Pow", [r, b.scalar(2.0)]), b.op("Neg", [r])]
+    else:
+        outputs = [r]
+    graph = b.graph(*outputs)
+    result = _match("squared_relu", graph, _first(graph, "Relu"))
+    assert not result and "not squared" in result.reason
 
 
 def test_gelu_erf_nomatch_plain_erf() -> None:

@@ -251,3 +251,29 @@ def test_linear_weight_refuses_constant_activation() -> None:
     y = b.op("MatMul", [b.weight("a", (2, 8)), b.weight("w", (8, 4))])
     result = linear_weight(GraphView(b.graph(y)), b.node(y))
     assert not result and "input A" in result.reason
+
+
+@pytest.mark.parametrize(("axis", "block", "shape"), [(0, 4, (10, 6)), (1, 2, (8, 5))])
+def test_resolve_constant_through_blocked_dequantize_matches_onnxruntime(axis, block, shape) -> None:
+    rng = np.random.default_rng(1)
+    blocks = list(shape)
+    blocks[axis] = -(-shape[axis] // block)
+    q = gs.Constant("w_q", rng.integers(-128, 128, shape).astype(np.int8))
+    scale = gs.Constant("w_scale", rng.uniform(0.01, 1.0, blocks).astype(F32))
+    zero = gs.Constant("w_zero", rng.integers(-5, 5, blocks).astype(np.int8))
+    b = GraphBuilder()
+    seen = b.op("DequantizeLinear", [q, scale, zero], axis=axis, block_size=block)
+    graph = b.graph(b.op("MatMul", [b.input("x"), seen]))
+    view = GraphView(graph)
+    got = resolve_constant(view, seen).bindings["chain"].evaluate(view)
+    node = onnx.helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], axis=axis, block_size=block)
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
+    inits = [onnx.numpy_helper.from_array(t.values, n) for t, n in ((q, "q"), (scale, "s"), (zero, "z"))]
+    model = onnx.helper.make_model(
+        onnx.helper.make_graph([node], "dq", [], [y], initializer=inits),
+        opset_imports=[onnx.helper.make_opsetid("", 21)],
+    )
+    (want,) = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {}
+    )
+    np.testing.assert_allclose(got, want, rtol=1e-6)

@@ -14,6 +14,7 @@ from tests.passes.rewrite_graphs import (
     initializers,
     make_plan,
     ops,
+    qdq_per_tensor,
     relative_error,
     rewrite,
     round_to,
@@ -111,16 +112,29 @@ def test_case_2_an_attention_layer_without_two_products_is_refused():
         rewrite(graph, [make_plan(layer, activations="I8")])
 
 
-def test_case_3_int8_fused_attention_is_refused_naming_the_layer_and_the_fix():
-    x = gs.Variable("x", dtype=F32, shape=[B, S, HEADS * D])
+def _fused_attention() -> tuple[gs.Graph, Layer]:
+    q, k, v = (gs.Variable(n, dtype=F32, shape=[B, S, HEADS * D]) for n in ("q", "k", "v"))
     y = gs.Variable("y", dtype=F32, shape=[B, S, HEADS * D])
     node = gs.Node(
-        "MultiHeadAttention", "/attn/MHA", {"num_heads": HEADS}, [x, x, x], [y], domain="com.microsoft"
+        "MultiHeadAttention", "/attn/MHA", {"num_heads": HEADS}, [q, k, v], [y], domain="com.microsoft"
     )
-    graph = gs.Graph(nodes=[node], inputs=[x], outputs=[y], opset=17)
-    layer = Layer("attn", LayerType.ATTENTION, 0, (node.name,), "test")
-    with pytest.raises(ConfigError, match=r"'attn'.*MultiHeadAttention.*F16 or F32"):
-        rewrite(graph, [make_plan(layer, activations="I8")])
+    graph = gs.Graph(nodes=[node], inputs=[q, k, v], outputs=[y], opset=17)
+    return graph, Layer("attn", LayerType.ATTENTION, 0, (node.name,), "test")
+
+
+@pytest.mark.kernels
+def test_case_3_int8_fused_attention_computes_in_float_on_int8_emulated_inputs():
+    graph, layer = _fused_attention()
+    rewrite(graph, [make_plan(layer, activations="I8")])
+    model = export(graph)
+    assert ops(model) == {"DynamicQuantizeLinear": 3, "DequantizeLinear": 3, "MultiHeadAttention": 1}
+    rng = np.random.default_rng(5)
+    feeds = {n: rng.standard_normal((B, S, HEADS * D)).astype(F32) for n in ("q", "k", "v")}
+    (got,) = run(model, feeds)
+    (want,) = run(export(_fused_attention()[0]), {n: qdq_per_tensor(x) for n, x in feeds.items()})
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    (exact,) = run(export(_fused_attention()[0]), feeds)
+    assert 0 < relative_error(got, exact) < 0.05
 
 
 def test_case_1_a_fused_attention_op_is_an_island_of_one_node():

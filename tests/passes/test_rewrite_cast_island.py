@@ -14,6 +14,7 @@ from tests.passes.rewrite_graphs import (
     initializers,
     make_plan,
     ops,
+    qdq_per_tensor,
     relative_error,
     rewrite,
     round_to,
@@ -183,16 +184,9 @@ def test_int8_activations_of_an_activation_layer_are_emulated_per_tensor():
     assert ops(model) == {"DynamicQuantizeLinear": 1, "DequantizeLinear": 1, "Sigmoid": 1, "Mul": 1}
     x = _x()[0]
     (y,) = run(model, {"x": x})
-    q = _qdq(x)
+    q = qdq_per_tensor(x)
     np.testing.assert_allclose(y, q / (1 + np.exp(-q)), rtol=1e-5, atol=1e-6)
     assert relative_error(y, x / (1 + np.exp(-x))) < 0.02
-
-
-def _qdq(x: np.ndarray) -> np.ndarray:
-    lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
-    scale = F32((hi - lo) / 255.0)
-    zero = np.clip(np.rint(-lo / scale), 0, 255)
-    return ((np.clip(np.rint(x / scale) + zero, 0, 255) - zero) * scale).astype(F32)
 
 
 @pytest.mark.kernels
@@ -294,3 +288,40 @@ def test_case_6_a_cast_before_the_layer_feeding_its_reduce_mean_becomes_cast_lik
     xr = xv.astype(np.float64)
     normed = (xr - xr.mean(-1, keepdims=True)) / np.sqrt(xr.var(-1, keepdims=True) + EPS)
     np.testing.assert_allclose(y, normed * _gamma() + 0.5, rtol=1e-5, atol=1e-5)
+
+
+def _skip_rms_norm() -> tuple[gs.Graph, Layer]:
+    """onnxruntime's SkipSimplifiedLayerNormalization: y = γ·rms(x + skip), and the sum x + skip."""
+    x, skip = (gs.Variable(n, dtype=F32, shape=[2, 3, H]) for n in ("x", "skip"))
+    y, total = (gs.Variable(n, dtype=F32, shape=[2, 3, H]) for n in ("y", "sum"))
+    gamma = gs.Constant("model.norm.weight", _gamma())
+    node = gs.Node(
+        "SkipSimplifiedLayerNormalization",
+        "/norm/SkipLayerNorm",
+        {"epsilon": EPS},
+        [x, skip, gamma],
+        [y, gs.Variable.empty(), gs.Variable.empty(), total],
+        domain="com.microsoft",
+    )
+    graph = gs.Graph(nodes=[node], inputs=[x, skip], outputs=[y, total], opset=17)
+    return graph, Layer("model.norm", LayerType.NORMALIZATION, 0, (node.name,), "test", weight=gamma.name)
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("precision", ["F16", "BF16", "F32"])
+def test_every_output_of_a_multi_output_op_takes_the_island_type(precision):
+    graph, layer = _skip_rms_norm()
+    rewrite(graph, [make_plan(layer, default=precision)])
+    node = next(n for n in graph.nodes if n.op == "SkipSimplifiedLayerNormalization")
+    compute = np.float16 if precision == "F16" else F32
+    assert node.outputs[0].dtype == compute and node.outputs[3].dtype == compute
+    model = export(graph)
+    assert [o.type.tensor_type.elem_type for o in model.graph.output] == [1, 1]  # the model's types
+    rng = np.random.default_rng(2)
+    x, skip = (rng.standard_normal((2, 3, H)).astype(F32) for _ in range(2))
+    y, total = run(model, {"x": x, "skip": skip})  # onnxruntime loads it: one type per parameter
+    dtype = DType[precision]
+    expected_sum = round_to(round_to(x, dtype) + round_to(skip, dtype), dtype)
+    np.testing.assert_allclose(total, expected_sum, rtol=1e-2, atol=1e-2)
+    expected = _rms_reference(expected_sum, round_to(_gamma(), dtype))
+    np.testing.assert_allclose(y, round_to(expected, dtype), rtol=2e-2, atol=2e-2)

@@ -3,6 +3,8 @@ whole models from models/ through normalize → annotate_layers → assign_preci
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -11,7 +13,8 @@ import pytest
 from bitnet_onnx.config.config import MixedPrecisionConfig
 from bitnet_onnx.core.dtypes import DType
 from bitnet_onnx.core.layers import ComponentType, LayerType
-from bitnet_onnx.core.metadata import dtype_key
+from bitnet_onnx.core.metadata import component_key, dtype_key
+from bitnet_onnx.core.plan import component_settings
 from bitnet_onnx.passes._graph import export_model, import_graph, load_model
 from bitnet_onnx.passes.base import PassContext, PassError, Pipeline
 from bitnet_onnx.passes.p10_normalize import NormalizePass
@@ -58,10 +61,14 @@ def test_every_node_a_layer_gained_is_annotated_with_its_precisions_op_and_rule(
             dtype_key(ComponentType.BIAS): "F16",
             dtype_key(ComponentType.ACTIVATIONS): "I8",
             dtype_key(ComponentType.OUTPUTS): "F16",
+            **{component_key(c): json.dumps(component_settings(d)) for c, d in plan.decisions.items()},
             "bitnet.op": "BitLinear",
             "bitnet.ternary_scale": "absmean",
             "bitnet.rule": "test:plan",
+            "bitnet.layer_index": str(case.layer.index),
         }
+    weights = json.loads(props[component_key(ComponentType.WEIGHTS)])
+    assert (weights["precision"], weights["rule"]) == ("BITNET158", "test:plan")
     (change,) = result.changes
     assert (change.layer, change.action, change.node, change.dtype) == (
         "model.proj",

@@ -12,12 +12,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bitnet_onnx import runtime
 from bitnet_onnx.config.config import MixedPrecisionConfig
-from bitnet_onnx.config.plan import LayerPlan
-from bitnet_onnx.config.policy import Decision
 from bitnet_onnx.config.report import THRESHOLDS, Thresholds, compare_outputs
 from bitnet_onnx.core.dtypes import DType, TernaryPacking, WeightLayout
 from bitnet_onnx.core.errors import ConfigError
 from bitnet_onnx.core.layers import ComponentType, Layer, LayerType
+from bitnet_onnx.core.plan import Decision, LayerPlan
 from bitnet_onnx.numerics.packing import int_row_bytes, pack_int, pack_ternary
 from bitnet_onnx.passes.base import PassContext
 from bitnet_onnx.passes.p70_validate import ValidatePass, _readback

@@ -32,8 +32,8 @@ def _ids_model(vocab: int, via: str | None = None, dims=("batch", "seq")) -> onn
     return _model(inputs, nodes, [table])
 
 
-def test_defaults_are_batch_1_seq_8():
-    assert dict(DEFAULT_DIMS) == {"batch": 1, "seq": 8}
+def test_defaults_are_batch_1_seq_8_past_8():
+    assert dict(DEFAULT_DIMS) == {"batch": 1, "seq": 8, "past": 8}
     feeds = sample_inputs(_ids_model(50))
     assert feeds["input_ids"].shape == (1, 8) and feeds["input_ids"].dtype == np.int64
 
