@@ -550,7 +550,10 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         "call per token. Prints the tokens (and the text with --tokenizer), the prefill time and the decode "
         "speed.",
     )
-    cmd.add_argument("model", type=Path, metavar="MODEL")
+    cmd.add_argument(
+        "model", type=Path, metavar="MODEL",
+        help="a decoder with past/present KV-cache inputs and outputs (fp32, or compiled by bitnet-onnx)",
+    )  # fmt: skip
     prompt = cmd.add_mutually_exclusive_group(required=True)
     prompt.add_argument(
         "--prompt-ids", type=_token_ids, metavar="IDS", help="the prompt's token ids, e.g. 1,2,3"
@@ -624,12 +627,13 @@ def _build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser(
         "bench",
-        help="benchmarks (bench kernels|compiler --help for options)",
+        help="benchmarks (bench kernels|compiler|decode --help for options)",
         description="Run a benchmark suite and print its table: kernels (our ops against onnxruntime's own "
-        "matmuls) or compiler (compile time, peak memory, size and latency of a ~100M-parameter decoder). "
+        "matmuls), compiler (compile time, peak memory, size and latency of a ~100M-parameter decoder) or "
+        "decode (token-by-token decoding with a KV cache against onnxruntime's own 4-, 2- and 8-bit). "
         "`bitnet-onnx bench SUITE --help` lists the suite's options.",
     )
-    bench.add_argument("suite", choices=["kernels", "compiler"], help="the suite to run")
+    bench.add_argument("suite", choices=["kernels", "compiler", "decode"], help="the suite to run")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="options passed to the suite")
     bench.set_defaults(run=_cmd_bench)
 

@@ -72,6 +72,8 @@ from bitnet_onnx.core.log import Change
 from bitnet_onnx.passes._contrib_types import TYPING_DOMAINS, register_typing_schemas
 from bitnet_onnx.passes._graph import adopt_structure, apply_value_info, export_model, weightless_model
 from bitnet_onnx.passes.base import Condition, PassContext, PassResult, context_set
+from bitnet_onnx.runtime.model_file import session_for
+from bitnet_onnx.runtime.sample_inputs import sample_inputs
 
 __all__ = ["MIN_OPSET", "NormalizePass"]
 
@@ -413,12 +415,10 @@ def _run_shapes(
     """The shapes of the outputs `names` in one onnxruntime run of the model as it is, on the given
     inputs (`ctx.calibration`, else generated ones), declared on the graph's outputs too; or no
     shapes and why not (appended to the refusal)."""
-    from bitnet_onnx.runtime.model_file import session_for
-    from bitnet_onnx.runtime.sample_inputs import sample_inputs
 
     try:
         model = export_model(graph)
-        feeds = dict(ctx.calibration) if ctx.calibration is not None else sample_inputs(model)
+        feeds = dict(ctx.calibration[0][0]) if ctx.calibration is not None else sample_inputs(model)
         session = session_for(model, ctx.model_dir, custom_op_libraries=ctx.custom_op_libraries)
         values = session.run(names, feeds)
     except Exception as exc:  # any failure only means the run cannot tell the shapes

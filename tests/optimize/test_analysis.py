@@ -333,7 +333,7 @@ def test_summary_lists_every_layer_and_the_headline_figures(tiny_path):
 
 
 def _judged(bytes_after: int, cosines: tuple[float, ...], estimated: float | None, measured: float | None):
-    outputs = tuple(OutputMetrics(f"y{i}", (1,), 0.0, 0.0, c) for i, c in enumerate(cosines))
+    outputs = tuple(OutputMetrics(f"y{i}", (1,), 0.0, 0.0, c, 0.0) for i, c in enumerate(cosines))
     timing = Timing(original_us=measured * 100.0, compiled_us=100.0, runs=1, threads=1) if measured else None
     return Analysis("m", "custom", 1000, bytes_after, (), {}, {}, outputs, "held out", estimated, timing)
 
