@@ -19,7 +19,7 @@
    count take turns in rounds of 5 runs, so a noisy neighbour slows them alike; each figure is the
    median of --runs runs after --warmup. ×faster = the fp32 time / the compiled time.
 4. Accuracy. Cosine and max abs error of each compiled model's outputs against its original's on
-   one batch-1 input of the longest --seqs length (`bitnet_onnx.report.compare_outputs`).
+   one batch-1 input of the longest --seqs length (`bitnet_onnx.config.report.compare_outputs`).
    The exactly-ternary twin's balanced logits cosine (TARGETS.md goal 0.9999) is held back by the
    per-token int8 activations that BitNet b1.58 computes with, not by the compile: on the small
    decoder at seq 32 it is 0.99928 with balanced, 0.99934 with ternary linears and int8
@@ -55,6 +55,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,7 @@ from bitnet_onnx.core.errors import ConfigError, MixedPrecisionError
 from bitnet_onnx.passes._graph import load_model
 from bitnet_onnx.runtime.profiling import NO_LAYER, layer_times
 from bitnet_onnx.runtime.sample_inputs import sample_inputs
+from bitnet_onnx.runtime.timing import run_times
 from models import bitnet_fixture, llama
 
 __all__ = ["Compiled", "Latency", "TrainedPerplexity", "main"]
@@ -278,12 +280,7 @@ def _feeds(path: Path, seq: int) -> dict[str, np.ndarray]:
 
 
 def _timed(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray], runs: int) -> list[float]:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, dict(feeds))
-        times.append(time.perf_counter() - start)
-    return times
+    return run_times(partial(session.run, None, dict(feeds)), runs=runs)
 
 
 def _latencies(

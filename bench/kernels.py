@@ -5,8 +5,14 @@ Every contender is an ONNX graph run by onnxruntime on the CPU (so BitLinear's a
 quantization counts). For each shape M×K×N (X[M, K] · W[K, N]) and thread count:
 
 - M = 1 runs with **cold** weights: one graph of `copies` independent matmuls, each with its own
-  weights (at least --cold-mb in all, or 256 matmuls), all reading the same X; the time per matmul
-  is the run's time divided by `copies`. Larger M is compute-bound and runs one matmul.
+  weights, all reading the same X; the time per matmul is the run's time divided by `copies`.
+  The weights of one graph (its working set) must exceed twice the last-level cache, or some of
+  them are still cached from the previous run: --cold-mb defaults to 3 × the last-level cache and
+  at least 256 MB. The cache's size is read from sysfs (/sys/devices/system/cpu/cpu0/cache/
+  index*/size of level 3, else the highest level listed); where sysfs has none, 512 MB is assumed
+  (above the largest L3 seen on this project's machines, 480 MB), and the run says so. A cold
+  row whose working set is not above twice the cache (a small --cold-mb, or a graph capped at
+  4096 matmuls) is marked "NOT cold". Larger M is compute-bound and runs one matmul.
 - Each contender's time is the median of --runs runs (after --warmup), with outputs bound to
   preallocated buffers; the sessions of one graph at each thread count take turns in rounds of 5
   runs, so that a noisy neighbour slows them alike and the T2/T1 ratios hold up. GB/s is the
@@ -33,6 +39,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -42,13 +49,28 @@ from onnx import TensorProto, helper, numpy_helper
 from bitnet_onnx import runtime
 from bitnet_onnx.core.errors import ConfigError, MixedPrecisionError
 
-__all__ = ["CONTENDERS", "TARGETS", "Contender", "Measurement", "Shape", "Target", "main", "run"]
+__all__ = [
+    "CONTENDERS",
+    "TARGETS",
+    "Contender",
+    "LastLevelCache",
+    "Measurement",
+    "Shape",
+    "Target",
+    "last_level_cache",
+    "main",
+    "run",
+]
 
 logger = logging.getLogger(__name__)
 
 _MB = 1 << 20
 _MS_DOMAIN = "com.microsoft"
-_MAX_COPIES = 256  # tiny cold shapes would otherwise need graphs of millions of nodes
+_MAX_COPIES = 4096  # tiny cold shapes would otherwise need graphs of millions of nodes
+_SYSFS_CACHE = Path("/sys/devices/system/cpu/cpu0/cache")
+_FALLBACK_CACHE_MB = 512  # above the largest L3 seen on this project's machines (480 MB)
+_COLD_CACHE_MULTIPLE = 3  # default cold working set: 3 × the last-level cache (must exceed 2 ×)
+_MIN_COLD_MB = 256
 _RUNS_PER_ROUND = 5
 
 
@@ -75,6 +97,45 @@ class Shape:
 
     def __str__(self) -> str:
         return f"{self.m}x{self.k}x{self.n}"
+
+
+@dataclass(frozen=True)
+class LastLevelCache:
+    """The CPU's last-level cache: its size and where the size came from."""
+
+    size_bytes: int
+    source: str
+
+    def __str__(self) -> str:
+        return f"{self.size_bytes / _MB:.0f} MB ({self.source})"
+
+
+def _cache_size_bytes(text: str) -> int:
+    """sysfs cache sizes: '32768K', '1024K', '2M' (binary units) or plain bytes."""
+    text = text.strip().upper()
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    if text and text[-1] in units:
+        return int(text[:-1]) * units[text[-1]]
+    return int(text)
+
+
+def last_level_cache(root: Path = _SYSFS_CACHE) -> LastLevelCache:
+    """The level-3 cache of cpu0 as sysfs lists it, else the highest level listed, else the
+    fallback (stated in `source`)."""
+    levels: dict[int, tuple[int, Path]] = {}
+    for index in sorted(root.glob("index*")):
+        try:
+            level = int((index / "level").read_text())
+            if (index / "type").read_text().strip() == "Instruction":
+                continue
+            levels[level] = (_cache_size_bytes((index / "size").read_text()), index / "size")
+        except (OSError, ValueError):
+            continue
+    if levels:
+        level = 3 if 3 in levels else max(levels)
+        size, path = levels[level]
+        return LastLevelCache(size, f"L{level}, {path}")
+    return LastLevelCache(_FALLBACK_CACHE_MB * _MB, f"assumed: no cache sizes in {root}")
 
 
 @dataclass(frozen=True)
@@ -242,6 +303,11 @@ class Measurement:
     def gbps(self) -> float:
         return self.weight_bytes / (self.median_us * 1e3)
 
+    @property
+    def working_set_bytes(self) -> int:
+        """The weights of the whole graph (every copy)."""
+        return self.copies * self.weight_bytes
+
 
 @dataclass(frozen=True)
 class Target:
@@ -272,13 +338,17 @@ def _vs_floor(results: dict, bandwidth: dict[int, float], shape: str, threads: i
     return ours.median_us / (ours.weight_bytes / bandwidth[threads] * 1e6)
 
 
-def _thread_scaling(results: dict, bandwidth: dict[int, float], shape: str, threads: int) -> float | None:
-    one, two = results.get((shape, 1, "bitlinear")), results.get((shape, 2, "bitlinear"))
-    return one.median_us / two.median_us if one and two else None
+def _thread_scaling(op: str = "bitlinear") -> Callable[..., float | None]:
+    def metric(results: dict, bandwidth: dict[int, float], shape: str, threads: int) -> float | None:
+        one, two = results.get((shape, 1, op)), results.get((shape, 2, op))
+        return one.median_us / two.median_us if one and two else None
+
+    return metric
 
 
 _M1 = ("1x4096x4096", "1x4096x11008")
 _M128 = ("128x4096x4096",)
+_DECODER = ("1x1024x1024", "1x2048x2048")  # the small layers of decoders
 TARGETS: tuple[Target, ...] = (
     Target("M=1 cold T1: vs fp32 MatMul", _M1, (1,), _faster_than("fp32"), 10, 15),
     Target("M=1 cold T1: vs MatMulNBits 2-bit b128", _M1, (1,), _faster_than("nbits2b128"), 1.2, 1.7),
@@ -286,7 +356,14 @@ TARGETS: tuple[Target, ...] = (
     Target("M=1 cold T1: time / DRAM floor", _M1, (1,), _vs_floor, 2.0, 1.25, higher_is_better=False),
     Target("M=128 T1: vs fp32 MatMul", _M128, (1,), _faster_than("fp32"), 3, 4),
     Target("M=128 T1: vs int8 dynamic", _M128, (1,), _faster_than("int8_dyn"), 0.8, 1.0),
-    Target("T2 vs T1", _M1 + _M128, (2,), _thread_scaling, 1.5, 1.8),
+    Target("T2 vs T1", _DECODER + _M1 + _M128, (2,), _thread_scaling(), 1.5, 1.8),
+    *(
+        Target("T2 vs T1", _DECODER + _M1, (2,), _thread_scaling(key), 1.5, 1.8, subject=subject)
+        for key, subject in (
+            ("lowbit4b128q", "LowBitMatMul I4 int8 x"),
+            ("lowbit2b128q", "LowBitMatMul I2 int8 x"),
+        )
+    ),
     Target(
         "M=1 cold T1: vs MatMulNBits 4-bit b128",
         _M1,
@@ -354,7 +431,7 @@ def run(
     contenders: Sequence[Contender],
     runs: int,
     warmup: int,
-    cold_mb: int,
+    cold_mb: float,
 ) -> list[Measurement]:
     """Measure every contender at every shape and thread count."""
     rng = np.random.default_rng(0)
@@ -389,20 +466,28 @@ def run(
     return results
 
 
-def _report(results: list[Measurement], bandwidth: dict[int, float], contenders: Sequence[Contender]) -> str:
+def _report(
+    results: list[Measurement],
+    bandwidth: dict[int, float],
+    contenders: Sequence[Contender],
+    cache: LastLevelCache,
+    cold_mb: float,
+) -> str:
     labels = {c.key: c.label for c in contenders}
     by_key = {(r.shape, r.threads, r.op): r for r in results}
     baselines = [b for b in RATIO_BASELINES if b in labels]
     lines = [
         f"onnxruntime {ort.__version__}, bitnet ISA path {runtime.dispatch_isa().value}, "
-        f"{os.cpu_count()} CPUs; times are medians per matmul; ×B = B's time / this time"
+        f"{os.cpu_count()} CPUs; times are medians per matmul; ×B = B's time / this time",
+        f"last-level cache {cache}; cold graphs hold ≥ {cold_mb:.0f} MB of weights "
+        f"(cold needs > 2 × the cache = {2 * cache.size_bytes / _MB:.0f} MB; MB = the graph's weights)",
     ]
     configs = dict.fromkeys((r.shape, r.threads) for r in results)
     for shape, threads in configs:
         rows = [r for r in results if (r.shape, r.threads) == (shape, threads)]
         cold = Shape.parse(shape).cold
         lines += ["", f"{shape}  T{threads}  ({'cold weights' if cold else 'one matmul'})"]
-        header = f"  {'op':<38}{'µs':>10}{'GB/s':>8}{'copies':>8}" + "".join(
+        header = f"  {'op':<38}{'µs':>10}{'GB/s':>8}{'copies':>8}{'MB':>8}" + "".join(
             f"{'×' + b:>12}" for b in baselines
         )
         lines.append(header)
@@ -413,7 +498,11 @@ def _report(results: list[Measurement], bandwidth: dict[int, float], contenders:
                 else f"{'':>12}"
                 for b in baselines
             )
-            lines.append(f"  {labels[r.op]:<38}{r.median_us:>10.1f}{r.gbps:>8.1f}{r.copies:>8}{ratios}")
+            warm = cold and r.working_set_bytes <= 2 * cache.size_bytes
+            lines.append(
+                f"  {labels[r.op]:<38}{r.median_us:>10.1f}{r.gbps:>8.1f}{r.copies:>8}"
+                f"{r.working_set_bytes / _MB:>8.0f}{ratios}{'  NOT cold' if warm else ''}"
+            )
         ours = by_key.get((shape, threads, "bitlinear"))
         if ours and cold and threads in bandwidth:
             floor_us = ours.weight_bytes / bandwidth[threads] * 1e6
@@ -461,7 +550,9 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--shapes", default="1x4096x4096,1x4096x11008,1x11008x4096,128x4096x4096", help="MxKxN,..."
+        "--shapes",
+        default="1x1024x1024,1x4096x4096,1x4096x11008,1x11008x4096,128x4096x4096",
+        help="MxKxN,...",
     )
     parser.add_argument("--threads", default="1,2", help="intra-op thread counts, comma-separated")
     parser.add_argument(
@@ -469,13 +560,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--runs", type=int, default=50, help="timed runs per measurement (median)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed runs first")
-    parser.add_argument("--cold-mb", type=int, default=256, help="weights per cold graph (M = 1), MB")
+    parser.add_argument(
+        "--cold-mb",
+        type=int,
+        help=f"weights per cold graph (M = 1), MB (default: {_COLD_CACHE_MULTIPLE} × the last-level cache, "
+        f"at least {_MIN_COLD_MB})",
+    )
     parser.add_argument(
         "--dram-gbps",
         default="26,45",
         help="DRAM read bandwidth (GB/s) with 1, 2, ... threads, for the floor (default: %(default)s)",
     )
-    parser.add_argument("--quick", action="store_true", help="smoke run: 10 runs, 64 MB cold graphs")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 10 runs, 64 MB cold graphs (may be warm)"
+    )
     parser.add_argument("--json", metavar="FILE", help="also write every measurement as JSON")
     return parser
 
@@ -490,17 +588,23 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise ConfigError(f"--ops: unknown contenders {', '.join(unknown)}; choose from {', '.join(keys)}")
     contenders = [keys[k] for k in args.ops.split(",") if k]
-    runs, cold_mb = (10, 64) if args.quick else (args.runs, args.cold_mb)
+    cache = last_level_cache()
+    default_cold_mb = max(_MIN_COLD_MB, _COLD_CACHE_MULTIPLE * cache.size_bytes / _MB)
+    runs = 10 if args.quick else args.runs
+    cold_mb = args.cold_mb if args.cold_mb is not None else 64 if args.quick else default_cold_mb
     if runs < 1 or cold_mb < 1 or any(t < 1 for t in threads):
         raise ConfigError("--runs, --cold-mb and --threads must be positive")
     gbps = _parse_list(args.dram_gbps, float, "dram-gbps")
     bandwidth = {t: gbps[t - 1] * 1e9 for t in threads if t <= len(gbps)}
     results = run(shapes, threads, contenders, runs, args.warmup, cold_mb)
-    print(_report(results, bandwidth, contenders))
+    print(_report(results, bandwidth, contenders, cache, cold_mb))
     if args.json:
         with open(args.json, "w") as f:
-            records = [{**asdict(r), "gbps": r.gbps} for r in results]
-            json.dump({"results": records, "dram_bytes_per_s": bandwidth}, f, indent=1)
+            records = [
+                {**asdict(r), "gbps": r.gbps, "working_set_bytes": r.working_set_bytes} for r in results
+            ]
+            summary = {"dram_bytes_per_s": bandwidth, "last_level_cache": asdict(cache), "cold_mb": cold_mb}
+            json.dump({"results": records, **summary}, f, indent=1)
     return 0
 
 

@@ -1,9 +1,6 @@
 """The compiler's passes. `compile_passes()` is the pipeline, in order: normalize, annotate_layers,
 assign_precision, rewrite, fold_converts, validate (ARCHITECTURE.md's data flow). `annotate()` runs
 its first two passes alone: what analysis, the precision manager and sensitivity start from.
-
-The pass modules are imported when the pipeline is built, so importing `bitnet_onnx.passes.base`
-(or one pass) does not load every pass and its dependencies.
 """
 
 from __future__ import annotations
@@ -14,6 +11,7 @@ from typing import TYPE_CHECKING
 from bitnet_onnx.config.config import MixedPrecisionConfig, MixedPrecisionStrategy
 from bitnet_onnx.passes._graph import import_graph
 from bitnet_onnx.passes.base import PassContext, Pipeline
+from bitnet_onnx.passes.instruments import LogRecords
 from bitnet_onnx.passes.p10_normalize import NormalizePass
 from bitnet_onnx.passes.p20_annotate_layers import AnnotateLayersPass
 from bitnet_onnx.passes.p30_assign_precision import AssignPrecisionPass
@@ -36,7 +34,7 @@ def annotate(loaded: LoadedModel, ctx: PassContext | None = None) -> tuple[gs.Gr
     if ctx is None:
         ctx = PassContext(config=MixedPrecisionConfig.new(MixedPrecisionStrategy.CUSTOM))
     graph = import_graph(loaded)
-    Pipeline((NormalizePass(), AnnotateLayersPass())).run(graph, ctx)
+    Pipeline((NormalizePass(), AnnotateLayersPass()), (LogRecords(),)).run(graph, ctx)
     return graph, ctx
 
 

@@ -1,39 +1,55 @@
 """The pass protocol, the context passes share, and the pipeline runner.
 
 Contract (after onnx_ir's passes): a pass is an object with a stable `name`, the names of the passes
-it `requires`, and `run(graph, ctx) -> PassResult`. Passes edit the onnx-graphsurgeon graph in place
-and *return* what they did; they never write logs themselves. The pipeline times each pass, checks
-its requirements, turns the result into a PassRecord and hands the record to every instrument (the
-JSONL log, --dump-after, progress) and logs each of the pass's warnings at WARNING level, so a user
-sees them without reading the log. Data flows one way: a pass reads what earlier passes left in the
+it `requires`, the post-conditions it `ensures` and `run(graph, ctx) -> PassResult`. Passes edit the
+onnx-graphsurgeon graph in place and *return* what they did, their numbers in the result's `stats`;
+they never log. The pipeline checks each pass's requirements, times it, checks its post-conditions
+(a broken one is a bug, reported as a PassError naming the pass), turns the result into a PassRecord
+and hands the record to every instrument: the log lines and warnings (`instruments.LogRecords`), the
+JSONL log, --dump-after, progress. Data flows one way: a pass reads what earlier passes left in the
 context and writes only the fields it owns.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from pathlib import Path
+from typing import ClassVar, Protocol
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper
 
+from bitnet_onnx.config.config import MixedPrecisionConfig
+from bitnet_onnx.config.plan import LayerPlan
+from bitnet_onnx.config.policy import PolicyEngine
+from bitnet_onnx.config.report import CompileReport
 from bitnet_onnx.core.errors import MixedPrecisionError
+from bitnet_onnx.core.layers import Layer
 from bitnet_onnx.core.log import Change, PassRecord
 
-if TYPE_CHECKING:
-    from pathlib import Path
+__all__ = [
+    "Condition",
+    "Instrument",
+    "Pass",
+    "PassContext",
+    "PassError",
+    "PassResult",
+    "Pipeline",
+    "context_set",
+    "graph_bytes",
+]
 
-__all__ = ["Instrument", "Pass", "PassContext", "PassError", "PassResult", "Pipeline", "graph_bytes"]
 
-logger = logging.getLogger(__name__)
-
-_WARNING_CHARS = 300  # a warning logged longer than this is cut; the pass record keeps all of it
+_BUG = (
+    "This is a bug in bitnet-onnx; rerun with --debug and report the traceback with the model's opset "
+    "and producer."
+)
 
 
 class PassError(MixedPrecisionError):
@@ -53,8 +69,8 @@ class PassContext:
     """What the passes share. Each field is written by one pass (named in its comment) and read by
     the passes after it."""
 
-    config: Any  # MixedPrecisionConfig, frozen; set by compile()
-    policy: Any = None  # PolicyEngine or None; set by compile()
+    config: MixedPrecisionConfig  # frozen; set by compile()
+    policy: PolicyEngine | None = None  # set by compile()
     calibration: Mapping[str, np.ndarray] | None = None  # sample inputs; set by compile()
     model_dir: Path | None = None  # where external data of the input lives; set by compile()
     custom_op_libraries: tuple[Path, ...] = ()  # the user's libraries for other custom ops; compile()
@@ -62,17 +78,31 @@ class PassContext:
     # compile(); False: no choice depends on timings taken on this machine (rewrite's I8 kernel
     # takes its fixed preference), so tests and reproducible builds do not depend on the CPU's load.
     measure_kernels: bool = True
-    layers: dict[str, Any] = field(default_factory=dict)  # annotate_layers
-    plan: dict[str, Any] = field(default_factory=dict)  # assign_precision (optimize may rewrite it)
+    layers: dict[str, Layer] = field(default_factory=dict)  # annotate_layers
+    plan: dict[str, LayerPlan] = field(default_factory=dict)  # assign_precision (optimize may rewrite it)
     annotations: dict[str, dict[str, str]] = field(default_factory=dict)  # node name → metadata_props
-    original: Any = None  # the normalized input ModelProto, for numeric validation; normalize
-    report: Any = None  # validation report; validate
+    original: onnx.ModelProto | None = None  # the normalized input, for numeric validation; normalize
+    report: CompileReport | None = None  # validate
     passes_run: list[str] = field(default_factory=list)  # the pipeline
+
+
+Condition = Callable[[gs.Graph, PassContext], "str | None"]
+"""A post-condition of a pass: what is wrong after it ran (a sentence), or None."""
+
+
+def context_set(name: str) -> Condition:
+    """The post-condition that the pass set the context's field `name` (it is no longer None)."""
+
+    def check(graph: gs.Graph, ctx: PassContext) -> str | None:
+        return f"ctx.{name} is not set" if getattr(ctx, name) is None else None
+
+    return check
 
 
 class Pass(Protocol):
     name: ClassVar[str]
     requires: ClassVar[tuple[str, ...]]
+    ensures: ClassVar[tuple[Condition, ...]]
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult: ...
 
@@ -106,12 +136,6 @@ def _itemsize(dtype: np.dtype | int) -> int:
     return np.dtype(helper.tensor_dtype_to_np_dtype(dtype) if isinstance(dtype, int) else dtype).itemsize
 
 
-def _shortened(warning: str) -> str:
-    if len(warning) <= _WARNING_CHARS:
-        return warning
-    return f"{warning[:_WARNING_CHARS]}... (the pass log holds the full text)"
-
-
 class Pipeline:
     def __init__(self, passes: Sequence[Pass], instruments: Sequence[Instrument] = ()) -> None:
         names = [p.name for p in passes]
@@ -136,10 +160,12 @@ class Pipeline:
             except Exception as exc:
                 raise PassError(
                     f"pass {p.name!r} failed (after {ctx.passes_run or 'no other passes'}): "
-                    f"{type(exc).__name__}: {exc}. This is a bug in bitnet-onnx; rerun with --debug "
-                    "and report the traceback with the model's opset and producer."
+                    f"{type(exc).__name__}: {exc}. {_BUG}"
                 ) from exc
             seconds = time.perf_counter() - start
+            broken = [problem for condition in p.ensures if (problem := condition(graph, ctx)) is not None]
+            if broken:
+                raise PassError(f"pass {p.name!r} broke its post-conditions: {'; '.join(broken)}. {_BUG}")
             ctx.passes_run.append(p.name)
             record = PassRecord(
                 pass_name=p.name,
@@ -155,17 +181,6 @@ class Pipeline:
                 warnings=result.warnings,
                 stats=result.stats,
             )
-            logger.info(
-                "%s: %.3fs, nodes %d→%d, %d changes, %d warnings",
-                p.name,
-                seconds,
-                nodes_before,
-                record.nodes_after,
-                len(result.changes),
-                len(result.warnings),
-            )
-            for warning in result.warnings:
-                logger.warning("%s: %s", p.name, _shortened(warning))
             for instrument in self.instruments:
                 instrument.after_pass(record, graph, ctx)
             records.append(record)

@@ -1,6 +1,9 @@
 """Instruments: what watches the pipeline without being a pass (TVM's PassInstrument).
 
 Each gets every `PassRecord` and the graph as it stands after that pass:
+- `LogRecords` logs one line per pass (time, nodes, changes, warnings, then its stats at DEBUG) and
+  each of its warnings, cut to 300 characters (the record keeps all of it), at WARNING level so a
+  user sees them without reading the log (a sweep over candidates lowers both levels);
 - `JsonlLog` writes the record as one JSON line to a stream (flushed, so a failed compile leaves
   the records of the passes that ran);
 - `DumpAfter` writes the model after each named pass to `<folder>/NNN_<pass>.onnx`, NNN its
@@ -25,9 +28,43 @@ from bitnet_onnx.passes._graph import ModelInfo, export_model, stamp_annotations
 from bitnet_onnx.passes.base import PassContext
 from bitnet_onnx.runtime.model_file import write_model
 
-__all__ = ["DumpAfter", "JsonlLog", "ProgressBar"]
+__all__ = ["DumpAfter", "JsonlLog", "LogRecords", "ProgressBar"]
 
 logger = logging.getLogger(__name__)
+
+_WARNING_CHARS = 300  # a warning logged longer than this is cut; the pass record keeps all of it
+
+
+class LogRecords:
+    """Logs each pass's record: its summary at `level`, its stats at DEBUG, its warnings at
+    `warning_level`."""
+
+    def __init__(self, level: int = logging.INFO, warning_level: int = logging.WARNING) -> None:
+        self.level = level
+        self.warning_level = warning_level
+
+    def after_pass(self, record: PassRecord, graph: gs.Graph, ctx: PassContext) -> None:
+        logger.log(
+            self.level,
+            "%s: %.3fs, nodes %d→%d, %d changes, %d warnings",
+            record.pass_name,
+            record.seconds,
+            record.nodes_before,
+            record.nodes_after,
+            len(record.changes),
+            len(record.warnings),
+        )
+        if record.stats:
+            stats = ", ".join(f"{key}={value}" for key, value in record.stats.items())
+            logger.debug("%s stats: %s", record.pass_name, stats)
+        for warning in record.warnings:
+            logger.log(self.warning_level, "%s: %s", record.pass_name, _shortened(warning))
+
+
+def _shortened(warning: str) -> str:
+    if len(warning) <= _WARNING_CHARS:
+        return warning
+    return f"{warning[:_WARNING_CHARS]}... (the pass log holds the full text)"
 
 
 class JsonlLog:

@@ -56,7 +56,6 @@ from __future__ import annotations
 import collections
 import functools
 import heapq
-import logging
 from collections.abc import Iterable, Iterator, Mapping
 from typing import ClassVar
 
@@ -71,11 +70,9 @@ from bitnet_onnx.core.graphs import all_graph_protos
 from bitnet_onnx.core.log import Change
 from bitnet_onnx.passes._contrib_types import TYPING_DOMAINS, register_typing_schemas
 from bitnet_onnx.passes._graph import adopt_structure, apply_value_info, export_model, weightless_model
-from bitnet_onnx.passes.base import PassContext, PassResult
+from bitnet_onnx.passes.base import Condition, PassContext, PassResult, context_set
 
 __all__ = ["MIN_OPSET", "NormalizePass"]
-
-logger = logging.getLogger(__name__)
 
 MIN_OPSET = 17
 _INITIALIZERS_NEED_NO_INPUT = 4  # the first ir_version whose initializers need not be graph inputs
@@ -91,6 +88,7 @@ _PRIVATE_DOMAINS = frozenset({_PARKING_DOMAIN, *TYPING_DOMAINS.values()})
 class NormalizePass:
     name: ClassVar[str] = "normalize"
     requires: ClassVar[tuple[str, ...]] = ()
+    ensures: ClassVar[tuple[Condition, ...]] = (context_set("original"),)
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         changes = _unique_names(graph)
@@ -145,13 +143,6 @@ class NormalizePass:
             "unchecked_ops": unchecked,
             "untyped_tensors": untyped,
         }
-        logger.info(
-            "normalize: opset %d → %d, %d renamed, %d value infos inferred",
-            opset_before,
-            graph.opset,
-            stats["renamed"],
-            gained,
-        )
         return PassResult(
             modified=bool(changes or gained), changes=tuple(changes), warnings=tuple(warnings), stats=stats
         )

@@ -66,17 +66,14 @@ import onnx_graphsurgeon as gs
 from bitnet_onnx.core.errors import UnsupportedModelError
 from bitnet_onnx.core.layers import Layer, LayerType
 from bitnet_onnx.core.log import Change
+from bitnet_onnx.core.metadata import LAYER_KEY, LAYER_TYPE_KEY, RULE_KEY
 from bitnet_onnx.passes._match import GraphView, MatchResult, label
-from bitnet_onnx.passes.base import PassContext, PassResult
+from bitnet_onnx.passes.base import Condition, PassContext, PassResult
 from bitnet_onnx.passes.layer_patterns import RULES, LayerMatch, LayerRule
 
-__all__ = ["LAYER_KEY", "LAYER_TYPE_KEY", "RULE_KEY", "AnnotateLayersPass", "explain"]
+__all__ = ["AnnotateLayersPass", "explain"]
 
 logger = logging.getLogger(__name__)
-
-LAYER_KEY = "bitnet.layer"
-LAYER_TYPE_KEY = "bitnet.layer_type"
-RULE_KEY = "bitnet.rule"
 
 _WEIGHT_TYPES = frozenset(
     {LayerType.LINEAR, LayerType.OUTPUT, LayerType.EMBEDDING, LayerType.CONVOLUTION, LayerType.ATTENTION}
@@ -103,9 +100,17 @@ def _ordered_rules() -> list[LayerRule]:
     return sorted(RULES, key=lambda r: -r.priority)  # sorted() is stable: table order within a priority
 
 
+def _every_layer_annotated(graph: gs.Graph, ctx: PassContext) -> str | None:
+    """Post-condition: every layer found has nodes that carry its name."""
+    annotated = {props.get(LAYER_KEY) for props in ctx.annotations.values()}
+    missing = [name for name in ctx.layers if name not in annotated]
+    return f"layers without annotated nodes: {missing[:5]}" if missing else None
+
+
 class AnnotateLayersPass:
     name: ClassVar[str] = "annotate_layers"
     requires: ClassVar[tuple[str, ...]] = ("normalize",)
+    ensures: ClassVar[tuple[Condition, ...]] = (_every_layer_annotated,)
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         view = GraphView(graph)
@@ -136,12 +141,6 @@ class AnnotateLayersPass:
             *_empty_weight_warnings(empty),
         ]
         stats = _stats(view, layers, annotations, conflicts)
-        logger.info(
-            "annotate_layers: %d layers, %d of %d nodes unassigned",
-            len(layers),
-            stats["unassigned"],
-            len(view.nodes),
-        )
         return PassResult(modified=False, changes=tuple(changes), warnings=tuple(warnings), stats=stats)
 
 

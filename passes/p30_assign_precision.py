@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
@@ -51,11 +50,9 @@ from bitnet_onnx.core.errors import ConfigError
 from bitnet_onnx.core.layers import ComponentType, Layer
 from bitnet_onnx.core.log import Change
 from bitnet_onnx.passes._graph import constant_values
-from bitnet_onnx.passes.base import PassContext, PassResult
+from bitnet_onnx.passes.base import Condition, PassContext, PassResult
 
 __all__ = ["AssignPrecisionPass"]
-
-logger = logging.getLogger(__name__)
 
 _STORED_DTYPES: Mapping[np.dtype, DType] = {
     np.dtype(np.float32): DType.F32,
@@ -72,6 +69,15 @@ _MAX_CONFLICT_LAYERS = 5  # layers named per grouped conflict warning; the count
 _CLOSEST = 3
 
 
+def _every_layer_planned(graph: gs.Graph, ctx: PassContext) -> str | None:
+    """Post-condition: the plan holds exactly the annotated layers."""
+    unplanned = [name for name in ctx.layers if name not in ctx.plan]
+    unknown = [name for name in ctx.plan if name not in ctx.layers]
+    if unplanned or unknown:
+        return f"plan and layers differ: unplanned {unplanned[:5]}, not layers {unknown[:5]}"
+    return None
+
+
 class AssignPrecisionPass:
     """Builds ctx.plan from the config and the policies, then validates it (see the module docstring).
 
@@ -81,6 +87,7 @@ class AssignPrecisionPass:
 
     name: ClassVar[str] = "assign_precision"
     requires: ClassVar[tuple[str, ...]] = ("annotate_layers",)
+    ensures: ClassVar[tuple[Condition, ...]] = (_every_layer_planned,)
 
     def __init__(self, memory_budget: int | None = None) -> None:
         if memory_budget is not None and (
@@ -156,10 +163,6 @@ class AssignPrecisionPass:
         }
         if memory_usage is not None:
             stats["memory_usage_percent"] = round(memory_usage, 3)
-        logger.debug(
-            "assign_precision: %d layers, %d components, %d decided by policies, %d warnings",
-            len(plan), len(changes), overridden, len(warnings),
-        )  # fmt: skip
         return PassResult(modified=False, changes=tuple(changes), warnings=tuple(warnings), stats=stats)
 
     def _memory_usage(

@@ -21,7 +21,6 @@ component is stored and computed in its planned precision. Then:
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from dataclasses import dataclass
 from typing import ClassVar
@@ -32,34 +31,22 @@ from bitnet_onnx.config.plan import LayerPlan
 from bitnet_onnx.core.dtypes import DType
 from bitnet_onnx.core.layers import ComponentType, LayerType
 from bitnet_onnx.core.log import Change
+from bitnet_onnx.core.metadata import (
+    LAYER_KEY,
+    LAYER_TYPE_KEY,
+    OP_KEY,
+    RULE_KEY,
+    TERNARY_SCALE_KEY,
+    dtype_key,
+)
 
-from .base import PassContext, PassResult
+from .base import Condition, PassContext, PassResult
 from .rewrite import REWRITERS, LayerEditor, LayerRewrite, RewriteEnv
 
-__all__ = [
-    "LAYER_KEY",
-    "LAYER_TYPE_KEY",
-    "OP_KEY",
-    "RULE_KEY",
-    "TERNARY_SCALE_KEY",
-    "RewritePass",
-    "dtype_key",
-]
+__all__ = ["RewritePass"]
 
-logger = logging.getLogger(__name__)
-
-LAYER_KEY = "bitnet.layer"
-LAYER_TYPE_KEY = "bitnet.layer_type"
-OP_KEY = "bitnet.op"
-RULE_KEY = "bitnet.rule"
-TERNARY_SCALE_KEY = "bitnet.ternary_scale"
 
 _DECIDING = (ComponentType.WEIGHTS, ComponentType.ACTIVATIONS, ComponentType.OUTPUTS, ComponentType.BIAS)
-
-
-def dtype_key(component: ComponentType) -> str:
-    """The annotation key holding a component's precision, e.g. `bitnet.dtype.weights`."""
-    return f"bitnet.dtype.{component.value}"
 
 
 @dataclass(frozen=True)
@@ -73,6 +60,7 @@ class _Done:
 class RewritePass:
     name: ClassVar[str] = "rewrite"
     requires: ClassVar[tuple[str, ...]] = ("annotate_layers", "assign_precision")
+    ensures: ClassVar[tuple[Condition, ...]] = ()
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         env = RewriteEnv.of(graph, ctx.seed, ctx.measure_kernels)
@@ -81,7 +69,6 @@ class RewritePass:
             edit = LayerEditor(graph, plan.layer, env.names)
             result = REWRITERS[plan.layer.layer_type](env, edit, plan)
             done.append(_Done(plan, tuple(edit.created), edit.changed, result))
-            logger.debug("%s: %s", plan.layer.name, result.detail)
         graph.cleanup().toposort()
         alive = {node.name for node in graph.nodes}
         for item in done:
@@ -89,12 +76,6 @@ class RewritePass:
         warnings = tuple(w for item in done for w in item.result.warnings) + _tie_warnings(done)
         changes = tuple(_change(item) for item in done)
         stats = _stats(done)
-        logger.info(
-            "rewrite: %d layers, constants %d → %d bytes",
-            len(done),
-            stats["bytes_before"],
-            stats["bytes_after"],
-        )
         modified = any(item.changed for item in done)
         return PassResult(modified=modified, changes=changes, warnings=warnings, stats=stats)
 

@@ -44,7 +44,6 @@ removed, casts moved before a transpose.
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from collections.abc import Callable
 from typing import ClassVar
@@ -55,12 +54,11 @@ import onnx_graphsurgeon as gs
 from onnx import helper
 
 from bitnet_onnx.core.log import Change
-from bitnet_onnx.passes.base import PassContext, PassResult
+from bitnet_onnx.core.metadata import LAYER_KEY
+from bitnet_onnx.passes.base import Condition, PassContext, PassResult
 from bitnet_onnx.runtime import DOMAIN
 
 __all__ = ["CONVERSION_OPS", "FoldConvertsPass", "count_conversions", "holds"]
-
-logger = logging.getLogger(__name__)
 
 CONVERSION_OPS: tuple[tuple[str, str], ...] = (
     ("", "Cast"),
@@ -88,7 +86,6 @@ _VALUE_PRESERVING = frozenset(
 )
 _FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64), np.dtype(ml_dtypes.bfloat16))
 _FLOAT32 = np.dtype(np.float32)
-_LAYER_KEY = "bitnet.layer"
 
 
 def _np_dtype(dtype: object) -> np.dtype | None:
@@ -297,7 +294,7 @@ def _casts_before_transposes(graph: gs.Graph, ctx: PassContext, changes: list[Ch
         cast.inputs[0], cast.outputs[0] = x, converted
         copy = gs.Node("Transpose", f"{cast.name}/Transpose", dict(transpose.attrs), [converted], [out])
         graph.nodes.append(copy)
-        layer = ctx.annotations.get(cast.name, {}).get(_LAYER_KEY)
+        layer = ctx.annotations.get(cast.name, {}).get(LAYER_KEY)
         changes.append(
             Change(layer, "reorder", node=cast.name, source="cast_before_transpose", detail=transpose.name)
         )
@@ -310,6 +307,7 @@ class FoldConvertsPass:
 
     name: ClassVar[str] = "fold_converts"
     requires: ClassVar[tuple[str, ...]] = ()
+    ensures: ClassVar[tuple[Condition, ...]] = ()
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         before = count_conversions(graph)
@@ -336,10 +334,6 @@ class FoldConvertsPass:
         for op in sorted(set(before) | set(after)):
             stats[f"before.{op}"] = before[op]
             stats[f"after.{op}"] = after[op]
-        logger.debug(
-            "fold_converts: conversions %d → %d, %d initializers removed",
-            stats["conversions_before"], stats["conversions_after"], dead,
-        )  # fmt: skip
         return PassResult(modified=bool(changes) or dead > 0, changes=tuple(changes), stats=stats)
 
     @staticmethod
@@ -365,7 +359,7 @@ class FoldConvertsPass:
                 node.outputs.clear()
                 node.inputs.clear()
                 removed[case] += 1
-                layer = ctx.annotations.get(node.name, {}).get(_LAYER_KEY)
+                layer = ctx.annotations.get(node.name, {}).get(LAYER_KEY)
                 changes.append(Change(layer, "remove", node=node.name, source=case, detail=why))
                 found = True
                 break

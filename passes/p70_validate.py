@@ -44,7 +44,6 @@ metrics in the stats (`<output>.cosine`, `<output>.max_abs_error`, `<output>.max
 
 from __future__ import annotations
 
-import logging
 import math
 import tempfile
 from collections.abc import Mapping
@@ -67,14 +66,12 @@ from bitnet_onnx.core.inspection import LayerRecord, read_layers
 from bitnet_onnx.core.layers import ComponentType, Layer
 from bitnet_onnx.numerics.packing import int_row_bytes, ternary_row_bytes
 from bitnet_onnx.passes._graph import export_model, stamp_annotations, weightless_model
-from bitnet_onnx.passes.base import PassContext, PassResult
+from bitnet_onnx.passes.base import Condition, PassContext, PassResult, context_set
 from bitnet_onnx.runtime import BITLINEAR, DOMAIN, check_feeds
 from bitnet_onnx.runtime.model_file import session_for, write_model
 from bitnet_onnx.runtime.sample_inputs import DEFAULT_DIMS, sample_inputs
 
 __all__ = ["ValidatePass"]
-
-logger = logging.getLogger(__name__)
 
 LOWBIT_MATMUL = "LowBitMatMul"
 DEQUANTIZE_LOWBIT = "DequantizeLowBit"
@@ -327,6 +324,7 @@ class ValidatePass:
 
     name: ClassVar[str] = "validate"
     requires: ClassVar[tuple[str, ...]] = ("assign_precision",)
+    ensures: ClassVar[tuple[Condition, ...]] = (context_set("report"),)
 
     def __init__(self, *, strict: bool = True, dims: Mapping[str, int] | None = None) -> None:
         self.strict = strict
@@ -389,12 +387,6 @@ class ValidatePass:
             stats[f"{m.name}.cosine"] = round(m.cosine, 6) if math.isfinite(m.cosine) else str(m.cosine)
             stats[f"{m.name}.max_abs_error"] = _stat(m.max_abs_error)
             stats[f"{m.name}.max_rel_error"] = _stat(m.max_rel_error)
-        logger.debug(
-            "validate: %d errors, %d warnings, goal %s",
-            len(report.errors),
-            len(report.warnings),
-            "met" if report.goal_met else "missed",
-        )
         messages = tuple(f"{f.severity.value}: {f}" for f in (*report.errors, *report.warnings))
         return PassResult(modified=False, warnings=messages, stats=stats)
 

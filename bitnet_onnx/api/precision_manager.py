@@ -12,10 +12,10 @@ It holds a `MixedPrecisionConfig` and the layers' `LayerPrecisionSpec`s (in a
   registration) when the component is the weights.
 - `convert_for_operation(tensor, layer, component)`: the tensor in that precision, layout and
   conversion strategy (`PrecisionConverter`; activations and outputs as the ops take them).
-- `optimize_precision(objective)`: `bitnet_onnx.search.search` over the layers registered with
+- `optimize_precision(objective)`: `bitnet_onnx.optimize.search.search` over the layers registered with
   dynamic adjustment (every other layer is pinned at its spec), with the manager's cost model
   (default: this machine's latency table) and an error model: measured sensitivity
-  (`bitnet_onnx.sensitivity.measure_sensitivity`) when the manager was built `from_model` with
+  (`bitnet_onnx.optimize.sensitivity.measure_sensitivity`) when the manager was built `from_model` with
   calibration inputs, else `static_sensitivity`. On a model the plan is then verified
   (`search.verify`: compiled and measured on held-out inputs, never the calibration ones) and the
   verified best is kept; when the measurement misses the objective the result says so
@@ -25,7 +25,7 @@ It holds a `MixedPrecisionConfig` and the layers' `LayerPrecisionSpec`s (in a
   bytes-only greedy `LayerPrecisionManager.optimize_for_memory`, which stays the layer manager's
   own tool.
 - `validate_configuration()`: the `PrecisionValidator` report over the specs, in model order.
-- `analyze_configuration()`: `bitnet_onnx.analysis.analyze` of the model compiled with the
+- `analyze_configuration()`: `bitnet_onnx.optimize.analysis.analyze` of the model compiled with the
   manager's plan when a model is attached; else a static `Analysis` of the specs' bytes (accuracy
   not measured, the static estimate in its notes).
 - `to_config()`: the manager's layers as a config with one exact entry each (save it with

@@ -49,7 +49,7 @@ from bitnet_onnx.core.version import __version__
 from bitnet_onnx.passes import compile_passes
 from bitnet_onnx.passes._graph import export_model, import_graph, load_model, stamp_annotations
 from bitnet_onnx.passes.base import Instrument, PassContext, Pipeline
-from bitnet_onnx.passes.instruments import DumpAfter, JsonlLog, ProgressBar
+from bitnet_onnx.passes.instruments import DumpAfter, JsonlLog, LogRecords, ProgressBar
 from bitnet_onnx.runtime.model_file import write_model
 
 __all__ = ["CompileResult", "compile", "read_inputs", "resolve_config"]
@@ -215,7 +215,7 @@ def compile(
         custom_op_libraries=libraries,
     )
     with ExitStack() as stack:
-        instruments: list[Instrument] = []
+        instruments: list[Instrument] = [LogRecords()]
         if log is not None:
             try:
                 stream = stack.enter_context(Path(log).open("w", encoding="utf-8"))

@@ -33,7 +33,7 @@ fewer wildcards (`*`, `?` and a `[...]` class count one each), then the entry in
 `layer_type`, when not None, restricts a glob to layers of that type; on an exact name it must
 agree with the layer's type (a mismatch is a ConfigError from `resolve`).
 
-The presets (`conservative()`, `balanced()`, `aggressive()`) are data in `bitnet_onnx.presets`,
+The presets (`conservative()`, `balanced()`, `aggressive()`) are data in `bitnet_onnx.config.presets`,
 whose docstring has their tables; `new(CUSTOM)` starts empty with everything at F32.
 """
 
@@ -47,7 +47,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from bitnet_onnx.core._schema import Problems, SchemaPath
+from bitnet_onnx.core._schema import Problems, SchemaPath, parse_enum
 from bitnet_onnx.core.dtypes import ConversionStrategy, DType, TernaryPacking, TernaryScale, WeightLayout
 from bitnet_onnx.core.errors import ConfigError
 from bitnet_onnx.core.layers import ComponentType, LayerType, SupportMatrix
@@ -77,13 +77,7 @@ class MixedPrecisionStrategy(enum.Enum):
 
     @classmethod
     def parse(cls, value: str | MixedPrecisionStrategy) -> MixedPrecisionStrategy:
-        if isinstance(value, MixedPrecisionStrategy):
-            return value
-        try:
-            return cls(str(value).strip().lower())
-        except ValueError:
-            choices = ", ".join(s.value for s in cls)
-            raise ConfigError(f"unknown strategy {value!r}; choose one of {choices}") from None
+        return parse_enum(cls, value, "strategy")
 
 
 def _optional_strategy(value: Any) -> ConversionStrategy | None:

@@ -37,7 +37,7 @@ support:                       # replaces rows of the support matrix
   components:
     bias: [F32, F16]
 
-policies:                      # see bitnet_onnx.policy for the evaluation order
+policies:                      # see bitnet_onnx.config.policy for the evaluation order
   - id: memory_critical
     name: Memory critical
     description: Use 4 bits when the model is over budget
@@ -102,7 +102,7 @@ from bitnet_onnx.config.config import (
     MixedPrecisionStrategy,
 )
 from bitnet_onnx.config.policy import PrecisionPolicy
-from bitnet_onnx.core._schema import Problems, SchemaPath, describe_value, did_you_mean
+from bitnet_onnx.core._schema import Problems, SchemaPath, describe_value
 from bitnet_onnx.core.dtypes import ConversionStrategy, DType, TernaryPacking, TernaryScale, WeightLayout
 from bitnet_onnx.core.errors import ConfigError
 from bitnet_onnx.core.layers import ComponentType, LayerType, SupportMatrix
@@ -289,7 +289,7 @@ def _read_config(data: Any, problems: Problems, origin: str | None) -> MixedPrec
         _choice(problems, top, ("strategy",), MixedPrecisionStrategy.parse) or MixedPrecisionStrategy.CUSTOM
     )
     base = MixedPrecisionConfig.new(strategy)
-    default_precision = _choice(problems, top, ("default_precision",), _parse_dtype)
+    default_precision = _choice(problems, top, ("default_precision",), DType.parse)
 
     layer_types = dict(base.layer_types)
     for key, value in _section(problems, top, "layer_types"):
@@ -362,39 +362,19 @@ def _choice(
     return problems.parse(parse, body[key], path)
 
 
-def _hinted(parse: Callable[[Any], Any], choices: list[str]) -> Callable[[Any], Any]:
-    """`parse`, with a did-you-mean added to its complaint."""
-
-    def hinted(value: Any) -> Any:
-        try:
-            return parse(value)
-        except ConfigError as exc:
-            head, sep, tail = exc.problems[0].partition("; ")
-            raise ConfigError(f"{head}{did_you_mean(str(value).upper(), choices)}{sep}{tail}") from None
-
-    return hinted
-
-
-_parse_dtype = _hinted(DType.parse, [d.name for d in DType])
-_LAYER_TYPE = _hinted(LayerType.parse, [t.value for t in LayerType])
-
-
 def _enum_key(
     problems: Problems, key: str, path: SchemaPath, enum_type: type[LayerType] | type[ComponentType]
 ) -> Any:
-    choices = [m.value for m in enum_type]
-    if key in choices:
-        return enum_type(key)
-    what = "layer type" if enum_type is LayerType else "component"
-    problems.add(
-        path, f"unknown {what} {key!r}{did_you_mean(key, choices)}; choose one of {', '.join(choices)}"
-    )
-    return None
+    try:
+        return enum_type.parse(key)
+    except ConfigError as exc:
+        problems.add(path, exc.problems[0])
+        return None
 
 
 def _read_setting(problems: Problems, value: Any, path: SchemaPath) -> ComponentPrecisionConfig | None:
     if not isinstance(value, Mapping):
-        precision = problems.parse(_parse_dtype, value, path)
+        precision = problems.parse(DType.parse, value, path)
         return ComponentPrecisionConfig(precision) if precision is not None else None
     body = problems.mapping(value, path, "an entry")
     if body is None:
@@ -411,7 +391,7 @@ def _read_layer_entry(
         if value is None and layer_type is None:
             problems.add(path, "a layer entry needs a precision, not null")
             return None
-        precision = problems.parse(_parse_dtype, value, path)
+        precision = problems.parse(DType.parse, value, path)
         return LayerPrecisionConfig(layer_type, precision) if precision is not None else None
     body = problems.mapping(value, path, "an entry")
     if body is None:
@@ -420,7 +400,7 @@ def _read_layer_entry(
     problems.keys(body, path, allowed, required=("precision",))
     type_ok = True
     if layer_type is None and "layer_type" in body:
-        layer_type = problems.parse(_LAYER_TYPE, body["layer_type"], (*path, "layer_type"))
+        layer_type = problems.parse(LayerType.parse, body["layer_type"], (*path, "layer_type"))
         type_ok = layer_type is not None
     read = _read_precision_and_knobs(problems, body, path)
     overrides: dict[ComponentType, ComponentPrecisionConfig] = {}
@@ -439,10 +419,10 @@ def _read_layer_entry(
 def _read_precision_and_knobs(
     problems: Problems, body: Mapping[str, Any], path: SchemaPath
 ) -> tuple[DType, WeightLayout, ConversionStrategy | None] | None:
-    precision = _choice(problems, body, (*path, "precision"), _parse_dtype)
+    precision = _choice(problems, body, (*path, "precision"), DType.parse)
     packing = TernaryPacking.TWO_BIT
     if "packing" in body:
-        packing = problems.parse(_parse_packing, body["packing"], (*path, "packing"))
+        packing = problems.parse(TernaryPacking.parse, body["packing"], (*path, "packing"))
     ternary_scale = TernaryScale.ABSMEAN
     if "ternary_scale" in body:
         ternary_scale = problems.parse(TernaryScale.parse, body["ternary_scale"], (*path, "ternary_scale"))
@@ -464,16 +444,6 @@ def _read_precision_and_knobs(
     return precision, layout, strategy
 
 
-def _parse_packing(value: Any) -> TernaryPacking:
-    choices = [p.value for p in TernaryPacking]
-    for packing in TernaryPacking:
-        if str(value).strip().lower() in (packing.value, packing.name.lower()):
-            return packing
-    raise ConfigError(
-        f"unknown packing {value!r}{did_you_mean(str(value), choices)}; choose one of {', '.join(choices)}"
-    )
-
-
 def _read_support(problems: Problems, data: Any) -> SupportMatrix:
     support = SupportMatrix()
     if data is None:
@@ -489,7 +459,7 @@ def _read_support(problems: Problems, data: Any) -> SupportMatrix:
             if not isinstance(row, list) or not row:
                 problems.add(path, f"must be a non-empty list of precisions, not {describe_value(row)}")
                 continue
-            dtypes = [problems.parse(_parse_dtype, d, (*path, i)) for i, d in enumerate(row)]
+            dtypes = [problems.parse(DType.parse, d, (*path, i)) for i, d in enumerate(row)]
             if member is None or any(d is None for d in dtypes):
                 continue
             if isinstance(member, LayerType):

@@ -41,7 +41,7 @@ When an action changes the precision, the knobs of the current resolution come a
 those that do not fit the new precision, which fall back to their defaults (`config.fit_layout`).
 
 Policies are read from and written to the `policies:` section of a config file with
-`PrecisionPolicy.from_dict` / `to_dict` (schema in `bitnet_onnx.config_file`).
+`PrecisionPolicy.from_dict` / `to_dict` (schema in `bitnet_onnx.config.config_file`).
 """
 
 from __future__ import annotations
@@ -59,9 +59,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bitnet_onnx.config.config import Resolution, fit_layout
-from bitnet_onnx.core._schema import Problems, SchemaPath, describe_value, did_you_mean
+from bitnet_onnx.core._schema import Problems, SchemaPath, describe_value, did_you_mean, parse_enum
 from bitnet_onnx.core.dtypes import ConversionStrategy, DType, TernaryScale, WeightLayout
-from bitnet_onnx.core.errors import ConfigError
 from bitnet_onnx.core.layers import ComponentType, LayerType, SupportMatrix
 
 if TYPE_CHECKING:
@@ -98,16 +97,7 @@ tuple of those (a list is turned into a tuple)."""
 class _ParsedEnum(enum.Enum):
     @classmethod
     def parse(cls, value: Any) -> Any:
-        if isinstance(value, cls):
-            return value
-        try:
-            return cls(str(value).strip().lower())
-        except ValueError:
-            choices = ", ".join(m.value for m in cls)
-            hint = did_you_mean(str(value), [m.value for m in cls])
-            raise ConfigError(
-                f"unknown {_ENUM_NOUNS[cls.__name__]} {value!r}{hint}; choose one of {choices}"
-            ) from None
+        return parse_enum(cls, value, _ENUM_NOUNS[cls.__name__])
 
 
 class ConditionType(_ParsedEnum):

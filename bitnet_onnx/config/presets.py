@@ -1,7 +1,7 @@
 """The strategy presets, as data. `MixedPrecisionConfig.new(strategy)` returns one of these.
 
 Layer-type defaults (a layer type's precision decides every component that accepts it; `+` marks a
-component override; see `bitnet_onnx.config` for the resolution order):
+component override; see `bitnet_onnx.config.config` for the resolution order):
 
 | layer type    | conservative | balanced                 | aggressive                              |
 |---------------|--------------|--------------------------|-----------------------------------------|

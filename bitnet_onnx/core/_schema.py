@@ -10,16 +10,18 @@ same checks through it, so a problem reads the same whether it came from code or
 from __future__ import annotations
 
 import difflib
+import enum
 import re
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, TypeVar
 
 from bitnet_onnx.core.errors import ConfigError
 
-__all__ = ["Problems", "SchemaPath", "describe_value", "did_you_mean", "format_path"]
+__all__ = ["Problems", "SchemaPath", "describe_value", "did_you_mean", "format_path", "parse_enum"]
 
 SchemaPath = tuple[str | int, ...]
 T = TypeVar("T")
+E = TypeVar("E", bound=enum.Enum)
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -118,6 +120,29 @@ def did_you_mean(word: str, choices: Collection[str]) -> str:
     if not close and len(word) >= 3:
         close = [c for c in choices if c.lower().startswith(word.lower())][:1]
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def parse_enum(
+    cls: type[E],
+    value: object,
+    noun: str,
+    *,
+    spellings: Mapping[str, E] | None = None,
+    fold: Callable[[str], str] = str.lower,
+) -> E:
+    """`value` as a member of `cls`: the member itself, or text that, stripped and folded by `fold`, is
+    one of `spellings` (default: every member's value and name, folded). Anything else is a
+    ConfigError naming the `noun`, the closest choice and every choice; every user-facing enum parses
+    through here, so they all answer a typo the same way."""
+    if isinstance(value, cls):
+        return value
+    table = spellings if spellings is not None else {fold(str(s)): m for m in cls for s in (m.value, m.name)}
+    found = table.get(fold(str(value).strip()))
+    if found is None:
+        choices = [str(m.value) for m in cls]
+        hint = did_you_mean(fold(str(value).strip()), [fold(c) for c in choices])
+        raise ConfigError(f"unknown {noun} {value!r}{hint}; choose one of {', '.join(choices)}")
+    return found
 
 
 def describe_value(value: Any) -> str:

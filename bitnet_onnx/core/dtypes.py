@@ -16,8 +16,7 @@ import ml_dtypes
 import numpy as np
 from onnx import TensorProto
 
-from bitnet_onnx.core._schema import did_you_mean
-from bitnet_onnx.core.errors import ConfigError
+from bitnet_onnx.core._schema import parse_enum
 
 __all__ = ["ConversionStrategy", "DType", "TernaryPacking", "TernaryScale", "WeightLayout", "storage_bytes"]
 
@@ -30,6 +29,10 @@ class TernaryPacking(enum.Enum):
 
     TWO_BIT = "2bit"  # w+1 in 2 bits, 4 weights per byte: 2.0 bits/weight, 16x vs F32
     BASE3 = "base3"  # sum (w_i+1)*3^i over 5 weights, one byte: 1.6 bits/weight, 20x vs F32
+
+    @classmethod
+    def parse(cls, value: str | TernaryPacking) -> TernaryPacking:
+        return parse_enum(cls, value, "packing")
 
     @property
     def weights_per_byte(self) -> int:
@@ -52,16 +55,7 @@ class TernaryScale(enum.Enum):
     @classmethod
     def parse(cls, value: str | TernaryScale) -> TernaryScale:
         """Accept a TernaryScale or its value in any case (`absmean`, `least_squares`, `least-squares`)."""
-        if isinstance(value, TernaryScale):
-            return value
-        key = str(value).strip().lower().replace("-", "_")
-        for scale in cls:
-            if key == scale.value:
-                return scale
-        choices = [s.value for s in cls]
-        raise ConfigError(
-            f"unknown ternary_scale {value!r}{did_you_mean(key, choices)}; choose one of {', '.join(choices)}"
-        )
+        return parse_enum(cls, value, "ternary_scale", fold=_underscored)
 
 
 @dataclass(frozen=True)
@@ -89,14 +83,7 @@ class DType(enum.Enum):
     @classmethod
     def parse(cls, value: str | DType) -> DType:
         """Accept a DType, its name in any case, or a common alias (fp16, int4, ternary, ...)."""
-        if isinstance(value, DType):
-            return value
-        key = str(value).strip().upper().replace("-", "").replace("_", "").replace(".", "")
-        found = _ALIASES.get(key)
-        if found is None:
-            choices = ", ".join(d.name for d in cls)
-            raise ConfigError(f"unknown precision {value!r}; choose one of {choices}")
-        return found
+        return parse_enum(cls, value, "precision", spellings=_ALIASES, fold=_alias_key)
 
     @property
     def _spec(self) -> _Spec:
@@ -229,11 +216,12 @@ class ConversionStrategy(enum.Enum):
 
     @classmethod
     def parse(cls, value: str | ConversionStrategy) -> ConversionStrategy:
-        if isinstance(value, ConversionStrategy):
-            return value
-        key = str(value).strip().lower().replace("-", "_").replace(" ", "_")
-        for strategy in cls:
-            if key in (strategy.value, strategy.name.lower()):
-                return strategy
-        choices = ", ".join(s.value for s in cls)
-        raise ConfigError(f"unknown conversion strategy {value!r}; choose one of {choices}")
+        return parse_enum(cls, value, "conversion strategy", fold=_underscored)
+
+
+def _alias_key(text: str) -> str:
+    return text.upper().replace("-", "").replace("_", "").replace(".", "")
+
+
+def _underscored(text: str) -> str:
+    return text.lower().replace("-", "_").replace(" ", "_")

@@ -20,25 +20,21 @@ import onnx
 
 from bitnet_onnx.core._text import table
 from bitnet_onnx.core.layers import ComponentType
+from bitnet_onnx.core.metadata import (
+    DTYPE_KEY_PREFIX,
+    LAYER_KEY,
+    LAYER_TYPE_KEY,
+    OP_KEY,
+    RULE_KEY,
+    TERNARY_SCALE_KEY,
+)
 
 __all__ = [
-    "DTYPE_KEY_PREFIX",
-    "LAYER_KEY",
-    "LAYER_TYPE_KEY",
-    "OP_KEY",
-    "RULE_KEY",
-    "TERNARY_SCALE_KEY",
     "LayerRecord",
     "layers_table",
     "read_layers",
 ]
 
-LAYER_KEY = "bitnet.layer"
-LAYER_TYPE_KEY = "bitnet.layer_type"
-RULE_KEY = "bitnet.rule"
-OP_KEY = "bitnet.op"
-DTYPE_KEY_PREFIX = "bitnet.dtype."
-TERNARY_SCALE_KEY = "bitnet.ternary_scale"
 _COMPONENT_ORDER = {c.value: i for i, c in enumerate(ComponentType)}
 
 

@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
+from bitnet_onnx.core._schema import parse_enum
 from bitnet_onnx.core.dtypes import DType
-from bitnet_onnx.core.errors import ConfigError
 
 __all__ = ["ComponentType", "Layer", "LayerType", "SupportMatrix"]
 
@@ -31,13 +31,7 @@ class LayerType(enum.Enum):
 
     @classmethod
     def parse(cls, value: str | LayerType) -> LayerType:
-        if isinstance(value, LayerType):
-            return value
-        try:
-            return cls(str(value).strip().lower())
-        except ValueError:
-            choices = ", ".join(t.value for t in cls)
-            raise ConfigError(f"unknown layer type {value!r}; choose one of {choices}") from None
+        return parse_enum(cls, value, "layer type")
 
 
 class ComponentType(enum.Enum):
@@ -49,13 +43,7 @@ class ComponentType(enum.Enum):
 
     @classmethod
     def parse(cls, value: str | ComponentType) -> ComponentType:
-        if isinstance(value, ComponentType):
-            return value
-        try:
-            return cls(str(value).strip().lower())
-        except ValueError:
-            choices = ", ".join(c.value for c in cls)
-            raise ConfigError(f"unknown component {value!r}; choose one of {choices}") from None
+        return parse_enum(cls, value, "component")
 
     @property
     def applies_to_inference(self) -> bool:

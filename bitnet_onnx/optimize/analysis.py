@@ -15,7 +15,7 @@ estimated and measured speedup, the outputs' error against the original, per-lay
   relative error over all elements), on the first calibration batch.
 - estimated speedup: Σ predicted latency of every layer at F32 / Σ at its chosen precision, for one
   token (M = 1, decoding), from the cost model's latency table measured on this CPU
-  (`bitnet_onnx.cost_model`, which models the matmul kernels); None without a cost model.
+  (`bitnet_onnx.optimize.cost_model`, which models the matmul kernels); None without a cost model.
 - measured speedup (`measure_speed=True`): median latency of the original over that of the
   compiled model in onnxruntime, one thread, batch 1 (the first row of the first calibration
   batch), the two runs interleaved so that a change of machine load hits both, `SPEED_RUNS` runs
@@ -31,9 +31,9 @@ import math
 import os
 import statistics
 import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -56,6 +56,7 @@ from bitnet_onnx.passes import annotate
 from bitnet_onnx.passes._graph import import_graph, load_model
 from bitnet_onnx.runtime.model_file import session_for
 from bitnet_onnx.runtime.sample_inputs import sample_inputs
+from bitnet_onnx.runtime.timing import run_times
 
 if TYPE_CHECKING:
     from bitnet_onnx.optimize.calibration import Calibration
@@ -412,9 +413,7 @@ def measure_latency(
     times: tuple[list[float], list[float]] = ([], [])
     for round_ in range(runs):
         for i in (0, 1) if round_ % 2 == 0 else (1, 0):
-            start = time.perf_counter()
-            sessions[i].run(None, feeds)
-            times[i].append((time.perf_counter() - start) * 1e6)
+            times[i].extend(t * 1e6 for t in run_times(partial(sessions[i].run, None, feeds), runs=1))
     return Timing(statistics.median(times[0]), statistics.median(times[1]), runs, SPEED_THREADS)
 
 

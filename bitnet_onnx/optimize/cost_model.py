@@ -58,7 +58,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -76,6 +75,7 @@ from bitnet_onnx.core.errors import ConfigError
 from bitnet_onnx.core.layers import Layer, LayerType
 from bitnet_onnx.optimize.objectives import PrecisionChoice, candidate_choices
 from bitnet_onnx.runtime.machine_cache import MachineCache
+from bitnet_onnx.runtime.timing import median_micros
 
 __all__ = [
     "SIZES",
@@ -314,15 +314,7 @@ def _measure_kernel(kernel: Kernel, k: int, n: int, rng: np.random.Generator) ->
 
 
 def _median_micros(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> float:
-    for _ in range(_WARMUP):
-        session.run(None, feeds)
-    times: list[int] = []
-    deadline = time.perf_counter() + _BUDGET_S
-    while len(times) < _MIN_RUNS or time.perf_counter() < deadline:
-        start = time.perf_counter_ns()
-        session.run(None, feeds)
-        times.append(time.perf_counter_ns() - start)
-    return statistics.median(times) / 1000.0
+    return median_micros(lambda: session.run(None, feeds), runs=_MIN_RUNS, warmup=_WARMUP, budget_s=_BUDGET_S)
 
 
 def _graph(

@@ -349,7 +349,7 @@ def _accuracy_problems(value: float) -> list[str]:
 @dataclass(frozen=True)
 class Balanced(OptimizationObjective):
     """Maximise memory_weight·memory score + speed_weight·speed score + accuracy_weight·accuracy
-    score (each score normalised to [0, 1], see `bitnet_onnx.search`)."""
+    score (each score normalised to [0, 1], see `bitnet_onnx.optimize.search`)."""
 
     memory_weight: float
     speed_weight: float

@@ -410,7 +410,7 @@ def search(
 ) -> SearchResult:
     """The plan for `objective` (module docstring).
 
-    `sensitivity` is a `bitnet_onnx.sensitivity.SensitivityTable` (anything with `get(layer,
+    `sensitivity` is a `bitnet_onnx.optimize.sensitivity.SensitivityTable` (anything with `get(layer,
     choice)` returning an entry with `cosine`); `base` the starting plan (default `base_plan`);
     `pinned` layers keep their base choice; `choices` restricts a layer's candidates (default
     `candidate_choices(layer, support)`); `other_bytes` are constants outside the layers (counted

@@ -85,7 +85,8 @@ from bitnet_onnx.optimize.calibration import Calibration
 from bitnet_onnx.optimize.objectives import PrecisionChoice, candidate_choices
 from bitnet_onnx.passes import annotate
 from bitnet_onnx.passes._graph import LoadedModel, ModelInfo, export_model, import_graph, load_model
-from bitnet_onnx.passes.base import PassContext
+from bitnet_onnx.passes.base import PassContext, Pipeline
+from bitnet_onnx.passes.instruments import LogRecords
 from bitnet_onnx.passes.p30_assign_precision import AssignPrecisionPass
 from bitnet_onnx.passes.p50_rewrite import RewritePass
 from bitnet_onnx.passes.p60_fold_converts import FoldConvertsPass
@@ -214,7 +215,8 @@ def measure_sensitivity(
         raise ConfigError(f"workers={workers!r} must be a positive number of processes (1: no parallelism)")
     if not isinstance(calibration, Calibration):
         raise ConfigError(
-            f"calibration must be a bitnet_onnx.calibration.Calibration, not {type(calibration).__name__}; "
+            "calibration must be a bitnet_onnx.optimize.calibration.Calibration, "
+            f"not {type(calibration).__name__}; "
             "use Calibration.from_npz(path, model) or Calibration.generated(model)"
         )
     if metric is not None and workers > 1:
@@ -340,6 +342,10 @@ def _choice_problem(layer: Layer, choice: object, base: MixedPrecisionConfig) ->
 # -- the prepared model and one candidate ------------------------------------------------------
 
 
+_Payload = tuple[bytes, str | None, dict[str, Layer], dict[str, dict[str, str]], tuple[str, ...]]
+"""A `_Prepared` as a worker process receives it (a ModelProto does not pickle cheaply)."""
+
+
 @dataclass(frozen=True)
 class _Prepared:
     """The model normalized and annotated once: what every candidate compile starts from."""
@@ -348,30 +354,29 @@ class _Prepared:
     base_dir: Path | None
     layers: Mapping[str, Layer]
     annotations: Mapping[str, Mapping[str, str]]
+    passes_run: tuple[str, ...]  # what made it (normalize, annotate_layers): the later passes require them
 
     @classmethod
     def of(cls, loaded: LoadedModel, base: MixedPrecisionConfig) -> _Prepared:
         _, ctx = annotate(loaded, _context(base, loaded.base_dir))
-        return cls(
-            ctx.original, loaded.base_dir, dict(ctx.layers), {k: dict(v) for k, v in ctx.annotations.items()}
-        )
+        annotations = {k: dict(v) for k, v in ctx.annotations.items()}
+        return cls(ctx.original, loaded.base_dir, dict(ctx.layers), annotations, tuple(ctx.passes_run))
 
-    def to_payload(self) -> tuple[bytes, str | None, dict[str, Layer], dict[str, dict[str, str]]]:
+    def to_payload(self) -> _Payload:
         return (
             self.proto.SerializeToString(),
             None if self.base_dir is None else str(self.base_dir),
             dict(self.layers),
             {k: dict(v) for k, v in self.annotations.items()},
+            self.passes_run,
         )
 
     @classmethod
-    def from_payload(
-        cls, payload: tuple[bytes, str | None, dict[str, Layer], dict[str, dict[str, str]]]
-    ) -> _Prepared:
-        data, base_dir, layers, annotations = payload
+    def from_payload(cls, payload: _Payload) -> _Prepared:
+        data, base_dir, layers, annotations, passes_run = payload
         proto = onnx.ModelProto()
         proto.ParseFromString(data)
-        return cls(proto, None if base_dir is None else Path(base_dir), layers, annotations)
+        return cls(proto, None if base_dir is None else Path(base_dir), layers, annotations, passes_run)
 
 
 def _context(config: MixedPrecisionConfig, model_dir: Path | None) -> PassContext:
@@ -382,19 +387,18 @@ def _context(config: MixedPrecisionConfig, model_dir: Path | None) -> PassContex
 def _compile(prepared: _Prepared, config: MixedPrecisionConfig) -> onnx.ModelProto:
     """`config` compiled in memory from the prepared model: assign_precision, rewrite, fold_converts.
 
-    The passes run without the Pipeline: their warnings (e.g. "1-bit weights keep only the sign")
-    are what a sweep over candidates expects, so they go to the debug log instead of one warning per
-    candidate; a candidate that fails is reported by the caller.
+    The passes' warnings (e.g. "1-bit weights keep only the sign") are what a sweep over candidates
+    expects, so they go to the debug log instead of one warning per candidate; a candidate that fails
+    is reported by the caller.
     """
     graph = import_graph(LoadedModel(prepared.proto, "<normalized model>", prepared.base_dir, ModelInfo()))
     ctx = _context(config, prepared.base_dir)
     ctx.original = prepared.proto
     ctx.layers = dict(prepared.layers)
     ctx.annotations = {k: dict(v) for k, v in prepared.annotations.items()}
-    for p in (AssignPrecisionPass(), RewritePass(), FoldConvertsPass()):
-        result = p.run(graph, ctx)
-        for warning in result.warnings:
-            logger.debug("%s: %s", p.name, warning)
+    ctx.passes_run = list(prepared.passes_run)
+    quiet = LogRecords(level=logging.DEBUG, warning_level=logging.DEBUG)
+    Pipeline((AssignPrecisionPass(), RewritePass(), FoldConvertsPass()), (quiet,)).run(graph, ctx)
     return export_model(graph)
 
 

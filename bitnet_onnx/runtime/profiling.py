@@ -30,7 +30,7 @@ import onnx
 
 from bitnet_onnx import runtime
 from bitnet_onnx.core.errors import UnsupportedModelError
-from bitnet_onnx.core.inspection import LAYER_KEY, LAYER_TYPE_KEY, OP_KEY
+from bitnet_onnx.core.metadata import LAYER_KEY, LAYER_TYPE_KEY, OP_KEY
 
 __all__ = ["NO_LAYER", "LayerTime", "layer_times", "profile"]
 

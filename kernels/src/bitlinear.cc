@@ -14,6 +14,7 @@
 #include "bitnet/ops.h"
 #include "bitnet/parallel.h"
 #include "cpu/ternary.h"
+#include "linear_op.h"
 #include "ternary_weights.h"
 
 namespace bitnet {
@@ -38,10 +39,6 @@ void CheckScale(const std::vector<int64_t>& shape, int64_t n) {
   if (!ok) Fail(kOp, "scale has shape ", ShapeString(shape), "; it must be [1] (per tensor) or [N] = [", n, "]");
 }
 
-void CheckBias(const std::vector<int64_t>& shape, int64_t n) {
-  if (shape.size() != 1 || shape[0] != n) Fail(kOp, "bias has shape ", ShapeString(shape), "; it must be [N] = [", n, "]");
-}
-
 template <typename T>
 class BitLinear {
  public:
@@ -54,8 +51,7 @@ class BitLinear {
     for (size_t i = 0; i < 3; ++i) {
       if (info.GetInputName(i).empty()) Fail(kOp, "input ", i, " (", required[i], ") is required but its name is empty");
     }
-    k_ = RequiredInt(info, kOp, "K");
-    if (k_ <= 0) Fail(kOp, "K=", k_, " must be positive (the unpadded reduction length)");
+    k_ = RequiredK(info, kOp);
     if (k_ > cpu::kMaxK) {
       Fail(kOp, "K=", k_, " exceeds ", cpu::kMaxK, ", the longest reduction the int32 accumulators hold exactly");
     }
@@ -72,7 +68,7 @@ class BitLinear {
       if (is_constant) CheckScale(scale.GetTensorTypeAndShapeInfo().GetShape(), n);
       if (info.GetInputCount() > 3) {
         Ort::ConstValue bias = info.GetTensorConstantInput(3, &is_constant);
-        if (is_constant) CheckBias(bias.GetTensorTypeAndShapeInfo().GetShape(), n);
+        if (is_constant) CheckBias(kOp, bias.GetTensorTypeAndShapeInfo().GetShape(), n);
       }
     }
     std::string message = std::string("[") + kOp + "] node '" + info.GetNodeName() + "': K=" + std::to_string(k_) +
@@ -85,22 +81,15 @@ class BitLinear {
 
   Ort::Status Compute(OrtKernelContext* ctx, const Tensor<T>& x, const Tensor<uint8_t>& w, const Tensor<float>& scale,
                       std::optional<const Tensor<float>*> bias, Tensor<T>& y) {
-    const std::vector<int64_t>& x_shape = x.Shape();
-    if (x_shape.empty() || x_shape.back() != k_) {
-      Fail(kOp, "X has shape ", ShapeString(x_shape), " but its last axis must be K=", k_, " (the node's attribute)");
-    }
+    const int64_t m = XRows(kOp, x.Shape(), k_);
     std::optional<TernaryWeights> call_weights;
     if (!weights_) call_weights.emplace(w.Data(), w.Shape(), k_, format_, kOp);
     const cpu::TernaryMatrix& matrix = weights_ ? weights_->matrix() : call_weights->matrix();
     const int64_t n = matrix.n;
     CheckScale(scale.Shape(), n);
-    if (bias.has_value() && *bias != nullptr) CheckBias((*bias)->Shape(), n);
+    if (bias.has_value() && *bias != nullptr) CheckBias(kOp, (*bias)->Shape(), n);
 
-    std::vector<int64_t> y_shape = x_shape;
-    y_shape.back() = n;
-    T* y_data = y.Allocate(y_shape);
-    int64_t m = 1;
-    for (size_t i = 0; i + 1 < x_shape.size(); ++i) m *= x_shape[i];
+    T* y_data = y.Allocate(OutputDims(x.Shape(), n));
     if (m == 0 || n == 0) return Ort::Status{nullptr};
 
     cpu::TernaryProblem p;
@@ -123,15 +112,7 @@ class BitLinear {
     return Ort::Status{nullptr};
   }
 
-  static void InferShape(ShapeInference& shapes) {
-    if (shapes.InputCount() < 2) return;
-    ShapeInference::TensorShape x = shapes.Input(0);
-    const ShapeInference::TensorShape w = shapes.Input(1);
-    if (x.dims.empty() || w.dims.size() != 2) return;
-    x.dims.back() = w.dims[0];
-    x.symbols.back() = w.symbols[0];
-    shapes.SetOutput(0, x);
-  }
+  static void InferShape(ShapeInference& shapes) { InferOutputShape(shapes); }
 
  private:
   void Quantize(OrtKernelContext* ctx, const T* x, int64_t m, int8_t* xq, int64_t ldxq, cpu::TokenRow* rows) const {
@@ -151,26 +132,10 @@ class BitLinear {
   }
 
   void Multiply(OrtKernelContext* ctx, const cpu::TernaryProblem& p, int64_t m) const {
-    const int64_t blocks = p.w.blocks;
-    int64_t task_blocks, task_rows;
-    if (m <= cpu::kStreamingMaxRows) {
-      task_blocks = std::max<int64_t>(1, kStreamingTaskBytes / (p.w.k_packets * cpu::kPacketBytes));
-      task_rows = m;
-    } else {
-      task_blocks = kGemmTaskBlocks;
-      const int64_t block_tasks = cpu::CeilDiv(blocks, task_blocks);
-      const int64_t row_tasks = std::clamp<int64_t>(cpu::CeilDiv(kGemmMinTasks, block_tasks), 1,
-                                                    std::max<int64_t>(1, m / kGemmMinTaskRows));
-      task_rows = cpu::CeilDiv(m, row_tasks);
-    }
-    const int64_t block_tasks = cpu::CeilDiv(blocks, task_blocks);
-    const int64_t row_tasks = cpu::CeilDiv(m, task_rows);
-    auto task = [&](size_t i) {
-      const int64_t bt = static_cast<int64_t>(i) % block_tasks, rt = static_cast<int64_t>(i) / block_tasks;
-      kernels_->matmul(p, rt * task_rows, std::min(m, (rt + 1) * task_rows), bt * task_blocks,
-                       std::min(blocks, (bt + 1) * task_blocks));
-    };
-    ParallelFor(ctx, static_cast<size_t>(block_tasks * row_tasks), task);
+    const TaskPlan plan = m <= cpu::kStreamingMaxRows
+                              ? StreamingPlan(m, p.w.blocks, p.w.k_packets * cpu::kPacketBytes, kStreamingTaskBytes)
+                              : TiledPlan(m, p.w.blocks, kGemmTaskBlocks, kGemmMinTaskRows, kGemmMinTasks);
+    RunPlan(ctx, plan, [&](int64_t m0, int64_t m1, int64_t b0, int64_t b1) { kernels_->matmul(p, m0, m1, b0, b1); });
   }
 
   int64_t k_ = 0;

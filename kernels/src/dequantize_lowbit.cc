@@ -152,10 +152,7 @@ class DequantizeLowBit {
     const std::optional<int64_t> k = shapes.IntAttribute("K");
     const std::optional<int64_t> to = shapes.IntAttribute("to");
     ShapeInference::TensorShape q = shapes.Input(0);
-    if (!k || !to || q.dims.empty()) return;
-    for (size_t i = 0; i + 1 < q.dims.size(); ++i) {
-      if (q.dims[i] < 0 && q.symbols[i].empty()) return;  // an unnamed unknown dim: nothing to say
-    }
+    if (!k || !to || q.dims.empty() || q.HasUnnamedUnknownDim(q.dims.size() - 1)) return;
     q.type = static_cast<ONNXTensorElementDataType>(*to);
     q.dims.back() = *k;
     q.symbols.back() = "";

@@ -20,6 +20,7 @@
 #include "cpu/scalar.h"
 #include "cpu/ternary.h"
 #include "int_weights.h"
+#include "linear_op.h"
 
 namespace bitnet {
 namespace {
@@ -37,10 +38,6 @@ constexpr int64_t kTiledMinTaskRows = 32;
 constexpr int64_t kTiledMinTasks = 16;
 // Activation preparation: rows per task when X has many rows.
 constexpr int64_t kPrepareTaskRows = 16;
-
-void CheckBias(const std::vector<int64_t>& shape, int64_t n) {
-  if (shape.size() != 1 || shape[0] != n) Fail(kOp, "bias has shape ", ShapeString(shape), "; it must be [N] = [", n, "]");
-}
 
 template <typename V>
 TensorView<V> View(const Ort::ConstValue& value) {
@@ -67,8 +64,7 @@ class LowBitMatMul {
       Fail(kOp, "zero_points (input 3) has an empty name but a bias follows; pass an empty uint8 tensor [0] as "
            "zero_points for symmetric weights");
     }
-    k_ = RequiredInt(info, kOp, "K");
-    if (k_ <= 0) Fail(kOp, "K=", k_, " must be positive (the unpadded reduction length)");
+    k_ = RequiredK(info, kOp);
     const int64_t bits = RequiredInt(info, kOp, "bits");
     group_size_ = RequiredInt(info, kOp, "group_size");
     CheckIntFormat(bits, group_size_, kOp);
@@ -96,7 +92,7 @@ class LowBitMatMul {
       if (inputs > kBiasInput) {
         int bias_constant = 0;
         Ort::ConstValue bias = info.GetTensorConstantInput(kBiasInput, &bias_constant);
-        if (bias_constant) CheckBias(bias.GetTensorTypeAndShapeInfo().GetShape(), weights_->matrix().n);
+        if (bias_constant) CheckBias(kOp, bias.GetTensorTypeAndShapeInfo().GetShape(), weights_->matrix().n);
       }
     }
     std::string message = std::string("[") + kOp + "] node '" + info.GetNodeName() + "': K=" + std::to_string(k_) +
@@ -111,10 +107,7 @@ class LowBitMatMul {
   Ort::Status Compute(OrtKernelContext* ctx, const Tensor<T>& x, const Tensor<uint8_t>& w, const Tensor<float>& scales,
                       std::optional<const Tensor<uint8_t>*> zero_points, std::optional<const Tensor<float>*> bias,
                       Tensor<T>& y) {
-    const std::vector<int64_t>& x_shape = x.Shape();
-    if (x_shape.empty() || x_shape.back() != k_) {
-      Fail(kOp, "X has shape ", ShapeString(x_shape), " but its last axis must be K=", k_, " (the node's attribute)");
-    }
+    const int64_t m = XRows(kOp, x.Shape(), k_);
     std::optional<IntWeights> call_weights;
     if (!weights_) {
       const bool has_zp = zero_points.has_value() && *zero_points != nullptr;
@@ -124,13 +117,9 @@ class LowBitMatMul {
     const cpu::IntMatrix& matrix = weights_ ? weights_->matrix() : call_weights->matrix();
     const int64_t n = matrix.n;
     const bool has_bias = bias.has_value() && *bias != nullptr;
-    if (has_bias) CheckBias((*bias)->Shape(), n);
+    if (has_bias) CheckBias(kOp, (*bias)->Shape(), n);
 
-    std::vector<int64_t> y_shape = x_shape;
-    y_shape.back() = n;
-    T* y_data = y.Allocate(y_shape);
-    int64_t m = 1;
-    for (size_t i = 0; i + 1 < x_shape.size(); ++i) m *= x_shape[i];
+    T* y_data = y.Allocate(OutputDims(x.Shape(), n));
     if (m == 0 || n == 0) return Ort::Status{nullptr};
 
     cpu::IntProblem p;
@@ -155,18 +144,7 @@ class LowBitMatMul {
     return Ort::Status{nullptr};
   }
 
-  static void InferShape(ShapeInference& shapes) {
-    if (shapes.InputCount() < 2) return;
-    ShapeInference::TensorShape x = shapes.Input(0);
-    const ShapeInference::TensorShape w = shapes.Input(1);
-    if (x.dims.empty() || w.dims.size() != 2) return;
-    for (size_t i = 0; i + 1 < x.dims.size(); ++i) {
-      if (x.dims[i] < 0 && x.symbols[i].empty()) return;  // an unnamed unknown dim: nothing to say
-    }
-    x.dims.back() = w.dims[0];
-    x.symbols.back() = w.symbols[0];
-    shapes.SetOutput(0, x);
-  }
+  static void InferShape(ShapeInference& shapes) { InferOutputShape(shapes); }
 
  private:
   // Activations of rows [begin, end) into the slot layout of int.h.
@@ -233,27 +211,14 @@ class LowBitMatMul {
   }
 
   void Multiply(OrtKernelContext* ctx, const cpu::IntProblem& p, int64_t m) const {
-    const int64_t blocks = p.w.blocks;
-    int64_t task_blocks, task_rows;
-    if (m <= cpu::kIntStreamingMaxRows) {
-      task_blocks = std::max<int64_t>(1, kStreamingTaskBytes / p.w.block_bytes());
-      task_rows = m;
-    } else {
-      task_blocks = std::max<int64_t>(1, kTiledTaskBytes / p.w.block_bytes());
-      const int64_t block_tasks = cpu::CeilDiv(blocks, task_blocks);
-      const int64_t row_tasks = std::clamp<int64_t>(cpu::CeilDiv(kTiledMinTasks, block_tasks), 1,
-                                                    std::max<int64_t>(1, m / kTiledMinTaskRows));
-      task_rows = cpu::CeilDiv(m, row_tasks);
-    }
-    const int64_t block_tasks = cpu::CeilDiv(blocks, task_blocks);
-    const int64_t row_tasks = cpu::CeilDiv(m, task_rows);
+    const int64_t block_bytes = p.w.block_bytes();
+    const TaskPlan plan =
+        m <= cpu::kIntStreamingMaxRows
+            ? StreamingPlan(m, p.w.blocks, block_bytes, kStreamingTaskBytes)
+            : TiledPlan(m, p.w.blocks, std::max<int64_t>(1, kTiledTaskBytes / block_bytes), kTiledMinTaskRows,
+                        kTiledMinTasks);
     auto matmul = act_quant_ == 1 ? kernels_->matmul_int8 : kernels_->matmul_float;
-    auto task = [&](size_t i) {
-      const int64_t bt = static_cast<int64_t>(i) % block_tasks, rt = static_cast<int64_t>(i) / block_tasks;
-      matmul(p, rt * task_rows, std::min(m, (rt + 1) * task_rows), bt * task_blocks,
-             std::min(blocks, (bt + 1) * task_blocks));
-    };
-    ParallelFor(ctx, static_cast<size_t>(block_tasks * row_tasks), task);
+    RunPlan(ctx, plan, [&](int64_t m0, int64_t m1, int64_t b0, int64_t b1) { matmul(p, m0, m1, b0, b1); });
   }
 
   int64_t k_ = 0;

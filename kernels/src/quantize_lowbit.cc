@@ -149,10 +149,7 @@ class QuantizeLowBit {
   static void InferShape(ShapeInference& shapes) {
     const std::optional<int64_t> bits = shapes.IntAttribute("bits");
     ShapeInference::TensorShape x = shapes.Input(0);
-    if (!bits || x.dims.empty() || x.dims.back() < 1) return;
-    for (size_t i = 0; i < x.dims.size(); ++i) {
-      if (x.dims[i] < 0 && x.symbols[i].empty()) return;  // an unnamed unknown dim: nothing to say
-    }
+    if (!bits || x.dims.empty() || x.dims.back() < 1 || x.HasUnnamedUnknownDim(x.dims.size())) return;
     const int64_t k = x.dims.back();
     ShapeInference::TensorShape q = x, scales = x, zero_points;
     q.type = zero_points.type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;

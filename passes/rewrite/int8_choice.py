@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import statistics
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +45,7 @@ import onnxruntime as ort
 from bitnet_onnx import runtime
 from bitnet_onnx.core.errors import MixedPrecisionError
 from bitnet_onnx.runtime.machine_cache import MachineCache
+from bitnet_onnx.runtime.timing import median_micros
 
 from ._edit import onnx_type
 
@@ -149,14 +148,7 @@ def _median_micros(
     session: ort.InferenceSession, rng: np.random.Generator, m: int, k: int, x_type: np.dtype
 ) -> float:
     feeds = {"X": rng.standard_normal((m, k)).astype(x_type)}
-    for _ in range(_WARMUP):
-        session.run(None, feeds)
-    times = []
-    for _ in range(_RUNS):
-        start = time.perf_counter_ns()
-        session.run(None, feeds)
-        times.append(time.perf_counter_ns() - start)
-    return statistics.median(times) / 1000.0
+    return median_micros(lambda: session.run(None, feeds), runs=_RUNS, warmup=_WARMUP)
 
 
 def _candidate(

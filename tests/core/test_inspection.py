@@ -1,4 +1,4 @@
-"""Layers read back from node metadata_props (bitnet_onnx.inspection)."""
+"""Layers read back from node metadata_props (bitnet_onnx.core.inspection)."""
 
 from __future__ import annotations
 

@@ -1199,7 +1199,7 @@ def test_unknown_layer_in_config_warns_with_the_closest_names(tmp_path: Path) ->
     )  # fmt: skip
     assert cli.returncode == EXIT_OK, cli.stderr
     assert (
-        "WARNING bitnet_onnx.passes.base: assign_precision: config layers['fc_1'] names no layer"
+        "WARNING bitnet_onnx.passes.instruments: assign_precision: config layers['fc_1'] names no layer"
         in cli.stderr
     )
 

@@ -191,8 +191,8 @@ _WORKER = textwrap.dedent(
     """
     import os, sys, time
     from pathlib import Path
-    from bitnet_onnx import model_file
-    from bitnet_onnx.compile import compile
+    from bitnet_onnx.compiler import compile as compile_module
+    from bitnet_onnx.runtime import model_file
 
     source, config, output, barrier, me, parties, external = sys.argv[1:8]
     if external == "1":
@@ -214,8 +214,8 @@ _WORKER = textwrap.dedent(
         if data:
             time.sleep(0.1 if me == "1" else 0.5)
 
-    model_file.write_model, model_file.os.replace = write_together, replace_in_turn
-    compile(source, config, output=output, measure_kernels=False, strict=False)
+    compile_module.write_model, model_file.os.replace = write_together, replace_in_turn
+    compile_module.compile(source, config, output=output, measure_kernels=False, strict=False)
     """
 )
 

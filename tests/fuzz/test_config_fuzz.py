@@ -1,4 +1,4 @@
-"""Fuzzing configs and policies: data shaped like the config file schema (bitnet_onnx.config_file),
+"""Fuzzing configs and policies: data shaped like the config file schema (bitnet_onnx.config.config_file),
 valid and invalid keys, types, precisions, globs, knobs, policy conditions and actions.
 
 Properties: `config_from_dict` (and `load_config` of the same data as YAML or JSON) either returns

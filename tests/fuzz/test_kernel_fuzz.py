@@ -1,4 +1,4 @@
-"""Fuzzing the kernels through onnxruntime against the numpy reference (bitnet_onnx.quantization).
+"""Fuzzing the kernels through onnxruntime against the numpy reference (bitnet_onnx.numerics.quantization).
 
 Shapes: M from 0 (leading dims of rank 0 to 3), K from 1 (odd, not a multiple of the pack or
 group size, past the vector widths), N from 1. Values, row by row: normal at scales from 1e-3 to

@@ -1,4 +1,4 @@
-"""BitLinear through onnxruntime against bitnet_onnx.quantization.bitlinear_reference.
+"""BitLinear through onnxruntime against bitnet_onnx.numerics.quantization.bitlinear_reference.
 
 The kernels evaluate the README's formulas in the reference's order (exact int32 accumulation,
 the same float32 roundings, no FMA contraction), so outputs are compared for exact equality, on
@@ -26,12 +26,14 @@ DTYPES = [np.float32, np.float16]
 
 # (M, K, N, format, per-row scale, bias): every M in {0, 1, 3, 17, 128}, K in {32, 100, 4096} and
 # N in {1, 7, 4096}, both formats, both scale kinds, with and without bias; M ≤ 4 takes the
-# streaming path, larger M the GEMM path.
+# streaming path, larger M the GEMM path. 1 × 1024 × 1024 (256 KB of weights, a decoder layer) is
+# spread over 4 streaming tasks.
 CASES = [
     (0, 32, 7, "2bit", False, True),
     (1, 32, 1, "base3", True, False),
     (1, 100, 7, "2bit", True, True),
     (1, 4096, 4096, "2bit", True, True),
+    (1, 1024, 1024, "2bit", False, True),
     (3, 100, 4096, "base3", False, True),
     (3, 4096, 7, "2bit", False, False),
     (17, 32, 4096, "2bit", True, False),

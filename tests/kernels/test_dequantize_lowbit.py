@@ -1,4 +1,4 @@
-"""DequantizeLowBit through onnxruntime against bitnet_onnx.quantization.dequantize_lowbit_reference.
+"""DequantizeLowBit through onnxruntime against bitnet_onnx.numerics.quantization.dequantize_lowbit_reference.
 
 w = float32(q) · s is one rounding, so outputs (float32 and float16) are compared for exact
 equality, on every ISA path, with 1 and 2 threads.

@@ -1,4 +1,4 @@
-"""LowBitMatMul through onnxruntime against bitnet_onnx.quantization.lowbit_matmul_reference.
+"""LowBitMatMul through onnxruntime against bitnet_onnx.numerics.quantization.lowbit_matmul_reference.
 
 act_quant = 1 (int8 activations, exact integer accumulation per group, float32 epilogue in the
 README's order) is compared for exact equality; act_quant = 0 (float activations) with a tolerance
@@ -27,12 +27,14 @@ DTYPES = [np.float32, np.float16]
 # {32, 100, 4096}, N in {1, 7, 4096}, every bit width; groups that do not divide K (100 by 32, 24,
 # 12, 8; 4096 by 100, 50), groups that are not whole packets (G = 50, 12, 24, 8 pad to 56, 16,
 # 32, 32 slots), a group spanning the row; M ≤ 4 streams the weights, larger M runs tiles.
+# 1 × 1024 × 1024 at 2 bits (~270 KB, a decoder layer) is spread over 4 streaming tasks.
 CASES = [
     (0, 32, 7, 4, 32, False, 1, True),
     (1, 32, 1, 8, 32, True, 0, False),
     (1, 100, 7, 4, 32, True, 1, True),
     (1, 4096, 4096, 4, 128, False, 1, True),
     (1, 4096, 4096, 2, 64, True, 0, False),
+    (1, 1024, 1024, 2, 128, False, 1, True),
     (3, 100, 4096, 1, 24, False, 1, False),
     (3, 4096, 7, 8, 100, True, 1, True),
     (17, 32, 4096, 2, 32, False, 0, True),

@@ -1,4 +1,4 @@
-"""QuantizeLowBit through onnxruntime against bitnet_onnx.quantization.quantize_lowbit_reference.
+"""QuantizeLowBit through onnxruntime against bitnet_onnx.numerics.quantization.quantize_lowbit_reference.
 
 The op evaluates the README formulas in the reference's order, so packed codes, scales (NaN
 included) and zero points are compared for exact equality, for float32 and float16 inputs, with

@@ -13,18 +13,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bitnet_onnx.core.errors import UnsupportedModelError
 from bitnet_onnx.core.layers import Layer, LayerType
+from bitnet_onnx.core.metadata import LAYER_KEY, LAYER_TYPE_KEY, RULE_KEY
 from bitnet_onnx.passes._graph import import_graph, load_model
 from bitnet_onnx.passes._match import GraphView
 from bitnet_onnx.passes.base import PassContext, PassError, PassResult, Pipeline
 from bitnet_onnx.passes.p10_normalize import NormalizePass
-from bitnet_onnx.passes.p20_annotate_layers import (
-    LAYER_KEY,
-    LAYER_TYPE_KEY,
-    RULE_KEY,
-    AnnotateLayersPass,
-    explain,
-    scope_name,
-)
+from bitnet_onnx.passes.p20_annotate_layers import AnnotateLayersPass, explain, scope_name
 from models import bert, convnet, llama
 
 FIXTURES = Path(__file__).resolve().parents[2] / "models" / "fixtures"

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import logging
+from dataclasses import replace
 from typing import ClassVar
 
 import numpy as np
@@ -8,7 +10,16 @@ import pytest
 
 from bitnet_onnx.core.errors import ConfigError
 from bitnet_onnx.core.log import Change
-from bitnet_onnx.passes.base import PassContext, PassError, PassResult, Pipeline, graph_bytes
+from bitnet_onnx.passes.base import (
+    Condition,
+    PassContext,
+    PassError,
+    PassResult,
+    Pipeline,
+    context_set,
+    graph_bytes,
+)
+from bitnet_onnx.passes.instruments import LogRecords
 
 
 def _graph() -> gs.Graph:
@@ -21,6 +32,7 @@ def _graph() -> gs.Graph:
 class _HalveWeights:
     name: ClassVar[str] = "halve"
     requires: ClassVar[tuple[str, ...]] = ()
+    ensures: ClassVar[tuple[Condition, ...]] = ()
 
     def run(self, graph, ctx):
         w = graph.tensors()["w"]
@@ -31,6 +43,7 @@ class _HalveWeights:
 class _NeedsHalve:
     name: ClassVar[str] = "after"
     requires: ClassVar[tuple[str, ...]] = ("halve",)
+    ensures: ClassVar[tuple[Condition, ...]] = ()
 
     def run(self, graph, ctx):
         return PassResult(False, warnings=("nothing to do",))
@@ -39,6 +52,7 @@ class _NeedsHalve:
 class _Crash:
     name: ClassVar[str] = "crash"
     requires: ClassVar[tuple[str, ...]] = ()
+    ensures: ClassVar[tuple[Condition, ...]] = ()
 
     def run(self, graph, ctx):
         raise KeyError("boom")
@@ -47,6 +61,7 @@ class _Crash:
 class _UserError:
     name: ClassVar[str] = "user"
     requires: ClassVar[tuple[str, ...]] = ()
+    ensures: ClassVar[tuple[Condition, ...]] = ()
 
     def run(self, graph, ctx):
         raise ConfigError("layer 'q' has no weights")
@@ -92,3 +107,67 @@ def test_user_errors_pass_through_unchanged():
 def test_duplicate_pass_names_rejected():
     with pytest.raises(ValueError, match="duplicate pass names"):
         Pipeline([_HalveWeights(), _HalveWeights()])
+
+
+class _Promises:
+    """Sets ctx.report when `keep` is True; ensures it (and that the weights stay F32)."""
+
+    name: ClassVar[str] = "promise"
+    requires: ClassVar[tuple[str, ...]] = ()
+    ensures: ClassVar[tuple[Condition, ...]] = (
+        context_set("report"),
+        lambda graph, ctx: None if graph.tensors()["w"].values.dtype == np.float32 else "weights not F32",
+    )
+
+    def __init__(self, keep: bool) -> None:
+        self.keep = keep
+
+    def run(self, graph, ctx):
+        if self.keep:
+            ctx.report = "done"
+        return PassResult(False)
+
+
+@pytest.mark.parametrize(
+    ("passes", "broken"),
+    [
+        ([_Promises(keep=False)], r"ctx\.report is not set"),
+        ([_HalveWeights(), _Promises(keep=True)], r"weights not F32"),
+        ([_HalveWeights(), _Promises(keep=False)], r"ctx\.report is not set; weights not F32"),
+    ],
+)
+def test_a_broken_post_condition_is_a_pass_error_naming_the_pass(passes, broken):
+    ctx = PassContext(config=None)
+    with pytest.raises(
+        PassError, match=rf"pass 'promise' broke its post-conditions: {broken}\. This is a bug"
+    ):
+        Pipeline(passes).run(_graph(), ctx)
+    assert "promise" not in ctx.passes_run
+
+
+def test_kept_post_conditions_let_the_pipeline_go_on():
+    ctx = PassContext(config=None)
+    records = Pipeline([_Promises(keep=True), _HalveWeights()]).run(_graph(), ctx)
+    assert [r.pass_name for r in records] == ["promise", "halve"] and ctx.report == "done"
+
+
+@pytest.mark.parametrize(
+    ("level", "warning_level"), [(logging.INFO, logging.WARNING), (logging.DEBUG, logging.DEBUG)]
+)
+def test_log_records_logs_the_summary_the_stats_and_every_warning_at_its_levels(caplog, level, warning_level):
+    long = "x" * 400
+    records = Pipeline([_HalveWeights(), _NeedsHalve()]).run(_graph(), PassContext(config=None))
+    records[1] = replace(records[1], warnings=("nothing to do", long))
+    instrument = LogRecords(level=level, warning_level=warning_level)
+    with caplog.at_level(logging.DEBUG, logger="bitnet_onnx.passes.instruments"):
+        for record in records:
+            instrument.after_pass(record, _graph(), PassContext(config=None))
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records]
+    seconds = [f"{r.seconds:.3f}" for r in records]
+    assert lines == [
+        (level, f"halve: {seconds[0]}s, nodes 1→1, 1 changes, 0 warnings"),
+        (logging.DEBUG, "halve stats: tensors=1"),
+        (level, f"after: {seconds[1]}s, nodes 1→1, 0 changes, 2 warnings"),
+        (warning_level, "after: nothing to do"),
+        (warning_level, f"after: {'x' * 300}... (the pass log holds the full text)"),
+    ]

@@ -11,12 +11,13 @@ import pytest
 from bitnet_onnx.config.config import MixedPrecisionConfig
 from bitnet_onnx.core.dtypes import DType
 from bitnet_onnx.core.layers import ComponentType, LayerType
+from bitnet_onnx.core.metadata import dtype_key
 from bitnet_onnx.passes._graph import export_model, import_graph, load_model
 from bitnet_onnx.passes.base import PassContext, PassError, Pipeline
 from bitnet_onnx.passes.p10_normalize import NormalizePass
 from bitnet_onnx.passes.p20_annotate_layers import AnnotateLayersPass
 from bitnet_onnx.passes.p30_assign_precision import AssignPrecisionPass
-from bitnet_onnx.passes.p50_rewrite import RewritePass, dtype_key
+from bitnet_onnx.passes.p50_rewrite import RewritePass
 from models import inputs, llama
 from models.weights import WeightInit
 from tests.passes.rewrite_graphs import export, linear_case, make_plan, rewrite, run

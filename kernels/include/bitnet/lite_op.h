@@ -55,6 +55,15 @@ class ShapeInference {
     ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
     std::vector<int64_t> dims;
     std::vector<std::string> symbols;
+
+    // Whether one of the first `count` dims is unknown and has no symbol (then an op says nothing
+    // about its outputs: their dims could not be tied to the input's).
+    bool HasUnnamedUnknownDim(size_t count) const {
+      for (size_t i = 0; i < count && i < dims.size(); ++i) {
+        if (dims[i] < 0 && symbols[i].empty()) return true;
+      }
+      return false;
+    }
   };
 
   ShapeInference(const OrtApi& api, OrtShapeInferContext* ctx) : api_(api), ctx_(ctx) {}

@@ -10,9 +10,8 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
-#include <type_traits>
-#include <utility>
 
+#include "dispatch.h"
 #include "int.h"
 #include "int_scalar.h"
 
@@ -21,17 +20,6 @@ namespace {
 
 constexpr int64_t kHalfRows = 8;
 constexpr int64_t kHalfBytes = 32;
-
-template <typename Body, int... I>
-inline void UnrollSequence(Body& body, std::integer_sequence<int, I...>) {
-  (body(std::integral_constant<int, I>{}), ...);
-}
-
-// body(std::integral_constant<int, I>{}) for I = 0 .. N−1, unrolled at compile time.
-template <int N, typename Body>
-inline void Unroll(Body&& body) {
-  UnrollSequence(body, std::make_integer_sequence<int, N>{});
-}
 
 inline __m256i Broadcast4(const int8_t* p) {
   int32_t v;
@@ -200,52 +188,34 @@ void HalfFloat(const IntProblem& p, int64_t m0, int64_t b, int h0) {
 
 // ---- tiling: up to kMaxRows X rows over each half block in turn ----
 
-// One block for `rows` X rows: both halves in one pass when the registers allow, else half by half.
-template <int BITS, bool kInt8>
-void Block(const IntProblem& p, int64_t m, int rows, int64_t b) {
+// One block for MR X rows: both halves in one pass when the registers allow, else half by half.
+template <int BITS, bool kInt8, int MR>
+void Block(const IntProblem& p, int64_t m, int64_t b) {
   const bool both = b * kBlockRows + kHalfRows < p.w.n;  // the second half has rows
-  if constexpr (kInt8) {
-    switch (rows) {
-      case 1: both ? HalfInt8<BITS, 1, 2>(p, m, b, 0) : HalfInt8<BITS, 1, 1>(p, m, b, 0); return;
-      case 2: both ? HalfInt8<BITS, 2, 2>(p, m, b, 0) : HalfInt8<BITS, 2, 1>(p, m, b, 0); return;
-      case 3:
-        HalfInt8<BITS, 3, 1>(p, m, b, 0);
-        if (both) HalfInt8<BITS, 3, 1>(p, m, b, 1);
-        return;
-      default:
-        HalfInt8<BITS, 4, 1>(p, m, b, 0);
-        if (both) HalfInt8<BITS, 4, 1>(p, m, b, 1);
-        return;
-    }
-  } else {
-    if (rows == 1) {
-      both ? HalfFloat<BITS, 1, 2>(p, m, b, 0) : HalfFloat<BITS, 1, 1>(p, m, b, 0);
+  constexpr bool kOnePass = kInt8 ? MR <= 2 : MR == 1;
+  auto half = [&](auto halves, int h0) {
+    if constexpr (kInt8) {
+      HalfInt8<BITS, MR, halves>(p, m, b, h0);
     } else {
-      HalfFloat<BITS, 2, 1>(p, m, b, 0);
-      if (both) HalfFloat<BITS, 2, 1>(p, m, b, 1);
+      HalfFloat<BITS, MR, halves>(p, m, b, h0);
     }
-  }
-}
-
-// Up to kMaxRows X rows at a time over each block.
-template <int BITS, bool kInt8>
-void Tiles(const IntProblem& p, int64_t m_begin, int64_t m_end, int64_t block_begin, int64_t block_end) {
-  constexpr int kMaxRows = kInt8 ? 4 : 2;  // what fits in 16 registers
-  for (int64_t m = m_begin; m < m_end;) {
-    const int rows = static_cast<int>(std::min<int64_t>(m_end - m, kMaxRows));
-    for (int64_t b = block_begin; b < block_end; ++b) Block<BITS, kInt8>(p, m, rows, b);
-    m += rows;
+  };
+  if (kOnePass && both) {
+    half(Const<2>{}, 0);
+  } else {
+    half(Const<1>{}, 0);
+    if (both) half(Const<1>{}, 1);
   }
 }
 
 template <bool kInt8>
 void Matmul(const IntProblem& p, int64_t m_begin, int64_t m_end, int64_t block_begin, int64_t block_end) {
-  switch (p.w.bits) {
-    case 8: Tiles<8, kInt8>(p, m_begin, m_end, block_begin, block_end); break;
-    case 4: Tiles<4, kInt8>(p, m_begin, m_end, block_begin, block_end); break;
-    case 2: Tiles<2, kInt8>(p, m_begin, m_end, block_begin, block_end); break;
-    default: Tiles<1, kInt8>(p, m_begin, m_end, block_begin, block_end); break;
-  }
+  constexpr int kMaxRows = kInt8 ? 4 : 2;  // what fits in 16 registers
+  WithBits(p.w.bits, [&](auto bits) {
+    ForEachTile<kMaxRows>(m_begin, m_end, [&](int64_t m, auto rows) {
+      for (int64_t b = block_begin; b < block_end; ++b) Block<bits, kInt8, rows>(p, m, b);
+    });
+  });
 }
 
 // ---- dequantization of packed rows at rest ----
@@ -326,12 +296,7 @@ void DequantizeRow(const PackedRow& row, void* out, bool f16) {
 }
 
 void Dequantize(const PackedRow& row, void* out, bool f16) {
-  switch (row.bits) {
-    case 8: DequantizeRow<8>(row, out, f16); break;
-    case 4: DequantizeRow<4>(row, out, f16); break;
-    case 2: DequantizeRow<2>(row, out, f16); break;
-    default: DequantizeRow<1>(row, out, f16); break;
-  }
+  WithBits(row.bits, [&](auto bits) { DequantizeRow<bits>(row, out, f16); });
 }
 
 }  // namespace

@@ -16,6 +16,7 @@
 #include <limits>
 
 #include "avx512.h"
+#include "dispatch.h"
 #include "int.h"
 #include "int_scalar.h"
 
@@ -104,7 +105,7 @@ void TileInt8(const IntProblem& p, int64_t m0, int64_t b) {
 #pragma GCC unroll 2
           for (int j = 0; j < NB; ++j) {
             const __m512i c = Field<BITS>(v[j], f);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
             for (int r = 0; r < MR; ++r) {
               acc[r][j][a] = _mm512_dpbusd_epi32(acc[r][j][a], c, Broadcast4(xg + r * ld + pk * kSlots + 4 * f));
             }
@@ -228,6 +229,12 @@ void TileFloat(const IntProblem& p, int64_t m0, int64_t b) {
 
 // ---- tiling over rows and blocks ----
 
+// int8 tiles of up to 8 rows × 2 blocks: 16 VPDPBUSD per field share 2 unpacked code vectors
+// (TileInt8's row loop is unrolled 8 times so the 16 accumulators stay in registers). Measured on
+// an EPYC (Zen 5) core, K = N = 4096: ~10 % faster than 4-row tiles at M = 32 and 128, where 4-row
+// tiles had been slower than onnxruntime's int8 GEMM.
+constexpr int kInt8TileRows = 8;
+
 template <int BITS>
 struct Tiles {
   // MR rows starting at m over blocks [block_begin, block_end).
@@ -247,45 +254,22 @@ struct Tiles {
     if (b < block_end) TileFloat<BITS, MR, 1>(p, m, b);
   }
 
-  static void Int8(const IntProblem& p, int64_t m_begin, int64_t m_end, int64_t block_begin, int64_t block_end) {
-    for (int64_t m = m_begin; m < m_end;) {
-      switch (std::min<int64_t>(m_end - m, 4)) {
-        case 1: Int8Rows<1>(p, m, block_begin, block_end); m += 1; break;
-        case 2: Int8Rows<2>(p, m, block_begin, block_end); m += 2; break;
-        case 3: Int8Rows<3>(p, m, block_begin, block_end); m += 3; break;
-        default: Int8Rows<4>(p, m, block_begin, block_end); m += 4; break;
+  // Tiles of up to kInt8TileRows (int8) or 4 (float) rows over blocks [block_begin, block_end).
+  template <bool kInt8>
+  static void Rows(const IntProblem& p, int64_t m_begin, int64_t m_end, int64_t block_begin, int64_t block_end) {
+    ForEachTile<kInt8 ? kInt8TileRows : 4>(m_begin, m_end, [&](int64_t m, auto rows) {
+      if constexpr (kInt8) {
+        Int8Rows<rows>(p, m, block_begin, block_end);
+      } else {
+        FloatRows<rows>(p, m, block_begin, block_end);
       }
-    }
-  }
-
-  static void Float(const IntProblem& p, int64_t m_begin, int64_t m_end, int64_t block_begin, int64_t block_end) {
-    for (int64_t m = m_begin; m < m_end;) {
-      switch (std::min<int64_t>(m_end - m, 4)) {
-        case 1: FloatRows<1>(p, m, block_begin, block_end); m += 1; break;
-        case 2: FloatRows<2>(p, m, block_begin, block_end); m += 2; break;
-        case 3: FloatRows<3>(p, m, block_begin, block_end); m += 3; break;
-        default: FloatRows<4>(p, m, block_begin, block_end); m += 4; break;
-      }
-    }
+    });
   }
 };
 
-void MatmulInt8(const IntProblem& p, int64_t m_begin, int64_t m_end, int64_t block_begin, int64_t block_end) {
-  switch (p.w.bits) {
-    case 8: Tiles<8>::Int8(p, m_begin, m_end, block_begin, block_end); break;
-    case 4: Tiles<4>::Int8(p, m_begin, m_end, block_begin, block_end); break;
-    case 2: Tiles<2>::Int8(p, m_begin, m_end, block_begin, block_end); break;
-    default: Tiles<1>::Int8(p, m_begin, m_end, block_begin, block_end); break;
-  }
-}
-
-void MatmulFloat(const IntProblem& p, int64_t m_begin, int64_t m_end, int64_t block_begin, int64_t block_end) {
-  switch (p.w.bits) {
-    case 8: Tiles<8>::Float(p, m_begin, m_end, block_begin, block_end); break;
-    case 4: Tiles<4>::Float(p, m_begin, m_end, block_begin, block_end); break;
-    case 2: Tiles<2>::Float(p, m_begin, m_end, block_begin, block_end); break;
-    default: Tiles<1>::Float(p, m_begin, m_end, block_begin, block_end); break;
-  }
+template <bool kInt8>
+void Matmul(const IntProblem& p, int64_t m_begin, int64_t m_end, int64_t block_begin, int64_t block_end) {
+  WithBits(p.w.bits, [&](auto bits) { Tiles<bits>::template Rows<kInt8>(p, m_begin, m_end, block_begin, block_end); });
 }
 
 // ---- dequantization of packed rows at rest ----
@@ -329,16 +313,11 @@ void DequantizeRow(const PackedRow& row, void* out, bool f16) {
 }
 
 void Dequantize(const PackedRow& row, void* out, bool f16) {
-  switch (row.bits) {
-    case 8: DequantizeRow<8>(row, out, f16); break;
-    case 4: DequantizeRow<4>(row, out, f16); break;
-    case 2: DequantizeRow<2>(row, out, f16); break;
-    default: DequantizeRow<1>(row, out, f16); break;
-  }
+  WithBits(row.bits, [&](auto bits) { DequantizeRow<bits>(row, out, f16); });
 }
 
 }  // namespace
 
-const IntKernels kIntAvx512Vnni = {MatmulInt8, MatmulFloat, Dequantize};
+const IntKernels kIntAvx512Vnni = {Matmul<true>, Matmul<false>, Dequantize};
 
 }  // namespace bitnet::cpu

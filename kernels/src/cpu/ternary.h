@@ -24,8 +24,9 @@ inline constexpr int64_t kPacketBytes = 64;
 // The longest reduction every path accumulates exactly in int32 (the one-row AVX-512 kernel
 // sums products scaled by up to 64 in each accumulator: 2^20 / 32 · 4 · 128 · 127 < 2^31).
 inline constexpr int64_t kMaxK = int64_t{1} << 20;
-// Calls with at most this many X rows stream the packed weights (memory-bound); calls with more
-// run a GEMM over unpacked weight panels. The op plans its tasks with the same threshold.
+// Calls with at most this many X rows stream the packed weights once (memory-bound); calls with
+// more are cut into tasks of a few blocks by the op (compute-bound), and run a GEMM on AMX tiles
+// on the AMX path. The op plans its tasks with the same threshold.
 inline constexpr int64_t kStreamingMaxRows = 16;
 // xq as the op lays it out for every path: rows XqRowBytes apart and, in calls of more than
 // kStreamingMaxRows rows, kXqPadRows zero rows after the last (the AMX GEMM reads whole 64-k ×

@@ -1,9 +1,8 @@
 // AMX path (compiled with the AVX-512 VNNI flags plus -mamx-tile -mamx-int8): the AVX-512 VNNI
 // path, except that calls with many X rows run their GEMM on AMX tiles.
 //
-// A panel of 4 blocks (64 outputs) × a K chunk is unpacked into code bytes exactly as the VNNI
-// GEMM does; each 64-k step of one block is then an AMX B tile as it is (16 rows of 16 outputs ×
-// 4 k, the VNNI byte order), read with a stride of the panel's block count. Activations are the A
+// A panel of 4 blocks (64 outputs) × a K chunk is unpacked into code bytes; each 64-k step of one
+// block is then an AMX B tile as it is (16 rows of 16 outputs × 4 k, the VNNI byte order), read with a stride of the panel's block count. Activations are the A
 // tiles, read straight from xq (16 rows × 64 k). TDPBSUD (signed activations × unsigned codes)
 // accumulates Σ c·x into 2 × 2 C tiles (32 rows × 32 outputs); the VNNI path's epilogue subtracts
 // Σ x and scales. K is padded to 64 with zero codes and rows to 32 with the zero rows the op puts
@@ -37,6 +36,25 @@ struct alignas(64) TileConfig {
   uint16_t bytes_per_row[16] = {64, 64, 64, 64, 64, 64, 64, 64};
   uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
 };
+
+// Panel of `nb` blocks × packets [pk0, pk0 + packets): step s = 4·packet + field holds, `stride`
+// vectors apart, the nb 64-byte vectors of codes c ∈ {0, 1, 2} (16 rows × 4 k each) of step s.
+inline void UnpackPanel(const TernaryMatrix& w, int64_t b0, int nb, int64_t pk0, int64_t packets, int stride,
+                        uint8_t* panel) {
+  const __m512i low2 = _mm512_set1_epi8(0x03);
+  const int64_t field = int64_t{stride} * kPacketBytes;
+  for (int j = 0; j < nb; ++j) {
+    const uint8_t* src = w.packets + ((b0 + j) * w.k_packets + pk0) * kPacketBytes;
+    for (int64_t pk = 0; pk < packets; ++pk) {
+      const __m512i v = _mm512_load_si512(src + pk * kPacketBytes);
+      uint8_t* dst = panel + (pk * 4 * stride + j) * kPacketBytes;
+      _mm512_store_si512(dst, _mm512_and_si512(v, low2));
+      _mm512_store_si512(dst + field, _mm512_and_si512(_mm512_srli_epi16(v, 2), low2));
+      _mm512_store_si512(dst + 2 * field, _mm512_and_si512(_mm512_srli_epi16(v, 4), low2));
+      _mm512_store_si512(dst + 3 * field, _mm512_and_si512(_mm512_srli_epi16(v, 6), low2));
+    }
+  }
+}
 
 // Partial sums of rows [0, rows) × the panel's outputs, kept between K chunks: C tiles in tmm0-3
 // (rows r, r + 16 × outputs j, j + 16), A tiles in tmm4-5, B tiles in tmm6-7.

@@ -14,6 +14,7 @@
 #include <cstring>
 
 #include "aligned_buffer.h"
+#include "dispatch.h"
 #include "scalar.h"
 #include "ternary.h"
 
@@ -176,16 +177,7 @@ constexpr int kStreamTileRows = 6;
 // Blocks outer, row chunks inner: a block's packets come from memory once.
 void Stream(const TernaryProblem& p, int64_t m_begin, int64_t m_end, int64_t block_begin, int64_t block_end) {
   for (int64_t b = block_begin; b < block_end; ++b) {
-    for (int64_t m = m_begin; m < m_end; m += kStreamTileRows) {
-      switch (std::min<int64_t>(m_end - m, kStreamTileRows)) {
-        case 1: StreamTile<1>(p, m, b); break;
-        case 2: StreamTile<2>(p, m, b); break;
-        case 3: StreamTile<3>(p, m, b); break;
-        case 4: StreamTile<4>(p, m, b); break;
-        case 5: StreamTile<5>(p, m, b); break;
-        default: StreamTile<6>(p, m, b); break;
-      }
-    }
+    ForEachTile<kStreamTileRows>(m_begin, m_end, [&](int64_t m, auto rows) { StreamTile<rows>(p, m, b); });
   }
 }
 
@@ -255,15 +247,9 @@ void Gemm(const TernaryProblem& p, int64_t m_begin, int64_t m_end, int64_t block
       UnpackPanel(p.w, b, pk0, packets, panel);
       const bool first = pk0 == 0, last = pk0 + packets == kp;
       const int64_t steps = 4 * packets, k0 = pk0 * kPacketK, n0 = b * kBlockRows;
-      for (int64_t m = m_begin; m < m_end; m += kTileRows) {
-        int32_t* tile_partial = partial + (m - m_begin) * 16;
-        switch (std::min<int64_t>(m_end - m, kTileRows)) {
-          case 1: Tile<1>(p, panel, steps, k0, m, n0, tile_partial, first, last); break;
-          case 2: Tile<2>(p, panel, steps, k0, m, n0, tile_partial, first, last); break;
-          case 3: Tile<3>(p, panel, steps, k0, m, n0, tile_partial, first, last); break;
-          default: Tile<4>(p, panel, steps, k0, m, n0, tile_partial, first, last); break;
-        }
-      }
+      ForEachTile<kTileRows>(m_begin, m_end, [&](int64_t m, auto rows) {
+        Tile<rows>(p, panel, steps, k0, m, n0, partial + (m - m_begin) * 16, first, last);
+      });
     }
   }
 }

@@ -30,24 +30,5 @@ inline void StoreBlock(const TernaryProblem& p, int64_t m, int64_t n0, __m512i d
   StoreOutputs(p.y, p.y_f16, m * p.w.n + n0, mask, v);
 }
 
-// Panel of `nb` blocks × packets [pk0, pk0 + packets): step s = 4·packet + field holds, `stride`
-// vectors apart, the nb 64-byte vectors of codes c ∈ {0, 1, 2} (16 rows × 4 k each) of step s.
-inline void UnpackPanel(const TernaryMatrix& w, int64_t b0, int nb, int64_t pk0, int64_t packets, int stride,
-                        uint8_t* panel) {
-  const __m512i low2 = _mm512_set1_epi8(0x03);
-  const int64_t field = int64_t{stride} * kPacketBytes;
-  for (int j = 0; j < nb; ++j) {
-    const uint8_t* src = w.packets + ((b0 + j) * w.k_packets + pk0) * kPacketBytes;
-    for (int64_t pk = 0; pk < packets; ++pk) {
-      const __m512i v = _mm512_load_si512(src + pk * kPacketBytes);
-      uint8_t* dst = panel + (pk * 4 * stride + j) * kPacketBytes;
-      _mm512_store_si512(dst, _mm512_and_si512(v, low2));
-      _mm512_store_si512(dst + field, _mm512_and_si512(_mm512_srli_epi16(v, 2), low2));
-      _mm512_store_si512(dst + 2 * field, _mm512_and_si512(_mm512_srli_epi16(v, 4), low2));
-      _mm512_store_si512(dst + 3 * field, _mm512_and_si512(_mm512_srli_epi16(v, 6), low2));
-    }
-  }
-}
-
 }  // namespace
 }  // namespace bitnet::cpu

@@ -430,7 +430,9 @@ def test_calibration_that_does_not_fit_the_model(
     error = _error(plain_llama, wrong, tmp_path, layers=["lm_head"])
     assert "calibration inputs" in str(error) and "convert it with .astype(np.int64)" in str(error)
     assert count_compiles == []
-    with pytest.raises(ConfigError, match=r"must be a bitnet_onnx\.calibration\.Calibration, not dict"):
+    with pytest.raises(
+        ConfigError, match=r"must be a bitnet_onnx\.optimize\.calibration\.Calibration, not dict"
+    ):
         measure_sensitivity(plain_llama, {"input_ids": np.zeros((1, 8), np.int64)})  # type: ignore[arg-type]
 
 

@@ -1,4 +1,4 @@
-"""Kernel times grouped by layer (bitnet_onnx.profiling.layer_times), on synthetic profiler events."""
+"""Kernel times grouped by layer (bitnet_onnx.runtime.profiling.layer_times), on synthetic profiler events."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""CompileReport, output metrics and thresholds (bitnet_onnx.report)."""
+"""CompileReport, output metrics and thresholds (bitnet_onnx.config.report)."""
 
 from __future__ import annotations
 

@@ -239,7 +239,9 @@ def test_invalid_conditions_are_rejected_with_the_reason(condition, words):
 
 
 def test_unknown_enum_values_fail_at_construction_with_choices():
-    with pytest.raises(ConfigError, match=r"unknown layer type 'linaer'; choose one of linear"):
+    with pytest.raises(
+        ConfigError, match=r"unknown layer type 'linaer' \(did you mean 'linear'\?\); choose one of linear"
+    ):
         PolicyCondition(T.LAYER_TYPE, Op.EQUAL, "linaer")
     with pytest.raises(
         ConfigError,

@@ -1,4 +1,4 @@
-"""Sample inputs made from graph input specs (bitnet_onnx.sample_inputs)."""
+"""Sample inputs made from graph input specs (bitnet_onnx.runtime.sample_inputs)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Atomic, deterministic model writes and sessions for in-memory models (bitnet_onnx.model_file)."""
+"""Atomic, deterministic model writes and sessions for in-memory models (bitnet_onnx.runtime.model_file)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,30 @@
+"""The keys the compiler stamps into node metadata_props (Netron shows them), in one place:
+annotate_layers writes the layer, its type and the rule that classified it; rewrite writes the op
+that computes the layer, each component's precision and the scale rule of ternary weights;
+`inspection.read_layers` and profiling read them back."""
+
+from __future__ import annotations
+
+from bitnet_onnx.core.layers import ComponentType
+
+__all__ = [
+    "DTYPE_KEY_PREFIX",
+    "LAYER_KEY",
+    "LAYER_TYPE_KEY",
+    "OP_KEY",
+    "RULE_KEY",
+    "TERNARY_SCALE_KEY",
+    "dtype_key",
+]
+
+LAYER_KEY = "bitnet.layer"
+LAYER_TYPE_KEY = "bitnet.layer_type"
+RULE_KEY = "bitnet.rule"
+OP_KEY = "bitnet.op"
+DTYPE_KEY_PREFIX = "bitnet.dtype."
+TERNARY_SCALE_KEY = "bitnet.ternary_scale"  # BITNET158 weights: absmean or least_squares
+
+
+def dtype_key(component: ComponentType) -> str:
+    """The key holding a component's precision, e.g. `bitnet.dtype.weights`."""
+    return f"{DTYPE_KEY_PREFIX}{component.value}"
