@@ -22,7 +22,7 @@ LAYER_TYPE_KEY = "bitnet.layer_type"
 RULE_KEY = "bitnet.rule"
 OP_KEY = "bitnet.op"
 DTYPE_KEY_PREFIX = "bitnet.dtype."
-TERNARY_SCALE_KEY = "bitnet.ternary_scale"  # BITNET158 weights: absmean or least_squares
+TERNARY_SCALE_KEY = "bitnet.ternary_scale"  # the BITNET158 scale rule (kernels/README.md)
 
 
 def dtype_key(component: ComponentType) -> str:
