@@ -1,8 +1,8 @@
 """The keys the compiler stamps into node metadata_props (Netron shows them), in one place:
 annotate_layers writes the layer, its type and the rule that classified it; rewrite writes the op
 that computes the layer, each component's precision and settings (JSON: precision, layout knobs,
-conversion strategy, deciding rule) and the layer's position in the model; `inspection.read_layers`
-and profiling read them back."""
+conversion strategy, deciding rule), the scale rule of ternary weights and the layer's position in
+the model; `inspection.read_layers` and profiling read them back."""
 
 from __future__ import annotations
 
