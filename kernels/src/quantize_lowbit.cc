@@ -1,7 +1,7 @@
 // QuantizeLowBit (kernels/README.md): float [..., K] → packed Q, scales and zero points, the
 // inverse of DequantizeLowBit for tensors computed at run time. Group-wise integers (bits 8, 4,
 // 2, 1; symmetric or asymmetric) or ternary (bits = 0, per tensor or per row). Every step is the
-// README formula in the reference's order (bitnet_onnx/quantization.py): float32 operations one at
+// README formula in the reference's order (bitnet_onnx/numerics/quantization.py): float32 operations one at
 // a time, means summed and divided in double and rounded once. A row holding NaN or ±Inf gets NaN
 // scales and the codes of w = 0.
 #include <algorithm>

@@ -1,4 +1,4 @@
-// The custom-op domain and the names of the ops this library registers. bitnet_onnx/runtime.py
+// The custom-op domain and the names of the ops this library registers. bitnet_onnx/runtime/__init__.py
 // repeats these strings; tests/kernels/test_runtime.py checks that the two agree.
 #pragma once
 
