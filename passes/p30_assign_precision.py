@@ -190,7 +190,12 @@ class AssignPrecisionPass:
         warnings = _unknown_layer_warnings(config, [layer.name for layer in layers])
         warnings += _conflict_warnings(conflicts)
         report = PrecisionValidator(_PLAN_RULES).validate_specs(
-            [_spec(p, tensors, config) for p in plan.values()],
+            [
+                LayerPrecisionSpec.of_plan(
+                    p, config.support, _row_shape(p.layer), _shape_of(tensors, p.layer.bias)
+                )
+                for p in plan.values()
+            ],
             support_matrix=config.support,
             budget_bytes=self.memory_budget,
         )
@@ -394,38 +399,6 @@ def _original_dtype(layer: Layer, tensors: Mapping[str, gs.Tensor]) -> DType:
         return _STORED_DTYPES.get(np.dtype(tensor.dtype), DType.F32)
     except TypeError:  # an ONNX element type numpy has no name for
         return DType.F32
-
-
-def _spec(
-    plan: LayerPlan, tensors: Mapping[str, gs.Tensor], config: MixedPrecisionConfig
-) -> LayerPrecisionSpec:
-    """The validator's view of one layer; components it lacks get a placeholder the matrix allows."""
-    layer = plan.layer
-
-    def precision(component: ComponentType, *fallbacks: ComponentType) -> DType:
-        own = plan.dtype(component)
-        if own is not None:
-            return own
-        allowed = config.support.allowed(layer.layer_type, component)
-        for other in fallbacks:
-            candidate = plan.dtype(other)
-            if candidate is not None and candidate in allowed:
-                return candidate
-        return max(allowed, key=DType.rank)
-
-    weight_shape = _row_shape(layer)
-    weights = plan.decisions.get(ComponentType.WEIGHTS)
-    return LayerPrecisionSpec(
-        name=layer.name,
-        layer_type=layer.layer_type,
-        input_precision=precision(ComponentType.ACTIVATIONS, ComponentType.WEIGHTS, ComponentType.OUTPUTS),
-        output_precision=precision(ComponentType.OUTPUTS, ComponentType.ACTIVATIONS),
-        weight_precision=precision(ComponentType.WEIGHTS, ComponentType.ACTIVATIONS, ComponentType.OUTPUTS),
-        bias_precision=plan.dtype(ComponentType.BIAS),
-        weight_shape=weight_shape,
-        bias_shape=_shape_of(tensors, layer.bias),
-        layout=weights.layout if weights is not None else WeightLayout(),
-    )
 
 
 def _unknown_layer_warnings(config: MixedPrecisionConfig, names: Sequence[str]) -> list[str]:

@@ -39,6 +39,7 @@ from fractions import Fraction
 from bitnet_onnx.core.dtypes import DType, WeightLayout, storage_bytes
 from bitnet_onnx.core.errors import ConfigError
 from bitnet_onnx.core.layers import ComponentType, LayerType, SupportMatrix
+from bitnet_onnx.core.plan import LayerPlan
 
 __all__ = [
     "LayerPrecisionManager",
@@ -117,6 +118,48 @@ class LayerPrecisionSpec:
                 set_(self, attr, DType.parse(getattr(self, attr)))
         set_(self, "weight_shape", _shape(self.weight_shape, "weight_shape", self.name))
         set_(self, "bias_shape", _shape(self.bias_shape, "bias_shape", self.name))
+
+    @classmethod
+    def of_plan(
+        cls,
+        plan: LayerPlan,
+        support: SupportMatrix,
+        weight_shape: tuple[int, ...] | None,
+        bias_shape: tuple[int, ...] | None,
+    ) -> LayerPrecisionSpec:
+        """The validation rules' view of one layer of the plan. The plan decides only the components
+        the layer has; a spec states all four, so a missing one takes a placeholder the matrix
+        allows (the layer's own weights or activations precision when allowed, else the most
+        precise) and no rule reports on it."""
+        layer = plan.layer
+
+        def precision(component: ComponentType, *fallbacks: ComponentType) -> DType:
+            own = plan.dtype(component)
+            if own is not None:
+                return own
+            allowed = support.allowed(layer.layer_type, component)
+            for other in fallbacks:
+                candidate = plan.dtype(other)
+                if candidate is not None and candidate in allowed:
+                    return candidate
+            return max(allowed, key=DType.rank)
+
+        weights = plan.decisions.get(ComponentType.WEIGHTS)
+        return cls(
+            name=layer.name,
+            layer_type=layer.layer_type,
+            input_precision=precision(
+                ComponentType.ACTIVATIONS, ComponentType.WEIGHTS, ComponentType.OUTPUTS
+            ),
+            output_precision=precision(ComponentType.OUTPUTS, ComponentType.ACTIVATIONS),
+            weight_precision=precision(
+                ComponentType.WEIGHTS, ComponentType.ACTIVATIONS, ComponentType.OUTPUTS
+            ),
+            bias_precision=plan.dtype(ComponentType.BIAS),
+            weight_shape=weight_shape,
+            bias_shape=bias_shape,
+            layout=weights.layout if weights is not None else WeightLayout(),
+        )
 
     def precision_for(self, component: ComponentType | str) -> DType:
         """The precision this layer uses for `component`; GRADIENTS raise (inference only)."""
