@@ -127,17 +127,20 @@ def _choice_of(spec: LayerPrecisionSpec, layer: Layer) -> PrecisionChoice:
     return PrecisionChoice(spec.weight_precision, spec.input_precision, layout)
 
 
-def _spec_with(spec: LayerPrecisionSpec, choice: PrecisionChoice) -> LayerPrecisionSpec:
-    """`spec` with the precisions `choice.to_layer_config` states (bias: the outputs' default)."""
-    precision = choice.precision
-    float_out = precision if precision.is_float else _F32
+def _spec_with(spec: LayerPrecisionSpec, choice: PrecisionChoice, layer: Layer) -> LayerPrecisionSpec:
+    """`spec` with the precisions the choice's plan for `layer` decides (bias: the outputs'
+    default, which is the bias the plan decides; weights kept on a layer without them)."""
+    plan = choice.layer_plan(layer)
+    weights = plan.decisions.get(ComponentType.WEIGHTS)
     return replace(
         spec,
-        weight_precision=choice.weights if choice.weights is not None else spec.weight_precision,
-        input_precision=choice.activation_dtype,
-        output_precision=float_out,
+        weight_precision=weights.dtype if weights is not None else spec.weight_precision,
+        # An embedding has no activations component (its input is token ids); the spec keeps the
+        # choice's so `_choice_of` reads the same choice back.
+        input_precision=plan.dtype(ComponentType.ACTIVATIONS) or choice.activation_dtype,
+        output_precision=plan.dtype(ComponentType.OUTPUTS),
         bias_precision=None,
-        layout=choice.layout if precision.is_integer else WeightLayout(),
+        layout=weights.layout if weights is not None else WeightLayout(),
     )
 
 
@@ -502,7 +505,7 @@ class PrecisionManager:
         for spec in self._specs.layers():
             layer = self._layer(spec.name)
             moved = spec.dynamic_adjustment and plan[spec.name] != _choice_of(spec, layer)
-            updated.register_layer(_spec_with(spec, plan[spec.name]) if moved else spec)
+            updated.register_layer(_spec_with(spec, plan[spec.name], layer) if moved else spec)
         self._specs = updated
 
     def _plain_config(self) -> MixedPrecisionConfig:

@@ -2,8 +2,9 @@
 
 A `PrecisionChoice` is one candidate for one layer: the precision of its weights, of its
 activations (the input as the layer computes with it) and the layout knobs of the weights. It
-becomes a config entry through `to_layer_config`, which states every component the choice decides
-so the entry means the same under any base config:
+becomes the plan's decisions for a layer through `layer_plan` (what the seed facades adapt to their
+specs) and a config entry through `to_layer_config`, which states every component the choice
+decides so the entry means the same under any base config; both read one table:
 
 - float weights (F32, F16, BF16): the weights' precision is the entry's precision and decides the
   bias, activations and outputs too, unless `activations` says otherwise (an override);
@@ -70,6 +71,7 @@ from bitnet_onnx.config.report import Thresholds
 from bitnet_onnx.core.dtypes import DType, TernaryPacking, WeightLayout
 from bitnet_onnx.core.errors import ConfigError
 from bitnet_onnx.core.layers import ComponentType, Layer, LayerType, SupportMatrix
+from bitnet_onnx.core.plan import Decision, LayerPlan, components_of
 
 __all__ = [
     "DEFAULT_ACCURACY_FLOOR",
@@ -163,20 +165,50 @@ class PrecisionChoice:
         """The same choice for a layer without weights: only the compute precision is kept."""
         return PrecisionChoice(None, self.activation_dtype)
 
+    def _dtypes(self) -> dict[ComponentType, DType]:
+        """The precision of every inference component under this choice (module docstring): the
+        one statement both the plan (`layer_plan`) and the config entry (`to_layer_config`) read."""
+        handed_on = self.precision if self.precision.is_float else _F32
+        dtypes = {
+            ComponentType.ACTIVATIONS: self.activation_dtype,
+            ComponentType.BIAS: handed_on,
+            ComponentType.OUTPUTS: handed_on,
+        }
+        return dtypes if self.weights is None else {ComponentType.WEIGHTS: self.weights, **dtypes}
+
+    def layer_plan(self, layer: Layer) -> LayerPlan:
+        """The plan's decisions for `layer` under this choice: one per component the layer has."""
+        dtypes = self._dtypes()
+        layout = self.layout if self.precision.is_integer else WeightLayout()
+        return LayerPlan(
+            layer,
+            {
+                c: Decision(
+                    dtypes[c],
+                    f"choice:{self.label}",
+                    layout if c is ComponentType.WEIGHTS else WeightLayout(),
+                    None,
+                    None,
+                    f"{c.value} {dtypes[c].name} by the optimizer's choice {self.label}",
+                )
+                for c in components_of(layer)
+                if c in dtypes
+            },
+        )
+
     def to_layer_config(self, layer_type: LayerType | str | None) -> LayerPrecisionConfig:
         """The config entry realising this choice on a layer of `layer_type` (see the module
-        docstring for the components it decides); None writes an entry for any layer type."""
+        docstring for the components it decides); None writes an entry for any layer type. An
+        integer precision states every other component (it must never decide them); a float one
+        only those that differ from it."""
         layer_type = None if layer_type is None else LayerType.parse(layer_type)
         entry = LayerPrecisionConfig(layer_type, self.precision, self.layout)
-        if self.precision.is_float:
-            if self.activation_dtype is not self.precision:
-                entry = entry.with_component_override(ComponentType.ACTIVATIONS, self.activation_dtype)
-            return entry
-        return (
-            entry.with_component_override(ComponentType.ACTIVATIONS, self.activation_dtype)
-            .with_component_override(ComponentType.BIAS, _F32)
-            .with_component_override(ComponentType.OUTPUTS, _F32)
-        )
+        for component, dtype in self._dtypes().items():
+            if component is not ComponentType.WEIGHTS and (
+                self.precision.is_integer or dtype is not self.precision
+            ):
+                entry = entry.with_component_override(component, dtype)
+        return entry
 
 
 _LABEL = re.compile(

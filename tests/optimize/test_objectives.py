@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
 from bitnet_onnx import ComponentType, ConfigError, DType, LayerType, MixedPrecisionConfig, SupportMatrix
 from bitnet_onnx.core.dtypes import TernaryPacking, WeightLayout
 from bitnet_onnx.core.layers import Layer
+from bitnet_onnx.core.plan import components_of
 from bitnet_onnx.optimize.objectives import (
     DEFAULT_ACCURACY_FLOOR,
     Accuracy,
@@ -106,6 +108,31 @@ def test_to_layer_config_resolves_every_component() -> None:
     assert layout == config_layout == WeightLayout(group_size=128)
     untyped = PrecisionChoice.parse("F16").to_layer_config(None)
     assert untyped.layer_type is None
+
+
+@pytest.mark.parametrize("layer_type", list(LayerType))
+@pytest.mark.parametrize("weight", [True, False])
+@pytest.mark.parametrize("preset", ["conservative", "balanced", "aggressive"])
+def test_layer_plan_agrees_with_the_config_entry(layer_type: LayerType, weight: bool, preset: str) -> None:
+    """The plan a choice makes decides, for each component the layer has, what its config entry
+    resolves to under any base config; with a bias the layer has one more decision."""
+    base = getattr(MixedPrecisionConfig, preset)()
+    layer = _layer(layer_type, weight)
+    biased = replace(layer, bias="b") if weight else layer
+    for target in (layer, biased):
+        choices = candidate_choices(target)
+        assert choices, target
+        for choice in choices:
+            plan = choice.layer_plan(target)
+            config = base.with_layer_config("l", choice.to_layer_config(layer_type))
+            assert plan.layer is target
+            assert set(plan.decisions) == set(components_of(target)), choice.label
+            for component, decision in plan.decisions.items():
+                resolved = config.resolve("l", layer_type, component)
+                assert decision.dtype is resolved.dtype, (choice.label, component)
+                assert decision.source == f"choice:{choice.label}"
+                if component is W:
+                    assert decision.layout == resolved.layout, choice.label
 
 
 def test_candidates_per_layer_type() -> None:
