@@ -28,12 +28,13 @@ from bitnet_onnx.config.config_file import save_config
 from bitnet_onnx.config.report import CompileValidationError
 from bitnet_onnx.core._text import table
 from bitnet_onnx.core.errors import ConfigError, MixedPrecisionError, UnsupportedModelError
+from bitnet_onnx.core.files import atomic_file
 from bitnet_onnx.core.inspection import components_table, read_layers
 from bitnet_onnx.core.interface import Interface, speaking_to
 from bitnet_onnx.core.log import read_log, render_table
 from bitnet_onnx.optimize.analysis import analyze, with_sensitivity
 from bitnet_onnx.optimize.analysis_report import write_report
-from bitnet_onnx.optimize.calibration import Calibration
+from bitnet_onnx.optimize.calibration import DEFAULT_HOLDOUT, Calibration
 from bitnet_onnx.optimize.cost_model import CostModel, LatencyTable
 from bitnet_onnx.optimize.objectives import OptimizationObjective, validation_thresholds
 from bitnet_onnx.optimize.sensitivity import measure_sensitivity, measurer
@@ -210,8 +211,6 @@ def _optimized(args: argparse.Namespace, progress: bool) -> PrecisionManager:
 
 
 def _holdout_of(args: argparse.Namespace) -> int | float:
-    from bitnet_onnx.optimize.calibration import DEFAULT_HOLDOUT
-
     return args.holdout if args.holdout is not None else DEFAULT_HOLDOUT
 
 
@@ -284,22 +283,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _save_outputs(path: Path, outputs: dict[str, np.ndarray]) -> None:
     """One array per output name in an .npz, written atomically (temporary file, then rename)."""
-    import tempfile
-
-    from bitnet_onnx.core.errors import ConfigError
-
     if path.suffix != ".npz":
         raise ConfigError(f"--save {path}: the outputs are saved as .npz; name the file e.g. {path.stem}.npz")
     if not path.parent.is_dir():
         raise ConfigError(f"--save {path}: folder {path.parent} does not exist; create it first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            np.savez(stream, **outputs)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_file(path, "wb") as stream:
+        np.savez(stream, **outputs)
 
 
 def _times_table(times: Sequence) -> str:

@@ -87,7 +87,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from bisect import bisect_right
 from collections.abc import Callable, Mapping
 from json.decoder import scanstring
@@ -106,6 +105,7 @@ from bitnet_onnx.config.policy import PrecisionPolicy
 from bitnet_onnx.core._schema import Problems, SchemaPath, describe_value
 from bitnet_onnx.core.dtypes import ConversionStrategy, DType, TernaryPacking, TernaryScale, WeightLayout
 from bitnet_onnx.core.errors import ConfigError
+from bitnet_onnx.core.files import atomic_file
 from bitnet_onnx.core.layers import ComponentType, LayerType, SupportMatrix
 
 __all__ = ["SCHEMA_VERSION", "config_from_dict", "config_to_dict", "load_config", "save_config"]
@@ -159,16 +159,8 @@ def save_config(config: MixedPrecisionConfig, path: str | os.PathLike[str]) -> N
         text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False)
     else:
         text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
 
 
 def config_to_dict(config: MixedPrecisionConfig) -> dict[str, Any]:

@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from bitnet_onnx.core.files import atomic_file
 
 __all__ = ["MachineCache"]
 
@@ -52,10 +53,7 @@ class MachineCache:
         path = self.path()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(
-                "w", dir=path.parent, prefix=f".{path.stem}.", delete=False
-            ) as tmp:
-                json.dump({"version": self.version, "machines": machines}, tmp, indent=1, sort_keys=True)
-            os.replace(tmp.name, path)
+            with atomic_file(path) as handle:
+                json.dump({"version": self.version, "machines": machines}, handle, indent=1, sort_keys=True)
         except OSError as exc:  # a read-only home only costs a measurement next time
             logger.warning("could not keep %s in %s: %s", self.what, path, exc)
