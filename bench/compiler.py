@@ -66,6 +66,7 @@ from bitnet_onnx import runtime
 from bitnet_onnx.compiler.compile import compile, resolve_config
 from bitnet_onnx.config.report import compare_outputs
 from bitnet_onnx.core.errors import ConfigError, MixedPrecisionError
+from bitnet_onnx.core.files import atomic_file
 from bitnet_onnx.passes._graph import load_model
 from bitnet_onnx.runtime.profiling import NO_LAYER, layer_times
 from bitnet_onnx.runtime.sample_inputs import sample_inputs
@@ -613,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{_trained_report(trained)}")
     records["bitnet_qat"] = [{**asdict(t), "relative": t.relative} for t in trained]
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as stream:
+        with atomic_file(args.json, "w", encoding="utf-8") as stream:
             json.dump(records, stream, indent=1)
     return 0
 

@@ -48,6 +48,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bitnet_onnx import runtime
 from bitnet_onnx.core.errors import ConfigError, MixedPrecisionError
+from bitnet_onnx.core.files import atomic_file
 
 __all__ = [
     "CONTENDERS",
@@ -599,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     results = run(shapes, threads, contenders, runs, args.warmup, cold_mb)
     print(_report(results, bandwidth, contenders, cache, cold_mb))
     if args.json:
-        with open(args.json, "w") as f:
+        with atomic_file(args.json, "w", encoding="utf-8") as f:
             records = [
                 {**asdict(r), "gbps": r.gbps, "working_set_bytes": r.working_set_bytes} for r in results
             ]
