@@ -5,7 +5,8 @@
     python -m models.build bert -o out/bert.onnx --weights trained_like
 
 Presets exist for llama (`tiny`, `small`, `1b`); bert and convnet build their default (tiny) config.
-Prints the parameter count, the bytes written, the build-and-save time and the peak RSS.
+Prints the parameter count, the bytes written, the build-and-save time and the peak RSS (and what the
+process held before building: the interpreter and its imports).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             [] if args.model == "llama" else [f"--preset is for llama only, not {args.model}"], "models.build"
         )
         config = llama.LlamaConfig.preset(args.preset, **changes)
+    before_mib = _peak_rss_mib()
     start = time.perf_counter()
     args.output.parent.mkdir(parents=True, exist_ok=True)
     save_model(build(config), args.output, external_data=args.external_data)
@@ -59,12 +61,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     data = args.output.with_name(f"{args.output.name}.data")
     written = args.output.stat().st_size + (data.stat().st_size if args.external_data else 0)
     params = getattr(config, "num_parameters", None)
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"{args.output}: {dataclasses.asdict(config)}")
     print(
         f"parameters {params if params is not None else 'n/a'}, {written / 2**20:.1f} MiB written, "
-        f"{seconds:.1f} s, peak RSS {peak_mib:.0f} MiB"
+        f"{seconds:.1f} s, peak RSS {_peak_rss_mib():.0f} MiB ({before_mib:.0f} MiB before building)"
     )
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 if __name__ == "__main__":

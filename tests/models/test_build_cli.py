@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -55,7 +56,11 @@ def test_preset_is_refused_for_models_without_presets(tmp_path):
 
 @pytest.mark.slow
 def test_building_the_small_preset_with_external_data_holds_the_weights_about_once(tmp_path):
-    """Peak RSS of a fresh process ≈ interpreter + one copy of the weights (+ one tensor in flight)."""
+    """Building adds about one copy of the weights to the process (+ one tensor in flight).
+
+    Measured against what the same process held before building: the interpreter and its imports
+    differ between environments by more than the tolerance.
+    """
     out = tmp_path / "small.onnx"
     done = subprocess.run(
         [
@@ -74,6 +79,10 @@ def test_building_the_small_preset_with_external_data_holds_the_weights_about_on
         text=True,
         check=True,
     )
-    peak_mib = float(done.stdout.split("peak RSS ")[1].split(" MiB")[0])
-    weights_mib = 4 * llama.LlamaConfig.preset("small").num_parameters / 2**20
-    assert peak_mib < 1.25 * weights_mib + 200
+    peak_mib, before_mib = map(
+        float, re.search(r"peak RSS (\d+) MiB \((\d+) MiB before", done.stdout).groups()
+    )
+    config = llama.LlamaConfig.preset("small")
+    weights_mib = 4 * config.num_parameters / 2**20
+    largest_tensor_mib = 4 * config.vocab_size * config.hidden_size / 2**20  # the embedding
+    assert peak_mib - before_mib < 1.25 * weights_mib + 3 * largest_tensor_mib
