@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from bitnet_onnx.config import policy as policy_module
+from bitnet_onnx.config import policy_facts, policy_model
 from bitnet_onnx.config.config import MixedPrecisionConfig
 from bitnet_onnx.config.policy import (
     WEIGHT_STATISTICS,
@@ -20,6 +20,7 @@ from bitnet_onnx.config.policy import (
     PolicyEngine,
     PolicyRule,
     PrecisionPolicy,
+    read_policy,
     weight_statistics,
 )
 from bitnet_onnx.core._schema import Problems
@@ -155,7 +156,7 @@ def test_condition(ctype, op, value, key, expected):
 
 def test_every_condition_type_and_operator_is_covered():
     covered = {(c[0], c[1]) for c in CASES}
-    assert covered == {(t, o) for t, ops in policy_module._OPERATORS.items() for o in ops}
+    assert covered == {(t, o) for t, ops in policy_model._OPERATORS.items() for o in ops}
 
 
 @pytest.mark.parametrize(
@@ -352,17 +353,17 @@ def test_set_ternary_scale_round_trips_and_bad_scales_are_named():
     policy = PrecisionPolicy("p").add_rule(PolicyRule("r", PolicyAction.set_ternary_scale("least_squares")))
     data = policy.to_dict()
     assert data["rules"][0]["action"] == {"type": "set_ternary_scale", "scale": "least_squares"}
-    assert PrecisionPolicy.from_dict(data) == policy
+    assert read_policy(data) == policy
     bad = {"id": "p", "rules": [{"id": "r", "action": {"type": "set_ternary_scale", "scale": "lsq"}}]}
     with pytest.raises(
         ConfigError,
         match=r"rules\[0\]\.action\.scale: unknown ternary_scale 'lsq'.*"
         r"choose one of absmean, least_squares",
     ):
-        PrecisionPolicy.from_dict(bad)
+        read_policy(bad)
     missing = {"id": "p", "rules": [{"id": "r", "action": {"type": "set_ternary_scale"}}]}
     with pytest.raises(ConfigError, match="missing required key 'scale'"):
-        PrecisionPolicy.from_dict(missing)
+        read_policy(missing)
 
 
 def test_changed_precision_keeps_only_knobs_that_fit():
@@ -555,10 +556,10 @@ def full_policy() -> PrecisionPolicy:
     return policy
 
 
-def test_to_dict_from_dict_round_trip():
+def test_to_dict_read_policy_round_trip():
     policy = full_policy()
     data = policy.to_dict()
-    assert PrecisionPolicy.from_dict(data) == policy
+    assert read_policy(data) == policy
     assert data["rules"][3]["action"] == {"type": "raise_precision", "steps": 2}
     assert data["rules"][1]["action"] == {
         "type": "set_component_precision",
@@ -567,14 +568,12 @@ def test_to_dict_from_dict_round_trip():
     }
 
 
-def test_from_dict_defaults():
-    policy = PrecisionPolicy.from_dict(
-        {"id": "p", "rules": [{"id": "r", "action": {"type": "raise_precision"}}]}
-    )
+def test_read_policy_defaults():
+    policy = read_policy({"id": "p", "rules": [{"id": "r", "action": {"type": "raise_precision"}}]})
     assert policy == PrecisionPolicy("p").add_rule(PolicyRule("r", PolicyAction.raise_precision(1)))
 
 
-def test_from_dict_collects_every_problem():
+def test_read_policy_collects_every_problem():
     data = {
         "id": "p",
         "priorty": 3,
@@ -586,7 +585,7 @@ def test_from_dict_collects_every_problem():
         ],
     }  # fmt: skip
     with pytest.raises(ConfigError) as info:
-        PrecisionPolicy.from_dict(data)
+        read_policy(data)
     text = "\n".join(info.value.problems)
     for words in [
         "priorty: unknown key 'priorty' (did you mean 'priority'?)",
@@ -601,19 +600,14 @@ def test_from_dict_collects_every_problem():
     assert len(info.value.problems) == 7
 
 
-def test_from_dict_with_a_collector_returns_none_and_records_lines():
+def test_read_policy_with_a_collector_returns_none_and_records_lines():
     problems = Problems("f.yaml", {("policies", 0): 4, ("policies", 0, "rules", 0): 7})
-    assert (
-        PrecisionPolicy.from_dict(
-            {"id": "p", "rules": [{"id": "r"}]}, problems=problems, path=("policies", 0)
-        )
-        is None
-    )
+    assert read_policy({"id": "p", "rules": [{"id": "r"}]}, problems=problems, path=("policies", 0)) is None
     with pytest.raises(ConfigError, match=r"line 7: policies\[0\].rules\[0\]: missing required key 'action'"):
         problems.raise_if_any()
     good = {"id": "p", "rules": [{"id": "r", "action": {"type": "keep_original"}}]}
     problems = Problems("f.yaml", {("policies", 0, "rules", 0): 7})
-    policy = PrecisionPolicy.from_dict(good, problems=problems, path=("policies", 0), origin="f.yaml")
+    policy = read_policy(good, problems=problems, path=("policies", 0), origin="f.yaml")
     assert policy is not None and policy.rules[0].origin == "f.yaml:7"
 
 
@@ -652,7 +646,7 @@ def test_weight_statistics_of_a_gaussian():
 def test_weight_statistics_do_not_depend_on_chunking(monkeypatch):
     w = np.random.default_rng(1).laplace(size=(13, 17)).astype(np.float16)
     whole = weight_statistics(w)
-    monkeypatch.setattr(policy_module, "_CHUNK", 7)
+    monkeypatch.setattr(policy_facts, "_CHUNK", 7)
     assert weight_statistics(w) == pytest.approx(whole, rel=1e-12)
 
 
