@@ -206,7 +206,7 @@ def _optimized(args: argparse.Namespace, progress: bool) -> PrecisionManager:
         workers=args.workers,
         progress=progress,
     )
-    manager.optimize_precision(args.objective)
+    manager.optimize_precision(args.objective, allow_slower=args.allow_slower)
     return manager
 
 
@@ -392,6 +392,12 @@ def _add_objective(cmd: argparse.ArgumentParser) -> None:
         "balanced:0.4,0.3,0.3 (weights of memory, speed, accuracy; no target). The search starts from "
         "--config/--strategy when given, else from the model as it is (all F32), measures each layer's "
         "sensitivity on the calibration samples and judges the plan on the --holdout ones",
+    )  # fmt: skip
+    cmd.add_argument(
+        "--allow-slower", action="store_true",
+        help="let a memory: or accuracy: plan run slower than the model (by default no layer gets a "
+        "choice predicted slower than the model's, and a plan measured slower at batch 1 misses the "
+        "objective)",
     )  # fmt: skip
     cmd.add_argument(
         "--workers", type=_count, default=1, metavar="N",
