@@ -8,8 +8,10 @@ in one run (issue 12 item 6, TARGETS.md "Float models").
    are held out exactly as `compile --objective` holds them out, the others calibrate.
 2. Contenders, each made from MODEL in this process: fp32; onnxruntime's `quantize_dynamic` int8
    per tensor and per channel; `MatMulNBitsQuantizer` 4-bit RTN with blocks of 32 and 128
-   (symmetric, accuracy_level 4: int8 activations, its fastest CPU path) and 4-bit HQQ with the
-   same blocks (HQQ needs torch: without it those rows are skipped and say why); ours: each
+   (symmetric, accuracy_level 4: int8 activations, its fastest CPU path; MatMul and the embedding
+   Gathers, as quantize_dynamic quantizes both) and 4-bit HQQ with the same blocks (MatMul only:
+   onnxruntime quantizes no Gather with HQQ; HQQ needs torch, without it those rows are skipped
+   and say why); ours: each
    --presets strategy compiled (validated on the calibration samples), and each --objectives plan
    searched on the calibration samples and compiled, validated on the held-out ones.
 3. Size: the bytes of the model file and its external data, in MiB.
@@ -166,13 +168,16 @@ def _dynamic(per_channel: bool) -> Make:
     return make
 
 
+_NBITS_OPS = ("MatMul", "Gather")
+
+
 def _nbits(block: int, hqq: bool) -> Make:
     def make(model: Path, folder: Path, samples: Samples) -> Path:
-        if hqq:
+        if hqq:  # HQQ's float zero points: onnxruntime quantizes no Gather with them
             config = HQQWeightOnlyQuantConfig(block_size=block, bits=4)
-        else:
+        else:  # the embedding tables too (GatherBlockQuantized), as quantize_dynamic does
             config = DefaultWeightOnlyQuantConfig(
-                block_size=block, is_symmetric=True, accuracy_level=4, bits=4
+                block_size=block, is_symmetric=True, accuracy_level=4, bits=4, op_types_to_quantize=_NBITS_OPS
             )
         quantizer = MatMulNBitsQuantizer(onnx.load(model), algo_config=config)
         quantizer.process()
