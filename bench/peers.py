@@ -102,7 +102,7 @@ class Peer:
 
     name: str
     label: str
-    kind: str
+    kind: Kind
     make: Make
     floor: float | None = None  # the accuracy an objective promised (None: the measured accuracy)
 
@@ -118,9 +118,11 @@ class Score:
 
 @dataclass
 class Measured:
+    """What the run found of one contender (module docstring, 3-5)."""
+
     name: str
     label: str
-    kind: str
+    kind: Kind
     bytes: int = 0
     scores: dict[str, Score] = field(default_factory=dict)
     latency_ms: dict[int, float] = field(default_factory=dict)
@@ -325,7 +327,9 @@ def _timing_batch(held_out: Calibration, size: int) -> Feeds:
     return {k: np.ascontiguousarray(v[pick]) if np.ndim(v) else v for k, v in first.items()}
 
 
-def _scores(reference: dict[str, list[np.ndarray]], got: dict[str, list[np.ndarray]], held_out: Calibration):
+def _scores(
+    reference: dict[str, list[np.ndarray]], got: dict[str, list[np.ndarray]], held_out: Calibration
+) -> dict[str, Score]:
     rows = _rows(held_out)
     scores = {}
     for name, want in reference.items():
