@@ -16,10 +16,10 @@ Split's sizes are a `Concat` of `Shape(W_i, start=0, end=1)`. onnxruntime folds 
 constants when it creates the session (at its default optimization level; with graph optimizations
 disabled they run, and the kernel repacks W, every call), so a run computes nothing more, and the
 file stores exactly the bytes it stored before (what the cost model predicts; a stacked copy would
-store the scales of per-tensor ternary weights once per row, and the split sizes). The fused call computes exactly what the members did: every row of a
-packed weight is independent of the others, and row n's scale is the same float32 whether it is
-`scale[0]` of the member or `scale[n]` of the stack (kernels/README.md), so the outputs are bit for
-bit the unfused ones.
+store the scales of per-tensor ternary weights once per row, and the split sizes). The fused call
+computes exactly what the members did: every row of a packed weight is independent of the others,
+and row n's scale is the same float32 whether it is `scale[0]` of the member or `scale[n]` of the
+stack (kernels/README.md), so the outputs are bit for bit the unfused ones.
 
 Annotations: the original nodes' annotations are dropped; the fused node and its Split carry
 `bitnet.fused` (core/metadata.py: each member layer's annotations, in row order, with its rows of
