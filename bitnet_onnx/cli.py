@@ -206,7 +206,7 @@ def _optimized(args: argparse.Namespace, progress: bool) -> PrecisionManager:
         workers=args.workers,
         progress=progress,
     )
-    manager.optimize_precision(args.objective)
+    manager.optimize_precision(args.objective, allow_slower=args.allow_slower)
     return manager
 
 
@@ -392,6 +392,12 @@ def _add_objective(cmd: argparse.ArgumentParser) -> None:
         "balanced:0.4,0.3,0.3 (weights of memory, speed, accuracy; no target). The search starts from "
         "--config/--strategy when given, else from the model as it is (all F32), measures each layer's "
         "sensitivity on the calibration samples and judges the plan on the --holdout ones",
+    )  # fmt: skip
+    cmd.add_argument(
+        "--allow-slower", action="store_true",
+        help="let a memory: or accuracy: plan run slower than the model (by default no layer gets a "
+        "choice predicted slower than the model's, and a plan measured slower at batch 1 misses the "
+        "objective)",
     )  # fmt: skip
     cmd.add_argument(
         "--workers", type=_count, default=1, metavar="N",
@@ -616,13 +622,15 @@ def _build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser(
         "bench",
-        help="benchmarks (bench kernels|compiler|decode --help for options)",
+        help="benchmarks (bench kernels|compiler|decode|peers --help for options)",
         description="Run a benchmark suite and print its table: kernels (our ops against onnxruntime's own "
-        "matmuls), compiler (compile time, peak memory, size and latency of a ~100M-parameter decoder) or "
-        "decode (token-by-token decoding with a KV cache against onnxruntime's own 4-, 2- and 8-bit). "
+        "matmuls), compiler (compile time, peak memory, size and latency of a ~100M-parameter decoder), "
+        "decode (token-by-token decoding with a KV cache against onnxruntime's own 4-, 2- and 8-bit) or "
+        "peers (your float model and inputs: size, held-out accuracy and latency of onnxruntime's own "
+        "quantizers against our presets and --objective plans). "
         "`bitnet-onnx bench SUITE --help` lists the suite's options.",
     )
-    bench.add_argument("suite", choices=["kernels", "compiler", "decode"], help="the suite to run")
+    bench.add_argument("suite", choices=["kernels", "compiler", "decode", "peers"], help="the suite to run")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="options passed to the suite")
     bench.set_defaults(run=_cmd_bench)
 

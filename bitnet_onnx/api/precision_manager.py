@@ -435,10 +435,12 @@ class PrecisionManager:
         verify_plan: bool = True,
         tokens: float = 1,
         seed: int = 0,
+        allow_slower: bool = False,
     ) -> SearchResult:
         """Search the plan for `objective`, verify it on a model (unless `verify_plan` is False),
         and move the dynamic layers to it (module docstring). The verification, when one ran, is
-        kept in `self.verification`."""
+        kept in `self.verification`. A Memory or Accuracy plan is never slower than the model
+        (predicted per layer, then measured) unless `allow_slower` (`bitnet_onnx.optimize.search`)."""
         if not isinstance(objective, OptimizationObjective):
             raise ConfigError(
                 f"objective must be Memory, Speed, Accuracy or Balanced, not {type(objective).__name__}"
@@ -452,7 +454,7 @@ class PrecisionManager:
         result = search(
             layers, table, cost, objective,
             base=plan, pinned=pinned, choices=choices, support=self.config.support,
-            other_bytes=other, tokens=tokens, seed=seed,
+            other_bytes=other, tokens=tokens, seed=seed, allow_slower=allow_slower,
         )  # fmt: skip
         self.verification = None
         if self._model is not None and verify_plan:
@@ -520,7 +522,11 @@ class PrecisionManager:
         if self.last_result is not None:
             result = self.last_result
             # Measured on a model: the analysis's own numbers decide (static: the prediction).
-            met = analysis.meets(result.objective) if self._model is not None else result.feasible
+            met = (
+                analysis.meets(result.objective, allow_slower=result.allow_slower)
+                if self._model is not None
+                else result.feasible
+            )
             analysis = replace(
                 analysis,
                 objective=str(result.objective),

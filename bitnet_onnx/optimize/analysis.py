@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     from bitnet_onnx.optimize.sensitivity import SensitivityTable
 
 __all__ = [
+    "NOT_SLOWER",
     "NO_LAYER",
     "SPEED_RUNS",
     "SPEED_THREADS",
@@ -83,6 +84,9 @@ logger = logging.getLogger(__name__)
 NO_LAYER = "(no layer)"
 SPEED_RUNS = 15
 SPEED_THREADS = 1
+NOT_SLOWER = 0.95
+"""The least measured speedup over the original that counts as not slower: timings of one model
+on a shared machine spread by about 5 % between runs, so an equally fast plan must not fail on noise."""
 
 
 @dataclass(frozen=True)
@@ -214,20 +218,22 @@ class Analysis:
     def measured_speedup(self) -> float | None:
         return self.timing.speedup if self.timing is not None else None
 
-    def meets(self, objective: OptimizationObjective) -> bool:
+    def meets(self, objective: OptimizationObjective, *, allow_slower: bool = False) -> bool:
         """Whether these measured numbers meet `objective`: Memory(t) the bytes saved ≥ t;
         Accuracy(m) the lowest output cosine ≥ m; Speed(s, m) that cosine ≥ m and the speedup ≥ s
-        (measured when timed, else estimated); Balanced, which sets no target, always."""
+        (measured when timed, else estimated); Balanced, which sets no target, always. Memory and
+        Accuracy also ask for a speedup ≥ NOT_SLOWER (when one is known) unless `allow_slower`."""
+        speedup = self.measured_speedup if self.measured_speedup is not None else self.estimated_speedup
+        fast_enough = allow_slower or speedup is None or speedup >= NOT_SLOWER
         if isinstance(objective, Memory):
             saved = 1.0 - self.bytes_after / self.bytes_before if self.bytes_before else 0.0
-            return saved >= objective.target_reduction
+            return saved >= objective.target_reduction and fast_enough
         if not isinstance(objective, (Accuracy, Speed)):
             return True
         cosine = self.min_cosine
         kept = cosine is not None and cosine >= objective.min_accuracy  # NaN keeps nothing
         if isinstance(objective, Accuracy):
-            return kept
-        speedup = self.measured_speedup if self.measured_speedup is not None else self.estimated_speedup
+            return kept and fast_enough
         return kept and speedup is not None and speedup >= objective.target_speedup
 
     @property

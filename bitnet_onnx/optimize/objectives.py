@@ -7,7 +7,9 @@ specs) and a config entry through `to_layer_config`, which states every componen
 decides so the entry means the same under any base config; both read one table:
 
 - float weights (F32, F16, BF16): the weights' precision is the entry's precision and decides the
-  bias, activations and outputs too, unless `activations` says otherwise (an override);
+  bias, activations and outputs too, unless `activations` says otherwise (an override, which sets
+  the outputs too: a layer hands on what it computes in, so `F16/F32`, F16 stored and F32
+  computed, adds no conversion at its boundary);
 - integer weights (I8 ... I1, BITNET158): the weights take the integer precision, the activations
   `activations` (F32 when None), and the bias and outputs F32 (overrides): an integer precision
   must never decide a layer's outputs, which would hand them on quantized;
@@ -17,27 +19,33 @@ decides so the entry means the same under any base config; both read one table:
 Labels (`PrecisionChoice.label`, read back by `PrecisionChoice.parse`): the weights' precision
 name, then the layout knobs (`g<group_size>`, `z` for zero points, `pc` for per-channel ternary
 scales, `b3` for base-3 ternary packing), then `/<activations>` when the activations are stated:
-always with integer weights, with float weights only when they differ: `F16`, `I8/I8` (int8
-weights and activations), `I4g128/F32`, `BITNET158/I8`, `BITNET158b3/I8`. A weightless choice is
-its activations' name (`F16`).
+always with integer weights, with float weights only when they differ: `F16`, `F16/F32`, `I8/I8`
+(int8 weights and activations), `I4g128/F32`, `BITNET158/I8`, `BITNET158b3/I8`. A weightless
+choice is its activations' name (`F32`).
 
 `candidate_choices(layer, support)` lists the choices the compiler realises for a layer type, most
 precise first (the order the search breaks ties in), filtered by the support matrix:
 
 | layer type          | candidates                                                                      |
 |---------------------|---------------------------------------------------------------------------------|
-| linear, output      | F32, F16, I8/I8, I8/F32, I4g128/I8, I4g128/F32, I2g64/F32, BITNET158/I8,        |
-|                     | BITNET158b3/I8, I1g64/F32                                                       |
-| convolution         | F32, F16, I8/F32, I4g128/F32, I2g64/F32, BITNET158/F32, BITNET158b3/F32         |
-| embedding           | F32, F16, I8/F32, I4g128/F32, I2g64/F32 (a table has no activations: F32 is    |
+| linear, output      | F32, F16/F32, I8/I8, I8/F32, I4g128/I8, I4g128/F32, I2g64/I8, I2g64/F32,        |
+|                     | BITNET158/I8, BITNET158b3/I8, I1g64/F32                                         |
+| convolution         | F32, F16/F32, I8/F32, I4g128/F32, I2g64/F32, BITNET158/F32, BITNET158b3/F32     |
+| embedding           | F32, F16/F32, I8/F32, I4g128/F32, I2g64/F32 (a table has no activations: F32 is |
 |                     | what its entry states for them)                                                 |
-| normalization       | F32, F16 (with its scale weight, when it has one)                               |
-| attention, activation | F32, F16                                                                      |
+| normalization       | F32, F16/F32 (with its scale weight, when it has one)                           |
+| attention, activation | F32                                                                           |
 | other               | F32 (an unclassified op may be index or shape arithmetic)                       |
 
-Convolutions get weight-only compression (the compiler unpacks their weights for a float Conv, so
+Float weights are candidates as `F16/F32` (stored F16, computed F32), not `F16`: onnxruntime's
+CPU provider computes a float16 MatMul, LayerNorm, Softmax or Gelu in float32 with a Cast on
+each side (`bitnet_onnx.config.presets`), so F16 compute stores no fewer bytes and runs slower;
+for the same reason a weightless layer, which stores nothing, has F32 alone. A config entry can
+still ask for F16 compute. Convolutions get weight-only compression (the compiler unpacks their
+weights for a float Conv, so
 int8 activations would only add a quantize/dequantize pair); BITNET158 in a linear layer only with
-int8 activations, the one case with an integer kernel (BitLinear).
+int8 activations, the one case with an integer kernel (BitLinear). I4 and I2 come with int8
+activations too (LowBitMatMul act_quant = 1), the fast form of their kernel.
 
 `OptimizationObjective` is one of four frozen dataclasses, checked on construction (every problem
 in one ConfigError):
@@ -168,11 +176,12 @@ class PrecisionChoice:
     def _dtypes(self) -> dict[ComponentType, DType]:
         """The precision of every inference component under this choice (module docstring): the
         one statement both the plan (`layer_plan`) and the config entry (`to_layer_config`) read."""
-        handed_on = self.precision if self.precision.is_float else _F32
+        stored = self.precision if self.precision.is_float else _F32
+        computed = self.activation_dtype if self.activation_dtype.is_float else _F32
         dtypes = {
             ComponentType.ACTIVATIONS: self.activation_dtype,
-            ComponentType.BIAS: handed_on,
-            ComponentType.OUTPUTS: handed_on,
+            ComponentType.BIAS: stored,
+            ComponentType.OUTPUTS: computed,
         }
         return dtypes if self.weights is None else {ComponentType.WEIGHTS: self.weights, **dtypes}
 
@@ -244,19 +253,22 @@ def _choices(*labels: str) -> tuple[PrecisionChoice, ...]:
 
 _LINEAR = _choices(
     "F32",
-    "F16",
+    "F16/F32",
     "I8/I8",
     "I8/F32",
     "I4g128/I8",
     "I4g128/F32",
+    "I2g64/I8",
     "I2g64/F32",
     "BITNET158/I8",
     "BITNET158b3/I8",
     "I1g64/F32",
 )
-_CONVOLUTION = _choices("F32", "F16", "I8/F32", "I4g128/F32", "I2g64/F32", "BITNET158/F32", "BITNET158b3/F32")
-_EMBEDDING = _choices("F32", "F16", "I8/F32", "I4g128/F32", "I2g64/F32")
-_FLOATS = _choices("F32", "F16")
+_CONVOLUTION = _choices(
+    "F32", "F16/F32", "I8/F32", "I4g128/F32", "I2g64/F32", "BITNET158/F32", "BITNET158b3/F32"
+)
+_EMBEDDING = _choices("F32", "F16/F32", "I8/F32", "I4g128/F32", "I2g64/F32")
+_FLOATS = _choices("F32", "F16/F32")
 
 _CANDIDATES: dict[LayerType, tuple[PrecisionChoice, ...]] = {
     LayerType.LINEAR: _LINEAR,
@@ -264,8 +276,8 @@ _CANDIDATES: dict[LayerType, tuple[PrecisionChoice, ...]] = {
     LayerType.CONVOLUTION: _CONVOLUTION,
     LayerType.EMBEDDING: _EMBEDDING,
     LayerType.NORMALIZATION: _FLOATS,
-    LayerType.ATTENTION: _FLOATS,
-    LayerType.ACTIVATION: _FLOATS,
+    LayerType.ATTENTION: _choices("F32"),
+    LayerType.ACTIVATION: _choices("F32"),
     LayerType.OTHER: _choices("F32"),
 }
 

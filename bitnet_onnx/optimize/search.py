@@ -52,6 +52,15 @@ resource (bytes, latency or error; pinned layers and layers held back by the acc
 largest first until they cover the shortfall; when those cannot cover it (every layer already at
 its cheapest), the largest holders of the resource follow.
 
+Never slower. Memory and Accuracy plans must not run slower than the base (the model as it is,
+fp32) unless the caller passes `allow_slower` (CLI `--allow-slower`): the search then offers a
+layer only the candidates predicted no slower than its base choice at every M of the latency
+table (`cost_model.TOKENS`: one token and sixteen), so the plan's predicted latency is at most
+the base's; `verify` times each plan it compiles against the original (`analysis.time_models`:
+batch 1, one thread) and a plan measured slower (a speedup under `analysis.NOT_SLOWER`) does not
+meet the objective; the limiting layers are then the ones furthest from their fastest candidate.
+Speed objectives ask for speed themselves; Balanced weighs it.
+
 `verify` compiles plans (`bitnet_onnx.compile`, in a temporary folder) and measures the true bytes
 of their constants and the true output cosine on held-out inputs, never the calibration set: per
 output over all held-out batches, the lowest of the outputs (what the compile's own validation
@@ -96,8 +105,8 @@ from bitnet_onnx.config.config import MixedPrecisionConfig, MixedPrecisionStrate
 from bitnet_onnx.config.report import compare_outputs
 from bitnet_onnx.core.errors import ConfigError
 from bitnet_onnx.core.layers import Layer, SupportMatrix
-from bitnet_onnx.optimize.analysis import time_models
-from bitnet_onnx.optimize.cost_model import CostModel
+from bitnet_onnx.optimize.analysis import NOT_SLOWER, time_models
+from bitnet_onnx.optimize.cost_model import TOKENS, CostModel
 from bitnet_onnx.optimize.objectives import (
     Accuracy,
     Balanced,
@@ -162,7 +171,8 @@ class SearchResult:
     misses (fraction of bytes, speedup factor or cosine, in the objective's own unit) and
     `limiting_layers` the layers that block the target. `alternatives` are runner-up plans that
     also meet the objective (best first), which `verify` measures too; `tried` counts the partial
-    plans the search compared; `base_plan` is the starting plan.
+    plans the search compared; `base_plan` is the starting plan; `allow_slower` whether a Memory
+    or Accuracy plan may be slower than the base (module docstring, "Never slower").
     """
 
     objective: OptimizationObjective
@@ -176,6 +186,7 @@ class SearchResult:
     message: str = ""
     alternatives: tuple[tuple[Plan, PlanEstimate], ...] = ()
     base_plan: Plan = field(default_factory=dict)
+    allow_slower: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "plan", MappingProxyType(dict(self.plan)))
@@ -275,6 +286,7 @@ def _units(
     choices: Mapping[str, Sequence[PrecisionChoice]] | None,
     support: SupportMatrix,
     tokens: float,
+    no_slower: bool,
 ) -> list[_Unit]:
     groups: dict[str, list[Layer]] = {}
     for layer in layers:
@@ -298,7 +310,8 @@ def _units(
                     known.append((choice, err))
             base_err = next(e for c, e in known if c == start)
             per_layer_all.append(known)
-            per_layer_ok.append([(start, base_err)] if layer.name in pinned else known)
+            allowed = [(c, e) for c, e in known if not no_slower or _no_slower(cost, layer, c, start)]
+            per_layer_ok.append([(start, base_err)] if layer.name in pinned else allowed)
         pinned_unit = all(layer.name in pinned for layer in members)
         units.append(
             _Unit(
@@ -309,6 +322,16 @@ def _units(
             )
         )
     return units
+
+
+def _no_slower(cost: CostModel, layer: Layer, choice: PrecisionChoice, start: PrecisionChoice) -> bool:
+    """Whether `choice` is predicted no slower than `start` for `layer` at every M of the table."""
+    return all(cost.latency_us(layer, choice, m) <= cost.latency_us(layer, start, m) for m in TOKENS)
+
+
+def _keeps_speed(objective: OptimizationObjective, allow_slower: bool) -> bool:
+    """Whether a plan for `objective` must not be slower than the base (module docstring)."""
+    return isinstance(objective, (Memory, Accuracy)) and not allow_slower
 
 
 def _combine(
@@ -432,6 +455,7 @@ def search(
     tokens: float = 1,
     seed: int = 0,
     alternatives: int = 2,
+    allow_slower: bool = False,
 ) -> SearchResult:
     """The plan for `objective` (module docstring).
 
@@ -440,7 +464,8 @@ def search(
     `pinned` layers keep their base choice; `choices` restricts a layer's candidates (default
     `candidate_choices(layer, support)`); `other_bytes` are constants outside the layers (counted
     in every total, never reduced); `tokens` the rows per call the latency is predicted for;
-    `alternatives` how many runner-up plans to return for `verify`.
+    `alternatives` how many runner-up plans to return for `verify`; `allow_slower` lets a Memory
+    or Accuracy plan be slower than the base ("Never slower").
     """
     layers = list(layers)
     names = [layer.name for layer in layers]
@@ -452,7 +477,10 @@ def search(
     ]
     if problems:
         raise ConfigError(problems, source="search")
-    units = _units(layers, sensitivity, cost, start, set(pinned), choices, support or SupportMatrix(), tokens)
+    units = _units(
+        layers, sensitivity, cost, start, set(pinned), choices, support or SupportMatrix(), tokens,
+        _keeps_speed(objective, allow_slower),
+    )  # fmt: skip
     order = list(np.random.default_rng(seed).permutation(len(units)))
     units = [units[i] for i in order]
     base_estimate = estimate_plan(layers, start, sensitivity, cost, other_bytes=other_bytes, tokens=tokens)
@@ -491,6 +519,7 @@ def search(
         message,
         tuple(zip(plans[1:], estimates[1:], strict=True)) if feasible else (),
         start,
+        allow_slower,
     )
 
 
@@ -648,16 +677,22 @@ def plan_to_config(
 
 
 def _meets(
-    objective: OptimizationObjective, measured: PlanEstimate, bytes_before: int, base: PlanEstimate
+    objective: OptimizationObjective,
+    measured: PlanEstimate,
+    bytes_before: int,
+    base: PlanEstimate,
+    no_slower: bool = False,
 ) -> bool:
-    """Whether `measured` meets `objective` (module docstring); `base` gives Speed its reference."""
+    """Whether `measured` meets `objective` (module docstring); `base` gives Speed its reference,
+    and Memory and Accuracy too with `no_slower`."""
+    fast_enough = not no_slower or _speedup(base.latency_us, measured.latency_us) >= NOT_SLOWER
     if isinstance(objective, Memory):
-        return measured.bytes <= (1.0 - objective.target_reduction) * bytes_before
+        return measured.bytes <= (1.0 - objective.target_reduction) * bytes_before and fast_enough
     if isinstance(objective, Speed):
         fast = _speedup(base.latency_us, measured.latency_us) >= objective.target_speedup
         return fast and measured.cosine >= objective.min_accuracy
     if isinstance(objective, Accuracy):
-        return measured.cosine >= objective.min_accuracy
+        return measured.cosine >= objective.min_accuracy and fast_enough
     return True
 
 
@@ -702,6 +737,8 @@ def verify(
     source = model if isinstance(model, onnx.ModelProto) else os.fspath(model)
     reference = _outputs(source, batches)
     objective = result.objective
+    no_slower = _keeps_speed(objective, result.allow_slower)
+    timed = no_slower or isinstance(objective, Speed)
     by_name = {layer.name: layer for layer in layers}
     tried: list[VerifiedPlan] = []
     bytes_before = 0
@@ -717,11 +754,11 @@ def verify(
         cosine = _cosine(reference, _outputs(out, batches))
         error = max(0.0, 1.0 - cosine) if math.isfinite(cosine) else math.inf
         latency = predicted.latency_us
-        if isinstance(objective, Speed):  # judged on a measured speedup, not the prediction
+        if timed:  # judged on a measured speedup, not the prediction
             timing = time_models(source, out, batches[0])
             latency = result.base.latency_us / timing.speedup if timing.speedup > 0 else math.inf
         measured = PlanEstimate(compiled.bytes_after, latency, error)
-        meets = _meets(objective, measured, bytes_before, result.base)
+        meets = _meets(objective, measured, bytes_before, result.base, no_slower)
         verified = VerifiedPlan(plan, predicted, measured, meets)
         tried.append(verified)
         logger.info(
@@ -763,7 +800,7 @@ def verify(
         f"{len(tried)} plan(s) compiled and measured on {holdout.describe()}; best: "
         f"{best.measured.bytes} of {bytes_before} bytes "
         f"({1.0 - best.measured.bytes / bytes_before if bytes_before else 0.0:.1%} saved), "
-        f"measured cosine {best.measured.cosine:.6f}{_measured_speedup(objective, result.base, best)}; "
+        f"measured cosine {best.measured.cosine:.6f}{_measured_speedup(timed, result.base, best)}; "
         f"objective {objective} "
         f"{'met' if met else 'NOT met'} by measurement"
     )
@@ -771,14 +808,14 @@ def verify(
     if not met:
         limiting = _measured_limiting(
             objective, best, result.base, bytes_before, result.base_plan, layers, sensitivity, cost,
-            choices, support or SupportMatrix(),
+            choices, support or SupportMatrix(), no_slower,
         )  # fmt: skip
         notes.append(f"limiting layers: {_names(limiting)}")
     return Verification(best, tuple(tried), bytes_before, met, "; ".join([summary, *notes]), limiting)
 
 
-def _measured_speedup(objective: OptimizationObjective, base: PlanEstimate, best: VerifiedPlan) -> str:
-    if not isinstance(objective, Speed):
+def _measured_speedup(timed: bool, base: PlanEstimate, best: VerifiedPlan) -> str:
+    if not timed:
         return ""
     return (
         f", measured speedup {_speedup(base.latency_us, best.measured.latency_us):.2f}x (batch 1, 1 thread)"
@@ -796,10 +833,16 @@ def _measured_limiting(
     cost: CostModel,
     choices: Mapping[str, Sequence[PrecisionChoice]] | None,
     support: SupportMatrix,
+    no_slower: bool,
 ) -> tuple[str, ...]:
     """The layers holding a measured miss back (module docstring)."""
     measured = best.measured
-    if isinstance(objective, Memory):
+    if no_slower and _meets(objective, measured, bytes_before, base):  # met, but slower than the base
+        need = measured.latency_us - base.latency_us
+
+        def amount(layer: Layer, choice: PrecisionChoice) -> float:
+            return cost.latency_us(layer, choice, 1)
+    elif isinstance(objective, Memory):
         need = measured.bytes - (1.0 - objective.target_reduction) * bytes_before
 
         def amount(layer: Layer, choice: PrecisionChoice) -> float:

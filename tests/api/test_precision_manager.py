@@ -186,10 +186,10 @@ def _brute_force_best(manager: PrecisionManager, objective: OptimizationObjectiv
 def test_memory_objective() -> None:
     precision_manager = _manager()
     result = precision_manager.optimize_precision(Memory(target_reduction=0.5))
-    # F16 halves every layer at an error of ~3e-8 each; any plan keeping a layer F32 needs I8 or
-    # lower elsewhere (≥ 5e-5): all F16, exactly half.
+    # F16 (stored, F32 compute) halves every layer at an error of ~3e-8 each; any plan keeping a
+    # layer F32 needs I8 or lower elsewhere (≥ 5e-5): all F16, exactly half.
     assert result.feasible
-    assert {name: c.label for name, c in result.plan.items()} == dict.fromkeys(result.plan, "F16")
+    assert {name: c.label for name, c in result.plan.items()} == dict.fromkeys(result.plan, "F16/F32")
     assert result.predicted.bytes == result.base.bytes // 2 == 4 * 64 * 128 * 2
     assert result.predicted.error == pytest.approx(_brute_force_best(precision_manager, Memory(0.5)))
     assert all(spec.weight_precision is DType.F16 for spec in precision_manager.layers)
@@ -255,10 +255,10 @@ def test_static_analysis() -> None:
     assert analysis.bytes_before == 4 * 64 * 128 * 4
     assert analysis.bytes_after == 4 * 64 * 128 * 2
     assert analysis.compression == 2.0
-    assert analysis.estimated_speedup == pytest.approx(100.0 / 120.0)  # F16 matmuls are slower here
+    assert analysis.estimated_speedup == pytest.approx(1.0)  # F16 stored, the fp32 MatMul computes
     assert analysis.accuracy == () and analysis.min_cosine is None
     assert analysis.objective == "memory:0.5" and analysis.feasible
-    assert [row.choice for row in analysis.layers] == ["F16"] * 4
+    assert [row.choice for row in analysis.layers] == ["F16/F32"] * 4
     assert "accuracy not measured" in analysis.notes[0]
 
 
@@ -302,9 +302,11 @@ def test_from_model_registers_the_annotated_layers(llama: Llama) -> None:
     dynamic = {spec.name for spec in manager.layers if spec.dynamic_adjustment}
     assert dynamic == {n for n in names if ".mlp." in n}
     assert all(spec.weight_precision is DType.F32 for spec in manager.layers)  # CUSTOM: as given
-    result = manager.optimize_precision(Memory(0.3), verify_plan=False)
+    # At these tiny sizes fp32's MatMul may be the fastest kernel, so int8 MLPs may be predicted
+    # slower: allow them to check that only the dynamic layers move.
+    result = manager.optimize_precision(Memory(0.3), verify_plan=False, allow_slower=True)
     assert set(result.moved) <= dynamic
-    assert result.feasible  # the MLPs hold half the weights: F16 there is 25 % of the model
+    assert result.feasible
 
 
 def test_memory_half_on_llama(llama: Llama, record_property: Callable[[str, object], None]) -> None:
@@ -368,7 +370,8 @@ def test_verify_backs_off_and_reports_a_measured_miss(llama: Llama) -> None:
         ),
     )
     manager._model.sensitivity = optimistic  # the table the search trusts
-    missed = manager.optimize_precision(Accuracy(0.99))
+    # Every candidate offered (at these tiny sizes int8 kernels may be predicted slower than fp32).
+    missed = manager.optimize_precision(Accuracy(0.99), allow_slower=True)
     check = manager.verification
     assert check is not None and not check.met
     plans = [v.plan for v in check.tried]

@@ -358,3 +358,19 @@ def test_meets_judges_an_objective_on_the_measured_numbers(
     objective, bytes_after, cosines, estimated, measured, met
 ):
     assert _judged(bytes_after, cosines, estimated, measured).meets(objective) is met
+
+
+@pytest.mark.parametrize("objective", [Memory(0.25), Accuracy(0.99)])
+@pytest.mark.parametrize(
+    ("estimated", "measured", "met"),
+    [
+        (None, 0.96, True),  # within NOT_SLOWER: timing noise
+        (2.0, 0.9, False),  # measured slower: the measurement decides
+        (0.9, None, False),  # not timed: the estimate
+        (None, None, True),  # no speed known
+    ],
+)
+def test_memory_and_accuracy_are_not_met_slower_than_the_original(objective, estimated, measured, met):
+    judged = _judged(700, (0.999,), estimated, measured)
+    assert judged.meets(objective) is met
+    assert judged.meets(objective, allow_slower=True)

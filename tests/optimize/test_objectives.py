@@ -91,7 +91,7 @@ def test_to_layer_config_resolves_every_component() -> None:
         "BITNET158/I8": {W: DType.BITNET158, B: DType.F32, A: DType.I8, OUT: DType.F32},
         "I4g128/F32": {W: DType.I4, B: DType.F32, A: DType.F32, OUT: DType.F32},
         "F16": {W: DType.F16, B: DType.F16, A: DType.F16, OUT: DType.F16},
-        "F16/F32": {W: DType.F16, B: DType.F16, A: DType.F32, OUT: DType.F16},
+        "F16/F32": {W: DType.F16, B: DType.F16, A: DType.F32, OUT: DType.F32},
         "F32": {W: DType.F32, B: DType.F32, A: DType.F32, OUT: DType.F32},
     }
     for label, expected in cases.items():
@@ -138,22 +138,30 @@ def test_layer_plan_agrees_with_the_config_entry(layer_type: LayerType, weight: 
 def test_candidates_per_layer_type() -> None:
     labels = lambda layer, support=None: [c.label for c in candidate_choices(layer, support)]  # noqa: E731
     assert labels(_layer(LayerType.LINEAR)) == [
-        "F32", "F16", "I8/I8", "I8/F32", "I4g128/I8", "I4g128/F32", "I2g64/F32",
+        "F32", "F16/F32", "I8/I8", "I8/F32", "I4g128/I8", "I4g128/F32", "I2g64/I8", "I2g64/F32",
         "BITNET158/I8", "BITNET158b3/I8", "I1g64/F32",
     ]  # fmt: skip
     # The default matrix allows floats and I8 for output layers.
-    assert labels(_layer(LayerType.OUTPUT)) == ["F32", "F16", "I8/I8", "I8/F32"]
+    assert labels(_layer(LayerType.OUTPUT)) == ["F32", "F16/F32", "I8/I8", "I8/F32"]
     assert labels(_layer(LayerType.CONVOLUTION)) == [
-        "F32", "F16", "I8/F32", "I4g128/F32", "I2g64/F32", "BITNET158/F32", "BITNET158b3/F32",
+        "F32", "F16/F32", "I8/F32", "I4g128/F32", "I2g64/F32", "BITNET158/F32", "BITNET158b3/F32",
     ]  # fmt: skip
     # The default matrix allows floats and I8 for embedding tables.
-    assert labels(_layer(LayerType.EMBEDDING)) == ["F32", "F16", "I8/F32"]
-    assert labels(_layer(LayerType.NORMALIZATION)) == ["F32", "F16"]
-    assert labels(_layer(LayerType.ATTENTION, weight=False)) == ["F32", "F16"]
+    assert labels(_layer(LayerType.EMBEDDING)) == ["F32", "F16/F32", "I8/F32"]
+    assert labels(_layer(LayerType.NORMALIZATION)) == ["F32", "F16/F32"]
+    # F16 compute stores nothing less and runs slower on CPU: a weightless layer has F32 alone.
+    assert labels(_layer(LayerType.ATTENTION, weight=False)) == ["F32"]
+    assert labels(_layer(LayerType.NORMALIZATION, weight=False)) == ["F32"]
     assert all(c.weights is None for c in candidate_choices(_layer(LayerType.ATTENTION, weight=False)))
     assert labels(_layer(LayerType.OTHER, weight=False)) == ["F32"]
     wide = SupportMatrix().with_layer(LayerType.EMBEDDING, set(DType))
-    assert labels(_layer(LayerType.EMBEDDING), wide) == ["F32", "F16", "I8/F32", "I4g128/F32", "I2g64/F32"]
+    assert labels(_layer(LayerType.EMBEDDING), wide) == [
+        "F32",
+        "F16/F32",
+        "I8/F32",
+        "I4g128/F32",
+        "I2g64/F32",
+    ]
     no_int8_acts = SupportMatrix().with_component(A, {DType.F32, DType.F16, DType.BF16})
     assert "BITNET158/I8" not in labels(_layer(LayerType.LINEAR), no_int8_acts)
     assert "I4g128/F32" in labels(_layer(LayerType.LINEAR), no_int8_acts)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -254,7 +255,7 @@ def test_tied_layers_share_one_table() -> None:
 def test_default_candidates_and_latency_free_layers() -> None:
     norm = Layer("norm", LayerType.NORMALIZATION, 0, ("n",), "r", weight="g", weight_shape=(256,))
     attention = Layer("attn", LayerType.ATTENTION, 1, ("a",), "r")
-    f16 = P("F16")
+    f16 = P("F16/F32")
     table = SensitivityTable(
         "t",
         (
@@ -326,9 +327,48 @@ def test_a_measured_miss_names_the_layers_holding_it_back(objective, error, limi
     base = estimate_plan(LAYERS, base_plan(LAYERS), TABLE, COST)
     best = _verified(plan, error)
     found = _measured_limiting(
-        objective, best, base, 3 * F32_BYTES, base_plan(LAYERS), LAYERS, TABLE, COST, ONLY, SupportMatrix()
-    )
+        objective, best, base, 3 * F32_BYTES, base_plan(LAYERS), LAYERS, TABLE, COST, ONLY, SupportMatrix(),
+        no_slower=False,
+    )  # fmt: skip
     assert found == limiting
+
+
+@pytest.mark.parametrize("objective", [Accuracy(0.9), Memory(0.5)])
+def test_a_plan_measured_slower_names_the_layers_furthest_from_their_fastest(objective) -> None:
+    # Accurate and small enough, but measured at 330 µs against the base's 300: the 30 µs come back
+    # from c (I8, 20 µs above its ternary 20) then a (I8, 20 more).
+    plan = {"a": I8, "b": T, "c": I8}
+    predicted = estimate_plan(LAYERS, plan, TABLE, COST)
+    best = VerifiedPlan(plan, predicted, PlanEstimate(predicted.bytes, 330.0, 0.003), False)
+    base = estimate_plan(LAYERS, base_plan(LAYERS), TABLE, COST)
+    args = (best, base, 3 * F32_BYTES, base_plan(LAYERS), LAYERS, TABLE, COST, ONLY, SupportMatrix())
+    assert _measured_limiting(objective, *args, no_slower=True) == ("a", "c")
+    assert not _meets(objective, best.measured, 3 * F32_BYTES, base, no_slower=True)
+    assert _meets(objective, best.measured, 3 * F32_BYTES, base, no_slower=False)
+    assert _meets(objective, replace(best.measured, latency_us=310.0), 3 * F32_BYTES, base, no_slower=True)
+
+
+# A 256×256 layer whose I4 kernel is predicted slower than fp32 at 16 tokens only.
+SLOW = P("I4g128/F32")
+SLOW_LATENCY = LATENCY.with_curves(
+    {"MatMul/F32": {1: ((65536, 100.0),), 16: ((65536, 200.0),)},
+     "LowBitMatMul/I4g128/F32": {1: ((65536, 90.0),), 16: ((65536, 250.0),)}}
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("objective", [Accuracy(0.99), Memory(0.6)])
+def test_memory_and_accuracy_plans_take_no_choice_predicted_slower_unless_allowed(objective) -> None:
+    # F16/F32 halves the bytes at fp32 speed; I4 saves 86 % but is slower at 16 tokens.
+    (layer,) = LAYERS[:1]
+    table = _table({"a": (0.001, 0.002)}, (F32, P("F16/F32"), SLOW))
+    cost = CostModel(SLOW_LATENCY)
+    choices = {"a": (F32, P("F16/F32"), SLOW)}
+    kept = search([layer], table, cost, objective, choices=choices)
+    assert kept.plan == {"a": P("F16/F32")} and not kept.allow_slower
+    assert kept.predicted.latency_us <= kept.base.latency_us
+    assert kept.feasible is isinstance(objective, Accuracy)  # 50 % saved misses memory:0.6
+    allowed = search([layer], table, cost, objective, choices=choices, allow_slower=True)
+    assert allowed.plan == {"a": SLOW} and allowed.allow_slower and allowed.feasible
 
 
 def test_a_speed_plan_meets_only_when_fast_enough_and_above_the_floor() -> None:
