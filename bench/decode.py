@@ -148,7 +148,15 @@ def _model(size: str, weights: str, cache: Path) -> Path:
 def weight_bytes(model: onnx.ModelProto) -> int:
     """Bytes of the initializers matmul-like nodes read (what one decode step streams)."""
     sizes = {t.name: _tensor_bytes(t) for t in model.graph.initializer}
-    read = {name for node in model.graph.node if node.op_type in _MATMUL_OPS for name in node.input}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    read: set[str] = set()
+    pending = [name for node in model.graph.node if node.op_type in _MATMUL_OPS for name in node.input]
+    while pending:  # through the Concat/Expand a fused call (fuse_siblings) stacks its weights with
+        name = pending.pop()
+        producer = producers.get(name)
+        if producer is not None and producer.op_type in ("Concat", "Expand") and name not in read:
+            pending.extend(producer.input)
+        read.add(name)
     return sum(size for name, size in sizes.items() if name in read)
 
 

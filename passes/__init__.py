@@ -1,6 +1,7 @@
 """The compiler's passes. `compile_passes()` is the pipeline, in order: normalize, annotate_layers,
-assign_precision, rewrite, fold_converts, validate (ARCHITECTURE.md's data flow). `annotate()` runs
-its first two passes alone: what analysis, the precision manager and sensitivity start from.
+assign_precision, rewrite, fold_converts, fuse_siblings, validate (ARCHITECTURE.md's data flow).
+`annotate()` runs its first two passes alone: what analysis, the precision manager and sensitivity
+start from.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from bitnet_onnx.passes.p20_annotate_layers import AnnotateLayersPass
 from bitnet_onnx.passes.p30_assign_precision import AssignPrecisionPass
 from bitnet_onnx.passes.p50_rewrite import RewritePass
 from bitnet_onnx.passes.p60_fold_converts import FoldConvertsPass
+from bitnet_onnx.passes.p65_fuse_siblings import FuseSiblingsPass
 from bitnet_onnx.passes.p70_validate import ValidatePass
 
 if TYPE_CHECKING:
@@ -57,5 +59,6 @@ def compile_passes(
         AssignPrecisionPass(memory_budget=memory_budget),
         RewritePass(),
         FoldConvertsPass(),
+        FuseSiblingsPass(),
         ValidatePass(strict=strict, dims=dims, thresholds=thresholds),
     )

@@ -123,6 +123,21 @@ class _Model:
                 return None
         return self.initializers[name]
 
+    def as_member(self, node: onnx.NodeProto, member: int) -> onnx.NodeProto:
+        """`node` as the `member`-th layer of its fused call (fuse_siblings) computed it alone:
+        each input stacked by a Concat read back to that member's own tensor (through the Expand
+        of a per-tensor scale); a node that stacks nothing comes back as it is."""
+        view = onnx.NodeProto()
+        view.CopyFrom(node)
+        for i, name in enumerate(node.input):
+            stack = self.producers.get(name)
+            if stack is None or not _is(stack, "", "Concat") or member >= len(stack.input):
+                continue
+            own = stack.input[member]
+            expand = self.producers.get(own)
+            view.input[i] = expand.input[0] if expand is not None and _is(expand, "", "Expand") else own
+        return view
+
 
 def _attr(node: onnx.NodeProto, name: str, default: object = None) -> object:
     for attr in node.attribute:
@@ -312,6 +327,9 @@ def _readback(plan: Mapping[str, LayerPlan], compiled: onnx.ModelProto) -> list[
             )
             continue
         nodes = [model.nodes[n] for n in record.nodes if n in model.nodes]
+        if record.rows is not None and name in record.fused:
+            member = record.fused.index(name)
+            nodes = [model.as_member(n, member) if n.domain == DOMAIN else n for n in nodes]
         for component, decision in layer_plan.decisions.items():
             subject = f"{name}/{component.value}"
             stamped = record.precisions.get(component.value)

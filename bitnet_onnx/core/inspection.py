@@ -7,7 +7,8 @@ it) from annotate_layers, and `bitnet.op` (what computes the layer), `bitnet.dty
 JSON: precision, every layout knob, conversion strategy and the rule that decided it),
 `bitnet.layer_index` (the layer's position in the model) and, for ternary weights,
 `bitnet.ternary_scale` (the scale rule, `absmean` or `least_squares`) from rewrite. `read_layers`
-groups the nodes by `bitnet.layer` and takes each other key from the first of the layer's nodes
+groups the nodes by `bitnet.layer` (a node computing several layers in one call carries each one's
+keys in `bitnet.fused`) and takes each other key from the first of the layer's nodes
 that carries it; layers come in model order (the order of compile's table), graph order where a
 model predates `bitnet.layer_index`. A model that was never compiled has no layers.
 """
@@ -29,12 +30,14 @@ from bitnet_onnx.core.layers import ComponentType
 from bitnet_onnx.core.metadata import (
     COMPONENT_KEY_PREFIX,
     DTYPE_KEY_PREFIX,
+    FUSED_KEY,
     INDEX_KEY,
     LAYER_KEY,
     LAYER_TYPE_KEY,
     OP_KEY,
     RULE_KEY,
     TERNARY_SCALE_KEY,
+    fused_members,
 )
 
 __all__ = [
@@ -52,7 +55,8 @@ class LayerRecord:
     """One layer of a compiled model: its type, the precision of each component (component name →
     precision name, in ComponentType order), each component's settings (component name → setting →
     value, the same order), the op that computes it, the deciding rule, its nodes, its position, and
-    the scale rule of its ternary weights ("" when they are not ternary)."""
+    the scale rule of its ternary weights ("" when they are not ternary); for a layer computed in one
+    op call with its siblings (fuse_siblings), those layers and its rows of the stacked weight."""
 
     name: str
     layer_type: str
@@ -63,6 +67,8 @@ class LayerRecord:
     ternary_scale: str = ""
     components: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
     index: int | None = None
+    fused: tuple[str, ...] = ()  # the layers one op call computes with this one (itself included)
+    rows: tuple[int, int] | None = None  # its rows [start, stop) of that call's stacked weight
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precisions", _in_component_order(self.precisions))
@@ -79,6 +85,8 @@ class LayerRecord:
             "rule": self.rule,
             "nodes": list(self.nodes),
             "ternary_scale": self.ternary_scale,
+            "fused": list(self.fused),
+            "rows": None if self.rows is None else list(self.rows),
         }
 
 
@@ -101,19 +109,22 @@ def read_layers(model: onnx.ModelProto) -> tuple[LayerRecord, ...]:
     """The layers the model's node metadata describes, in graph order."""
     found: dict[str, dict[str, Any]] = {}
     for node in _nodes(model.graph):
-        props = {p.key: p.value for p in node.metadata_props}
-        name = props.get(LAYER_KEY)
-        if name is None:
-            continue
-        entry = found.setdefault(name, {"nodes": [], "precisions": {}, "components": {}})
-        entry["nodes"].append(node.name)
-        for key, value in props.items():
-            if key.startswith(DTYPE_KEY_PREFIX):
-                entry["precisions"].setdefault(key[len(DTYPE_KEY_PREFIX) :], value)
-            elif key.startswith(COMPONENT_KEY_PREFIX):
-                entry["components"].setdefault(key[len(COMPONENT_KEY_PREFIX) :], _settings(value))
-            elif key in (LAYER_TYPE_KEY, OP_KEY, RULE_KEY, INDEX_KEY, TERNARY_SCALE_KEY):
-                entry.setdefault(key, value)
+        for props, rows, fused in _node_layers(node):
+            name = props.get(LAYER_KEY)
+            if name is None:
+                continue
+            entry = found.setdefault(name, {"nodes": [], "precisions": {}, "components": {}})
+            entry["nodes"].append(node.name)
+            if rows is not None:
+                entry.setdefault("rows", rows)
+                entry.setdefault("fused", fused)
+            for key, value in props.items():
+                if key.startswith(DTYPE_KEY_PREFIX):
+                    entry["precisions"].setdefault(key[len(DTYPE_KEY_PREFIX) :], value)
+                elif key.startswith(COMPONENT_KEY_PREFIX):
+                    entry["components"].setdefault(key[len(COMPONENT_KEY_PREFIX) :], _settings(value))
+                elif key in (LAYER_TYPE_KEY, OP_KEY, RULE_KEY, INDEX_KEY, TERNARY_SCALE_KEY):
+                    entry.setdefault(key, value)
     records = [
         LayerRecord(
             name=name,
@@ -125,11 +136,26 @@ def read_layers(model: onnx.ModelProto) -> tuple[LayerRecord, ...]:
             components=entry["components"],
             index=int(entry[INDEX_KEY]) if entry.get(INDEX_KEY, "").isdigit() else None,
             ternary_scale=entry.get(TERNARY_SCALE_KEY, ""),
+            fused=entry.get("fused", ()),
+            rows=entry.get("rows"),
         )
         for name, entry in found.items()
     ]
     graph_order = {r.name: i for i, r in enumerate(records)}
     return tuple(sorted(records, key=lambda r: (r.index is None, r.index or 0, graph_order[r.name])))
+
+
+def _node_layers(
+    node: onnx.NodeProto,
+) -> list[tuple[Mapping[str, str], tuple[int, int] | None, tuple[str, ...]]]:
+    """(annotations, rows in a fused weight, the fused layers) of each layer `node` computes: one
+    layer's own, or those of every layer of a fused op call (`FUSED_KEY`)."""
+    props = {p.key: p.value for p in node.metadata_props}
+    if FUSED_KEY not in props:
+        return [(props, None, ())]
+    members = fused_members(props[FUSED_KEY])
+    names = tuple(m.annotations.get(LAYER_KEY, "") for m in members)
+    return [(m.annotations, (m.start, m.stop), names) for m in members]
 
 
 def _settings(text: str) -> Mapping[str, Any]:
@@ -143,19 +169,28 @@ def _settings(text: str) -> Mapping[str, Any]:
 
 def layers_table(records: Iterable[LayerRecord]) -> str:
     """One row per layer: name, type, precision per component (`w`eights, `b`ias, `a`ctivations,
-    `o`utputs), ternary scale rule, op and rule."""
+    `o`utputs), ternary scale rule, op (`BitLinear (1 of 3 fused)` for a layer computed in one call
+    with its siblings) and rule."""
     rows = [
         [
             r.name,
             r.layer_type,
             " ".join(f"{c[0]}:{d}" for c, d in r.precisions.items()) or "-",
             r.ternary_scale or "-",
-            r.op or "-",
+            _op(r),
             r.rule or "-",
         ]
         for r in records
     ]
     return table(["layer", "type", "precision", "scale", "op", "rule"], rows)
+
+
+def _op(record: LayerRecord) -> str:
+    if not record.op:
+        return "-"
+    if not record.fused:
+        return record.op
+    return f"{record.op} ({record.fused.index(record.name) + 1} of {len(record.fused)} fused)"
 
 
 _SHOWN_APART = ("precision", "rule", "conversion_strategy")
@@ -195,7 +230,7 @@ def components_table(records: Iterable[LayerRecord]) -> str:
                     _knobs(settings),
                     str(settings.get("conversion_strategy") or "-"),
                     str(settings.get("rule") or "-"),
-                    (r.op or "-") if first else "",
+                    _op(r) if first else "",
                 ]
             )
     return table(["layer", "type", "component", "precision", "knobs", "conversion", "rule", "op"], rows)

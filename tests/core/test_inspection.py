@@ -78,6 +78,8 @@ def test_table_and_json():
         "rule": "r",
         "nodes": ["n"],
         "ternary_scale": "",
+        "fused": [],
+        "rows": None,
     }
     ternary = LayerRecord("t", "linear", {"weights": "BITNET158"}, "BitLinear", "r", ("m",), "absmean")
     assert ternary.to_json()["ternary_scale"] == "absmean"

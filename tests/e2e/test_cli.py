@@ -321,12 +321,13 @@ def test_log_renders_the_pass_table(capsys, tmp_path):
     assert code == EXIT_OK
     lines = stdout.splitlines()
     assert lines[0].split()[:3] == ["#", "pass", "seconds"]
-    assert [line.split()[1] for line in lines[2:8]] == [
+    assert [line.split()[1] for line in lines[2:9]] == [
         "normalize",
         "annotate_layers",
         "assign_precision",
         "rewrite",
         "fold_converts",
+        "fuse_siblings",
         "validate",
     ]
     assert "[2] assign_precision" in stdout and "BITNET158" in stdout

@@ -335,12 +335,13 @@ def test_log_has_one_record_per_pass_and_the_validation_figures(models_dir, tmp_
         "assign_precision",
         "rewrite",
         "fold_converts",
+        "fuse_siblings",
         "validate",
     ]
     assert [r.to_json() for r in records] == [json.loads(json.dumps(r.to_json())) for r in result.records]
     validate = records[-1]
     assert validate.stats["logits.cosine"] == round(result.report.outputs[0].cosine, 6)
-    fold = records[-2]
+    fold = records[-3]
     assert fold.stats["conversions_after"] <= fold.stats["conversions_before"]
 
 

@@ -104,7 +104,7 @@ def _check_bash_step(argv: list[str], folder: Path, stdout: str) -> None:
         output = folder / argv[argv.index("-o") + 1]
         assert any(n.domain == "bitnet" and n.op_type == "BitLinear" for n in onnx.load(output).graph.node)
         log = folder / argv[argv.index("--log") + 1]
-        assert log.read_text().count("\n") == 6  # one record per pass
+        assert log.read_text().count("\n") == 7  # one record per pass
     elif argv[1] == "run":
         assert "logits: float32 [2, 8, 256]" in stdout
 
