@@ -55,7 +55,7 @@ its cheapest), the largest holders of the resource follow.
 Never slower. Memory and Accuracy plans must not run slower than the base (the model as it is,
 fp32) unless the caller passes `allow_slower` (CLI `--allow-slower`): the search then offers a
 layer only the candidates predicted no slower than its base choice at every M of the latency
-table (`cost_model.TOKENS`: one token and sixteen), so the plan's predicted latency is at most
+table (`cost_model.TOKENS`: 1, 16 and 256 tokens), so the plan's predicted latency is at most
 the base's; `verify` times each plan it compiles against the original (`analysis.time_models`:
 batch 1, one thread) and a plan measured slower (a speedup under `analysis.NOT_SLOWER`) does not
 meet the objective; the limiting layers are then the ones furthest from their fastest candidate.
