@@ -622,13 +622,15 @@ def _build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser(
         "bench",
-        help="benchmarks (bench kernels|compiler|decode --help for options)",
+        help="benchmarks (bench kernels|compiler|decode|peers --help for options)",
         description="Run a benchmark suite and print its table: kernels (our ops against onnxruntime's own "
-        "matmuls), compiler (compile time, peak memory, size and latency of a ~100M-parameter decoder) or "
-        "decode (token-by-token decoding with a KV cache against onnxruntime's own 4-, 2- and 8-bit). "
+        "matmuls), compiler (compile time, peak memory, size and latency of a ~100M-parameter decoder), "
+        "decode (token-by-token decoding with a KV cache against onnxruntime's own 4-, 2- and 8-bit) or "
+        "peers (your float model and inputs: size, held-out accuracy and latency of onnxruntime's own "
+        "quantizers against our presets and --objective plans). "
         "`bitnet-onnx bench SUITE --help` lists the suite's options.",
     )
-    bench.add_argument("suite", choices=["kernels", "compiler", "decode"], help="the suite to run")
+    bench.add_argument("suite", choices=["kernels", "compiler", "decode", "peers"], help="the suite to run")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="options passed to the suite")
     bench.set_defaults(run=_cmd_bench)
 

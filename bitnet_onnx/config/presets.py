@@ -1,4 +1,4 @@
-"""The strategy presets, as data. `MixedPrecisionConfig.new(strategy)` returns one of these.
+"""The strategy presets, as data. `MixedPrecisionConfig.new(strategy)` makes its config from one of these.
 
 Layer-type defaults (a layer type's precision decides every component that accepts it; `+` marks a
 component override; see `bitnet_onnx.config.config` for the resolution order). "F16 stored" is F16
@@ -65,18 +65,26 @@ F32 (without it, their I8 precision would decide the outputs too).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from bitnet_onnx.config.config import (
-    ComponentPrecisionConfig,
-    LayerPrecisionConfig,
-    MixedPrecisionConfig,
-    MixedPrecisionStrategy,
-)
+from bitnet_onnx.config.entries import ComponentPrecisionConfig, LayerPrecisionConfig, MixedPrecisionStrategy
 from bitnet_onnx.core.dtypes import DType, TernaryPacking, WeightLayout
 from bitnet_onnx.core.layers import ComponentType, LayerType
 
-__all__ = ["PRESETS"]
+__all__ = ["PRESETS", "Preset"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A strategy's defaults: the fields of the `MixedPrecisionConfig` that `new(strategy)` returns
+    (no layer entries, the default support matrix, no policies)."""
+
+    strategy: MixedPrecisionStrategy
+    default_precision: DType
+    layer_types: Mapping[LayerType, LayerPrecisionConfig] = field(default_factory=dict)
+    components: Mapping[ComponentType, ComponentPrecisionConfig] = field(default_factory=dict)
+
 
 _L, _C = LayerType, ComponentType
 _BASE3 = WeightLayout(packing=TernaryPacking.BASE3)
@@ -112,9 +120,9 @@ def _f16_stored(layer_type: LayerType) -> LayerPrecisionConfig:
     )
 
 
-PRESETS: Mapping[MixedPrecisionStrategy, MixedPrecisionConfig] = MappingProxyType(
+PRESETS: Mapping[MixedPrecisionStrategy, Preset] = MappingProxyType(
     {
-        MixedPrecisionStrategy.CONSERVATIVE: MixedPrecisionConfig(
+        MixedPrecisionStrategy.CONSERVATIVE: Preset(
             MixedPrecisionStrategy.CONSERVATIVE,
             DType.F16,
             layer_types={
@@ -137,7 +145,7 @@ PRESETS: Mapping[MixedPrecisionStrategy, MixedPrecisionConfig] = MappingProxyTyp
                 }
             ),
         ),
-        MixedPrecisionStrategy.BALANCED: MixedPrecisionConfig(
+        MixedPrecisionStrategy.BALANCED: Preset(
             MixedPrecisionStrategy.BALANCED,
             DType.I8,
             layer_types={
@@ -162,7 +170,7 @@ PRESETS: Mapping[MixedPrecisionStrategy, MixedPrecisionConfig] = MappingProxyTyp
                 }
             ),
         ),
-        MixedPrecisionStrategy.AGGRESSIVE: MixedPrecisionConfig(
+        MixedPrecisionStrategy.AGGRESSIVE: Preset(
             MixedPrecisionStrategy.AGGRESSIVE,
             DType.I4,
             layer_types={
@@ -185,6 +193,6 @@ PRESETS: Mapping[MixedPrecisionStrategy, MixedPrecisionConfig] = MappingProxyTyp
                 }
             ),
         ),
-        MixedPrecisionStrategy.CUSTOM: MixedPrecisionConfig(MixedPrecisionStrategy.CUSTOM, DType.F32),
+        MixedPrecisionStrategy.CUSTOM: Preset(MixedPrecisionStrategy.CUSTOM, DType.F32),
     }
 )

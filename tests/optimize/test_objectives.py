@@ -223,3 +223,14 @@ def test_objective_validation_collects_every_problem(make, words: list[str]) -> 
 
 def test_accuracy_one_is_allowed() -> None:
     assert Accuracy(1.0).min_accuracy == 1.0
+
+
+@pytest.mark.parametrize("layer_type", list(LayerType))
+@pytest.mark.parametrize("weight", [True, False])
+def test_of_plan_reads_back_the_choice_its_plan_states(layer_type: LayerType, weight: bool) -> None:
+    """A layer type without a weights component (attention) plans only its compute precision."""
+    layer = _layer(layer_type, weight)
+    planned_weights = W in components_of(layer)
+    for choice in candidate_choices(layer):
+        expected = choice if planned_weights else choice.weightless()
+        assert PrecisionChoice.of_plan(choice.layer_plan(layer)) == expected, choice.label
