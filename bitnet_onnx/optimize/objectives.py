@@ -208,13 +208,13 @@ class PrecisionChoice:
     @classmethod
     def of_plan(cls, plan: LayerPlan) -> PrecisionChoice:
         """The choice a layer's plan states (the inverse of `layer_plan`): its weights' precision
-        and layout (the layout only for integer weights), computing in its activations' precision;
-        a layer without weights computes in its activations' precision alone (its outputs' when it
-        has no activations component either: they are the same under a weightless choice)."""
+        and layout (the layout only for integer weights), computing in its activations' precision
+        (its outputs' when it has no activations component, as an embedding: a choice's outputs
+        are its compute precision); a layer without weights computes in that precision alone."""
         weights = plan.decisions.get(ComponentType.WEIGHTS)
-        activations = plan.dtype(ComponentType.ACTIVATIONS)
+        activations = plan.dtype(ComponentType.ACTIVATIONS) or plan.dtype(ComponentType.OUTPUTS)
         if plan.layer.weight is None or weights is None:
-            return cls(None, activations or plan.dtype(ComponentType.OUTPUTS))
+            return cls(None, activations)
         layout = weights.layout if weights.dtype.is_integer else WeightLayout()
         return cls(weights.dtype, activations, layout)
 
