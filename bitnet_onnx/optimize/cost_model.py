@@ -34,16 +34,19 @@ through float32 casts), so the latency model ranks plans by their matmuls, and a
 is the speedup of the matmul kernels.
 
 The `LatencyTable` holds, per kernel and per number of tokens M ∈ `TOKENS` (1: decoding; 16: a
-short prefill), the median time of one call at the sizes `SIZES` (K, N), measured by running a
-one-op onnxruntime model with our op library, one intra-op thread (the batch-1 setting of
-TARGETS.md: no contention with the caller), `_WARMUP` warm-up runs and then runs until
-`_MIN_RUNS` runs and `_BUDGET_S` seconds are both reached. The whole default table takes about 5 s
-on 2 cores. Interpolation, in `LatencyTable.micros(kernel, k, n, tokens)`:
+short prefill; 256: a batch of sentences or a long prefill, where fp32's GEMM is at its most
+efficient and a kernel that widens its weights on every call falls behind), the median time of
+one call at the sizes `SIZES` (K, N), measured by running a one-op onnxruntime model with our
+op library, one intra-op thread (the batch-1 setting of TARGETS.md: no contention with the
+caller), `_WARMUP` warm-up runs and then runs until `_MIN_RUNS` runs and `_BUDGET_S` seconds are
+both reached. The whole default table takes about 10 s on 2 cores. Interpolation, in
+`LatencyTable.micros(kernel, k, n, tokens)`:
 
 - in K·N, piecewise linear between the measured sizes; below the smallest, the smallest's time
   (a call's fixed cost dominates there); above the largest, the last segment's slope (time grows
   with the bytes streamed);
-- in M, linear through M = 1 and M = 16, extended beyond 16 with the same slope.
+- in M, piecewise linear through the measured M, extended beyond the last with the last
+  segment's slope.
 
 Hardware. The table is measured with the kernels' ISA path of this process (`runtime.dispatch_isa`,
 so `BITNET_ISA` is respected) and cached on disk per machine: the CPU model, its flags, the
@@ -91,7 +94,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TOKENS = (1, 16)
+TOKENS = (1, 16, 256)
 """The numbers of tokens (rows of X) every kernel is measured at."""
 SIZES = ((128, 128), (512, 512), (2048, 2048))
 """The (K, N) sizes every kernel is measured at."""
@@ -99,7 +102,7 @@ SIZES = ((128, 128), (512, 512), (2048, 2048))
 _WARMUP = 2
 _MIN_RUNS = 7
 _BUDGET_S = 0.03
-_CACHE = MachineCache("latency.json", version=1, what="the latency table")
+_CACHE = MachineCache("latency.json", version=2, what="the latency table")  # 2: M = 256 added
 _MS_DOMAIN = "com.microsoft"
 _MATMUL_TYPES = (LayerType.LINEAR, LayerType.OUTPUT, LayerType.CONVOLUTION)
 

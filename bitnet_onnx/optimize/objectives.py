@@ -208,9 +208,9 @@ class PrecisionChoice:
     @classmethod
     def of_plan(cls, plan: LayerPlan) -> PrecisionChoice:
         """The choice a layer's plan states (the inverse of `layer_plan`): its weights' precision
-        and layout (the layout only for integer weights), computing in its activations' precision,
-        or its outputs' when it has no activations component (an embedding; a weightless layer):
-        the two are the same under a choice whose compute precision is a float."""
+        and layout (the layout only for integer weights), computing in its activations' precision
+        (its outputs' when it has no activations component, as an embedding: a choice's outputs
+        are its compute precision); a layer without weights computes in that precision alone."""
         weights = plan.decisions.get(ComponentType.WEIGHTS)
         activations = plan.dtype(ComponentType.ACTIVATIONS) or plan.dtype(ComponentType.OUTPUTS)
         if plan.layer.weight is None or weights is None:

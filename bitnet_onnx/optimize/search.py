@@ -55,7 +55,7 @@ its cheapest), the largest holders of the resource follow.
 Never slower. Memory and Accuracy plans must not run slower than the base (the model as it is,
 fp32) unless the caller passes `allow_slower` (CLI `--allow-slower`): the search then offers a
 layer only the candidates predicted no slower than its base choice at every M of the latency
-table (`cost_model.TOKENS`: one token and sixteen), so the plan's predicted latency is at most
+table (`cost_model.TOKENS`: 1, 16 and 256 tokens), so the plan's predicted latency is at most
 the base's; `verify` times each plan it compiles against the original (`analysis.time_models`:
 batch 1, one thread) and a plan measured slower (a speedup under `analysis.NOT_SLOWER`) does not
 meet the objective; the limiting layers are then the ones furthest from their fastest candidate.
@@ -73,7 +73,8 @@ plan meets Memory(t) when its measured bytes are at most (1 − t) × the origin
 its measured cosine is ≥ m, Speed(s, m) when its measured cosine is ≥ m and its measured speedup ≥
 s; Balanced has no target. When none meets an accuracy requirement it backs off: the moved layer
 with the largest predicted error goes one step up its candidates (to the next more precise one the
-table knows, else its base choice) and the plan is measured again, for at most `max_rounds` rounds
+table knows and, for a plan that must not be slower, that is predicted no slower than its base
+choice; else its base choice) and the plan is measured again, for at most `max_rounds` rounds
 (only while no plan keeps the cosine: more precise layers are never faster). Latency in a verified
 estimate is the prediction, except for Speed: the base's predicted latency divided by the speedup
 measured against the original (`analysis.time_models`: batch 1, one thread, interleaved runs), so a
@@ -785,8 +786,9 @@ def verify(
             and rounds < max_rounds
         ):
             step = _back_off(
-                plan, result.base_plan, by_name, sensitivity, choices, support or SupportMatrix()
-            )
+                plan, result.base_plan, by_name, sensitivity, choices, support or SupportMatrix(),
+                cost if no_slower else None,
+            )  # fmt: skip
             if step is None:
                 break
             name, before, after = step
@@ -914,8 +916,10 @@ def _back_off(
     sensitivity: SensitivityTable,
     choices: Mapping[str, Sequence[PrecisionChoice]] | None,
     support: SupportMatrix,
+    no_slower: CostModel | None = None,
 ) -> tuple[str, PrecisionChoice, PrecisionChoice] | None:
-    """The most sensitive moved layer and the choice one step up its candidates."""
+    """The most sensitive moved layer and the choice one step up its candidates (with a cost
+    model in `no_slower`, only among those predicted no slower than its base choice)."""
     moved = [
         (_error(sensitivity, name, choice) or 0.0, name)
         for name, choice in plan.items()
@@ -932,6 +936,7 @@ def _back_off(
         # The nearest more precise candidate that the table predicts to be better.
         for choice in reversed(candidates[: candidates.index(current)]):
             err = _error(sensitivity, name, choice)
-            if err is not None and err < now:
+            fast = no_slower is None or _no_slower(no_slower, layers[name], choice, base[name])
+            if err is not None and err < now and fast:
                 return name, current, choice
     return name, current, base[name]

@@ -150,6 +150,15 @@ def test_interpolation(kn: int, tokens: int, expected: float) -> None:
     assert TABLE.micros("MatMul/F32", kn, 1, tokens) == pytest.approx(expected)
 
 
+def test_interpolation_through_three_token_counts() -> None:
+    table = LatencyTable(
+        "m", {"MatMul/F32": {1: ((1000, 10.0),), 16: ((1000, 40.0),), 256: ((1000, 520.0),)}}
+    )
+    assert table.micros("MatMul/F32", 1000, 1, 136) == pytest.approx(280.0)  # halfway from 16 to 256
+    assert table.micros("MatMul/F32", 1000, 1, 8) == pytest.approx(10.0 + 30.0 * 7 / 15)
+    assert table.micros("MatMul/F32", 1000, 1, 496) == pytest.approx(1000.0)  # beyond: the last slope
+
+
 def test_single_token_curve_scales_with_tokens() -> None:
     assert TABLE.micros("BitLinear/BITNET158/I8", 4000, 1, 1) == pytest.approx(5.0)
     assert TABLE.micros("BitLinear/BITNET158/I8", 4000, 1, 3) == pytest.approx(15.0)
@@ -200,7 +209,7 @@ def test_cached_table_is_used_without_measuring(tmp_path: Path, monkeypatch: pyt
     assert key.count("|") == 4 and key.endswith(tuple("|" + isa.value for isa in runtime.Isa))
     stored = TABLE.to_json()["curves"]
     cache_path().parent.mkdir(parents=True)
-    cache_path().write_text(json.dumps({"version": 1, "machines": {key: stored}}))
+    cache_path().write_text(json.dumps({"version": 2, "machines": {key: stored}}))
 
     def no_timing(*args: object, **kwargs: object) -> LatencyTable:
         raise AssertionError("must not measure: the cache has every kernel asked for")
@@ -210,6 +219,10 @@ def test_cached_table_is_used_without_measuring(tmp_path: Path, monkeypatch: pyt
     table = LatencyTable.for_this_machine(kernels)
     assert table.machine == key
     assert table.micros("MatMul/F32", 2000, 1) == pytest.approx(20.0)
+    # A table of the layout before M = 256 was measured reads as empty: measured again.
+    cache_path().write_text(json.dumps({"version": 1, "machines": {key: stored}}))
+    with pytest.raises(AssertionError, match="must not measure"):
+        LatencyTable.for_this_machine(kernels)
 
 
 def test_isa_is_part_of_the_machine_key(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,6 +19,7 @@ from bitnet_onnx.optimize.objectives import Accuracy, Balanced, Memory, Precisio
 from bitnet_onnx.optimize.search import (
     PlanEstimate,
     VerifiedPlan,
+    _back_off,
     _measured_limiting,
     _meets,
     base_plan,
@@ -393,3 +394,14 @@ def test_a_thinned_frontier_keeps_the_most_accurate_plan_at_every_size(monkeypat
     # within one resource bucket (1/16 of the range) of the exact plan, and as accurate
     assert thinned.reduction - exact.reduction <= 1 / 16 + 1e-9
     assert thinned.predicted.error <= exact.predicted.error + 1e-6
+
+
+def test_backing_off_skips_choices_predicted_slower_when_the_plan_must_not_be() -> None:
+    # From ternary, one step up is I4 (slower at 16 tokens), then F16/F32 (the fp32 kernel).
+    (layer,) = LAYERS[:1]
+    f16 = P("F16/F32")
+    table = _table({"a": (0.001, 0.002, 0.05)}, (F32, f16, SLOW, T))
+    choices = {"a": (F32, f16, SLOW, T)}
+    args = ({"a": T}, {"a": F32}, {"a": layer}, table, choices, SupportMatrix())
+    assert _back_off(*args) == ("a", T, SLOW)
+    assert _back_off(*args, CostModel(SLOW_LATENCY)) == ("a", T, f16)
