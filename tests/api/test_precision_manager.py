@@ -338,7 +338,8 @@ def test_accuracy_on_llama_beats_conservative(
 
     model, calibration, _ = llama
     manager = _fresh(llama)
-    result = manager.optimize_precision(Accuracy(0.99))
+    # allow_slower: this ~100 µs model's speed is timing noise; the verdict here is accuracy and bytes.
+    result = manager.optimize_precision(Accuracy(0.99), allow_slower=True)
     check = manager.verification
     assert result.feasible and check is not None and check.met
     assert check.best.measured.cosine >= 0.99
