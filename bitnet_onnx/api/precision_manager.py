@@ -290,6 +290,11 @@ class PrecisionManager:
         return self._specs.get_layer(name)
 
     @property
+    def calibration(self) -> Calibration | None:
+        """The samples plans are chosen (and GPTQ layers calibrated) on (None without a model)."""
+        return self._model.calibration if self._model is not None else None
+
+    @property
     def holdout(self) -> Calibration | None:
         """The held-out samples plans are verified and analyzed on (None without a model)."""
         return self._model.holdout if self._model is not None else None
