@@ -74,12 +74,14 @@ from bitnet_onnx.numerics.quantization import (
     TERNARY_EPS,
     GroupWeights,
     TernaryWeights,
+    clipped_groups,
     encode_groups,
     group_scales,
     grouped,
     quantize_groups,
     quantize_tokens,
     ternarize,
+    ungrouped,
 )
 
 __all__ = [
@@ -106,7 +108,6 @@ DEFAULT_TOLERANCES: Mapping[DType, float] = MappingProxyType(
 )
 """Largest relative RMS error `validate_results` accepts per target, unless overridden."""
 
-_CLIP_RATIOS = tuple(round(1.0 - 0.05 * i, 2) for i in range(11))  # 1.0 ... 0.5
 _THRESHOLD_RATIOS = (1.0, *(round(0.5 + 0.1 * i, 1) for i in range(16) if i != 5))  # 1.0, 0.5 ... 2.0
 
 
@@ -489,7 +490,7 @@ class PrecisionConverter:
         ):
             return quantize_groups(w, bits, group_size, config.asymmetric), 0
         if strategy is ConversionStrategy.QUANTIZATION_AWARE:
-            return _clipping_search(w, bits, group_size, config.asymmetric), 0
+            return clipped_groups(w, bits, group_size, config.asymmetric), 0
         if strategy is ConversionStrategy.GPTQ:
             return gptq_groups(w, hessian, bits, group_size, config.asymmetric), 0
         return _stochastic_groups(w, bits, group_size, config.asymmetric, self._rng), 0
@@ -602,31 +603,6 @@ def _ternary_threshold_search(rows: np.ndarray, per_channel: bool, shape: tuple[
     return TernaryWeights(values.reshape(shape), np.atleast_1d(alpha))
 
 
-def _clipping_search(w: np.ndarray, bits: int, group_size: int, asymmetric: bool) -> GroupWeights:
-    """QUANTIZATION_AWARE integers: per group, the clipping ratio of the range with the least error."""
-    k = w.shape[-1]
-    wg = grouped(w, group_size)
-
-    def candidate(ratio: float) -> tuple[GroupWeights, np.ndarray]:
-        scales, zero_points = group_scales(w * np.float32(ratio), bits, group_size, asymmetric)
-        codes = encode_groups(w, scales, zero_points, bits, group_size)
-        weights = GroupWeights(codes, scales, zero_points, bits, group_size)
-        diff = (grouped(weights.dequantize(), group_size) - wg).astype(np.float64)
-        return weights, np.sum(diff * diff, axis=-1)
-
-    best, best_error = candidate(_CLIP_RATIOS[0])
-    for ratio in _CLIP_RATIOS[1:]:
-        new, error = candidate(ratio)
-        better = error < best_error
-        best_error = np.where(better, error, best_error)
-        codes = np.where(better[..., None], grouped(new.codes, group_size), grouped(best.codes, group_size))
-        zero_points = None if new.zero_points is None else np.where(better, new.zero_points, best.zero_points)
-        best = GroupWeights(
-            _ungroup(codes, k), np.where(better, new.scales, best.scales), zero_points, bits, group_size
-        )
-    return best
-
-
 def _stochastic_groups(
     w: np.ndarray, bits: int, group_size: int, asymmetric: bool, rng: np.random.Generator
 ) -> GroupWeights:
@@ -637,7 +613,7 @@ def _stochastic_groups(
         scales = np.max(np.abs(g), axis=-1)
         p = (_safe_ratio(g, scales[..., None]) + np.float32(1)) / np.float32(2)
         codes = (rng.random(g.shape, dtype=np.float32) < p) | (scales[..., None] == 0)
-        return GroupWeights(_ungroup(codes.astype(np.uint8), k), scales, None, bits, group_size)
+        return GroupWeights(ungrouped(codes.astype(np.uint8), k), scales, None, bits, group_size)
 
     def stochastic(v: np.ndarray) -> np.ndarray:
         low = np.floor(v)
@@ -682,10 +658,6 @@ def _stochastic_float_cast(x: np.ndarray, target: type, rng: np.random.Generator
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-def _ungroup(g: np.ndarray, k: int) -> np.ndarray:
-    return g.reshape(*g.shape[:-2], -1)[..., :k]
 
 
 def _safe_ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -15,9 +15,12 @@ For a layer Y = X·Wᵀ with W [N, K] and calibration activations X [n, K]:
    the block once, when it ends), which gives the result of updating every column at once up to
    float64 rounding.
 5. Grids. Integer groups (I8, I4, I2 with the layout's group size G, symmetric or asymmetric): a
-   group's scale and zero point are the README formulas (`quantization.group_scales`) over the
-   group's weights as they stand when its first column is reached (earlier columns' errors
-   included), and each column's codes are `quantization.encode_groups` of it. BITNET158: the scale
+   group's scale and zero point are those of QUANTIZATION_AWARE (`quantization.clipped_groups`:
+   the README range clipped by the ratio of 1.0 … 0.5 with the least squared error, per row) over
+   the group's weights as they stand when its first column is reached (earlier columns' errors
+   included), and each column's codes are `quantization.encode_groups` of it. The clipping matters
+   at 2 bits: the plain absmax range leaves most weights of a group at 0, and the errors spread
+   from them grow the later columns instead of compensating them. BITNET158: the scale
    s of the layout's rule (`quantization.ternarize`: per tensor or per row, absmean γ or least
    squares α) over the original weights, and T = clip(rint(w / (s + ε)), −1, 1) per column, the
    grid {−s, 0, s} the stored scale decodes to.
@@ -39,8 +42,8 @@ from bitnet_onnx.numerics.quantization import (
     TERNARY_EPS,
     GroupWeights,
     TernaryWeights,
+    clipped_groups,
     encode_groups,
-    group_scales,
     ternarize,
 )
 
@@ -104,11 +107,11 @@ def gptq_groups(
     zero_points = np.zeros((n, groups), np.uint8) if asymmetric else None
 
     def start(current: np.ndarray, index: int) -> object:
-        s, zp = group_scales(current, bits, None, asymmetric)
-        scales[:, index] = s[:, 0]
-        if zero_points is not None and zp is not None:
-            zero_points[:, index] = zp[:, 0]
-        return s, zp
+        grid = clipped_groups(current, bits, None, asymmetric)
+        scales[:, index] = grid.scales[:, 0]
+        if zero_points is not None and grid.zero_points is not None:
+            zero_points[:, index] = grid.zero_points[:, 0]
+        return grid.scales, grid.zero_points
 
     def round_column(column: np.ndarray, grid: object) -> tuple[np.ndarray, np.ndarray]:
         s, zp = grid  # type: ignore[misc]

@@ -12,9 +12,8 @@ from bitnet_onnx.numerics.gptq import DAMPING, Hessian, gptq_groups, gptq_ternar
 from bitnet_onnx.numerics.quantization import (
     TERNARY_EPS,
     GroupWeights,
+    clipped_groups,
     encode_groups,
-    group_scales,
-    quantize_groups,
     ternarize,
 )
 
@@ -70,7 +69,8 @@ def _reference_groups(w, h, bits, group_size, asymmetric):
     scales = {}
 
     def start(current, index):
-        scales[index] = group_scales(current, bits, None, asymmetric)
+        grid = clipped_groups(current, bits, None, asymmetric)
+        scales[index] = grid.scales, grid.zero_points
         return scales[index]
 
     def round_column(column, grid):
@@ -136,12 +136,15 @@ def test_output_error_below_round_to_nearest(dtype: DType, layout: WeightLayout)
     w, x, held_out = _layer(64, 256, seed=2)
     h = _hessian(x)
     gptq = PrecisionConverter(ConversionConfig(strategy=ConversionStrategy.GPTQ))
-    rtn = PrecisionConverter(ConversionConfig(strategy=ConversionStrategy.SCALED))
     ours = gptq.convert_tensor(w, dtype, layout=layout, hessian=h).dequantize()
-    nearest = rtn.convert_tensor(w, dtype, layout=layout).dequantize()
-    for acts in (x, held_out):
-        exact = acts @ w.T
-        assert np.linalg.norm(exact - acts @ ours.T) < 0.8 * np.linalg.norm(exact - acts @ nearest.T)
+    for rounding in (ConversionStrategy.SCALED, ConversionStrategy.QUANTIZATION_AWARE):
+        nearest = PrecisionConverter(ConversionConfig(strategy=rounding)).convert_tensor(
+            w, dtype, layout=layout
+        )
+        for acts in (x, held_out):
+            exact = acts @ w.T
+            error = np.linalg.norm(exact - acts @ nearest.dequantize().T)
+            assert np.linalg.norm(exact - acts @ ours.T) < 0.8 * error
 
 
 @pytest.mark.parametrize("dtype", [DType.I8, *QUANTIZED], ids=lambda d: d.name)
@@ -171,11 +174,13 @@ def test_columns_no_sample_reaches_are_zero() -> None:
     assert np.all(got.dequantize()[:, 3] == 0.0)
 
 
-def test_identity_hessian_rounds_to_nearest() -> None:
-    # With H ∝ I no column's error can be compensated by another: GPTQ is round-to-nearest.
+def test_identity_hessian_gives_the_clipped_round_to_nearest() -> None:
+    # With H ∝ I no column's error can be compensated by another: GPTQ is QUANTIZATION_AWARE.
     w = np.random.default_rng(6).normal(size=(8, 64)).astype(F32)
-    got = gptq_groups(w, np.eye(64), 4, 64)
-    np.testing.assert_array_equal(got.codes, quantize_groups(w, 4, 64).codes)
+    got = gptq_groups(w, np.eye(64), 4, 32)
+    expected = clipped_groups(w, 4, 32, False)
+    np.testing.assert_array_equal(got.codes, expected.codes)
+    np.testing.assert_array_equal(got.scales, expected.scales)
 
 
 def test_hessian_accumulates_batches_and_drops_non_finite_rows() -> None:
