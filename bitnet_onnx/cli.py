@@ -234,7 +234,14 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         # Sensitivity on the calibration samples, the outputs compared on the held-out ones.
         calibration, held_out = _calibration(args.model, args.inputs, args.dim).split(_holdout_of(args))
         config = args.config if args.config is not None else args.strategy or "balanced"
-        analysis = analyze(args.model, config, held_out, cost=_cost_model(progress), measure_speed=True)
+        analysis = analyze(
+            args.model,
+            config,
+            held_out,
+            cost=_cost_model(progress),
+            measure_speed=True,
+            conversion_inputs=calibration,
+        )
         chosen = {layer.name: [layer.precision_choice] for layer in analysis.layers if layer.precision_choice}
         table = measure_sensitivity(
             args.model,

@@ -426,7 +426,9 @@ class PrecisionManager:
             if layer.name in pinned:
                 choices[layer.name] = (plan[layer.name],)
             else:
-                listed = list(candidate_choices(layer, self.config.support))
+                # gptq twins need enough of the model's calibration samples
+                rows = self._model.calibration.positions if self._model is not None else 0
+                listed = list(candidate_choices(layer, self.config.support, calibration_rows=rows))
                 choices[layer.name] = tuple(
                     listed if plan[layer.name] in listed else [plan[layer.name], *listed]
                 )
@@ -486,7 +488,7 @@ class PrecisionManager:
             checked = verify(
                 self._model.source, result, self._model.holdout, layers, table, cost,
                 base_config=self._plain_config(), choices=choices, support=self.config.support,
-                other_bytes=other,
+                other_bytes=other, calibration=self._model.calibration,
             )  # fmt: skip
             self.verification = checked
             best = checked.best
@@ -541,6 +543,7 @@ class PrecisionManager:
                 sensitivity=self._model.sensitivity,
                 cost=self.cost_model(),
                 measure_speed=measure_speed,
+                conversion_inputs=self._model.calibration,
             )
         else:
             analysis = self._static_analysis()

@@ -16,7 +16,8 @@ decides so the entry means the same under any base config; both read one table:
 
 Labels (`PrecisionChoice.label`, read back by `PrecisionChoice.parse`): the weights' precision
 name, then the layout knobs (`g<group_size>`, `z` for zero points, `pc` for per-channel ternary
-scales, `b3` for base-3 ternary packing), then `/<activations>` when the activations are stated:
+scales, `b3` for base-3 ternary packing), then `+<conversion strategy>` when one is stated
+(`I4g128+gptq/I8`), then `/<activations>` when the activations are stated:
 always with integer weights, with float weights only when they differ: `F16`, `I8/I8` (int8
 weights and activations), `I4g128/F32`, `BITNET158/I8`, `BITNET158b3/I8`. A weightless choice is
 its activations' name (`F16`).
@@ -34,6 +35,12 @@ precise first (the order the search breaks ties in), filtered by the support mat
 | normalization       | F32, F16 (with its scale weight, when it has one)                               |
 | attention, activation | F32, F16                                                                      |
 | other               | F32 (an unclassified op may be index or shape arithmetic)                       |
+
+With calibration samples giving at least K activation rows for a linear or output layer of K
+inputs (`candidate_choices(..., calibration_rows=)`: the search of a manager built from a model),
+each of its I4, I2 and BITNET158 choices is followed by its gptq twin (`numerics.gptq`: the same
+storage and kernel, the weights rounded with error compensation on the calibration activations),
+measured like any other candidate.
 
 Convolutions get weight-only compression (the compiler unpacks their weights for a float Conv, so
 int8 activations would only add a quantize/dequantize pair); BITNET158 in a linear layer only with
@@ -68,7 +75,7 @@ from typing import ClassVar
 
 from bitnet_onnx.config.config import LayerPrecisionConfig, MixedPrecisionStrategy
 from bitnet_onnx.config.report import Thresholds
-from bitnet_onnx.core.dtypes import DType, TernaryPacking, WeightLayout
+from bitnet_onnx.core.dtypes import ConversionStrategy, DType, TernaryPacking, WeightLayout
 from bitnet_onnx.core.errors import ConfigError
 from bitnet_onnx.core.layers import ComponentType, Layer, LayerType, SupportMatrix
 from bitnet_onnx.core.plan import Decision, LayerPlan, components_of
@@ -103,6 +110,7 @@ class PrecisionChoice:
     weights: DType | None
     activations: DType | None = None
     layout: WeightLayout = field(default_factory=WeightLayout)
+    conversion: ConversionStrategy | None = None  # how the weights are converted; None: the default
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -132,6 +140,8 @@ class PrecisionChoice:
         if self.weights is None:
             return self.activation_dtype.name
         head = self.weights.name + _layout_suffix(self.layout)
+        if self.conversion is not None:
+            head += f"+{self.conversion.value}"
         return head if self.activations is None else f"{head}/{self.activations.name}"
 
     def __str__(self) -> str:
@@ -154,7 +164,8 @@ class PrecisionChoice:
         )
         try:
             activations = DType.parse(match["acts"]) if match["acts"] else None
-            return cls(DType.parse(match["dtype"]), activations, layout)
+            conversion = ConversionStrategy.parse(match["conv"]) if match["conv"] else None
+            return cls(DType.parse(match["dtype"]), activations, layout, conversion)
         except ConfigError as exc:
             raise ConfigError(
                 f"precision choice {label!r} is not a label like F16, I8/I8, I4g128/F32 or "
@@ -187,7 +198,7 @@ class PrecisionChoice:
                     dtypes[c],
                     f"choice:{self.label}",
                     layout if c is ComponentType.WEIGHTS else WeightLayout(),
-                    None,
+                    self.conversion if c is ComponentType.WEIGHTS else None,
                     None,
                     f"{c.value} {dtypes[c].name} by the optimizer's choice {self.label}",
                 )
@@ -202,7 +213,7 @@ class PrecisionChoice:
         integer precision states every other component (it must never decide them); a float one
         only those that differ from it."""
         layer_type = None if layer_type is None else LayerType.parse(layer_type)
-        entry = LayerPrecisionConfig(layer_type, self.precision, self.layout)
+        entry = LayerPrecisionConfig(layer_type, self.precision, self.layout, self.conversion)
         for component, dtype in self._dtypes().items():
             if component is not ComponentType.WEIGHTS and (
                 self.precision.is_integer or dtype is not self.precision
@@ -212,7 +223,7 @@ class PrecisionChoice:
 
 
 _LABEL = re.compile(
-    r"(?P<dtype>[A-Za-z0-9]+?)(?:g(?P<group>\d+))?(?P<z>z)?(?P<pc>pc)?(?P<b3>b3)?(?:/(?P<acts>[A-Za-z0-9]+))?"
+    r"(?P<dtype>[A-Za-z0-9]+?)(?:g(?P<group>\d+))?(?P<z>z)?(?P<pc>pc)?(?P<b3>b3)?(?:\+(?P<conv>[a-z_]+))?(?:/(?P<acts>[A-Za-z0-9]+))?"
 )
 
 
@@ -256,18 +267,44 @@ _CANDIDATES: dict[LayerType, tuple[PrecisionChoice, ...]] = {
     LayerType.OTHER: _choices("F32"),
 }
 
+_GPTQ_LAYERS = frozenset({LayerType.LINEAR, LayerType.OUTPUT})
+_GPTQ_WEIGHTS = frozenset({DType.I4, DType.I2, DType.BITNET158})
+
+
+def _inputs_of(layer: Layer) -> int:
+    """K of a matrix layer's W [N, K] (0 when its weight is no plain matrix)."""
+    shape, nk = layer.weight_shape, layer.weight_nk
+    if shape is None or len(shape) != 2 or nk is None:
+        return 0
+    return shape[1] if nk else shape[0]
+
+
+def _gptq_twin(choice: PrecisionChoice) -> tuple[PrecisionChoice, ...]:
+    if choice.weights not in _GPTQ_WEIGHTS:
+        return ()
+    return (PrecisionChoice(choice.weights, choice.activations, choice.layout, ConversionStrategy.GPTQ),)
+
+
 # Layer types whose activations a choice sets, for the support check.
 _ACTIVATED = frozenset({LayerType.LINEAR, LayerType.OUTPUT, LayerType.CONVOLUTION})
 
 
-def candidate_choices(layer: Layer, support: SupportMatrix | None = None) -> tuple[PrecisionChoice, ...]:
+def candidate_choices(
+    layer: Layer, support: SupportMatrix | None = None, *, calibration_rows: int = 0
+) -> tuple[PrecisionChoice, ...]:
     """The choices for `layer` (module docstring table), most precise first, keeping those the
     support matrix allows: the weights for (layer type, WEIGHTS), the activations for (layer type,
     ACTIVATIONS) on linear, output and convolution layers. A weightless layer gets weightless
-    choices."""
+    choices. `calibration_rows` (the activation rows the search's calibration samples give,
+    `Calibration.positions`) at least the layer's K adds the gptq twin of each I4, I2 and BITNET158
+    choice of a linear or output layer right after it: with fewer rows than inputs H = 2XᵀX/n is
+    singular and GPTQ fits the few samples instead of the layer."""
     support = support or SupportMatrix()
     kept: list[PrecisionChoice] = []
-    for choice in _CANDIDATES[layer.layer_type]:
+    listed = _CANDIDATES[layer.layer_type]
+    if layer.layer_type in _GPTQ_LAYERS and 0 < _inputs_of(layer) <= calibration_rows:
+        listed = tuple(twin for choice in listed for twin in (choice, *_gptq_twin(choice)))
+    for choice in listed:
         if layer.weight is None:
             choice = choice.weightless()
             allowed = support.allows(layer.layer_type, ComponentType.ACTIVATIONS, choice.activation_dtype)
