@@ -158,3 +158,13 @@ def test_cli_compile_with_inputs_uses_gptq(tmp_path: Path, capsys: pytest.Captur
         "gptq",
         "gptq",
     ]
+
+
+def test_gptq_on_a_layer_without_an_input_to_calibrate_on_names_the_layers() -> None:
+    fixtures = Path(__file__).resolve().parents[2] / "models" / "fixtures"
+    model = fixtures / "bert_tiny.onnx"
+    entry = LayerPrecisionConfig(LayerType.EMBEDDING, DType.I8, conversion_strategy=ConversionStrategy.GPTQ)
+    config = MixedPrecisionConfig.new("custom").with_layer_type_config(entry)
+    calibration = Calibration.from_npz(fixtures / "bert_tiny.inputs.npz", model)
+    with pytest.raises(ConfigError, match=r"applies to linear and output layers.*\(embedding\)"):
+        compile(model, config, calibration=calibration, measure_kernels=False)
