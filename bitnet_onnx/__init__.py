@@ -27,6 +27,7 @@ from bitnet_onnx.config.policy import (
     PolicyEngine,
     PolicyRule,
     PrecisionPolicy,
+    read_policy,
     weight_statistics,
 )
 from bitnet_onnx.config.report import CompileReport, CompileValidationError
@@ -119,6 +120,7 @@ __all__ = [
     "compile",
     "default_rules",
     "load_config",
+    "read_policy",
     "save_config",
     "weight_statistics",
 ]

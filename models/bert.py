@@ -1,7 +1,9 @@
 """BERT-style encoder with a sequence-classification head, as torch.onnx exports it.
 
-input_ids, attention_mask int64 [batch, seq] → last_hidden_state float32 [batch, seq, hidden] and
-logits float32 [batch, num_labels]. The graph (HF BertForSequenceClassification in eval mode):
+input_ids, attention_mask int64 [batch, seq] → by `BertHead`: CLASSIFIER, last_hidden_state float32
+[batch, seq, hidden] and logits float32 [batch, num_labels] (HF BertForSequenceClassification in eval
+mode); MEAN_POOLING, sentence_embedding float32 [batch, hidden] (a sentence-transformers encoder:
+BertModel, Pooling with mean tokens, Normalize). The graph:
 - embeddings (scope `/bert/embeddings`): Gather on the word, position and token-type tables
   (positions and token types are slices of the `position_ids` / `token_type_ids` buffers, all-zero
   token types as HF uses when none are given), summed, then LayerNorm;
@@ -9,7 +11,10 @@ logits float32 [batch, num_labels]. The graph (HF BertForSequenceClassification 
 - per layer (scope `/bert/encoder/layer.i`): query/key/value projections, scores = q·kᵀ / sqrt(d)
   + mask, Softmax, ·v, output dense + residual + LayerNorm; intermediate dense + GELU, output dense
   + residual + LayerNorm;
-- pooler (first token → dense → Tanh) and the classifier dense → `logits`.
+- CLASSIFIER: pooler (first token → dense → Tanh) and the classifier dense → `logits`;
+- MEAN_POOLING (scope `/pooling`): the mean of the tokens the mask keeps, Σ x·m / max(Σ m, 1e-9),
+  then (scope `/normalize`) divided by max(‖·‖₂, 1e-12), the clamps sentence-transformers and
+  torch's F.normalize use.
 Styles: `LayerNormStyle` (the opset-17 fused op, or ReduceMean → Sub → Pow → ReduceMean → Add →
 Sqrt → Div → Mul → Add as exporters write it below opset 17), `GeluStyle` (Erf form
 x·0.5·(1 + erf(x/√2)) or tanh form 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))), `LinearStyle`
@@ -31,7 +36,7 @@ from onnx import TensorProto
 from models._onnx import GraphBuilder, check_opset, require
 from models.weights import WeightInit, WeightSampler
 
-__all__ = ["BertConfig", "GeluStyle", "LayerNormStyle", "LinearStyle", "build"]
+__all__ = ["BertConfig", "BertHead", "GeluStyle", "LayerNormStyle", "LinearStyle", "build"]
 
 
 class LayerNormStyle(enum.Enum):
@@ -49,6 +54,11 @@ class LinearStyle(enum.Enum):
     GEMM = "gemm"
 
 
+class BertHead(enum.Enum):
+    CLASSIFIER = "classifier"  # last_hidden_state and logits
+    MEAN_POOLING = "mean_pooling"  # sentence_embedding, L2-normalized
+
+
 @dataclass(frozen=True)
 class BertConfig:
     """Shape, graph style and weights of one encoder. The defaults are a tiny test model."""
@@ -64,6 +74,7 @@ class BertConfig:
     norm: LayerNormStyle = LayerNormStyle.LAYER_NORMALIZATION
     gelu: GeluStyle = GeluStyle.ERF
     linear: LinearStyle = LinearStyle.MATMUL_ADD
+    head: BertHead = BertHead.CLASSIFIER
     weights: WeightInit = WeightInit.RANDOM
     opset: int = 17
     layer_norm_eps: float = 1e-12
@@ -109,9 +120,14 @@ class _Encoder:
         mask = b.input("attention_mask", TensorProto.INT64, ["batch", "seq"])
         x = self._embeddings(ids)
         additive = self._extended_mask(mask)
+        classifier = c.head is BertHead.CLASSIFIER
         for i in range(c.num_layers):
             last = i == c.num_layers - 1
-            x = self._layer(i, x, additive, output="last_hidden_state" if last else None)
+            x = self._layer(i, x, additive, output="last_hidden_state" if last and classifier else None)
+        if not classifier:
+            self._mean_pooling(x, mask)
+            b.output("sentence_embedding", TensorProto.FLOAT, ["batch", c.hidden_size])
+            return b.finish(f"BERT-style sentence encoder: {c}")
         b.output("last_hidden_state", TensorProto.FLOAT, ["batch", "seq", c.hidden_size])
         h, s = c.hidden_size, "/bert/pooler"
         first = b.node("Gather", [x, b.constant(s, np.asarray(0, np.int64))], s, axis=1)
@@ -122,6 +138,17 @@ class _Encoder:
         )
         b.output("logits", TensorProto.FLOAT, ["batch", c.num_labels])
         return b.finish(f"BERT-style encoder: {c}")
+
+    def _mean_pooling(self, x: str, mask: str) -> None:
+        b, s = self.b, "/pooling"
+        weights = b.node("Unsqueeze", [b.node("Cast", [mask], s, to=TensorProto.FLOAT), b.ints(s, [2])], s)
+        summed = b.node("ReduceSum", [b.node("Mul", [x, weights], s), b.ints(s, [1])], s, keepdims=0)
+        counts = b.node("ReduceSum", [weights, b.ints(s, [1])], s, keepdims=0)
+        mean = b.node("Div", [summed, b.node("Max", [counts, b.constant(s, 1e-9)], s)], s)
+        s = "/normalize"
+        squares = b.node("ReduceSum", [b.node("Mul", [mean, mean], s), b.ints(s, [-1])], s, keepdims=1)
+        norm = b.node("Max", [b.node("Sqrt", [squares], s), b.constant(s, 1e-12)], s)
+        b.node("Div", [mean, norm], s, output="sentence_embedding")
 
     def _embeddings(self, ids: str) -> str:
         c, b, s = self.c, self.b, "/bert/embeddings"

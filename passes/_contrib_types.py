@@ -2,7 +2,7 @@
 
 onnx's shape inference knows ONNX's ops only: after a com.microsoft op, or an op onnxruntime defines
 in the default domain that ONNX does not (SimplifiedLayerNormalization), every tensor downstream
-stays untyped. `register_typing_schemas()` gives onnx a schema with an inference function for each
+stays untyped. `typing_schemas()` gives onnx a schema with an inference function for each
 such op, and normalize moves the nodes to the schemas' domains in its private copy of the graph
 while it runs the inference.
 
@@ -22,19 +22,23 @@ while it runs the inference.
    everyone in it (accepting, and checking against this copy of the signature, ops it rejects
    today) and could collide with a later ONNX op of the same name. The inference functions serve
    shape inference only, so the schemas declare no attributes.
-5. Once per process: a lock makes the first caller register and every later one reuse the result;
-   a schema already in a typing domain (this module reloaded) is kept, not registered twice. A
-   forked process inherits the registry and the result; a spawned one registers again. An op whose
-   signature onnx cannot hold (a type a newer onnxruntime knows and this onnx does not) gets no
-   schema and stays untyped.
+5. Scoped: the schemas are in the registry only inside `with typing_schemas():` blocks. Tools that
+   read the whole registry map op names across domains (onnx.reference, which onnxruntime's
+   quantizers import, refuses a name in two domains: 'Trilu' in "" and in the typing domain), so
+   after the block they see onnx's registry as it was. A lock and a count of the blocks open (in
+   any thread) make the first one register and the last one deregister; a schema already in a
+   typing domain when the first block opens (another copy of this module holds it) is used and
+   left alone. An op whose signature onnx cannot hold (a type a newer onnxruntime knows and this
+   onnx does not) gets no schema and stays untyped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,8 +55,8 @@ __all__ = [
     "LeadingDims",
     "MatMulOf",
     "SameAs",
-    "register_typing_schemas",
     "typed_by_attribute",
+    "typing_schemas",
 ]
 
 logger = logging.getLogger(__name__)
@@ -271,30 +275,59 @@ def typed_by_attribute(domain: str, op: str, index: int) -> bool:
 # -- 1./4./5. registration --------------------------------------------------------------------------
 
 
-_LOCK = threading.Lock()
+class _Registry:
+    """The typing schemas' presence in onnx's registry, counted over the open blocks (case 5)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0
+        self.typed: frozenset[tuple[str, str]] = frozenset()
+        self.ours: list[tuple[str, str]] = []  # (op, typing domain) this process registered
+
+    def enter(self) -> frozenset[tuple[str, str]]:
+        with self.lock:
+            if self.users == 0:
+                self._register()
+            self.users += 1
+            return self.typed
+
+    def exit(self) -> None:
+        with self.lock:
+            self.users -= 1
+            if self.users == 0:
+                for op, domain in self.ours:
+                    onnx.defs.deregister_schema(op, 1, domain)
+                self.ours = []
+
+    def _register(self) -> None:
+        typed = set()
+        for (domain, op), schema in _onnxruntime_ops().items():
+            private = TYPING_DOMAINS[domain]
+            if not onnx.defs.has(op, private):
+                try:
+                    onnx.defs.register_schema(_typing_schema(domain, op, schema))
+                except (ValueError, onnx.defs.SchemaError) as exc:  # a type onnx does not know: untyped
+                    logger.debug("no typing schema for %s %s: %s", domain or "default-domain", op, exc)
+                    continue
+                self.ours.append((op, private))
+            typed.add((domain, op))
+        logger.debug("typing schemas for %d onnxruntime ops", len(typed))
+        self.typed = frozenset(typed)
 
 
-def register_typing_schemas() -> frozenset[tuple[str, str]]:
-    """Registers the typing schemas (once per process) and returns the (real domain, op) pairs they
-    type; a node of such an op is typed when it sits in `TYPING_DOMAINS[domain]`, imported at
+_REGISTRY = _Registry()
+
+
+@contextlib.contextmanager
+def typing_schemas() -> Iterator[frozenset[tuple[str, str]]]:
+    """The typing schemas, in onnx's registry for the block; yields the (real domain, op) pairs they
+    type: a node of such an op is typed when it sits in `TYPING_DOMAINS[domain]`, imported at
     version 1."""
-    with _LOCK:
-        return _registered()
-
-
-@functools.cache
-def _registered() -> frozenset[tuple[str, str]]:
-    typed = set()
-    for (domain, op), schema in _onnxruntime_ops().items():
-        if not onnx.defs.has(op, TYPING_DOMAINS[domain]):
-            try:
-                onnx.defs.register_schema(_typing_schema(domain, op, schema))
-            except (ValueError, onnx.defs.SchemaError) as exc:  # a type onnx does not know: stays untyped
-                logger.debug("no typing schema for %s %s: %s", domain or "default-domain", op, exc)
-                continue
-        typed.add((domain, op))
-    logger.debug("typing schemas for %d onnxruntime ops", len(typed))
-    return frozenset(typed)
+    typed = _REGISTRY.enter()
+    try:
+        yield typed
+    finally:
+        _REGISTRY.exit()
 
 
 @functools.cache

@@ -69,7 +69,7 @@ import onnx_graphsurgeon as gs
 from bitnet_onnx.core.errors import UnsupportedModelError
 from bitnet_onnx.core.graphs import all_graph_protos
 from bitnet_onnx.core.log import Change
-from bitnet_onnx.passes._contrib_types import TYPING_DOMAINS, register_typing_schemas
+from bitnet_onnx.passes._contrib_types import TYPING_DOMAINS, typing_schemas
 from bitnet_onnx.passes._graph import adopt_structure, apply_value_info, export_model, weightless_model
 from bitnet_onnx.passes.base import Condition, PassContext, PassResult, context_set
 from bitnet_onnx.runtime.model_file import session_for
@@ -111,21 +111,23 @@ class NormalizePass:
             graph.ir_version = _INITIALIZERS_NEED_NO_INPUT
         parked, warnings, unchecked = _check_ops(graph)
         structure, stripped = weightless_model(graph)
-        domains, typing = _domains(structure), _typing_domains(structure)
-        _relocate(structure, dict.fromkeys(parked, _PARKING_DOMAIN))
-        warnings += _check(structure, graph.name, lambda names: _run_shapes(graph, ctx, names))
-        opset_before = graph.opset
-        declared = len(structure.graph.value_info)
-        upgrade = opset_before < MIN_OPSET and any(
-            (n.domain or "") in _DEFAULT_DOMAINS for n in _all_nodes(graph)
-        )
-        if upgrade:
-            structure = _upgrade(structure, graph.name, opset_before)
-            changes.append(
-                Change(layer=None, action="upgrade_opset", detail=f"opset {opset_before} → {MIN_OPSET}")
+        # The typing schemas are in onnx's registry only for this block (_contrib_types case 5).
+        with typing_schemas() as typed:
+            domains, typing = _domains(structure), _typing_domains(structure, typed)
+            _relocate(structure, dict.fromkeys(parked, _PARKING_DOMAIN))
+            warnings += _check(structure, graph.name, lambda names: _run_shapes(graph, ctx, names))
+            opset_before = graph.opset
+            declared = len(structure.graph.value_info)
+            upgrade = opset_before < MIN_OPSET and any(
+                (n.domain or "") in _DEFAULT_DOMAINS for n in _all_nodes(graph)
             )
-        _relocate(structure, {name: domains[name] for name in parked} | typing)
-        inferred, warning = _infer(structure)
+            if upgrade:
+                structure = _upgrade(structure, graph.name, opset_before)
+                changes.append(
+                    Change(layer=None, action="upgrade_opset", detail=f"opset {opset_before} → {MIN_OPSET}")
+                )
+            _relocate(structure, {name: domains[name] for name in parked} | typing)
+            inferred, warning = _infer(structure)
         warnings += [warning] if warning else []
         gained = len(inferred.graph.value_info) - declared
         _relocate(inferred, domains)
@@ -325,9 +327,8 @@ def _domains(model: onnx.ModelProto) -> dict[str, str]:
     return {node.name: node.domain for g in all_graph_protos(model.graph) for node in g.node}
 
 
-def _typing_domains(model: onnx.ModelProto) -> dict[str, str]:
-    """Node name → the typing domain of its op, for the nodes of the ops `_contrib_types` types."""
-    typed = register_typing_schemas()
+def _typing_domains(model: onnx.ModelProto, typed: frozenset[tuple[str, str]]) -> dict[str, str]:
+    """Node name → the typing domain of its op, for the nodes of the ops `typed` (by `_contrib_types`)."""
     moves = {}
     for graph in all_graph_protos(model.graph):
         for node in graph.node:

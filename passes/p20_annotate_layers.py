@@ -5,9 +5,10 @@ The engine knows no layer names or subgraph shapes; `layer_patterns.RULES` does.
 
 1. tries the rules by priority, then table order; each rule visits its anchor ops in model order,
    and a match claims its nodes. A match that needs a node another layer already owns is dropped
-   (counted in `conflicts`); weight-chain nodes (Identity, Cast, Transpose, ...) may be shared and
-   stay with the first layer. A linear that an attention block found as its q/k/v/o projection
-   is never an OUTPUT layer; it becomes LINEAR with `block` set to that attention block's name.
+   (counted in the stats: `conflicts`, and `conflicts.<rule>` per rule); weight-chain nodes
+   (Identity, Cast, Transpose, ...) may be shared and stay with the first layer. A linear that an
+   attention block found as its q/k/v/o projection is never an OUTPUT layer; it becomes LINEAR with
+   `block` set to that attention block's name.
 2. names each layer from the model's own names, in this order: the weight (table, gain) tensor
    as the anchor reads it, minus `.weight`, when it is a parameter name (`model.layers.0.mlp.up_proj
    .weight`) read by that node alone; else the innermost module the dynamo exporter recorded in the
@@ -63,7 +64,6 @@ from __future__ import annotations
 import ast
 import collections
 import difflib
-import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import ClassVar
@@ -80,7 +80,6 @@ from bitnet_onnx.passes.layer_patterns import RULES, LayerMatch, LayerRule
 
 __all__ = ["AnnotateLayersPass", "explain", "module_scope"]
 
-logger = logging.getLogger(__name__)
 
 _WEIGHT_TYPES = frozenset(
     {LayerType.LINEAR, LayerType.OUTPUT, LayerType.EMBEDDING, LayerType.CONVOLUTION, LayerType.ATTENTION}
@@ -154,14 +153,16 @@ class AnnotateLayersPass:
 # -- 1. claiming -----------------------------------------------------------------------------------
 
 
-def _claim(view: GraphView) -> tuple[list[_Candidate], int, list[tuple[gs.Node, gs.Constant]]]:
-    """The layers (model order within each rule), how many matches conflicted, and the anchors
-    whose match had an empty weight (in model order, once each)."""
+def _claim(
+    view: GraphView,
+) -> tuple[list[_Candidate], collections.Counter[str], list[tuple[gs.Node, gs.Constant]]]:
+    """The layers (model order within each rule), how many matches of each rule conflicted with
+    an earlier layer, and the anchors whose match had an empty weight (in model order, once each)."""
     owned: set[int] = set()  # nodes that are some layer's own nodes
     claimed: set[int] = set()  # ... or weight-chain nodes some layer already took
     projections: set[int] = set()
     candidates: list[_Candidate] = []
-    conflicts = 0
+    conflicts: collections.Counter[str] = collections.Counter()
     empty: dict[int, tuple[gs.Node, gs.Constant]] = {}
     for rule in _ordered_rules():
         for node in view.nodes:
@@ -176,15 +177,8 @@ def _claim(view: GraphView) -> tuple[list[_Candidate], int, list[tuple[gs.Node, 
             if match.weight is not None and 0 in tuple(match.weight.constant.shape):
                 empty.setdefault(id(node), (node, match.weight.constant))
                 continue
-            taken = [n for n in match.nodes if id(n) in owned]
-            if taken:
-                conflicts += 1
-                logger.debug(
-                    "rule %s at %s conflicts with earlier layers over %s",
-                    rule.name,
-                    label(node),
-                    [n.name for n in taken],
-                )
+            if any(id(n) in owned for n in match.nodes):
+                conflicts[rule.name] += 1
                 continue
             shared = tuple(n for n in match.shared if id(n) not in claimed)
             owned.update(id(n) for n in match.nodes)
@@ -400,7 +394,10 @@ def _empty_weight_warnings(empty: list[tuple[gs.Node, gs.Constant]]) -> list[str
 
 
 def _stats(
-    view: GraphView, layers: dict[str, Layer], annotations: dict[str, dict[str, str]], conflicts: int
+    view: GraphView,
+    layers: dict[str, Layer],
+    annotations: dict[str, dict[str, str]],
+    conflicts: collections.Counter[str],
 ) -> dict[str, int]:
     stats: dict[str, int] = {"layers": len(layers)}
     for layer_type, count in sorted(
@@ -412,7 +409,9 @@ def _stats(
     for op, count in sorted(unassigned.items()):
         stats[f"unassigned.{op}"] = count
     stats["tied"] = sum(1 for layer in layers.values() if layer.tied_with) // 2
-    stats["conflicts"] = conflicts
+    stats["conflicts"] = sum(conflicts.values())
+    for rule, count in sorted(conflicts.items()):
+        stats[f"conflicts.{rule}"] = count
     return stats
 
 

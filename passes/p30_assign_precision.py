@@ -36,8 +36,8 @@ keeps the node, or re-quantizes it.
 
 Then the whole plan goes through `PrecisionValidator` (layers in model order, the config's support
 matrix, the memory budget): its errors stop the compile with one ValidationError listing them all;
-its warnings go into the pass record. A component a layer does not have (weights of an attention
-block) is filled in for the validator with a precision the matrix allows and its findings dropped.
+its warnings go into the pass record. The rules judge the plan as it is (`PlannedLayer`: each
+layer's `LayerPlan` with its weight and bias shapes), so only the components a layer has.
 
 Also warned about: config `layers` entries that name no layer of the model (with the closest names)
 and globs that match none; policy conflicts (a lower-priority policy that wanted another precision),
@@ -59,7 +59,6 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from bitnet_onnx.config.config import MixedPrecisionConfig
-from bitnet_onnx.config.layer_precision import LayerPrecisionSpec
 from bitnet_onnx.config.policy import (
     ConditionType,
     LayerFacts,
@@ -77,7 +76,7 @@ from bitnet_onnx.core.dtypes import DType, WeightLayout, storage_bytes
 from bitnet_onnx.core.errors import ConfigError
 from bitnet_onnx.core.layers import ComponentType, Layer, LayerType
 from bitnet_onnx.core.log import Change
-from bitnet_onnx.core.plan import Decision, LayerPlan, Resolution, components_of
+from bitnet_onnx.core.plan import Decision, LayerPlan, PlannedLayer, Resolution, components_of
 from bitnet_onnx.passes._graph import constant_values
 from bitnet_onnx.passes.base import Condition, PassContext, PassResult
 from bitnet_onnx.passes.rewrite._nbits import fewer_bits, stored_dtype
@@ -169,7 +168,7 @@ class AssignPrecisionPass:
             decisions: dict[ComponentType, Decision] = {}
             for component, resolution in resolutions[layer.name].items():
                 decision = (
-                    _config_decision(resolution)
+                    Decision.of_config(resolution)
                     if policy is None
                     else policy.decide(facts, component, resolution)
                 )
@@ -189,24 +188,18 @@ class AssignPrecisionPass:
 
         warnings = _unknown_layer_warnings(config, [layer.name for layer in layers])
         warnings += _conflict_warnings(conflicts)
-        report = PrecisionValidator(_PLAN_RULES).validate_specs(
-            [
-                LayerPrecisionSpec.of_plan(
-                    p, config.support, _row_shape(p.layer), _shape_of(tensors, p.layer.bias)
-                )
-                for p in plan.values()
-            ],
+        report = PrecisionValidator(_PLAN_RULES).validate_plan(
+            [PlannedLayer(p, _row_shape(p.layer), _shape_of(tensors, p.layer.bias)) for p in plan.values()],
             support_matrix=config.support,
             budget_bytes=self.memory_budget,
         )
-        present = {f"{p.layer.name}/{c.value}" for p in plan.values() for c in p.decisions} | {"model"}
         kept = {  # the model's own precision is not the config's choice: the validator does not judge it
             f"{p.layer.name}/{c.value}"
             for p in plan.values()
             for c, d in p.decisions.items()
             if d.source.startswith(_KEPT)
         }
-        report = ValidationReport(tuple(f for f in report.findings if f.subject in present - kept))
+        report = ValidationReport(tuple(f for f in report.findings if f.subject not in kept))
         report.raise_if_errors()
         warnings += [str(f) for f in report.warnings]
         stats: dict[str, int | float | str] = {
@@ -361,17 +354,6 @@ def _change(layer: Layer, component: ComponentType, decision: Decision) -> Chang
         source=source,
         overrode=str(decision.overrode) if decision.overrode is not None else None,
         detail=decision.explanation,
-    )
-
-
-def _config_decision(resolution: Resolution) -> Decision:
-    return Decision(
-        resolution.dtype,
-        resolution.source,
-        resolution.layout,
-        resolution.conversion_strategy,
-        None,
-        f"config {resolution}",
     )
 
 

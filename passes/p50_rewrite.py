@@ -173,7 +173,12 @@ def _stats(done: list[_Done]) -> dict[str, int | float | str]:
         "layers": len(done),
         "bytes_before": sum(item.result.bytes_before for item in done),
         "bytes_after": sum(item.result.bytes_after for item in done),
-        "int8_timed": sum(1 for item in done if item.result.stats),
+        "int8_timed": sum(1 for item in done if any(k.startswith("int8_us.") for k in item.result.stats)),
     }
     stats.update({f"op.{op}": count for op, count in sorted(ops.items())})
+    # Why an I8 kernel candidate could not run (e.g. an op library built without it): once per kernel.
+    for item in done:
+        for key, value in item.result.stats.items():
+            if key.startswith("int8_left_out."):
+                stats.setdefault(key, value)
     return stats

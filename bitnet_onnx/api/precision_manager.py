@@ -71,7 +71,7 @@ from bitnet_onnx.config.validation import PrecisionValidator, ValidationReport
 from bitnet_onnx.core.dtypes import ConversionStrategy, DType, WeightLayout
 from bitnet_onnx.core.errors import ConfigError
 from bitnet_onnx.core.layers import ComponentType, Layer, LayerType
-from bitnet_onnx.core.plan import Decision, Resolution
+from bitnet_onnx.core.plan import Decision, LayerPlan, PlannedLayer, Resolution
 from bitnet_onnx.numerics.converter import ConversionConfig, PrecisionConverter, QuantizedTensor
 from bitnet_onnx.optimize.analysis import Analysis, LayerAnalysis, analyze
 from bitnet_onnx.optimize.calibration import DEFAULT_HOLDOUT, Calibration
@@ -105,26 +105,10 @@ _INFERENCE = (ComponentType.WEIGHTS, ComponentType.BIAS, ComponentType.ACTIVATIO
 # -- layers and specs -------------------------------------------------------------------------------
 
 
-def _layer_of(spec: LayerPrecisionSpec, index: int) -> Layer:
-    """The `Layer` a hand-registered spec stands for (weights stored as its `weight_shape`)."""
-    return Layer(
-        spec.name,
-        spec.layer_type,
-        index,
-        (spec.name,),
-        "registered",
-        weight=f"{spec.name}.weight" if spec.weight_shape is not None else None,
-        weight_shape=spec.weight_shape,
-        bias=f"{spec.name}.bias" if spec.bias_shape is not None else None,
-        weight_nk=True if spec.weight_shape is not None and len(spec.weight_shape) == 2 else None,
-    )
-
-
 def _choice_of(spec: LayerPrecisionSpec, layer: Layer) -> PrecisionChoice:
-    if layer.weight is None:
-        return PrecisionChoice(None, spec.input_precision)
-    layout = spec.layout if spec.weight_precision.is_integer else WeightLayout()
-    return PrecisionChoice(spec.weight_precision, spec.input_precision, layout)
+    """The optimizer's choice that the spec's plan states for `layer` (the model's layer, which
+    says whether it has weights)."""
+    return PrecisionChoice.of_plan(LayerPlan(layer, spec.to_plan(layer.index).plan.decisions))
 
 
 def _spec_with(spec: LayerPrecisionSpec, choice: PrecisionChoice, layer: Layer) -> LayerPrecisionSpec:
@@ -145,21 +129,15 @@ def _spec_with(spec: LayerPrecisionSpec, choice: PrecisionChoice, layer: Layer) 
 
 
 def _spec_from_config(layer: Layer, config: MixedPrecisionConfig, dynamic: bool) -> LayerPrecisionSpec:
-    resolve = lambda c: config.resolve(layer.name, layer.layer_type, c)  # noqa: E731
-    shape = storage_shape(layer)
-    weights = resolve(ComponentType.WEIGHTS)
-    return LayerPrecisionSpec(
-        layer.name,
-        layer.layer_type,
-        input_precision=resolve(ComponentType.ACTIVATIONS).dtype,
-        output_precision=resolve(ComponentType.OUTPUTS).dtype,
-        weight_precision=weights.dtype,
-        bias_precision=resolve(ComponentType.BIAS).dtype if layer.bias is not None else None,
-        weight_shape=shape,
-        bias_shape=_bias_shape(layer, shape),
-        layout=weights.layout,
-        dynamic_adjustment=dynamic,
+    """The spec of the config's plan for `layer`: every inference component as the config resolves
+    it (a spec states all four; the bias only when the layer has one), through `of_plan`."""
+    components = [c for c in _INFERENCE if c is not ComponentType.BIAS or layer.bias is not None]
+    plan = LayerPlan(
+        layer, {c: Decision.of_config(config.resolve(layer.name, layer.layer_type, c)) for c in components}
     )
+    shape = storage_shape(layer)
+    spec = LayerPrecisionSpec.of_plan(PlannedLayer(plan, shape, _bias_shape(layer, shape)), config.support)
+    return replace(spec, dynamic_adjustment=dynamic)
 
 
 def _bias_shape(layer: Layer, shape: tuple[int, ...] | None) -> tuple[int, ...] | None:
@@ -340,7 +318,7 @@ class PrecisionManager:
         if self._model is not None and name in self._model.layers:
             return self._model.layers[name]
         names = [spec.name for spec in self._specs.layers()]
-        return _layer_of(self._specs.get_layer(name), names.index(name))
+        return self._specs.get_layer(name).layer(names.index(name))
 
     def _decide(
         self, layer_name: str, component: ComponentType | str, tensor: np.ndarray | None

@@ -39,7 +39,6 @@ whose docstring has their tables; `new(CUSTOM)` starts empty with everything at 
 
 from __future__ import annotations
 
-import enum
 import fnmatch
 import functools
 from collections.abc import Iterable, Iterator, Mapping
@@ -47,7 +46,9 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from bitnet_onnx.core._schema import Problems, SchemaPath, parse_enum
+from bitnet_onnx.config.entries import ComponentPrecisionConfig, LayerPrecisionConfig, MixedPrecisionStrategy
+from bitnet_onnx.config.presets import PRESETS
+from bitnet_onnx.core._schema import Problems, SchemaPath
 from bitnet_onnx.core.dtypes import ConversionStrategy, DType, TernaryPacking, TernaryScale, WeightLayout
 from bitnet_onnx.core.errors import ConfigError
 from bitnet_onnx.core.layers import ComponentType, LayerType, SupportMatrix
@@ -67,81 +68,6 @@ __all__ = [
 _GLOB_CHARS = frozenset("*?[")
 _GROUPED = frozenset({DType.I8, DType.I4, DType.I2, DType.I1})  # group-wise integer formats
 _ZERO_POINT = frozenset({DType.I8, DType.I4, DType.I2})  # asymmetric needs bits >= 2
-
-
-class MixedPrecisionStrategy(enum.Enum):
-    CONSERVATIVE = "conservative"
-    BALANCED = "balanced"
-    AGGRESSIVE = "aggressive"
-    CUSTOM = "custom"
-
-    @classmethod
-    def parse(cls, value: str | MixedPrecisionStrategy) -> MixedPrecisionStrategy:
-        return parse_enum(cls, value, "strategy")
-
-
-def _optional_strategy(value: Any) -> ConversionStrategy | None:
-    return None if value is None else ConversionStrategy.parse(value)
-
-
-@dataclass(frozen=True)
-class ComponentPrecisionConfig:
-    """A precision plus the knobs that matter to converting a tensor to it.
-
-    `layout.group_size` (integer precisions; None is one group per row), `layout.asymmetric`
-    (zero points; I8, I4, I2), `layout.per_channel` (BITNET158: one scale per output row) and
-    `layout.packing` (BITNET158 at rest) and `layout.ternary_scale` (BITNET158's scale rule: γ as
-    trained, or least squares) are those of `dtypes.WeightLayout`; `conversion_strategy`
-    None leaves the choice to the converter.
-    """
-
-    precision: DType
-    layout: WeightLayout = field(default_factory=WeightLayout)
-    conversion_strategy: ConversionStrategy | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "precision", DType.parse(self.precision))
-        object.__setattr__(self, "conversion_strategy", _optional_strategy(self.conversion_strategy))
-
-
-@dataclass(frozen=True)
-class LayerPrecisionConfig:
-    """The precision of a layer (or of every layer a glob or a layer type covers), with knobs and
-    per-component overrides. `layer_type` None means any type (useful on globs). Immutable:
-    `with_component_override` returns a new object."""
-
-    layer_type: LayerType | None
-    precision: DType
-    layout: WeightLayout = field(default_factory=WeightLayout)
-    conversion_strategy: ConversionStrategy | None = None
-    component_overrides: Mapping[ComponentType, ComponentPrecisionConfig] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.layer_type is not None:
-            object.__setattr__(self, "layer_type", LayerType.parse(self.layer_type))
-        object.__setattr__(self, "precision", DType.parse(self.precision))
-        object.__setattr__(self, "conversion_strategy", _optional_strategy(self.conversion_strategy))
-        overrides = {ComponentType.parse(c): o for c, o in self.component_overrides.items()}
-        object.__setattr__(self, "component_overrides", MappingProxyType(overrides))
-
-    @property
-    def setting(self) -> ComponentPrecisionConfig:
-        """The entry's own precision and knobs, as they apply to any component that takes them."""
-        return ComponentPrecisionConfig(self.precision, self.layout, self.conversion_strategy)
-
-    def with_component_override(
-        self,
-        component: ComponentType | str,
-        precision: DType | str,
-        *,
-        layout: WeightLayout | None = None,
-        conversion_strategy: ConversionStrategy | str | None = None,
-    ) -> LayerPrecisionConfig:
-        override = ComponentPrecisionConfig(
-            DType.parse(precision), layout or WeightLayout(), _optional_strategy(conversion_strategy)
-        )
-        overrides = {**self.component_overrides, ComponentType.parse(component): override}
-        return replace(self, component_overrides=overrides)
 
 
 @dataclass(frozen=True, eq=False)
@@ -197,10 +123,8 @@ class MixedPrecisionConfig:
     @classmethod
     def new(cls, strategy: MixedPrecisionStrategy | str) -> MixedPrecisionConfig:
         """The preset of `strategy` (CUSTOM: no defaults beyond F32 everywhere)."""
-        # Local: presets.py builds its configs from this module's classes at import time.
-        from bitnet_onnx.config.presets import PRESETS
-
-        return PRESETS[MixedPrecisionStrategy.parse(strategy)]
+        preset = PRESETS[MixedPrecisionStrategy.parse(strategy)]
+        return cls(preset.strategy, preset.default_precision, preset.layer_types, preset.components)
 
     @classmethod
     def conservative(cls) -> MixedPrecisionConfig:

@@ -102,7 +102,7 @@ from bitnet_onnx.config.config import (
     MixedPrecisionConfig,
     MixedPrecisionStrategy,
 )
-from bitnet_onnx.config.policy import PrecisionPolicy
+from bitnet_onnx.config.policy import read_policy
 from bitnet_onnx.core._schema import Problems, SchemaPath, describe_value
 from bitnet_onnx.core.dtypes import ConversionStrategy, DType, TernaryPacking, TernaryScale, WeightLayout
 from bitnet_onnx.core.errors import ConfigError
@@ -323,7 +323,7 @@ def _read_config(data: Any, problems: Problems, origin: str | None) -> MixedPrec
         problems.add(("policies",), f"must be a list of policies, not {describe_value(policies_data)}")
         policies_data = []
     for i, item in enumerate(policies_data):
-        policy = PrecisionPolicy.from_dict(item, problems=problems, path=("policies", i), origin=origin)
+        policy = read_policy(item, problems=problems, path=("policies", i), origin=origin)
         if policy is not None:
             policies.append(policy)
 

@@ -8,6 +8,11 @@ the kernels take) when the output is handed on quantized (I8, as in the seed's l
 GRADIENTS may be recorded for parity with the seed design but inference graphs have none, so
 asking a spec for them is an error.
 
+A spec is the seed's spelling of one layer of a precision plan, not a second model of it:
+`to_plan(index)` gives the plan's type (`core.plan.PlannedLayer`: the layer's `LayerPlan`, one
+decision per component the spec states, with its weight and bias shapes), which is what the
+validation rules judge; `of_plan(planned, support)` reads a plan's layer back as a spec.
+
 Memory is what a layer stores: its weights and its bias, counted exactly by
 `dtypes.storage_bytes` with the spec's `WeightLayout`. Activations and outputs are transient and
 depend on the batch, so they are not counted. A spec without `weight_shape` stores no weights.
@@ -38,8 +43,8 @@ from fractions import Fraction
 
 from bitnet_onnx.core.dtypes import DType, WeightLayout, storage_bytes
 from bitnet_onnx.core.errors import ConfigError
-from bitnet_onnx.core.layers import ComponentType, LayerType, SupportMatrix
-from bitnet_onnx.core.plan import LayerPlan
+from bitnet_onnx.core.layers import ComponentType, Layer, LayerType, SupportMatrix
+from bitnet_onnx.core.plan import Decision, LayerPlan, PlannedLayer
 
 __all__ = [
     "LayerPrecisionManager",
@@ -120,18 +125,12 @@ class LayerPrecisionSpec:
         set_(self, "bias_shape", _shape(self.bias_shape, "bias_shape", self.name))
 
     @classmethod
-    def of_plan(
-        cls,
-        plan: LayerPlan,
-        support: SupportMatrix,
-        weight_shape: tuple[int, ...] | None,
-        bias_shape: tuple[int, ...] | None,
-    ) -> LayerPrecisionSpec:
-        """The validation rules' view of one layer of the plan. The plan decides only the components
-        the layer has; a spec states all four, so a missing one takes a placeholder the matrix
-        allows (the layer's own weights or activations precision when allowed, else the most
-        precise) and no rule reports on it."""
-        layer = plan.layer
+    def of_plan(cls, planned: PlannedLayer, support: SupportMatrix) -> LayerPrecisionSpec:
+        """The spec of one layer of a plan (the inverse of `to_plan` for the components the plan
+        decides). The plan decides only the components the layer has; a spec states all four, so a
+        missing one takes a placeholder the matrix allows (the layer's own weights or activations
+        precision when allowed, else the most precise)."""
+        plan, layer = planned.plan, planned.plan.layer
 
         def precision(component: ComponentType, *fallbacks: ComponentType) -> DType:
             own = plan.dtype(component)
@@ -156,10 +155,47 @@ class LayerPrecisionSpec:
                 ComponentType.WEIGHTS, ComponentType.ACTIVATIONS, ComponentType.OUTPUTS
             ),
             bias_precision=plan.dtype(ComponentType.BIAS),
-            weight_shape=weight_shape,
-            bias_shape=bias_shape,
+            gradient_precision=plan.dtype(ComponentType.GRADIENTS),
+            weight_shape=planned.weight_shape,
+            bias_shape=planned.bias_shape,
             layout=weights.layout if weights is not None else WeightLayout(),
         )
+
+    def layer(self, index: int) -> Layer:
+        """The `Layer` this spec stands for at position `index` of a model (weights stored as its
+        `weight_shape`, rows first)."""
+        return Layer(
+            self.name,
+            self.layer_type,
+            index,
+            (self.name,),
+            "registered",
+            weight=f"{self.name}.weight" if self.weight_shape is not None else None,
+            weight_shape=self.weight_shape,
+            bias=f"{self.name}.bias" if self.bias_shape is not None else None,
+            weight_nk=True if self.weight_shape is not None and len(self.weight_shape) == 2 else None,
+        )
+
+    def to_plan(self, index: int = 0) -> PlannedLayer:
+        """This spec as a layer of a plan: a decision (source `spec:NAME`) for each of the four
+        inference components, the bias at `precision_for`'s default when the spec sets none, and the
+        gradients when recorded; the weights in the spec's layout."""
+        source = f"spec:{self.name}"
+        decided = {c: self.precision_for(c) for c in _CHECKED}
+        if self.gradient_precision is not None:
+            decided[ComponentType.GRADIENTS] = self.gradient_precision
+        decisions = {
+            c: Decision(
+                dtype,
+                source,
+                self.layout if c is ComponentType.WEIGHTS else WeightLayout(),
+                None,
+                None,
+                f"{c.value} {dtype.name} by the registered spec {self.name!r}",
+            )
+            for c, dtype in decided.items()
+        }
+        return PlannedLayer(LayerPlan(self.layer(index), decisions), self.weight_shape, self.bias_shape)
 
     def precision_for(self, component: ComponentType | str) -> DType:
         """The precision this layer uses for `component`; GRADIENTS raise (inference only)."""

@@ -1,7 +1,11 @@
 """Rule-based checks of a precision plan, collected into one report.
 
-A plan is an ordered list of `LayerPrecisionSpec`s (model order: each layer feeds the next), the
-support matrix it must respect, and optionally a memory budget. Every `ValidationRule` looks at the
+A plan is an ordered list of `PlannedLayer`s (model order: each layer feeds the next): each layer's
+`LayerPlan`, the decision for every component it has, with the shapes its stored bytes are counted
+with; then the support matrix it must respect, and optionally a memory budget. The compiler
+validates its plan as it is (`validate_plan`); the seed's `LayerPrecisionSpec`s go through their
+adapter (`LayerPrecisionSpec.to_plan`, which decides all four inference components). A rule
+judges only the components a layer's plan decides. Every `ValidationRule` looks at the
 whole plan and returns `Finding`s; the `PrecisionValidator` runs all rules (never stopping at the
 first problem) and returns a `ValidationReport`. Rules are pluggable: anything with an `id`, a
 `description` and `check(target) -> list[Finding]` can be added.
@@ -24,13 +28,14 @@ from __future__ import annotations
 import enum
 import itertools
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 from bitnet_onnx.core.dtypes import DType
 from bitnet_onnx.core.errors import ConfigError, ValidationError
 from bitnet_onnx.core.layers import ComponentType, LayerType, SupportMatrix
+from bitnet_onnx.core.plan import PlannedLayer
 
 if TYPE_CHECKING:
     from bitnet_onnx.config.layer_precision import LayerPrecisionManager, LayerPrecisionSpec
@@ -84,15 +89,24 @@ class Finding:
 
 @dataclass(frozen=True)
 class ValidationTarget:
-    """What the rules look at: the specs in model order, the matrix, and an optional byte budget."""
+    """What the rules look at: the plan's layers in model order, the matrix, and an optional byte
+    budget."""
 
-    specs: tuple[LayerPrecisionSpec, ...]
+    layers: tuple[PlannedLayer, ...]
     support_matrix: SupportMatrix
     budget_bytes: int | None = None
 
     @property
     def total_bytes(self) -> int:
-        return sum(spec.memory_bytes() for spec in self.specs)
+        return sum(layer.memory_bytes() for layer in self.layers)
+
+
+def _decided(layer: PlannedLayer) -> Iterator[tuple[ComponentType, DType]]:
+    """The inference components the layer's plan decides, in report order, with their precisions."""
+    for component in _INFERENCE:
+        dtype = layer.dtype(component)
+        if dtype is not None:
+            yield component, dtype
 
 
 @runtime_checkable
@@ -118,17 +132,16 @@ class LayerPrecisionRule:
     def check(self, target: ValidationTarget) -> list[Finding]:
         matrix = target.support_matrix
         findings = []
-        for spec in target.specs:
-            for component in _INFERENCE:
-                dtype = spec.precision_for(component)
-                allowed = matrix.allowed(spec.layer_type, component)
+        for layer in target.layers:
+            for component, dtype in _decided(layer):
+                allowed = matrix.allowed(layer.layer_type, component)
                 if dtype in matrix.components[component] and dtype not in allowed:
                     findings.append(
                         Finding(
                             self.id,
                             Severity.ERROR,
-                            f"{spec.name}/{component.value}",
-                            f"{spec.layer_type.value} layers do not support {component.value} "
+                            f"{layer.name}/{component.value}",
+                            f"{layer.layer_type.value} layers do not support {component.value} "
                             f"in {dtype.name}",
                             f"use one of {_names(allowed)}",
                         )
@@ -145,17 +158,16 @@ class ComponentPrecisionRule:
     def check(self, target: ValidationTarget) -> list[Finding]:
         matrix = target.support_matrix
         findings = []
-        for spec in target.specs:
-            for component in _INFERENCE:
-                dtype = spec.precision_for(component)
+        for layer in target.layers:
+            for component, dtype in _decided(layer):
                 if dtype not in matrix.components[component]:
                     findings.append(
                         Finding(
                             self.id,
                             Severity.ERROR,
-                            f"{spec.name}/{component.value}",
+                            f"{layer.name}/{component.value}",
                             f"{component.value} cannot be held in {dtype.name}",
-                            f"use one of {_names(matrix.allowed(spec.layer_type, component))}",
+                            f"use one of {_names(matrix.allowed(layer.layer_type, component))}",
                         )
                     )
         return findings
@@ -204,7 +216,7 @@ class MemoryBudgetRule:
                     "leave headroom by lowering precisions of movable layers",
                 )
             )
-        unshaped = [spec.name for spec in target.specs if spec.weight_shape is None]
+        unshaped = [layer.name for layer in target.layers if layer.weight_shape is None]
         if unshaped:
             findings.append(
                 Finding(
@@ -220,7 +232,8 @@ class MemoryBudgetRule:
 
 @dataclass(frozen=True)
 class PerformanceImpactRule:
-    """Conversions at layer boundaries: output precision of one layer != input of the next."""
+    """Conversions at layer boundaries: output precision of one layer != input of the next (a
+    boundary counts when both layers' plans decide them)."""
 
     max_conversions: int = 4
 
@@ -234,12 +247,11 @@ class PerformanceImpactRule:
             )
 
     def check(self, target: ValidationTarget) -> list[Finding]:
-        specs = target.specs
-        boundaries = [
-            f"{a.name} {a.output_precision.name} -> {b.name} {b.input_precision.name}"
-            for a, b in itertools.pairwise(specs)
-            if a.output_precision is not b.input_precision
-        ]
+        boundaries = []
+        for a, b in itertools.pairwise(target.layers):
+            out, into = a.dtype(ComponentType.OUTPUTS), b.dtype(ComponentType.ACTIVATIONS)
+            if out is not None and into is not None and out is not into:
+                boundaries.append(f"{a.name} {out.name} -> {b.name} {into.name}")
         listed = f": {'; '.join(boundaries)}" if boundaries else ""
         if len(boundaries) > self.max_conversions:
             return [
@@ -284,18 +296,17 @@ class AccuracyImpactRule:
 
     def check(self, target: ValidationTarget) -> list[Finding]:
         findings = []
-        for spec in target.specs:
-            why = self._SENSITIVE.get(spec.layer_type)
-            for component in _INFERENCE:
-                dtype = spec.precision_for(component)
-                subject = f"{spec.name}/{component.value}"
+        for layer in target.layers:
+            why = self._SENSITIVE.get(layer.layer_type)
+            for component, dtype in _decided(layer):
+                subject = f"{layer.name}/{component.value}"
                 if why is not None and dtype.bits < 8:
                     findings.append(
                         Finding(
                             self.id,
                             Severity.WARNING,
                             subject,
-                            f"{spec.layer_type.value} layer {component.value} in {dtype.name} "
+                            f"{layer.layer_type.value} layer {component.value} in {dtype.name} "
                             f"({dtype.bits} bits): {why}",
                             "keep this layer at 8 bits or more",
                         )
@@ -335,13 +346,12 @@ class GradientsRule:
             Finding(
                 self.id,
                 Severity.INFO,
-                f"{spec.name}/gradients",
-                f"gradients in {spec.gradient_precision.name} are not applicable to inference "
-                "graphs and are ignored",
+                f"{layer.name}/gradients",
+                f"gradients in {gradients.name} are not applicable to inference graphs and are ignored",
                 "drop the gradients precision",
             )
-            for spec in target.specs
-            if spec.gradient_precision is not None
+            for layer in target.layers
+            if (gradients := layer.dtype(ComponentType.GRADIENTS)) is not None
         ]
 
 
@@ -442,13 +452,27 @@ class PrecisionValidator:
         support_matrix: SupportMatrix | None = None,
         budget_bytes: int | None = None,
     ) -> ValidationReport:
-        """Validate specs in model order (the entry for plans that never went through a manager,
-        e.g. a resolved MixedPrecisionConfig)."""
+        """Validate specs in model order (specs that never went through a manager), each as its
+        plan (`LayerPrecisionSpec.to_plan`)."""
+        return self.validate_plan(
+            [spec.to_plan(index) for index, spec in enumerate(specs)],
+            support_matrix=support_matrix,
+            budget_bytes=budget_bytes,
+        )
+
+    def validate_plan(
+        self,
+        layers: Iterable[PlannedLayer],
+        *,
+        support_matrix: SupportMatrix | None = None,
+        budget_bytes: int | None = None,
+    ) -> ValidationReport:
+        """Validate a plan's layers in model order."""
         if budget_bytes is not None and (
             isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes <= 0
         ):
             raise ConfigError(f"budget_bytes {budget_bytes!r} must be a positive number of bytes")
-        target = ValidationTarget(tuple(specs), support_matrix or SupportMatrix(), budget_bytes)
+        target = ValidationTarget(tuple(layers), support_matrix or SupportMatrix(), budget_bytes)
         findings = tuple(finding for rule in self.rules for finding in rule.check(target))
         report = ValidationReport(findings)
         logger.debug("validation: %d rules, %d findings", len(self.rules), len(findings))

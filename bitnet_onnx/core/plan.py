@@ -3,6 +3,8 @@ decision is made of (the config's `Resolution`, the policies' `Conflict`s).
 
 `assign_precision` builds it from the config and the policies; the optimizer may replace decisions;
 `rewrite` realises it in the graph; `validate` reads it back from the compiled graph and compares.
+The validation rules (`config.validation`) judge `PlannedLayer`s: a layer's plan with the shapes
+that counting its stored bytes needs; the seed's `LayerPrecisionSpec` is an adapter to and from it.
 """
 
 from __future__ import annotations
@@ -12,10 +14,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from types import MappingProxyType
 
-from bitnet_onnx.core.dtypes import ConversionStrategy, DType, WeightLayout
+from bitnet_onnx.core.dtypes import ConversionStrategy, DType, WeightLayout, storage_bytes
 from bitnet_onnx.core.layers import ComponentType, Layer, LayerType
 
-__all__ = ["Conflict", "Decision", "LayerPlan", "Resolution", "component_settings", "components_of"]
+__all__ = [
+    "Conflict",
+    "Decision",
+    "LayerPlan",
+    "PlannedLayer",
+    "Resolution",
+    "component_settings",
+    "components_of",
+]
 
 # Decision fields that say why, not how: every other field (and every field of a dataclass-valued
 # one, such as the layout) is a setting of the component, so a knob added to them is shown as is.
@@ -70,6 +80,18 @@ class Decision:
     conflicts: tuple[Conflict, ...] = ()
     origin: str | None = None
 
+    @classmethod
+    def of_config(cls, resolution: Resolution) -> Decision:
+        """The config's resolution as the decision, no policy involved."""
+        return cls(
+            resolution.dtype,
+            resolution.source,
+            resolution.layout,
+            resolution.conversion_strategy,
+            None,
+            f"config {resolution}",
+        )
+
 
 _WEIGHTED = (ComponentType.WEIGHTS, ComponentType.BIAS, ComponentType.ACTIVATIONS, ComponentType.OUTPUTS)
 _COMPUTE_ONLY = (ComponentType.ACTIVATIONS, ComponentType.OUTPUTS)
@@ -108,6 +130,42 @@ class LayerPlan:
     def dtype(self, component: ComponentType) -> DType | None:
         decision = self.decisions.get(component)
         return decision.dtype if decision else None
+
+
+@dataclass(frozen=True)
+class PlannedLayer:
+    """One layer of a plan as the validation rules see it: its `LayerPlan` and, beside it, the
+    shapes its stored bytes are counted with. `weight_shape` is [rows, K] for a matrix (K, the
+    reduction axis, last, as groups run along it); `bias_shape` is set only when the layer has a
+    bias. Without a shape (or a decision) the component stores 0 bytes."""
+
+    plan: LayerPlan
+    weight_shape: tuple[int, ...] | None = None
+    bias_shape: tuple[int, ...] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.plan.layer.name
+
+    @property
+    def layer_type(self) -> LayerType:
+        return self.plan.layer.layer_type
+
+    def dtype(self, component: ComponentType) -> DType | None:
+        return self.plan.dtype(component)
+
+    def memory_bytes(self) -> int:
+        """Bytes the layer stores: its weights (in their decision's layout, scales and zero points
+        included) and its bias."""
+        total = 0
+        for component, shape in (
+            (ComponentType.WEIGHTS, self.weight_shape),
+            (ComponentType.BIAS, self.bias_shape),
+        ):
+            decision = self.plan.decisions.get(component)
+            if decision is not None and shape is not None:
+                total += storage_bytes(decision.dtype, shape, decision.layout)
+        return total
 
 
 def _plain(value: object) -> str | int | float | bool | None:

@@ -207,6 +207,22 @@ class PrecisionChoice:
             },
         )
 
+    @classmethod
+    def of_plan(cls, plan: LayerPlan) -> PrecisionChoice:
+        """The choice a layer's plan states (the inverse of `layer_plan`): its weights' precision,
+        layout (the layout only for integer weights) and gptq conversion, computing in its
+        activations' precision; a layer without weights computes in its activations' precision
+        alone (its outputs' when it has no activations component either: they are the same under a
+        weightless choice)."""
+        weights = plan.decisions.get(ComponentType.WEIGHTS)
+        activations = plan.dtype(ComponentType.ACTIVATIONS)
+        if plan.layer.weight is None or weights is None:
+            return cls(None, activations or plan.dtype(ComponentType.OUTPUTS))
+        layout = weights.layout if weights.dtype.is_integer else WeightLayout()
+        # gptq is the one conversion strategy that makes a candidate of its own
+        gptq = weights.conversion_strategy is ConversionStrategy.GPTQ and weights.dtype.is_integer
+        return cls(weights.dtype, activations, layout, ConversionStrategy.GPTQ if gptq else None)
+
     def to_layer_config(self, layer_type: LayerType | str | None) -> LayerPrecisionConfig:
         """The config entry realising this choice on a layer of `layer_type` (see the module
         docstring for the components it decides); None writes an entry for any layer type. An

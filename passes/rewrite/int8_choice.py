@@ -26,13 +26,13 @@ library build, so compiling twice gives the same file. The disk cache is
 `$XDG_CACHE_HOME/bitnet-onnx/int8_matmul.json` (default `~/.cache`); delete it to measure again.
 With `measure=False` (`PassContext.measure_kernels`) nothing is timed or cached and the choice is
 LowBitMatMul. A candidate whose session cannot be created (e.g. an op library built without
-LowBitMatMul) is left out, and the reason is logged and kept in the choice.
+LowBitMatMul) is left out, and the reason is kept in the choice. Nothing here logs: the rewrite puts
+the choice (`Int8Choice.describe()`) in the layer's change and its timings in the pass's stats.
 """
 
 from __future__ import annotations
 
 import enum
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,8 +50,6 @@ from bitnet_onnx.runtime.timing import median_micros
 from ._edit import onnx_type
 
 __all__ = ["MARGIN", "Int8Choice", "Int8Kernel", "cache_path", "choose_int8_kernel"]
-
-logger = logging.getLogger(__name__)
 
 MARGIN = 0.9
 """DynamicQuantizeMatMul is chosen only when it takes less than this fraction of LowBitMatMul's time."""
@@ -113,7 +111,6 @@ def choose_int8_kernel(k: int, n: int, x_type: np.dtype, asymmetric: bool, measu
         choice = _measure(k, n, np.dtype(x_type), asymmetric)
         _write_cached(machine, shape, choice)
     _process_cache[key] = choice
-    logger.info("I8 matmul K=%d N=%d: %s", k, n, choice.describe())
     return choice
 
 
@@ -127,7 +124,6 @@ def _measure(k: int, n: int, x_type: np.dtype, asymmetric: bool) -> Int8Choice:
             session = runtime.session(gs.export_onnx(model), threads=1)
         except MixedPrecisionError as exc:
             excluded[kernel.value] = str(exc).splitlines()[0]
-            logger.info("I8 candidate %s left out for K=%d N=%d: %s", kernel.value, k, n, exc)
             continue
         micros[kernel.value] = _cost(kernel, session, rng, k, x_type)
     ours = micros.get(Int8Kernel.LOWBIT_MATMUL.value)

@@ -284,7 +284,8 @@ def _int8(env: RewriteEnv, edit: LayerEditor, plan: LayerPlan, site: _Site, befo
         return _lowbit(env, edit, plan, site, before, f"; groups of {group} within a row: no onnxruntime op")
     x_type = tensor_type(site.x) if tensor_type(site.x) in KERNEL_INPUT_TYPES else FLOAT32
     choice = choose_int8_kernel(site.k, site.n, x_type, decision.layout.asymmetric, env.measure_kernels)
-    stats = {f"int8_us.{name}": us for name, us in choice.micros.items()}
+    stats: dict[str, int | float | str] = {f"int8_us.{name}": us for name, us in choice.micros.items()}
+    stats.update({f"int8_left_out.{name}": why for name, why in choice.excluded.items()})
     if choice.kernel is Int8Kernel.LOWBIT_MATMUL:
         result = _lowbit(env, edit, plan, site, before, f"; I8 kernel {choice.describe()}")
     else:

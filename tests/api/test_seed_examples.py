@@ -66,7 +66,7 @@ def test_basic_configuration() -> None:
         W: "layer_type:linear→BITNET158",
         B: "component:bias→F16",
         ACT: "layer_type:linear/activations→I8",
-        OUT: "component:outputs→F16",
+        OUT: "component:outputs→F32",
     }
 
     custom_config = MixedPrecisionConfig.new(MixedPrecisionStrategy.CUSTOM).with_layer_config(
@@ -261,7 +261,7 @@ F32_BYTES = 4096 * 4096 * 4
 @pytest.mark.parametrize(
     ("config", "linear_w", "linear_act", "attention_w", "normalization_w", "weight_bytes"),
     [
-        (MixedPrecisionConfig.conservative(), DType.F16, DType.F16, DType.F16, DType.F32, 4096 * 4096 * 2),
+        (MixedPrecisionConfig.conservative(), DType.F16, DType.F32, DType.F16, DType.F16, 4096 * 4096 * 2),
         # ternary at 2 bits: 4096 rows x 1024 bytes + one scale
         (MixedPrecisionConfig.balanced(), DType.BITNET158, DType.I8, DType.F16, DType.F16, 4096 * 1024 + 4),
         # ternary base-3: 5 weights per byte, 4096 rows x ceil(4096 / 5) = 820 bytes + one scale

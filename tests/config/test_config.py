@@ -248,27 +248,30 @@ def test_config_equality_depends_on_layer_order():
 # (layer type, component) -> precision, per preset, as in the presets module docstring.
 EXPECTED = {
     "conservative": {
-        (L.LINEAR, C.WEIGHTS): D.F16, (L.LINEAR, C.ACTIVATIONS): D.F16, (L.LINEAR, C.BIAS): D.F16,
-        (L.LINEAR, C.OUTPUTS): D.F16, (L.CONVOLUTION, C.WEIGHTS): D.F16, (L.ATTENTION, C.WEIGHTS): D.F16,
-        (L.EMBEDDING, C.WEIGHTS): D.F16, (L.OUTPUT, C.WEIGHTS): D.F16,
-        (L.NORMALIZATION, C.WEIGHTS): D.F32, (L.NORMALIZATION, C.OUTPUTS): D.F32,
-        (L.ACTIVATION, C.ACTIVATIONS): D.F16, (L.OTHER, C.WEIGHTS): D.F32,
+        (L.LINEAR, C.WEIGHTS): D.F16, (L.LINEAR, C.ACTIVATIONS): D.F32, (L.LINEAR, C.BIAS): D.F16,
+        (L.LINEAR, C.OUTPUTS): D.F32, (L.CONVOLUTION, C.WEIGHTS): D.F16, (L.ATTENTION, C.WEIGHTS): D.F16,
+        (L.ATTENTION, C.ACTIVATIONS): D.F32, (L.EMBEDDING, C.WEIGHTS): D.F16, (L.EMBEDDING, C.OUTPUTS): D.F32,
+        (L.OUTPUT, C.WEIGHTS): D.F16, (L.OUTPUT, C.OUTPUTS): D.F32,
+        (L.NORMALIZATION, C.WEIGHTS): D.F16, (L.NORMALIZATION, C.OUTPUTS): D.F32,
+        (L.ACTIVATION, C.ACTIVATIONS): D.F32, (L.OTHER, C.WEIGHTS): D.F32,
     },
     "balanced": {
         (L.LINEAR, C.WEIGHTS): D.BITNET158, (L.LINEAR, C.ACTIVATIONS): D.I8, (L.LINEAR, C.BIAS): D.F16,
-        (L.LINEAR, C.OUTPUTS): D.F16, (L.CONVOLUTION, C.WEIGHTS): D.BITNET158,
+        (L.LINEAR, C.OUTPUTS): D.F32, (L.CONVOLUTION, C.WEIGHTS): D.BITNET158,
         (L.CONVOLUTION, C.ACTIVATIONS): D.I8, (L.ATTENTION, C.WEIGHTS): D.F16,
-        (L.ATTENTION, C.ACTIVATIONS): D.F16, (L.EMBEDDING, C.WEIGHTS): D.F16, (L.OUTPUT, C.WEIGHTS): D.I8,
+        (L.ATTENTION, C.ACTIVATIONS): D.F32, (L.EMBEDDING, C.WEIGHTS): D.F16, (L.OUTPUT, C.WEIGHTS): D.I8,
         (L.OUTPUT, C.ACTIVATIONS): D.I8, (L.OUTPUT, C.OUTPUTS): D.F32, (L.NORMALIZATION, C.WEIGHTS): D.F16,
-        (L.ACTIVATION, C.ACTIVATIONS): D.F16, (L.OTHER, C.WEIGHTS): D.F32, (L.OTHER, C.OUTPUTS): D.F32,
+        (L.NORMALIZATION, C.ACTIVATIONS): D.F32, (L.ACTIVATION, C.ACTIVATIONS): D.F32,
+        (L.OTHER, C.WEIGHTS): D.F32, (L.OTHER, C.OUTPUTS): D.F32,
     },
     "aggressive": {
         (L.LINEAR, C.WEIGHTS): D.BITNET158, (L.LINEAR, C.ACTIVATIONS): D.I8, (L.LINEAR, C.BIAS): D.F16,
-        (L.LINEAR, C.OUTPUTS): D.F16, (L.CONVOLUTION, C.WEIGHTS): D.BITNET158, (L.ATTENTION, C.WEIGHTS): D.I8,
-        (L.ATTENTION, C.ACTIVATIONS): D.I8, (L.ATTENTION, C.OUTPUTS): D.F16, (L.EMBEDDING, C.WEIGHTS): D.I8,
-        (L.EMBEDDING, C.OUTPUTS): D.F16, (L.OUTPUT, C.WEIGHTS): D.I8, (L.OUTPUT, C.ACTIVATIONS): D.I8,
-        (L.OUTPUT, C.BIAS): D.F16, (L.OUTPUT, C.OUTPUTS): D.F16, (L.NORMALIZATION, C.WEIGHTS): D.F16,
-        (L.ACTIVATION, C.ACTIVATIONS): D.F16, (L.OTHER, C.WEIGHTS): D.F32,
+        (L.LINEAR, C.OUTPUTS): D.F32, (L.CONVOLUTION, C.WEIGHTS): D.BITNET158, (L.ATTENTION, C.WEIGHTS): D.I8,
+        (L.ATTENTION, C.ACTIVATIONS): D.I8, (L.ATTENTION, C.OUTPUTS): D.F32, (L.EMBEDDING, C.WEIGHTS): D.I8,
+        (L.EMBEDDING, C.OUTPUTS): D.F32, (L.OUTPUT, C.WEIGHTS): D.I8, (L.OUTPUT, C.ACTIVATIONS): D.I8,
+        (L.OUTPUT, C.BIAS): D.F16, (L.OUTPUT, C.OUTPUTS): D.F32, (L.NORMALIZATION, C.WEIGHTS): D.F16,
+        (L.NORMALIZATION, C.ACTIVATIONS): D.F32, (L.ACTIVATION, C.ACTIVATIONS): D.F32,
+        (L.OTHER, C.WEIGHTS): D.F32,
     },
 }  # fmt: skip
 
@@ -289,9 +292,9 @@ def test_no_preset_hands_on_int8_outputs(strategy):
     assert {t: r.dtype for t, r in outputs.items() if not r.dtype.is_float} == {}
     if strategy is MixedPrecisionStrategy.AGGRESSIVE:
         assert [str(outputs[t]) for t in (L.ATTENTION, L.EMBEDDING, L.OUTPUT)] == [
-            "layer_type:attention/outputs→F16",
-            "layer_type:embedding/outputs→F16",
-            "layer_type:output/outputs→F16",
+            "layer_type:attention/outputs→F32",
+            "layer_type:embedding/outputs→F32",
+            "layer_type:output/outputs→F32",
         ]
 
 

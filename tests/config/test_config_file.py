@@ -186,7 +186,7 @@ def test_removed_preset_entries_round_trip(tmp_path):
     assert "activation: null" in path.read_text() and "gradients: null" in path.read_text()
     loaded = load_config(path)
     assert L.ACTIVATION not in loaded.layer_types and loaded == config
-    assert loaded.resolve("act", L.ACTIVATION, C.ACTIVATIONS) == Resolution(D.F16, "component:activations")
+    assert loaded.resolve("act", L.ACTIVATION, C.ACTIVATIONS) == Resolution(D.F32, "component:activations")
 
 
 def test_hand_written_file_with_short_forms_and_aliases(tmp_path):

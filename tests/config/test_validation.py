@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import pytest
@@ -20,11 +20,13 @@ from bitnet_onnx.config.validation import (
     ValidationTarget,
     default_rules,
 )
-from bitnet_onnx.core.dtypes import DType
+from bitnet_onnx.core.dtypes import DType, WeightLayout
 from bitnet_onnx.core.errors import ConfigError, ValidationError
-from bitnet_onnx.core.layers import ComponentType, LayerType, SupportMatrix
+from bitnet_onnx.core.layers import ComponentType, Layer, LayerType, SupportMatrix
+from bitnet_onnx.core.plan import Decision, LayerPlan, PlannedLayer
 
 F32, F16, I8, I4, I2, I1, T = DType.F32, DType.F16, DType.I8, DType.I4, DType.I2, DType.I1, DType.BITNET158
+_INFERENCE = (ComponentType.WEIGHTS, ComponentType.BIAS, ComponentType.ACTIVATIONS, ComponentType.OUTPUTS)
 
 
 def spec(name: str, layer_type: LayerType, inp: DType, out: DType, weight: DType, **kw) -> LayerPrecisionSpec:
@@ -32,7 +34,8 @@ def spec(name: str, layer_type: LayerType, inp: DType, out: DType, weight: DType
 
 
 def check(rule, *specs: LayerPrecisionSpec, matrix: SupportMatrix | None = None, budget: int | None = None):
-    return rule.check(ValidationTarget(specs, matrix or SupportMatrix(), budget))
+    layers = tuple(s.to_plan(i) for i, s in enumerate(specs))
+    return rule.check(ValidationTarget(layers, matrix or SupportMatrix(), budget))
 
 
 def summary(findings) -> list[tuple[str, Severity, str]]:
@@ -327,7 +330,7 @@ class DottedNamesRule:
     def check(self, target: ValidationTarget) -> list[Finding]:
         return [
             Finding(self.id, self.severity, s.name, "name is not a module path", "name it like blocks.0.fc")
-            for s in target.specs
+            for s in target.layers
             if "." not in s.name
         ]
 
@@ -350,3 +353,66 @@ def test_bad_rules_are_config_errors() -> None:
     assert len(info.value.problems) == 2
     assert "lacks id, description or check" in info.value.problems[0]
     assert "'dotted-names' is used by more than one rule" in info.value.problems[1]
+
+
+# --- plans as they are ----------------------------------------------------------------------------
+
+
+def _planned(name: str, layer_type: LayerType, shape: tuple[int, ...] | None = None, **dtypes: DType):
+    layer = Layer(name, layer_type, 0, (name,), "rule")
+    decisions = {
+        ComponentType(c): Decision(d, "config", WeightLayout(), None, None, "") for c, d in dtypes.items()
+    }
+    return PlannedLayer(LayerPlan(layer, decisions), shape)
+
+
+def test_rules_judge_only_the_components_a_plan_decides() -> None:
+    """An attention block has no weights and an embedding no activations: their plans do not decide
+    them, and no rule speaks of them (a spec would have had to state something there)."""
+    plan = [
+        _planned("emb", LayerType.EMBEDDING, weights=F16, outputs=F16),
+        _planned("attn", LayerType.ATTENTION, activations=I8, outputs=F16),
+        _planned("ln", LayerType.NORMALIZATION, weights=F16, activations=F16, outputs=I8),
+        _planned("fc", LayerType.LINEAR, (8, 64), weights=T, activations=I8, outputs=F32),
+    ]
+    report = PrecisionValidator().validate_plan(plan, budget_bytes=100)
+    assert summary(report.findings) == [
+        ("layer-precision", Severity.ERROR, "ln/outputs"),
+        ("memory-budget", Severity.ERROR, "model"),
+        ("memory-budget", Severity.INFO, "model"),
+        ("performance-impact", Severity.INFO, "model"),
+        ("accuracy-impact", Severity.INFO, "fc/weights"),
+    ]
+    ternary_bytes = 8 * (64 // 4) + 4  # 2-bit codes, one float32 scale
+    memory, unshaped, conversions = report.findings[1:4]
+    assert (
+        memory.message == f"layers store {ternary_bytes} bytes, {ternary_bytes - 100} over the budget of 100"
+    )
+    assert unshaped.message.endswith("(3): emb, attn, ln")
+    assert conversions.message == "1 precision conversions between consecutive layers: emb F16 -> attn I8"
+
+
+@pytest.mark.parametrize(
+    "spec_",
+    [
+        spec("fc", LayerType.LINEAR, I8, F16, I4, weight_shape=(8, 64), bias_shape=(8,)),
+        spec(
+            "fc", LayerType.LINEAR, I8, I8, T, gradient_precision=F32, layout=WeightLayout(per_channel=True)
+        ),
+        spec("ln", LayerType.NORMALIZATION, F16, F32, F16, bias_precision=F32, weight_shape=(64,)),
+    ],
+)
+def test_specs_are_validated_as_their_plans(spec_: LayerPrecisionSpec) -> None:
+    """A spec states all four inference components (the bias at its default when unset) and its
+    gradients when recorded; its plan decides exactly those, and reads back as the same spec."""
+    planned = spec_.to_plan(3)
+    expected = {c: spec_.precision_for(c) for c in _INFERENCE}
+    if spec_.gradient_precision is not None:
+        expected[ComponentType.GRADIENTS] = spec_.gradient_precision
+    assert {c: d.dtype for c, d in planned.plan.decisions.items()} == expected
+    assert planned.plan.decisions[ComponentType.WEIGHTS].layout == spec_.layout
+    assert planned.plan.layer.index == 3 and planned.memory_bytes() == spec_.memory_bytes()
+    back = LayerPrecisionSpec.of_plan(planned, SupportMatrix())
+    assert back == replace(spec_, bias_precision=spec_.precision_for(ComponentType.BIAS))
+    by_specs = PrecisionValidator().validate_specs([spec_], budget_bytes=10)
+    assert by_specs == PrecisionValidator().validate_plan([spec_.to_plan(0)], budget_bytes=10)

@@ -59,7 +59,7 @@ def test_compile_prints_layers_sizes_and_validation(capsys, tmp_path):
     )
     assert code == EXIT_OK and out.exists() and (tmp_path / "l.jsonl").exists()
     assert "model.layers.0.self_attn.q_proj" in stdout
-    assert "w:BITNET158 a:I8 o:F16  absmean  BitLinear" in stdout
+    assert "w:BITNET158 a:I8 o:F32  absmean  BitLinear" in stdout
     assert f"smaller) → {out}" in stdout
     assert (
         "validation vs original on " + str(FIXTURES / "llama_tiny.inputs.npz") in stdout
@@ -238,7 +238,7 @@ def test_inspect_table_and_json(capsys, compiled_llama):
     records = {r["name"]: r for r in json.loads(stdout)}
     q = records["model.layers.1.self_attn.q_proj"]
     assert q["layer_type"] == "linear" and q["op"] == "BitLinear" and q["rule"]
-    assert q["precisions"] == {"weights": "BITNET158", "activations": "I8", "outputs": "F16"}
+    assert q["precisions"] == {"weights": "BITNET158", "activations": "I8", "outputs": "F32"}
     assert q["ternary_scale"] == "absmean" and records["lm_head"]["ternary_scale"] == ""
     assert len(records) == 25
 

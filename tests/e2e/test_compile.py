@@ -190,6 +190,36 @@ def test_compiled_model_runs_in_onnxruntime_within_the_strategy_bound(compiled, 
     assert result.bytes_after == sum(onnx.numpy_helper.to_array(t).nbytes for t in initializers)
 
 
+def _optimized(model: Path, folder: Path) -> onnx.ModelProto:
+    """The graph onnxruntime runs: `model` after its session-init optimizations."""
+    options = runtime.session_options(threads=1)
+    options.optimized_model_filepath = str(folder / f"{model.stem}.optimized.onnx")
+    runtime.session(model, options=options)
+    return onnx.load(options.optimized_model_filepath)
+
+
+def _casts(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    return [n for n in graph.node if n.op_type in ("Cast", "CastLike")]
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_conservative_runs_the_fp32_graph_on_weights_stored_in_f16(compiled, name, tmp_path):
+    # F16 stored, F32 computed: onnxruntime folds the Cast of every stored constant at session init,
+    # and the graph it runs has no conversion the fp32 model's lacks but one after each embedding
+    # Gather (which reads the float16 table).
+    source, output, result = compiled(name, "conservative")
+    graph = _optimized(output, tmp_path).graph
+    constants = {t.name for t in graph.initializer}
+    assert [n.name for n in _casts(graph) if n.input[0] in constants] == []
+    embeddings = sum(1 for layer in result.layers if layer.layer_type == LayerType.EMBEDDING.value)
+    assert len(_casts(graph)) <= len(_casts(_optimized(source, tmp_path).graph)) + embeddings
+    # Every weight and table is stored in float16 (a rotary cache or mask of an F32 layer stays float32).
+    weights = [
+        t for t in onnx.load(output).graph.initializer if t.data_type in (1, 10) and "weight" in t.name
+    ]
+    assert weights and {t.data_type for t in weights} == {onnx.TensorProto.FLOAT16}
+
+
 def test_exactly_ternary_llama_balanced_matches_to_int8_activation_error(compiled):
     source, output, result = compiled("llama_ternary", "balanced")
     feeds = _inputs("llama_ternary", source)

@@ -40,6 +40,12 @@ BERT_CONFIGS = {
     "decomposed_ternary_opset18": bert.BertConfig(
         norm=bert.LayerNormStyle.DECOMPOSED, weights=WeightInit.TERNARY, opset=18
     ),
+    "mean_pooling_gemm_opset13": bert.BertConfig(
+        head=bert.BertHead.MEAN_POOLING,
+        norm=bert.LayerNormStyle.DECOMPOSED,
+        linear=bert.LinearStyle.GEMM,
+        opset=13,
+    ),
 }
 CONVNET_CONFIGS = {
     "tiny": convnet.ConvNetConfig(),
@@ -70,6 +76,8 @@ def weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 def expected_shapes(config: object, batch: int, seq: int) -> list[tuple[int, ...]]:
     if isinstance(config, llama.LlamaConfig):
         return [(batch, seq, config.vocab_size)]
+    if isinstance(config, bert.BertConfig) and config.head is bert.BertHead.MEAN_POOLING:
+        return [(batch, config.hidden_size)]
     if isinstance(config, bert.BertConfig):
         return [(batch, seq, config.hidden_size), (batch, config.num_labels)]
     assert isinstance(config, convnet.ConvNetConfig)
@@ -217,8 +225,9 @@ def _layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) 
 
 def bert_reference(
     c: bert.BertConfig, w: dict[str, np.ndarray], ids: np.ndarray, mask: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """BERT (MATMUL_ADD weights [K, N], Erf GELU) forward in float64 numpy."""
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """BERT (MATMUL_ADD weights [K, N], Erf GELU) forward in float64 numpy: the last hidden state
+    and the classifier's logits (None for a MEAN_POOLING head)."""
     w = {k: v.astype(np.float64) for k, v in w.items()}
     batch, seq = ids.shape
     e = "bert.embeddings"
@@ -261,6 +270,8 @@ def bert_reference(
             w[f"{p}.output.LayerNorm.bias"],
             c.layer_norm_eps,
         )
+    if c.head is bert.BertHead.MEAN_POOLING:
+        return x, None
     pooled = np.tanh(dense(x[:, 0], "bert.pooler.dense"))
     return x, dense(pooled, "classifier")
 
@@ -276,6 +287,24 @@ def test_bert_matches_numpy_reference():
     )
     np.testing.assert_allclose(hidden, want_hidden, atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(logits, want_logits, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "style",
+    [{}, {"opset": 18}, {"norm": bert.LayerNormStyle.DECOMPOSED, "opset": 13}],
+    ids=["opset17", "opset18", "decomposed_opset13"],
+)
+def test_bert_mean_pooling_head_is_the_normalized_mean_of_the_unmasked_tokens(style):
+    config = bert.BertConfig(weights=WeightInit.TRAINED_LIKE, head=bert.BertHead.MEAN_POOLING, **style)
+    model = bert.build(config)
+    feeds = sample_inputs(model, dims={"batch": 3, "seq": 6}, seed=2)
+    (embedding,) = run(model, feeds)
+    hidden, _ = bert_reference(config, weights(model), feeds["input_ids"], feeds["attention_mask"])
+    mask = feeds["attention_mask"][..., None].astype(np.float64)
+    mean = (hidden * mask).sum(1) / mask.sum(1)
+    np.testing.assert_allclose(embedding, mean / np.linalg.norm(mean, axis=-1, keepdims=True), atol=1e-5)
+    assert [o.name for o in model.graph.output] == ["sentence_embedding"]
+    assert not any(t.name.startswith(("bert.pooler", "classifier")) for t in model.graph.initializer)
 
 
 @pytest.mark.parametrize(

@@ -248,9 +248,21 @@ def test_a_gptq_choice_round_trips_and_decides_the_weights_conversion(label: str
     assert {c: d.conversion_strategy for c, d in plan.decisions.items()} == {
         c: ConversionStrategy.GPTQ if c is W else None for c in plan.decisions
     }
+    assert PrecisionChoice.of_plan(plan) == choice
     entry = choice.to_layer_config(LayerType.LINEAR)
     assert entry.conversion_strategy is ConversionStrategy.GPTQ
     config = MixedPrecisionConfig.new("custom").with_layer_config("l", entry)
     assert config.resolve("l", LayerType.LINEAR, W).conversion_strategy is ConversionStrategy.GPTQ
     with pytest.raises(ConfigError, match="conversion strategy"):
         PrecisionChoice.parse("I4g128+rounding/I8")
+
+
+@pytest.mark.parametrize("layer_type", list(LayerType))
+@pytest.mark.parametrize("weight", [True, False])
+def test_of_plan_reads_back_the_choice_its_plan_states(layer_type: LayerType, weight: bool) -> None:
+    """A layer type without a weights component (attention) plans only its compute precision."""
+    layer = _layer(layer_type, weight)
+    planned_weights = W in components_of(layer)
+    for choice in candidate_choices(layer):
+        expected = choice if planned_weights else choice.weightless()
+        assert PrecisionChoice.of_plan(choice.layer_plan(layer)) == expected, choice.label

@@ -594,3 +594,26 @@ def test_explain_unknown_node_suggests_close_names() -> None:
         UnsupportedModelError, match=r"no node named '/conv1/Cnv'; did you mean '/conv1/Conv'"
     ):
         explain(graph, "/conv1/Cnv")
+
+
+def test_a_match_over_another_layers_node_is_dropped_and_counted_per_rule() -> None:
+    """Two GELUs read one x/√2: the first claims the Div, so the second match conflicts with it."""
+    nodes = [helper.make_node("Div", ["x", "sqrt2"], ["d"], name="div")]
+    for i in (1, 2):
+        nodes += [
+            helper.make_node("Erf", ["d"], [f"e{i}"], name=f"erf{i}"),
+            helper.make_node("Add", [f"e{i}", "one"], [f"a{i}"], name=f"add{i}"),
+            helper.make_node("Mul", ["x", f"a{i}"], [f"m{i}"], name=f"mul{i}"),
+            helper.make_node("Mul", [f"m{i}", "half"], [f"y{i}"], name=f"half{i}"),
+        ]
+    scalars = {"sqrt2": np.sqrt(2.0), "one": 1.0, "half": 0.5}
+    graph = helper.make_graph(
+        nodes,
+        "two_gelus",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [2, 4]) for i in (1, 2)],
+        [numpy_helper.from_array(np.array(v, np.float32), name) for name, v in scalars.items()],
+    )
+    _, ctx, result = _annotate(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert [layer.rule for layer in ctx.layers.values()].count("gelu_erf") == 1
+    assert result.stats["conflicts"] == result.stats["conflicts.gelu_erf"] == 1

@@ -83,7 +83,7 @@ def test_balanced_plan_has_every_component_with_its_config_source():
         W: DType.BITNET158,
         B: DType.F16,
         A: DType.I8,
-        OUT: DType.F16,
+        OUT: DType.F32,
     }
     assert q.decisions[W].source == "layer_type:linear"
     assert q.decisions[A].source == "layer_type:linear/activations"

@@ -1,8 +1,12 @@
-"""_contrib_types: onnx shape inference types onnxruntime's ops in their typing domains (cases 1-5)."""
+"""_contrib_types: onnx shape inference types onnxruntime's ops in their typing domains (cases 1-5),
+and the schemas leave onnx's registry when the last block using them ends."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+from pathlib import Path
 from types import SimpleNamespace
 
 import onnx
@@ -14,8 +18,8 @@ from bitnet_onnx.passes import _contrib_types
 from bitnet_onnx.passes._contrib_types import (
     SHAPES,
     TYPING_DOMAINS,
-    register_typing_schemas,
     typed_by_attribute,
+    typing_schemas,
 )
 
 F32, F16, I32, I64, U8, I8 = (
@@ -27,6 +31,7 @@ F32, F16, I32, I64, U8, I8 = (
     TensorProto.INT8,
 )
 MS = "com.microsoft"
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: models/ is importable from there
 Shape = list[int | str | None] | None
 
 
@@ -39,7 +44,6 @@ def _infer(
 ) -> dict[str, tuple[int, Shape]]:
     """name → (element type, shape; None: no shape, None dim: unknown) of each output `op` writes
     when its node sits in the typing domain, by onnx's shape inference in strict mode."""
-    register_typing_schemas()
     names = [name for name, _, _ in inputs]
     node = helper.make_node(op, names, outputs, name="/op", domain=TYPING_DOMAINS[domain], **attrs)
     graph = helper.make_graph(
@@ -49,9 +53,10 @@ def _infer(
         [helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None) for o in outputs if o],
     )
     imports = [helper.make_opsetid("", 17), *(helper.make_opsetid(d, 1) for d in TYPING_DOMAINS.values())]
-    inferred = onnx.shape_inference.infer_shapes(
-        helper.make_model(graph, opset_imports=imports), strict_mode=True
-    )
+    with typing_schemas():
+        inferred = onnx.shape_inference.infer_shapes(
+            helper.make_model(graph, opset_imports=imports), strict_mode=True
+        )
     found = {}
     for value in [*inferred.graph.value_info, *inferred.graph.output]:
         tensor = value.type.tensor_type
@@ -179,44 +184,79 @@ def test_a_shape_the_rule_cannot_give_leaves_the_output_typed_without_one(op: st
 
 
 def test_every_shape_rule_names_an_op_onnxruntime_defines() -> None:
-    assert set(SHAPES) <= register_typing_schemas()
+    with typing_schemas() as typed:
+        assert set(SHAPES) <= typed
 
 
 def test_the_schemas_live_in_private_domains_only() -> None:
-    typed = register_typing_schemas()
-    assert ("", "SimplifiedLayerNormalization") in typed and (MS, "FastGelu") in typed
-    assert ("", "LayerNormalization") not in typed  # ONNX's own op (opset 17) is never shadowed
-    assert not onnx.defs.has("SimplifiedLayerNormalization", "")
-    assert not onnx.defs.has("FastGelu", MS)
-    assert onnx.defs.has("FastGelu", TYPING_DOMAINS[MS])
-    with pytest.raises(
-        onnx.checker.ValidationError, match="No Op registered for SimplifiedLayerNormalization"
-    ):
-        onnx.checker.check_node(
-            helper.make_node("SimplifiedLayerNormalization", ["x", "g"], ["y"]),
-            onnx.checker.DEFAULT_CONTEXT,
-        )
+    with typing_schemas() as typed:
+        assert ("", "SimplifiedLayerNormalization") in typed and (MS, "FastGelu") in typed
+        assert ("", "LayerNormalization") not in typed  # ONNX's own op (opset 17) is never shadowed
+        assert not onnx.defs.has("SimplifiedLayerNormalization", "")
+        assert not onnx.defs.has("FastGelu", MS)
+        assert onnx.defs.has("FastGelu", TYPING_DOMAINS[MS])
+        with pytest.raises(
+            onnx.checker.ValidationError, match="No Op registered for SimplifiedLayerNormalization"
+        ):
+            onnx.checker.check_node(
+                helper.make_node("SimplifiedLayerNormalization", ["x", "g"], ["y"]),
+                onnx.checker.DEFAULT_CONTEXT,
+            )
 
 
-def test_registering_again_and_from_many_threads_registers_nothing_twice(monkeypatch) -> None:
-    first = register_typing_schemas()
-    # A fresh cache (as after reloading the module) meets schemas already in the registry.
-    monkeypatch.setattr(_contrib_types, "_registered", _contrib_types._registered.__wrapped__)
-    results: list[frozenset[tuple[str, str]]] = []
+def _registered() -> set[str]:
+    private = set(TYPING_DOMAINS.values())
+    return {f"{s.domain}.{s.name}" for s in onnx.defs.get_all_schemas_with_history() if s.domain in private}
+
+
+def test_the_schemas_are_registered_while_a_block_is_open_and_gone_after_the_last() -> None:
+    assert _registered() == set()
+    with typing_schemas() as outer:
+        count = len(_registered())
+        assert count == len(outer) > 100
+        with typing_schemas() as inner:  # nested: registered once, kept until the outer block ends
+            assert inner == outer and len(_registered()) == count
+        assert len(_registered()) == count
+    assert _registered() == set()
+    with typing_schemas() as again:  # and registered again by the next block
+        assert again == outer and len(_registered()) == count
+    assert _registered() == set()
+
+
+def test_blocks_open_in_many_threads_share_one_registration() -> None:
+    inside = threading.Barrier(4)
+    results: list[tuple[frozenset[tuple[str, str]], int]] = []
     errors: list[BaseException] = []
 
-    def register() -> None:
+    def use() -> None:
         try:
-            results.append(register_typing_schemas())
+            with typing_schemas() as typed:
+                inside.wait(timeout=30)  # all four blocks open at once
+                results.append((typed, len(_registered())))
+                inside.wait(timeout=30)
         except BaseException as exc:  # the thread hands what it raised to the test
             errors.append(exc)
 
-    threads = [threading.Thread(target=register) for _ in range(4)]
+    threads = [threading.Thread(target=use) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert not errors and results == [first] * 4
+    assert not errors and len(results) == 4
+    assert len({typed for typed, _ in results}) == 1 and {n for _, n in results} == {len(results[0][0])}
+    assert _registered() == set()
+
+
+def test_a_schema_already_in_a_typing_domain_is_used_and_left_alone() -> None:
+    mine = onnx.defs.OpSchema("FastGelu", TYPING_DOMAINS[MS], 1, "another copy's schema")
+    onnx.defs.register_schema(mine)
+    try:
+        with typing_schemas() as typed:
+            assert (MS, "FastGelu") in typed
+        assert _registered() == {f"{TYPING_DOMAINS[MS]}.FastGelu"}
+        assert onnx.defs.get_schema("FastGelu", 1, TYPING_DOMAINS[MS]).doc == "another copy's schema"
+    finally:
+        onnx.defs.deregister_schema("FastGelu", 1, TYPING_DOMAINS[MS])
 
 
 def test_an_op_whose_signature_onnx_cannot_hold_gets_no_schema(monkeypatch) -> None:
@@ -231,9 +271,38 @@ def test_an_op_whose_signature_onnx_cannot_hold_gets_no_schema(monkeypatch) -> N
         type_constraints=[SimpleNamespace(type_param_str="T", allowed_type_strs=["tensor(float3e1m1)"])],
     )
     monkeypatch.setattr(_contrib_types, "_onnxruntime_ops", lambda: {(MS, "FromTheFuture"): newer})
-    monkeypatch.setattr(_contrib_types, "_registered", _contrib_types._registered.__wrapped__)
-    assert register_typing_schemas() == frozenset()
-    assert not onnx.defs.has("FromTheFuture", TYPING_DOMAINS[MS])
+    with typing_schemas() as typed:
+        assert typed == frozenset()
+        assert not onnx.defs.has("FromTheFuture", TYPING_DOMAINS[MS])
+
+
+_AFTER_A_COMPILE = """
+import tempfile
+from pathlib import Path
+
+import onnx
+from onnxruntime.quantization import QuantType, quantize_dynamic
+
+from bitnet_onnx.compiler.compile import compile
+from models import bert
+
+folder = Path(tempfile.mkdtemp())
+onnx.save(bert.build(bert.BertConfig()), folder / "m.onnx")
+compile(folder / "m.onnx", "balanced", output=folder / "ours.onnx", strict=False)
+quantize_dynamic(folder / "m.onnx", folder / "int8.onnx", weight_type=QuantType.QInt8, per_channel=True)
+import onnx.reference  # builds its op table from the whole registry
+
+print(sum(n.op_type == "DynamicQuantizeLinear" for n in onnx.load(folder / "int8.onnx").graph.node))
+"""
+
+
+def test_onnxruntime_quantizer_and_onnx_reference_work_after_a_compile_in_the_same_process() -> None:
+    # A fresh process: onnx.reference must not have been imported before the compile.
+    done = subprocess.run(
+        [sys.executable, "-c", _AFTER_A_COMPILE], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.split()[-1]) > 0
 
 
 @pytest.mark.parametrize(

@@ -462,3 +462,20 @@ def test_bfloat16_values_survive_as_bfloat16_initializers():
     np.testing.assert_array_equal(
         initializers(model)[stored.name].astype(F32), case.rows.T.astype(ml_dtypes.bfloat16).astype(F32)
     )
+
+
+@pytest.mark.kernels
+def test_an_i8_candidate_left_out_is_named_in_the_pass_stats(monkeypatch):
+    forced = int8_choice.Int8Choice(
+        int8_choice.Int8Kernel.DYNAMIC_QUANTIZE_MATMUL,
+        "measured",
+        {"DynamicQuantizeMatMul": 1.0},
+        {"LowBitMatMul": "no LowBitMatMul in this build"},
+    )
+    monkeypatch.setattr(linear, "choose_int8_kernel", lambda *args: forced)
+    case = linear_case(48, 24)
+    plan = make_plan(case.layer, weights=decision("I8", WeightLayout()), activations="I8")
+    result, _ = rewrite(case.graph, [plan], measure=True)
+    assert result.stats["int8_timed"] == 1
+    assert result.stats["int8_left_out.LowBitMatMul"] == "no LowBitMatMul in this build"
+    assert "left out: LowBitMatMul: no LowBitMatMul in this build" in result.changes[0].detail
