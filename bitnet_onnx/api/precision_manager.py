@@ -125,6 +125,7 @@ def _spec_with(spec: LayerPrecisionSpec, choice: PrecisionChoice, layer: Layer) 
         output_precision=plan.dtype(ComponentType.OUTPUTS),
         bias_precision=None,
         layout=weights.layout if weights is not None else WeightLayout(),
+        conversion_strategy=weights.conversion_strategy if weights is not None else None,
     )
 
 
