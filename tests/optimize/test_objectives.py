@@ -13,6 +13,7 @@ from bitnet_onnx.core.layers import Layer
 from bitnet_onnx.core.plan import components_of
 from bitnet_onnx.optimize.objectives import (
     DEFAULT_ACCURACY_FLOOR,
+    GPTQ_ROWS_PER_INPUT,
     Accuracy,
     Balanced,
     Memory,
@@ -224,8 +225,9 @@ def _matrix_layer(layer_type: LayerType, n: int, k: int) -> Layer:
 def test_gptq_twins_follow_the_low_bit_choices_given_enough_calibration_rows() -> None:
     layer = _matrix_layer(LayerType.LINEAR, 32, 48)
     plain = [c.label for c in candidate_choices(layer)]
-    assert [c.label for c in candidate_choices(layer, calibration_rows=47)] == plain  # fewer rows than K
-    twinned = [c.label for c in candidate_choices(layer, calibration_rows=48)]
+    enough = GPTQ_ROWS_PER_INPUT * 48
+    assert [c.label for c in candidate_choices(layer, calibration_rows=enough - 1)] == plain
+    twinned = [c.label for c in candidate_choices(layer, calibration_rows=enough)]
     assert twinned == [
         "F32", "F16", "I8/I8", "I8/F32", "I4g128/I8", "I4g128+gptq/I8", "I4g128/F32", "I4g128+gptq/F32",
         "I2g64/F32", "I2g64+gptq/F32", "BITNET158/I8", "BITNET158+gptq/I8", "BITNET158b3/I8",
@@ -233,7 +235,7 @@ def test_gptq_twins_follow_the_low_bit_choices_given_enough_calibration_rows() -
     ]  # fmt: skip
     # K is the reduction axis whichever way the initializer holds W.
     kn = Layer("l", LayerType.LINEAR, 0, ("n",), "rule", weight="w", weight_shape=(48, 32), weight_nk=False)
-    assert len(candidate_choices(kn, calibration_rows=48)) == len(twinned)
+    assert len(candidate_choices(kn, calibration_rows=enough)) == len(twinned)
     wide = SupportMatrix().with_layer(LayerType.EMBEDDING, set(DType))
     embedding = _matrix_layer(LayerType.EMBEDDING, 100, 8)
     assert candidate_choices(embedding, wide, calibration_rows=10**6) == candidate_choices(embedding, wide)
