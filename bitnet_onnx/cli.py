@@ -109,6 +109,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     manager = None
     config = args.config if args.config is not None else args.strategy or "balanced"
     inputs = Calibration.from_npz(args.inputs, args.model) if args.inputs is not None else None
+    calibration = inputs  # without --objective every sample both calibrates gptq layers and validates
     thresholds = None
     if args.objective is not None:
         manager = _optimized(args, progress)
@@ -116,6 +117,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         written = Path(f"{args.output}.config.yaml")
         save_config(config, written)
         print(f"bitnet-onnx compile: the plan for {args.objective} is in {written}", file=sys.stderr)
+        calibration = manager.calibration  # what the plan was chosen on calibrates gptq layers too
         inputs = manager.holdout  # validated on what the plan was not chosen on
         thresholds = validation_thresholds(args.objective, config.strategy)
     elif args.holdout is not None:
@@ -138,6 +140,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
             measure_kernels=not args.no_kernel_timing,
             custom_op_libraries=args.custom_ops,
             thresholds=thresholds,
+            calibration=calibration,
             # measured only if a policy has a sensitivity condition
             sensitivity=measurer(
                 args.model, lambda: _calibration(args.model, args.inputs, args.dim), progress=progress
@@ -231,7 +234,14 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         # Sensitivity on the calibration samples, the outputs compared on the held-out ones.
         calibration, held_out = _calibration(args.model, args.inputs, args.dim).split(_holdout_of(args))
         config = args.config if args.config is not None else args.strategy or "balanced"
-        analysis = analyze(args.model, config, held_out, cost=_cost_model(progress), measure_speed=True)
+        analysis = analyze(
+            args.model,
+            config,
+            held_out,
+            cost=_cost_model(progress),
+            measure_speed=True,
+            conversion_inputs=calibration,
+        )
         chosen = {layer.name: [layer.precision_choice] for layer in analysis.layers if layer.precision_choice}
         table = measure_sensitivity(
             args.model,

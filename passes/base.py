@@ -83,6 +83,8 @@ class PassContext:
     policy: PolicyEngine | None = None  # set by compile()
     # (batches, what they are): the sample inputs validate runs on; set by compile()
     calibration: tuple[tuple[Mapping[str, np.ndarray], ...], str] | None = None
+    # the batches GPTQ collects layer activations on (`_hessians`); set by compile()
+    conversion_inputs: tuple[Mapping[str, np.ndarray], ...] | None = None
     model_dir: Path | None = None  # where external data of the input lives; set by compile()
     custom_op_libraries: tuple[Path, ...] = ()  # the user's libraries for other custom ops; compile()
     # The input's node metadata_props by node name (gs drops them on import), e.g. the dynamo

@@ -1,8 +1,10 @@
 """rewrite: realise the precision plan in the graph.
 
-For every planned layer (`ctx.plan`), the rewriter of its type (`passes.rewrite.REWRITERS`; each
-module's docstring states its semantics) replaces or rewires the layer's nodes so that each
-component is stored and computed in its planned precision. Then:
+Layers whose weights GPTQ converts get their calibration activations first (`_hessians`, one run
+of the original on `ctx.conversion_inputs`). For every planned layer (`ctx.plan`), the rewriter of
+its type (`passes.rewrite.REWRITERS`; each module's docstring states its semantics) replaces or
+rewires the layer's nodes so that each component is stored and computed in its planned precision.
+Then:
 
 1. Embedding layers are rewritten first, the others in `ctx.layers` order, so a head tied to an
    embedding table finds the table's encoding already stored and reads it (one copy in the file
@@ -46,6 +48,7 @@ from bitnet_onnx.core.metadata import (
 )
 from bitnet_onnx.core.plan import LayerPlan, component_settings
 
+from ._hessians import layer_hessians
 from .base import Condition, PassContext, PassResult
 from .rewrite import REWRITERS, LayerEditor, LayerRewrite, RewriteEnv
 
@@ -69,7 +72,7 @@ class RewritePass:
     ensures: ClassVar[tuple[Condition, ...]] = ()
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        env = RewriteEnv.of(graph, ctx.seed, ctx.measure_kernels)
+        env = RewriteEnv.of(graph, ctx.seed, ctx.measure_kernels, layer_hessians(graph, ctx))
         done: list[_Done] = []
         for plan in _in_order(ctx):
             edit = LayerEditor(graph, plan.layer, env.names)

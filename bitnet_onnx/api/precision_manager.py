@@ -125,6 +125,7 @@ def _spec_with(spec: LayerPrecisionSpec, choice: PrecisionChoice, layer: Layer) 
         output_precision=plan.dtype(ComponentType.OUTPUTS),
         bias_precision=None,
         layout=weights.layout if weights is not None else WeightLayout(),
+        conversion_strategy=weights.conversion_strategy if weights is not None else None,
     )
 
 
@@ -268,6 +269,11 @@ class PrecisionManager:
         return self._specs.get_layer(name)
 
     @property
+    def calibration(self) -> Calibration | None:
+        """The samples plans are chosen (and GPTQ layers calibrated) on (None without a model)."""
+        return self._model.calibration if self._model is not None else None
+
+    @property
     def holdout(self) -> Calibration | None:
         """The held-out samples plans are verified and analyzed on (None without a model)."""
         return self._model.holdout if self._model is not None else None
@@ -399,7 +405,9 @@ class PrecisionManager:
             if layer.name in pinned:
                 choices[layer.name] = (plan[layer.name],)
             else:
-                listed = list(candidate_choices(layer, self.config.support))
+                # gptq twins need enough of the model's calibration samples
+                rows = self._model.calibration.positions if self._model is not None else 0
+                listed = list(candidate_choices(layer, self.config.support, calibration_rows=rows))
                 choices[layer.name] = tuple(
                     listed if plan[layer.name] in listed else [plan[layer.name], *listed]
                 )
@@ -461,7 +469,7 @@ class PrecisionManager:
             checked = verify(
                 self._model.source, result, self._model.holdout, layers, table, cost,
                 base_config=self._plain_config(), choices=choices, support=self.config.support,
-                other_bytes=other,
+                other_bytes=other, calibration=self._model.calibration,
             )  # fmt: skip
             self.verification = checked
             best = checked.best
@@ -516,6 +524,7 @@ class PrecisionManager:
                 sensitivity=self._model.sensitivity,
                 cost=self.cost_model(),
                 measure_speed=measure_speed,
+                conversion_inputs=self._model.calibration,
             )
         else:
             analysis = self._static_analysis()

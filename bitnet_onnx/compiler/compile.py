@@ -209,6 +209,7 @@ def compile(
     custom_op_libraries: Sequence[str | os.PathLike[str]] = (),
     thresholds: tuple[str, Thresholds] | None = None,
     sensitivity: SensitivityMeasure | None = None,
+    calibration: Calibration | Mapping[str, np.ndarray] | str | os.PathLike[str] | None = None,
 ) -> CompileResult:
     """Compile `model` (a path or a ModelProto) to mixed precision; see the module docstring.
 
@@ -222,6 +223,8 @@ def compile(
     `measure_kernels=False` picks kernels by fixed preference instead of timing them here.
     `sensitivity`: measures what a policy's `sensitivity` condition asks for
     (`optimize.sensitivity.measurer(model, calibration)`); without it such a policy is refused.
+    `calibration`: the samples (same forms as `inputs`) on which layers whose conversion strategy is
+    gptq collect their activations; a plan asking for gptq without them is refused.
     `custom_op_libraries`: shared libraries implementing ops of other custom domains the model uses
     (passed through by the compiler), registered in the validation sessions; they and the bitnet op
     library are loaded before any pass runs, so a missing one fails at once (KernelLibraryError).
@@ -243,12 +246,14 @@ def compile(
     libraries = tuple(Path(library) for library in custom_op_libraries)
     runtime.session_options(custom_op_libraries=libraries)
     validation_inputs = _validation_inputs(inputs)
+    conversion_inputs = _validation_inputs(calibration)
     loaded = load_model(model)
     graph = import_graph(loaded)
     ctx = PassContext(
         config=cfg,
         policy=engine,
         calibration=validation_inputs,
+        conversion_inputs=None if conversion_inputs is None else conversion_inputs[0],
         model_dir=loaded.base_dir,
         measure_kernels=measure_kernels,
         custom_op_libraries=libraries,

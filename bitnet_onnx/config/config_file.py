@@ -58,7 +58,8 @@ with `precision` and the knobs `group_size` (integer precisions; elements per sc
 `ternary_scale` (`absmean` | `least_squares`; BITNET158: the stored scale is γ = mean|W| as BitNet
 b1.58 trains, the default and the right one for a QAT-trained model, or the least-squares scale of
 the pattern, better for ternarizing a float model after training),
-`conversion_strategy` (direct | scaled | quantization_aware | stochastic_rounding); entries under
+`conversion_strategy` (direct | scaled | quantization_aware | stochastic_rounding | gptq: needs
+calibration samples, see numerics/gptq.py and compile's `calibration`); entries under
 `layer_types` and `layers` also take `components` (component → entry without `components`),
 and those under `layers` take `layer_type`. Precisions are F32, F16, BF16, I8, I4, I2, I1,
 BITNET158 (aliases such as fp16, int4, ternary are accepted and saved canonical).

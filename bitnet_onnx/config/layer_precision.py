@@ -41,7 +41,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 
-from bitnet_onnx.core.dtypes import DType, WeightLayout, storage_bytes
+from bitnet_onnx.core.dtypes import ConversionStrategy, DType, WeightLayout, storage_bytes
 from bitnet_onnx.core.errors import ConfigError
 from bitnet_onnx.core.layers import ComponentType, Layer, LayerType, SupportMatrix
 from bitnet_onnx.core.plan import Decision, LayerPlan, PlannedLayer
@@ -95,7 +95,8 @@ class LayerPrecisionSpec:
 
     `weight_shape` is [rows, K] for a matrix (K, the reduction axis, last, as groups run along it);
     `bias_shape` is given only when the layer has a bias. `dynamic_adjustment` lets an optimizer
-    move this layer's precisions; a spec without it is pinned.
+    move this layer's precisions; a spec without it is pinned. `conversion_strategy` is how its
+    weights are converted (the plan's weights decision carries it; gptq is an optimizer choice).
     """
 
     name: str
@@ -109,6 +110,7 @@ class LayerPrecisionSpec:
     bias_shape: tuple[int, ...] | None = None
     layout: WeightLayout = field(default_factory=WeightLayout)
     dynamic_adjustment: bool = False
+    conversion_strategy: ConversionStrategy | None = None  # the weights'; None: the converter's default
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -159,6 +161,7 @@ class LayerPrecisionSpec:
             weight_shape=planned.weight_shape,
             bias_shape=planned.bias_shape,
             layout=weights.layout if weights is not None else WeightLayout(),
+            conversion_strategy=weights.conversion_strategy if weights is not None else None,
         )
 
     def layer(self, index: int) -> Layer:
@@ -189,7 +192,7 @@ class LayerPrecisionSpec:
                 dtype,
                 source,
                 self.layout if c is ComponentType.WEIGHTS else WeightLayout(),
-                None,
+                self.conversion_strategy if c is ComponentType.WEIGHTS else None,
                 None,
                 f"{c.value} {dtype.name} by the registered spec {self.name!r}",
             )

@@ -213,6 +213,7 @@ class ConversionStrategy(enum.Enum):
     SCALED = "scaled"
     QUANTIZATION_AWARE = "quantization_aware"
     STOCHASTIC_ROUNDING = "stochastic_rounding"
+    GPTQ = "gptq"  # needs the layer's calibration activations (numerics.gptq)
 
     @classmethod
     def parse(cls, value: str | ConversionStrategy) -> ConversionStrategy:

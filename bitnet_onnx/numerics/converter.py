@@ -27,6 +27,11 @@ changes is how scales are chosen and how values are rounded:
    w/s + zp lies inside the code range; I1 uses s = max|w| and P(u = 1) = (w/s + 1)/2; BITNET158
    uses α = max|W| (per tensor or row) and P(T = sign w) = |w|/α. Floats round to one of the two
    neighbouring F16/BF16/F32 values with probability proportional to the distance to the other.
+5. GPTQ: error compensation with the layer's calibration activations (`gptq`; `convert_tensor`'s
+   `hessian`, H = 2·XᵀX/n): a weight matrix W [N, K] to I8/I4/I2 groups (the layout's group size
+   and zero points) or BITNET158 (the layout's scale rule), column by column, each rounded after
+   the earlier columns' errors were spread over it. Deterministic. Floats: the exact cast. I1, a
+   tensor that is not a matrix, or no Hessian: a ConversionError.
 
 Activations (`convert_activations`) take a float type as above, or I8 per token exactly as the ops
 quantize them at run time (kernels/README.md: s = max|x| per row, xq = clip(rint(x · 127/s))); no
@@ -56,6 +61,7 @@ import numpy as np
 
 from bitnet_onnx.core.dtypes import ConversionStrategy, DType, TernaryPacking, TernaryScale, WeightLayout
 from bitnet_onnx.core.errors import ConfigError, ConversionError
+from bitnet_onnx.numerics.gptq import gptq_groups, gptq_ternary
 from bitnet_onnx.numerics.packing import (
     pack_int,
     pack_ternary,
@@ -68,12 +74,14 @@ from bitnet_onnx.numerics.quantization import (
     TERNARY_EPS,
     GroupWeights,
     TernaryWeights,
+    clipped_groups,
     encode_groups,
     group_scales,
     grouped,
     quantize_groups,
     quantize_tokens,
     ternarize,
+    ungrouped,
 )
 
 __all__ = [
@@ -100,7 +108,6 @@ DEFAULT_TOLERANCES: Mapping[DType, float] = MappingProxyType(
 )
 """Largest relative RMS error `validate_results` accepts per target, unless overridden."""
 
-_CLIP_RATIOS = tuple(round(1.0 - 0.05 * i, 2) for i in range(11))  # 1.0 ... 0.5
 _THRESHOLD_RATIOS = (1.0, *(round(0.5 + 0.1 * i, 1) for i in range(16) if i != 5))  # 1.0, 0.5 ... 2.0
 
 
@@ -269,16 +276,19 @@ class PrecisionConverter:
         *,
         name: str | None = None,
         layout: WeightLayout | None = None,
+        hessian: np.ndarray | None = None,
     ) -> QuantizedTensor:
         """Convert one float tensor (float16/bfloat16/float32/float64) to `dtype`.
 
         `layout`, when given, replaces the config's layout knobs for this call (a layer's own group
-        size, zero points, ternary scale granularity and packing). Raises ConversionError naming
-        the tensor for non-float or non-finite input, empty tensors with a quantized target, values
-        a float target cannot hold (except DIRECT), and results failing `validate_results`;
+        size, zero points, ternary scale granularity and packing). `hessian` is the layer's
+        H = 2·XᵀX/n [K, K] (`gptq.Hessian`) that GPTQ needs for a quantized target. Raises
+        ConversionError naming the tensor for non-float or non-finite input, empty tensors with a
+        quantized target, values a float target cannot hold (except DIRECT), results failing
+        `validate_results`, and GPTQ without a Hessian, to I1 or of a tensor that is not a matrix;
         ConfigError for a layout the target cannot take.
         """
-        return self._run(array, DType.parse(dtype), name, layout, per_token=False)
+        return self._run(array, DType.parse(dtype), name, layout, per_token=False, hessian=hessian)
 
     def convert_activations(
         self, array: np.ndarray, dtype: DType | str, *, name: str | None = None
@@ -316,11 +326,14 @@ class PrecisionConverter:
         name: str | None,
         layout: WeightLayout | None,
         per_token: bool,
+        hessian: np.ndarray | None = None,
     ) -> QuantizedTensor:
         config = self.config if layout is None else self.config.with_layout(layout)
         source = np.asarray(array)
         try:
-            result, saturated, measured = self._convert(config, source, target, _label(name), per_token)
+            result, saturated, measured = self._convert(
+                config, source, target, _label(name), per_token, hessian
+            )
         except ConversionError:
             self._stats = replace(self._stats, failures=self._stats.failures + 1)
             raise
@@ -348,7 +361,13 @@ class PrecisionConverter:
     # --- conversion ------------------------------------------------------------------------------
 
     def _convert(
-        self, config: ConversionConfig, source: np.ndarray, target: DType, label: str, per_token: bool
+        self,
+        config: ConversionConfig,
+        source: np.ndarray,
+        target: DType,
+        label: str,
+        per_token: bool,
+        hessian: np.ndarray | None,
     ) -> tuple[QuantizedTensor, int, _Measured | None]:
         src = _source_dtype(source.dtype)
         if not _is_float(source.dtype):
@@ -373,7 +392,9 @@ class PrecisionConverter:
                 src, target, f"{label} has shape {source.shape}: nothing to quantize; keep it in a float type"
             )
         elif not per_token:
-            result, saturated = self._to_quantized(config, source, target)
+            if config.strategy is ConversionStrategy.GPTQ:
+                _check_gptq(source, target, label, hessian)
+            result, saturated = self._to_quantized(config, source, target, hessian)
         elif target is DType.I8:
             result, saturated = _per_token_int8(source), 0
         else:
@@ -408,12 +429,12 @@ class PrecisionConverter:
         return QuantizedTensor(target, source.shape, WeightLayout(), data), count
 
     def _to_quantized(
-        self, config: ConversionConfig, source: np.ndarray, target: DType
+        self, config: ConversionConfig, source: np.ndarray, target: DType, hessian: np.ndarray | None
     ) -> tuple[QuantizedTensor, int]:
         shape = source.shape
         w = np.asarray(source, dtype=np.float32).reshape(shape or (1,))
         if target is DType.BITNET158:
-            ternary, saturated = self._ternary(config, w)
+            ternary, saturated = self._ternary(config, w, hessian)
             layout = WeightLayout(
                 per_channel=config.per_channel,
                 packing=config.ternary_packing,
@@ -421,12 +442,14 @@ class PrecisionConverter:
             )
             data = pack_ternary(ternary.values, layout.packing)
             return QuantizedTensor(target, shape, layout, data, ternary.scale), saturated
-        groups, saturated = self._groups(config, w, target.bits)
+        groups, saturated = self._groups(config, w, target.bits, hessian)
         layout = WeightLayout(group_size=groups.group_size, asymmetric=groups.zero_points is not None)
         data = pack_int(groups.codes, groups.bits, groups.group_size, groups.zero_points)
         return QuantizedTensor(target, shape, layout, data, groups.scales, groups.zero_points), saturated
 
-    def _ternary(self, config: ConversionConfig, w: np.ndarray) -> tuple[TernaryWeights, int]:
+    def _ternary(
+        self, config: ConversionConfig, w: np.ndarray, hessian: np.ndarray | None
+    ) -> tuple[TernaryWeights, int]:
         strategy, per_channel = config.strategy, config.per_channel
         rows = w.reshape(-1, w.shape[-1])
         scale_shape = (rows.shape[0],) if per_channel else (1,)
@@ -438,6 +461,8 @@ class PrecisionConverter:
             return ternarize(w, per_channel, config.ternary_scale), 0
         if strategy is ConversionStrategy.QUANTIZATION_AWARE:
             return _ternary_threshold_search(rows, per_channel, w.shape), 0
+        if strategy is ConversionStrategy.GPTQ:
+            return gptq_ternary(w, hessian, per_channel, config.ternary_scale), 0
         # STOCHASTIC_ROUNDING: α = max|W|, P(T = sign w) = |w| / α
         a = np.abs(rows)
         alpha = a.max(axis=-1, keepdims=True) if per_channel else np.full((1, 1), a.max(), np.float32)
@@ -445,7 +470,9 @@ class PrecisionConverter:
         values = (np.sign(rows) * (self._rng.random(rows.shape, dtype=np.float32) < p)).astype(np.int8)
         return TernaryWeights(values.reshape(w.shape), alpha.reshape(scale_shape)), 0
 
-    def _groups(self, config: ConversionConfig, w: np.ndarray, bits: int) -> tuple[GroupWeights, int]:
+    def _groups(
+        self, config: ConversionConfig, w: np.ndarray, bits: int, hessian: np.ndarray | None
+    ) -> tuple[GroupWeights, int]:
         group_size = resolve_group_size(w.shape[-1], bits, config.group_size)
         strategy = config.strategy
         if strategy is ConversionStrategy.DIRECT:
@@ -463,7 +490,9 @@ class PrecisionConverter:
         ):
             return quantize_groups(w, bits, group_size, config.asymmetric), 0
         if strategy is ConversionStrategy.QUANTIZATION_AWARE:
-            return _clipping_search(w, bits, group_size, config.asymmetric), 0
+            return clipped_groups(w, bits, group_size, config.asymmetric), 0
+        if strategy is ConversionStrategy.GPTQ:
+            return gptq_groups(w, hessian, bits, group_size, config.asymmetric), 0
         return _stochastic_groups(w, bits, group_size, config.asymmetric, self._rng), 0
 
     # --- validation and stats --------------------------------------------------------------------
@@ -518,6 +547,28 @@ def _per_token_int8(source: np.ndarray) -> QuantizedTensor:
 # --- strategies ----------------------------------------------------------------------------------
 
 
+def _check_gptq(source: np.ndarray, target: DType, label: str, hessian: np.ndarray | None) -> None:
+    """GPTQ quantizes a weight matrix to I8/I4/I2/BITNET158 given its layer's Hessian."""
+    src = _source_dtype(source.dtype)
+    if target is DType.I1:
+        raise ConversionError(
+            src,
+            target,
+            f"{label}: GPTQ applies to I8, I4, I2 and BITNET158; use SCALED or QUANTIZATION_AWARE for I1",
+        )
+    if source.ndim != 2:
+        raise ConversionError(
+            src, target, f"{label} has shape {list(source.shape)}; GPTQ quantizes a weight matrix W [N, K]"
+        )
+    if hessian is None:
+        raise ConversionError(
+            src,
+            target,
+            f"{label}: GPTQ needs the layer's calibration activations as hessian=H [K, K] (gptq.Hessian); "
+            "pass them, or use another strategy",
+        )
+
+
 def _ternary_threshold_search(rows: np.ndarray, per_channel: bool, shape: tuple[int, ...]) -> TernaryWeights:
     """QUANTIZATION_AWARE ternary: the threshold ratio whose least-squares α gives the least error.
 
@@ -552,31 +603,6 @@ def _ternary_threshold_search(rows: np.ndarray, per_channel: bool, shape: tuple[
     return TernaryWeights(values.reshape(shape), np.atleast_1d(alpha))
 
 
-def _clipping_search(w: np.ndarray, bits: int, group_size: int, asymmetric: bool) -> GroupWeights:
-    """QUANTIZATION_AWARE integers: per group, the clipping ratio of the range with the least error."""
-    k = w.shape[-1]
-    wg = grouped(w, group_size)
-
-    def candidate(ratio: float) -> tuple[GroupWeights, np.ndarray]:
-        scales, zero_points = group_scales(w * np.float32(ratio), bits, group_size, asymmetric)
-        codes = encode_groups(w, scales, zero_points, bits, group_size)
-        weights = GroupWeights(codes, scales, zero_points, bits, group_size)
-        diff = (grouped(weights.dequantize(), group_size) - wg).astype(np.float64)
-        return weights, np.sum(diff * diff, axis=-1)
-
-    best, best_error = candidate(_CLIP_RATIOS[0])
-    for ratio in _CLIP_RATIOS[1:]:
-        new, error = candidate(ratio)
-        better = error < best_error
-        best_error = np.where(better, error, best_error)
-        codes = np.where(better[..., None], grouped(new.codes, group_size), grouped(best.codes, group_size))
-        zero_points = None if new.zero_points is None else np.where(better, new.zero_points, best.zero_points)
-        best = GroupWeights(
-            _ungroup(codes, k), np.where(better, new.scales, best.scales), zero_points, bits, group_size
-        )
-    return best
-
-
 def _stochastic_groups(
     w: np.ndarray, bits: int, group_size: int, asymmetric: bool, rng: np.random.Generator
 ) -> GroupWeights:
@@ -587,7 +613,7 @@ def _stochastic_groups(
         scales = np.max(np.abs(g), axis=-1)
         p = (_safe_ratio(g, scales[..., None]) + np.float32(1)) / np.float32(2)
         codes = (rng.random(g.shape, dtype=np.float32) < p) | (scales[..., None] == 0)
-        return GroupWeights(_ungroup(codes.astype(np.uint8), k), scales, None, bits, group_size)
+        return GroupWeights(ungrouped(codes.astype(np.uint8), k), scales, None, bits, group_size)
 
     def stochastic(v: np.ndarray) -> np.ndarray:
         low = np.floor(v)
@@ -632,10 +658,6 @@ def _stochastic_float_cast(x: np.ndarray, target: type, rng: np.random.Generator
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-def _ungroup(g: np.ndarray, k: int) -> np.ndarray:
-    return g.reshape(*g.shape[:-2], -1)[..., :k]
 
 
 def _safe_ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:

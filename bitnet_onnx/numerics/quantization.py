@@ -37,11 +37,13 @@ from bitnet_onnx.numerics.packing import (
 )
 
 __all__ = [
+    "CLIP_RATIOS",
     "TERNARY_EPS",
     "GroupWeights",
     "TernaryWeights",
     "TokenActivations",
     "bitlinear_reference",
+    "clipped_groups",
     "dequantize_lowbit_reference",
     "encode_groups",
     "group_scales",
@@ -51,12 +53,16 @@ __all__ = [
     "quantize_lowbit_reference",
     "quantize_tokens",
     "ternarize",
+    "ungrouped",
 ]
 
 TERNARY_EPS = np.float32(1e-6)
 """ε of the absmean rule T = clip(rint(W / (γ + ε)), −1, 1)."""
 
 _Q127 = np.float32(127.0)
+
+CLIP_RATIOS = tuple(round(1.0 - 0.05 * i, 2) for i in range(11))
+"""Fractions of the README range `clipped_groups` tries: 1.0, 0.95, ..., 0.5."""
 
 Rounding = Callable[[np.ndarray], np.ndarray]
 
@@ -264,6 +270,39 @@ def quantize_groups(
     if not finite.all():
         scales = np.where(finite[..., None], scales, np.float32(np.nan))
     return GroupWeights(codes, scales, zero_points, bits, group_size)
+
+
+def clipped_groups(w: np.ndarray, bits: int, group_size: int | None, asymmetric: bool) -> GroupWeights:
+    """Group-wise codes with, per group, the clipping ratio of `CLIP_RATIOS` whose README scale
+    (`group_scales` of the group times the ratio) gives the least squared error (the first ratio on
+    ties, so 1.0, the plain README range, wins them). `group_size` None is one group per row."""
+    group_size = resolve_group_size(w.shape[-1], bits, group_size)
+    k = w.shape[-1]
+    wg = grouped(w, group_size)
+
+    def candidate(ratio: float) -> tuple[GroupWeights, np.ndarray]:
+        scales, zero_points = group_scales(w * np.float32(ratio), bits, group_size, asymmetric)
+        codes = encode_groups(w, scales, zero_points, bits, group_size)
+        weights = GroupWeights(codes, scales, zero_points, bits, group_size)
+        diff = (grouped(weights.dequantize(), group_size) - wg).astype(np.float64)
+        return weights, np.sum(diff * diff, axis=-1)
+
+    best, best_error = candidate(CLIP_RATIOS[0])
+    for ratio in CLIP_RATIOS[1:]:
+        new, error = candidate(ratio)
+        better = error < best_error
+        best_error = np.where(better, error, best_error)
+        codes = np.where(better[..., None], grouped(new.codes, group_size), grouped(best.codes, group_size))
+        zero_points = None if new.zero_points is None else np.where(better, new.zero_points, best.zero_points)
+        best = GroupWeights(
+            ungrouped(codes, k), np.where(better, new.scales, best.scales), zero_points, bits, group_size
+        )
+    return best
+
+
+def ungrouped(g: np.ndarray, k: int) -> np.ndarray:
+    """`grouped` undone: [..., groups, G] back to [..., K] (the padding dropped)."""
+    return g.reshape(*g.shape[:-2], -1)[..., :k]
 
 
 def quantize_tokens(x: np.ndarray) -> TokenActivations:

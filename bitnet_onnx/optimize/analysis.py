@@ -48,7 +48,7 @@ from bitnet_onnx.compiler.compile import CompileResult, compile, resolve_config
 from bitnet_onnx.config.config import MixedPrecisionConfig, MixedPrecisionStrategy
 from bitnet_onnx.config.report import OutputMetrics
 from bitnet_onnx.core._text import table
-from bitnet_onnx.core.dtypes import DType, WeightLayout
+from bitnet_onnx.core.dtypes import ConversionStrategy, DType, WeightLayout
 from bitnet_onnx.core.errors import ConfigError, UnsupportedModelError
 from bitnet_onnx.core.inspection import read_layers
 from bitnet_onnx.core.layers import ComponentType, Layer, LayerType
@@ -463,16 +463,20 @@ def _describe_model(model: str | os.PathLike[str] | onnx.ModelProto) -> str:
 
 
 def _realised_choice(
-    layer: Layer, precisions: Mapping[ComponentType, DType], layout: WeightLayout
+    layer: Layer, precisions: Mapping[ComponentType, DType], layout: WeightLayout, strategy: str | None = None
 ) -> PrecisionChoice:
     """The candidate a compiled layer realises: its weights' and activations' precisions as read
     back from the model, with the weights' layout (which the model does not record) from the plan
-    or the config."""
+    or the config, and gptq when the weights' recorded conversion `strategy` says so (the one
+    strategy that makes a candidate of its own)."""
     activations = precisions.get(ComponentType.ACTIVATIONS, precisions.get(ComponentType.OUTPUTS, DType.F32))
     weights = precisions.get(ComponentType.WEIGHTS) if layer.weight is not None else None
     if weights is None:
         return PrecisionChoice(None, activations)
-    return PrecisionChoice(weights, activations, layout if weights.is_integer else WeightLayout())
+    gptq = (
+        ConversionStrategy.GPTQ if strategy == ConversionStrategy.GPTQ.value and weights.is_integer else None
+    )
+    return PrecisionChoice(weights, activations, layout if weights.is_integer else WeightLayout(), gptq)
 
 
 def _weights_layout(config: MixedPrecisionConfig | None, layer: Layer) -> WeightLayout:
@@ -534,12 +538,14 @@ def analyze(
     sensitivity: SensitivityTable | None = None,
     cost: CostModel | None = None,
     measure_speed: bool = False,
+    conversion_inputs: Calibration | None = None,
 ) -> Analysis:
     """Analyze `model` compiled with `config` (what `compile` accepts; None is balanced), or the
     `CompileResult` of a compile written to a file. The compile validates on every batch of
     `calibration` (None: inputs generated from the input specs) and is not strict: a config that
     misses its strategy's thresholds is analyzed, its numbers say by how much. `sensitivity` gives
-    the per-layer cosines, `cost` the estimated speedup; `measure_speed` times both models. See the
+    the per-layer cosines, `cost` the estimated speedup; `measure_speed` times both models;
+    `conversion_inputs` are the samples gptq layers calibrate on (compile's `calibration`). See the
     module docstring for what each number is."""
     graph_before, annotated = annotate(load_model(model))
     layers = dict(annotated.layers)
@@ -557,7 +563,14 @@ def analyze(
                 )
         else:
             cfg = resolve_config(config)
-            result = compile(model, cfg, output=Path(tmp) / "compiled.onnx", inputs=calibration, strict=False)
+            result = compile(
+                model,
+                cfg,
+                output=Path(tmp) / "compiled.onnx",
+                inputs=calibration,
+                calibration=conversion_inputs,
+                strict=False,
+            )
         compiled_path = Path(result.output_path)  # type: ignore[arg-type]
         graph_after, records = _compiled(compiled_path)
         owners_after = {node: r.name for r in records for node in r.nodes}
@@ -571,7 +584,8 @@ def analyze(
         precisions = (
             {ComponentType.parse(c): DType.parse(d) for c, d in record.precisions.items()} if record else {}
         )
-        choices[name] = _realised_choice(layer, precisions, _weights_layout(cfg, layer))
+        strategy = record.components.get("weights", {}).get("conversion_strategy") if record else None
+        choices[name] = _realised_choice(layer, precisions, _weights_layout(cfg, layer), strategy)
         entries.append(
             LayerAnalysis(
                 name=name,

@@ -163,6 +163,23 @@ class Calibration:
         rows = _leading_sizes(self.batches[0])
         return next(iter(rows.values()), 1) if len(set(rows.values())) <= 1 else 0
 
+    @property
+    def positions(self) -> int:
+        """Rows of activations a linear layer sees over all batches, as the inputs tell: per batch,
+        the largest over its arrays of an integer array's size (token ids [batch, seq] become
+        [batch, seq, hidden] activations) or a float array's size without its last axis
+        (features [batch, K]). What decides whether GPTQ has enough samples for a layer of K inputs."""
+        total = 0
+        for batch in self.batches:
+            sizes = [
+                a.size
+                if np.issubdtype(a.dtype, np.integer)
+                else a.size // max(1, a.shape[-1] if a.ndim else 1)
+                for a in batch.values()
+            ]
+            total += max(sizes, default=0)
+        return total
+
     def describe(self) -> str:
         """`source` and the shapes, e.g. `16 held-out samples of calib.npz (input_ids [16, 17], ...)`."""
         shapes = ", ".join(f"{name} {list(array.shape)}" for name, array in self.batches[0].items())

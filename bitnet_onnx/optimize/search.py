@@ -731,9 +731,11 @@ def verify(
     support: SupportMatrix | None = None,
     other_bytes: int = 0,
     max_rounds: int = 3,
+    calibration: Calibration | None = None,
 ) -> Verification:
     """Compile and measure `result`'s plan and alternatives on `holdout` (a Calibration held apart
-    from the one the sensitivity was measured on), back off on a missed accuracy (module docstring)."""
+    from the one the sensitivity was measured on), back off on a missed accuracy (module docstring).
+    `calibration`: the samples the plan's gptq layers calibrate on (the sensitivity's)."""
     batches = list(holdout.batches)
     source = model if isinstance(model, onnx.ModelProto) else os.fspath(model)
     reference = _outputs(source, batches)
@@ -750,7 +752,9 @@ def verify(
         out = folder / f"plan{len(tried)}.onnx"
         config = plan_to_config(plan, base_config, layers=layers)
         with pass_warnings_silenced():
-            compiled = compile_model(model, config, output=out, inputs=holdout, strict=False)
+            compiled = compile_model(
+                model, config, output=out, inputs=holdout, calibration=calibration, strict=False
+            )
         bytes_before = compiled.bytes_before
         cosine = _cosine(reference, _outputs(out, batches))
         error = max(0.0, 1.0 - cosine) if math.isfinite(cosine) else math.inf

@@ -433,7 +433,9 @@ def _context(config: MixedPrecisionConfig, model_dir: Path | None) -> PassContex
     return PassContext(config=config, policy=policy, model_dir=model_dir, measure_kernels=False)
 
 
-def _compile(prepared: _Prepared, config: MixedPrecisionConfig) -> onnx.ModelProto:
+def _compile(
+    prepared: _Prepared, config: MixedPrecisionConfig, batches: Sequence[Mapping[str, np.ndarray]]
+) -> onnx.ModelProto:
     """`config` compiled in memory from the prepared model: assign_precision, rewrite, fold_converts.
 
     The passes' warnings (e.g. "1-bit weights keep only the sign") are what a sweep over candidates
@@ -443,6 +445,7 @@ def _compile(prepared: _Prepared, config: MixedPrecisionConfig) -> onnx.ModelPro
     graph = import_graph(LoadedModel(prepared.proto, "<normalized model>", prepared.base_dir, ModelInfo()))
     ctx = _context(config, prepared.base_dir)
     ctx.original = prepared.proto
+    ctx.conversion_inputs = tuple(batches)  # what a gptq candidate calibrates on
     ctx.layers = dict(prepared.layers)
     ctx.annotations = {k: dict(v) for k, v in prepared.annotations.items()}
     ctx.passes_run = list(prepared.passes_run)
@@ -455,7 +458,7 @@ def _outputs(
     prepared: _Prepared, config: MixedPrecisionConfig, batches: Sequence[Mapping[str, np.ndarray]]
 ) -> list[dict[str, np.ndarray]]:
     """The compiled `config`'s outputs on each batch (output name → array)."""
-    session = session_for(_compile(prepared, config), prepared.base_dir, threads=_THREADS)
+    session = session_for(_compile(prepared, config, batches), prepared.base_dir, threads=_THREADS)
     try:
         names = [o.name for o in session.get_outputs()]
         return [dict(zip(names, session.run(names, dict(feeds)), strict=True)) for feeds in batches]

@@ -63,12 +63,18 @@ class RewriteEnv:
     nodes: dict[str, gs.Node]  # by name, as the graph stood when the pass started
 
     @classmethod
-    def of(cls, graph: gs.Graph, seed: int, measure_kernels: bool) -> RewriteEnv:
+    def of(
+        cls,
+        graph: gs.Graph,
+        seed: int,
+        measure_kernels: bool,
+        hessians: Mapping[str, np.ndarray] | None = None,
+    ) -> RewriteEnv:
         return cls(
             graph,
             GraphView(graph),
             Names(graph),
-            WeightStore(seed),
+            WeightStore(seed, hessians or {}),
             measure_kernels,
             {node.name: node for node in graph.nodes},
         )

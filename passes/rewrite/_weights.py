@@ -12,8 +12,8 @@
 3. Conversion goes through `PrecisionConverter` with the decision's conversion strategy (the
    converter's default when None) and layout. STOCHASTIC_ROUNDING draws from a generator seeded by
    `ctx.seed` and the layer's name (crc32), so a layer's draw does not depend on which layers were
-   converted before it. NaN/Inf (and any other conversion failure) is a ConversionError naming the
-   tensor and the layer.
+   converted before it. GPTQ reads the layer's Hessian from `hessians` (`passes._hessians`).
+   NaN/Inf (and any other conversion failure) is a ConversionError naming the tensor and the layer.
 4. Sharing. A stored encoding is keyed by (initializer, value steps, orientation, dtype, layout,
    strategy); a second layer asking for the same key reads the same initializers. This is how a
    tied embedding table and lm_head in the same format are stored once: both read W[V, H] =
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -32,7 +33,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnx import helper
 
-from bitnet_onnx.core.dtypes import DType, WeightLayout
+from bitnet_onnx.core.dtypes import ConversionStrategy, DType, WeightLayout
 from bitnet_onnx.core.errors import ConfigError, ConversionError, UnsupportedModelError
 from bitnet_onnx.core.layers import Layer
 from bitnet_onnx.core.plan import Decision
@@ -166,6 +167,7 @@ class WeightStore:
     """Converts weights (case 3) and stores each distinct encoding once (case 4); one per pass run."""
 
     seed: int
+    hessians: Mapping[str, np.ndarray] = field(default_factory=dict)  # by layer, for GPTQ (`_hessians`)
     _quantized: dict[tuple[Any, ...], StoredQuantized] = field(default_factory=dict)
     _floats: dict[tuple[Any, ...], StoredFloat] = field(default_factory=dict)
 
@@ -245,7 +247,10 @@ class WeightStore:
         try:
             if decision.conversion_strategy is not None:
                 config = replace(config, strategy=decision.conversion_strategy)
-            return PrecisionConverter(config).convert_tensor(values, decision.dtype, name=name, layout=layout)
+            hessian = self.hessians.get(layer.name) if config.strategy is ConversionStrategy.GPTQ else None
+            return PrecisionConverter(config).convert_tensor(
+                values, decision.dtype, name=name, layout=layout, hessian=hessian
+            )
         except ConversionError as exc:
             raise ConversionError(
                 exc.from_dtype, exc.to_dtype, f"layer {layer.name!r}: {exc.reason}"

@@ -31,7 +31,8 @@ from bitnet_onnx import (
     PrecisionPolicy,
 )
 from bitnet_onnx.api.precision_manager import PrecisionManager, static_sensitivity
-from bitnet_onnx.core.layers import Layer
+from bitnet_onnx.core.dtypes import ConversionStrategy, WeightLayout
+from bitnet_onnx.core.layers import Layer, SupportMatrix
 from bitnet_onnx.optimize.calibration import Calibration
 from bitnet_onnx.optimize.cost_model import CostModel, LatencyTable, default_kernels
 from bitnet_onnx.optimize.objectives import (
@@ -338,7 +339,8 @@ def test_accuracy_on_llama_beats_conservative(
 
     model, calibration, _ = llama
     manager = _fresh(llama)
-    result = manager.optimize_precision(Accuracy(0.99))
+    # allow_slower: this ~100 µs model's speed is timing noise; the verdict here is accuracy and bytes.
+    result = manager.optimize_precision(Accuracy(0.99), allow_slower=True)
     check = manager.verification
     assert result.feasible and check is not None and check.met
     assert check.best.measured.cosine >= 0.99
@@ -396,3 +398,17 @@ def test_registered_layers_without_weight_shapes_are_an_error_not_a_mislabelled_
     shaped.register_layer(replace(ternary, weight_shape=(64, 128)))
     (row,) = shaped.analyze_configuration().layers
     assert row.choice == "BITNET158/I8" and row.bytes_after == 64 * 32 + 4
+
+
+def test_a_gptq_spec_survives_into_the_plan_and_the_config_the_manager_writes() -> None:
+    spec = LayerPrecisionSpec(
+        "fc", LayerType.LINEAR, DType.I8, DType.F32, DType.I4, weight_shape=(8, 128),
+        layout=WeightLayout(group_size=128), conversion_strategy=ConversionStrategy.GPTQ,
+    )  # fmt: skip
+    planned = spec.to_plan()
+    assert planned.plan.decisions[ComponentType.WEIGHTS].conversion_strategy is ConversionStrategy.GPTQ
+    assert LayerPrecisionSpec.of_plan(planned, SupportMatrix()).conversion_strategy is ConversionStrategy.GPTQ
+    manager = PrecisionManager(MixedPrecisionConfig.new("custom"))
+    manager.register_layer(spec)
+    weights = manager.to_config().resolve("fc", LayerType.LINEAR, ComponentType.WEIGHTS)
+    assert weights.conversion_strategy is ConversionStrategy.GPTQ

@@ -348,3 +348,18 @@ def test_npz_samples_come_in_batches_of_a_fixed_batch_axis(tmp_path: Path, rows:
 def test_npz_samples_not_a_multiple_of_a_fixed_batch_axis(tmp_path: Path) -> None:
     error = _npz_error(tmp_path, _fixed_batch_model(4), x=np.zeros((6, 4), np.float32))
     assert any("batch axis is fixed at 4" in p and "6 samples" in p for p in error.problems)
+
+
+@pytest.mark.parametrize(
+    ("batches", "rows"),
+    [
+        # token ids [batch, seq]: every position becomes a row of activations
+        (({"ids": np.zeros((4, 9), np.int64), "mask": np.ones((4, 9), np.int64)},), 36),
+        # features [batch, K]: one row per sample; batches add up
+        (({"x": np.zeros((5, 16), np.float32)}, {"x": np.zeros((3, 16), np.float32)}), 8),
+        # the largest input of a batch decides (a float [batch, seq, K] next to its ids)
+        (({"ids": np.zeros((2, 3), np.int64), "h": np.zeros((2, 5, 7), np.float32)},), 10),
+    ],
+)
+def test_positions_count_the_activation_rows_of_a_linear_layer(batches: tuple, rows: int) -> None:
+    assert Calibration(batches).positions == rows

@@ -8,11 +8,12 @@ from dataclasses import replace
 import pytest
 
 from bitnet_onnx import ComponentType, ConfigError, DType, LayerType, MixedPrecisionConfig, SupportMatrix
-from bitnet_onnx.core.dtypes import TernaryPacking, WeightLayout
+from bitnet_onnx.core.dtypes import ConversionStrategy, TernaryPacking, WeightLayout
 from bitnet_onnx.core.layers import Layer
 from bitnet_onnx.core.plan import components_of
 from bitnet_onnx.optimize.objectives import (
     DEFAULT_ACCURACY_FLOOR,
+    GPTQ_ROWS_PER_INPUT,
     Accuracy,
     Balanced,
     Memory,
@@ -223,6 +224,47 @@ def test_objective_validation_collects_every_problem(make, words: list[str]) -> 
 
 def test_accuracy_one_is_allowed() -> None:
     assert Accuracy(1.0).min_accuracy == 1.0
+
+
+def _matrix_layer(layer_type: LayerType, n: int, k: int) -> Layer:
+    return Layer("l", layer_type, 0, ("n",), "rule", weight="w", weight_shape=(n, k), weight_nk=True)
+
+
+def test_gptq_twins_follow_the_low_bit_choices_given_enough_calibration_rows() -> None:
+    layer = _matrix_layer(LayerType.LINEAR, 32, 48)
+    plain = [c.label for c in candidate_choices(layer)]
+    enough = GPTQ_ROWS_PER_INPUT * 48
+    assert [c.label for c in candidate_choices(layer, calibration_rows=enough - 1)] == plain
+    twinned = [c.label for c in candidate_choices(layer, calibration_rows=enough)]
+    assert twinned == [
+        "F32", "F16/F32", "I8/I8", "I8/F32", "I4g128/I8", "I4g128+gptq/I8", "I4g128/F32", "I4g128+gptq/F32",
+        "I2g64/I8", "I2g64+gptq/I8", "I2g64/F32", "I2g64+gptq/F32", "BITNET158/I8", "BITNET158+gptq/I8", "BITNET158b3/I8",
+        "BITNET158b3+gptq/I8", "I1g64/F32",
+    ]  # fmt: skip
+    # K is the reduction axis whichever way the initializer holds W.
+    kn = Layer("l", LayerType.LINEAR, 0, ("n",), "rule", weight="w", weight_shape=(48, 32), weight_nk=False)
+    assert len(candidate_choices(kn, calibration_rows=enough)) == len(twinned)
+    wide = SupportMatrix().with_layer(LayerType.EMBEDDING, set(DType))
+    embedding = _matrix_layer(LayerType.EMBEDDING, 100, 8)
+    assert candidate_choices(embedding, wide, calibration_rows=10**6) == candidate_choices(embedding, wide)
+
+
+@pytest.mark.parametrize("label", ["I4g128+gptq/I8", "I2g64+gptq/F32", "BITNET158b3+gptq/I8"])
+def test_a_gptq_choice_round_trips_and_decides_the_weights_conversion(label: str) -> None:
+    choice = PrecisionChoice.parse(label)
+    assert choice.conversion is ConversionStrategy.GPTQ and choice.label == label
+    layer = _matrix_layer(LayerType.LINEAR, 8, 8)
+    plan = choice.layer_plan(layer)
+    assert {c: d.conversion_strategy for c, d in plan.decisions.items()} == {
+        c: ConversionStrategy.GPTQ if c is W else None for c in plan.decisions
+    }
+    assert PrecisionChoice.of_plan(plan) == choice
+    entry = choice.to_layer_config(LayerType.LINEAR)
+    assert entry.conversion_strategy is ConversionStrategy.GPTQ
+    config = MixedPrecisionConfig.new("custom").with_layer_config("l", entry)
+    assert config.resolve("l", LayerType.LINEAR, W).conversion_strategy is ConversionStrategy.GPTQ
+    with pytest.raises(ConfigError, match="conversion strategy"):
+        PrecisionChoice.parse("I4g128+rounding/I8")
 
 
 @pytest.mark.parametrize("layer_type", list(LayerType))

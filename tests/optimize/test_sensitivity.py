@@ -101,9 +101,9 @@ def count_compiles(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     original = sensitivity._compile
 
-    def counting(prepared: object, config: MixedPrecisionConfig) -> onnx.ModelProto:
+    def counting(prepared: object, config: MixedPrecisionConfig, batches: object) -> onnx.ModelProto:
         calls.append(1)
-        return original(prepared, config)  # type: ignore[arg-type]
+        return original(prepared, config, batches)  # type: ignore[arg-type]
 
     monkeypatch.setattr(sensitivity, "_compile", counting)
     return calls
@@ -330,11 +330,11 @@ def test_a_candidate_that_cannot_be_compiled_is_nan_and_not_cached(
     original = sensitivity._compile
     calls: list[int] = []
 
-    def failing_for_ternary(prepared, config: MixedPrecisionConfig) -> onnx.ModelProto:
+    def failing_for_ternary(prepared, config: MixedPrecisionConfig, batches) -> onnx.ModelProto:
         calls.append(1)
         if "BITNET158" in json.dumps(sensitivity.config_to_dict(config)):
             raise UnsupportedModelError("no kernel for this shape")
-        return original(prepared, config)
+        return original(prepared, config, batches)
 
     monkeypatch.setattr(sensitivity, "_compile", failing_for_ternary)
     with caplog.at_level(logging.WARNING, logger="bitnet_onnx.optimize.sensitivity"):
@@ -474,3 +474,18 @@ def test_table_json_round_trip_keeps_every_value() -> None:
 def test_table_from_json_names_what_is_wrong() -> None:
     with pytest.raises(ConfigError, match=r"not a sensitivity table \(KeyError: 'entries'\)"):
         SensitivityTable.from_json({"model_sha256": "x"})
+
+
+def test_a_gptq_candidate_is_measured_on_the_calibration_activations(
+    plain_llama: onnx.ModelProto, plain_calibration: Calibration, tmp_path: Path
+) -> None:
+    layer = "model.layers.1.mlp.gate_proj"
+    rtn, gptq = PrecisionChoice.parse("I2g64/F32"), PrecisionChoice.parse("I2g64+gptq/F32")
+    table = measure_sensitivity(
+        plain_llama, plain_calibration, layers=[layer], choices={layer: [rtn, gptq]}, cache_dir=tmp_path
+    )
+    measured = {choice: table.get(layer, choice) for choice in (rtn, gptq)}
+    assert all(entry is not None and not entry.failed for entry in measured.values())
+    # The same bits rounded differently: another output, as close to the base on the samples it fitted.
+    assert measured[gptq].cosine != measured[rtn].cosine  # type: ignore[union-attr]
+    assert measured[gptq].cosine >= measured[rtn].cosine  # type: ignore[union-attr]
