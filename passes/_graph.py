@@ -22,6 +22,13 @@
   doc_string, domain, model_version and metadata_props, and each node's doc_string and
   metadata_props (matched by node name). Opset imports, custom domains, producer and ir_version
   come from the graph, which gs keeps (and extends with every domain a node uses).
+  With `info`, the value_info the passes inferred is dropped again for tensors onnxruntime types
+  itself (outputs of ONNX and com.microsoft nodes); the model's own entries and those of other
+  domains' outputs (our ops, whose output type an attribute sets) stay. The inferred shapes would
+  change what onnxruntime's optimizer fuses: with them it folds the residual Add into
+  SkipLayerNormalization, which it cannot on the original, and on all-MiniLM-L6-v2 at batch 16
+  (ORT 1.32, 1 thread, Zen 5) that made the original graph 1.10x slower. Without them a float
+  layer's graph optimizes exactly as the original's (tests/e2e/test_ort_fusions.py).
 - `stamp_annotations(model, annotations)` writes `PassContext.annotations` (node name →
   {key: value}) into the exported nodes' metadata_props, since gs cannot carry them.
 - `weightless_model(graph)` is the graph's structure for onnx's checker, shape inference and
@@ -89,6 +96,7 @@ class ModelInfo:
     node_metadata: Mapping[str, tuple[tuple[str, str], ...]] = field(
         default_factory=lambda: MappingProxyType({})
     )
+    value_info: frozenset[str] = frozenset()  # the tensors the model itself declared in value_info
 
     @classmethod
     def of(cls, model: onnx.ModelProto) -> ModelInfo:
@@ -107,6 +115,7 @@ class ModelInfo:
             metadata_props=tuple((p.key, p.value) for p in model.metadata_props),
             node_doc_strings=MappingProxyType(docs),
             node_metadata=MappingProxyType(metadata),
+            value_info=frozenset(v.name for graph in all_graph_protos(model.graph) for v in graph.value_info),
         )
 
 
@@ -539,7 +548,20 @@ def export_model(graph: gs.Graph, info: ModelInfo | None = None) -> onnx.ModelPr
         tensor.name = name
     if info is not None:
         _restore(model, info)
+        _drop_inferred_value_info(model, info.value_info)
     return model
+
+
+_ONNXRUNTIME_TYPED = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
+"""Domains whose nodes onnxruntime types and shapes by its own inference when it loads a model."""
+
+
+def _drop_inferred_value_info(model: onnx.ModelProto, declared: frozenset[str]) -> None:
+    for graph in all_graph_protos(model.graph):
+        typed = {name for node in graph.node if node.domain in _ONNXRUNTIME_TYPED for name in node.output}
+        kept = [v for v in graph.value_info if v.name in declared or v.name not in typed]
+        del graph.value_info[:]
+        graph.value_info.extend(kept)
 
 
 def _restore(model: onnx.ModelProto, info: ModelInfo) -> None:

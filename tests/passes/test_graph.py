@@ -294,6 +294,24 @@ def test_export_adds_domains_a_later_pass_uses() -> None:
     assert ("bitnet", 1) in {(o.domain, o.version) for o in exported.opset_import}
 
 
+@pytest.mark.parametrize("declared", [(), ("h",), ("h", "a")])
+def test_export_drops_inferred_value_info_onnxruntime_types_itself(declared) -> None:
+    model = _linear_model()
+    shapes = {"h": ["batch", 48], "a": ["batch", 48]}
+    model.graph.value_info.extend(
+        helper.make_tensor_value_info(n, TensorProto.FLOAT, shapes[n]) for n in declared
+    )
+    loaded = load_model(model)
+    graph = import_graph(loaded)
+    for name in ("h", "a"):  # what shape inference gives every tensor in the normalize pass
+        graph.tensors()[name].to_variable(np.float32, shapes[name])
+    add = next(n for n in graph.nodes if n.op == "Add")
+    add.op, add.domain = "BiasAdd", "acme"  # no onnxruntime inference for a custom domain's output
+    exported = export_model(graph, loaded.info)
+    assert sorted(v.name for v in exported.graph.value_info) == sorted({*declared, "a"})
+    assert sorted(v.name for v in export_model(graph).graph.value_info) == ["a", "h"]
+
+
 def test_export_round_trip_computes_the_same() -> None:
     source = llama.build(llama.LlamaConfig())
     loaded = load_model(source)
