@@ -49,8 +49,9 @@ CPU provider computes a float16 MatMul, LayerNorm, Softmax or Gelu in float32 wi
 each side (`bitnet_onnx.config.presets`), so F16 compute stores no fewer bytes and runs slower;
 for the same reason a weightless layer, which stores nothing, has F32 alone. A config entry can
 still ask for F16 compute. Convolutions get weight-only compression (the compiler unpacks their
-weights for a float Conv, so int8 activations would only add a quantize/dequantize pair); BITNET158 in a linear layer only with
-int8 activations, the one case with an integer kernel (BitLinear). I4 and I2 come with int8
+weights for a float Conv, so int8 activations would only add a quantize/dequantize pair);
+BITNET158 in a linear layer only with int8 activations, the one case with an integer kernel
+(BitLinear). I4 and I2 come with int8
 activations too (LowBitMatMul act_quant = 1), the fast form of their kernel.
 
 `OptimizationObjective` is one of four frozen dataclasses, checked on construction (every problem

@@ -238,8 +238,8 @@ def test_gptq_twins_follow_the_low_bit_choices_given_enough_calibration_rows() -
     twinned = [c.label for c in candidate_choices(layer, calibration_rows=enough)]
     assert twinned == [
         "F32", "F16/F32", "I8/I8", "I8/F32", "I4g128/I8", "I4g128+gptq/I8", "I4g128/F32", "I4g128+gptq/F32",
-        "I2g64/I8", "I2g64+gptq/I8", "I2g64/F32", "I2g64+gptq/F32", "BITNET158/I8", "BITNET158+gptq/I8", "BITNET158b3/I8",
-        "BITNET158b3+gptq/I8", "I1g64/F32",
+        "I2g64/I8", "I2g64+gptq/I8", "I2g64/F32", "I2g64+gptq/F32", "BITNET158/I8", "BITNET158+gptq/I8",
+        "BITNET158b3/I8", "BITNET158b3+gptq/I8", "I1g64/F32",
     ]  # fmt: skip
     # K is the reduction axis whichever way the initializer holds W.
     kn = Layer("l", LayerType.LINEAR, 0, ("n",), "rule", weight="w", weight_shape=(48, 32), weight_nk=False)
